@@ -1,0 +1,220 @@
+//! The crate's one error type.
+//!
+//! Every error that comes from the bytes of a file says what is wrong and where:
+//! a file offset, and the region or chunk when one is involved. Messages are plain
+//! text; binrw's own errors never reach the user unmapped.
+
+use std::fmt;
+use std::io;
+
+/// A result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where in an image a problem lies.
+///
+/// Each field is optional: a header problem has only an offset, a chunk problem
+/// has all three.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Location {
+    /// Byte offset in the file.
+    pub offset: Option<u64>,
+    /// Index of the region in the image's region table.
+    pub region: Option<u32>,
+    /// Chunk number (its position in the chunk map).
+    pub chunk: Option<u64>,
+    /// Virtual address involved, if any.
+    pub addr: Option<u64>,
+}
+
+impl Location {
+    /// A location that is only a file offset.
+    pub fn at(offset: u64) -> Self {
+        Location {
+            offset: Some(offset),
+            ..Location::default()
+        }
+    }
+
+    /// A location naming a chunk, at its file offset.
+    pub fn chunk(chunk: u64, offset: u64) -> Self {
+        Location {
+            offset: Some(offset),
+            chunk: Some(chunk),
+            ..Location::default()
+        }
+    }
+
+    /// Adds the region.
+    pub fn with_region(mut self, region: u32) -> Self {
+        self.region = Some(region);
+        self
+    }
+
+    /// Adds the virtual address.
+    pub fn with_addr(mut self, addr: u64) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Location::default()
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(o) = self.offset {
+            parts.push(format!("offset {o:#x}"));
+        }
+        if let Some(r) = self.region {
+            parts.push(format!("region {r}"));
+        }
+        if let Some(c) = self.chunk {
+            parts.push(format!("chunk {c}"));
+        }
+        if let Some(a) = self.addr {
+            parts.push(format!("address {a:#x}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// What kind of problem an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The file does not start with the memimg magic: it is not an image.
+    NotAnImage,
+    /// The image's major version, or an incompatible feature, is unknown here.
+    Unsupported,
+    /// The file ends before a structure it must hold.
+    Truncated,
+    /// A checksum does not match the bytes it covers.
+    Checksum,
+    /// An authentication tag does not match: the bytes were altered.
+    Authentication,
+    /// A field holds a value the format does not allow.
+    Malformed,
+    /// Bytes that must be zero (padding, reserved fields) are not.
+    NonZeroPadding,
+    /// The given key does not open this image.
+    WrongKey,
+    /// The image is encrypted and no key was given.
+    KeyRequired,
+    /// A key was given for an image that is not encrypted.
+    NotEncrypted,
+    /// The requested bytes were not captured.
+    NotCaptured,
+    /// A caller passed an argument the operation cannot use.
+    InvalidInput,
+    /// An I/O error.
+    Io,
+}
+
+/// The error type of this crate.
+///
+/// Its `Display` reads as a sentence with its location first, for example
+/// `offset 0x2000, chunk 3: stored checksum mismatch (expected …, found …)`.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    location: Location,
+    message: String,
+    source: Option<io::Error>,
+}
+
+impl Error {
+    /// Creates an error of `kind` at `location`.
+    pub fn new(kind: ErrorKind, location: Location, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            location,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Creates an error with no location.
+    pub fn plain(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error::new(kind, Location::default(), message)
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error {
+            kind: ErrorKind::Io,
+            location: Location::default(),
+            message: context.into(),
+            source: Some(source),
+        }
+    }
+
+    /// What kind of problem this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Where the problem lies.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// The message, without the location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when the error means the image's bytes are damaged or altered (as
+    /// opposed to unsupported, locked, a wrong key, or an I/O failure).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Truncated
+                | ErrorKind::Checksum
+                | ErrorKind::Authentication
+                | ErrorKind::Malformed
+                | ErrorKind::NonZeroPadding
+        )
+    }
+
+    pub(crate) fn with_location(mut self, location: Location) -> Self {
+        self.location = location;
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.location.is_empty() {
+            write!(f, "{}: ", self.location)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Shorthand for a malformed-field error.
+pub(crate) fn malformed(location: Location, message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Malformed, location, message)
+}
+
+/// Shorthand for a truncation error.
+pub(crate) fn truncated(offset: u64, what: &str, need: u64, have: u64) -> Error {
+    Error::new(
+        ErrorKind::Truncated,
+        Location::at(offset),
+        format!("{what} needs {need} bytes but the file has {have} from here"),
+    )
+}

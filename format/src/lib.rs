@@ -1,0 +1,80 @@
+//! # memimg: the process-memory image format
+//!
+//! A memory image holds the contents of a set of virtual-memory regions of a
+//! process, captured at one instant, with what is needed to validate and
+//! restore them. This crate reads, writes and verifies it; `spec.md` at the top
+//! of the repository defines every byte.
+//!
+//! ```text
+//!  0            P (page size)                                        EOF
+//!  +------------+--------------------------------+--------+---------+
+//!  | header     | chunk 0 | chunk 1 | … (raw ones | index  | trailer |
+//!  | (one page) |          page-aligned)          |        | (256 B) |
+//!  +------------+--------------------------------+--------+---------+
+//!                                                 ^ located by the trailer
+//! ```
+//!
+//! - The [`Writer`] produces this in one pass over any `Write`.
+//! - The [`Image`] reader checks it and gives regions, extents and
+//!   [`Image::read_at`].
+//! - [`verify_path`] walks everything and reports every problem.
+//!
+//! **Versions.** The major version must equal this reader's (1); a newer minor
+//! version is read as long as it sets no unknown incompatible feature.
+//!
+//! **Untrusted input.** Any byte sequence given to [`Image::open`] yields an
+//! image or a typed [`Error`]; see its `# Security` section.
+#![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod atomic;
+mod codec;
+mod crypt;
+mod error;
+mod meta;
+mod model;
+#[allow(missing_docs)] // Every field is documented, with its offset, in spec.md.
+pub mod raw;
+mod read;
+mod rewrite;
+mod source;
+mod verify;
+mod write;
+
+pub use codec::Codec;
+pub use crypt::{Argon2Params, Kdf, Key, MAX_ARGON2_M_COST};
+pub use error::{Error, ErrorKind, Location, Result};
+pub use model::*;
+pub use read::{Image, TrailerInfo};
+pub use rewrite::{options_from, rewrap_in_place, transcode, RewrapStats};
+pub use source::ReadSeek;
+pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
+pub use write::{WriteStats, Writer, WriterOptions};
+
+/// Major format version this crate reads and writes.
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor format version this crate writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Default chunk size: 1 MiB (chosen by `cargo bench -p memimg-tests --bench chunk_size`).
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Largest chunk size the format allows: 16 MiB.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+
+/// The page size of this machine (4096 where it cannot be asked).
+pub fn page_size() -> u32 {
+    // Linux exposes the page size in the auxiliary vector; without unsafe code
+    // the portable way is to read it from /proc/self/smaps' KernelPageSize.
+    static PS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/smaps")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("KernelPageSize:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u32>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .filter(|&p| p.is_power_of_two() && p >= 4096)
+            .unwrap_or(4096)
+    })
+}

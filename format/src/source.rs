@@ -1,0 +1,72 @@
+//! Where an image's bytes come from: a memory map, a buffer, or a reader.
+
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Mutex;
+
+use crate::error::{truncated, Error, Result};
+
+/// Anything a reader can be built on, besides a path.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+pub(crate) enum Source {
+    Mapped(memmap2::Mmap),
+    Bytes(Vec<u8>),
+    Reader(Mutex<Box<dyn ReadSeek>>, u64),
+}
+
+impl Source {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Source::Mapped(m) => m.len() as u64,
+            Source::Bytes(b) => b.len() as u64,
+            Source::Reader(_, len) => *len,
+        }
+    }
+
+    /// The `len` bytes at `offset`, or a truncation error naming `what`.
+    pub(crate) fn get(&self, offset: u64, len: u64, what: &str) -> Result<Cow<'_, [u8]>> {
+        let flen = self.len();
+        let end = offset.checked_add(len).filter(|&e| e <= flen);
+        let Some(end) = end else {
+            return Err(truncated(offset, what, len, flen.saturating_sub(offset)));
+        };
+        // Both bounds are ≤ the length of an in-memory slice (or of the file,
+        // which is checked to fit in usize when the reader is made).
+        let (s, e) = (usize_of(offset)?, usize_of(end)?);
+        match self {
+            Source::Mapped(m) => Ok(Cow::Borrowed(&m[s..e])),
+            Source::Bytes(b) => Ok(Cow::Borrowed(&b[s..e])),
+            Source::Reader(r, _) => {
+                let mut buf = vec![0u8; e - s];
+                let mut r = r
+                    .lock()
+                    .map_err(|_| Error::plain(crate::ErrorKind::Io, "reader lock poisoned"))?;
+                r.seek(SeekFrom::Start(offset))
+                    .map_err(|e| Error::io(format!("seeking to {offset:#x}"), e))?;
+                r.read_exact(&mut buf)
+                    .map_err(|e| Error::io(format!("reading {what} at {offset:#x}"), e))?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// The whole file as a slice, when it is in memory.
+    pub(crate) fn as_slice(&self) -> Option<&[u8]> {
+        match self {
+            Source::Mapped(m) => Some(&m[..]),
+            Source::Bytes(b) => Some(b),
+            Source::Reader(..) => None,
+        }
+    }
+}
+
+pub(crate) fn usize_of(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| {
+        Error::plain(
+            crate::ErrorKind::Unsupported,
+            format!("{v:#x} does not fit this machine's address size"),
+        )
+    })
+}
