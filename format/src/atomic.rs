@@ -74,7 +74,11 @@ impl AtomicFile {
         }
         std::fs::rename(&self.tmp, &self.target).map_err(|e| {
             Error::io(
-                format!("renaming {} to {}", self.tmp.display(), self.target.display()),
+                format!(
+                    "renaming {} to {}",
+                    self.tmp.display(),
+                    self.target.display()
+                ),
                 e,
             )
         })?;

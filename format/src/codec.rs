@@ -39,9 +39,9 @@ impl FromStr for Codec {
             "none" | "raw" => Ok(Codec::None),
             "zstd" => Ok(Codec::Zstd(1)),
             _ => {
-                let level = s
-                    .strip_prefix("zstd:")
-                    .ok_or_else(|| format!("unknown codec {s:?}: expected none, zstd or zstd:LEVEL"))?;
+                let level = s.strip_prefix("zstd:").ok_or_else(|| {
+                    format!("unknown codec {s:?}: expected none, zstd or zstd:LEVEL")
+                })?;
                 let level: i32 = level
                     .parse()
                     .map_err(|_| format!("bad zstd level {level:?}: expected an integer"))?;
@@ -148,7 +148,9 @@ mod tests {
     fn incompressible_is_refused_and_bomb_is_bounded() {
         let mut c = Compressor::new(Codec::Zstd(1)).unwrap();
         let mut out = Vec::new();
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let zeros = vec![0u8; 1 << 20];
         assert!(c.compress(&zeros, &mut out));
         let mut small = vec![0u8; 4096];

@@ -172,10 +172,10 @@ impl Key {
     /// # Errors
     /// When the file cannot be read or is empty.
     pub fn from_passphrase_file(path: &Path) -> Result<Key> {
-        let mut bytes = Zeroizing::new(
-            std::fs::read(path)
-                .map_err(|e| Error::io(format!("reading passphrase file {}", path.display()), e))?,
-        );
+        let mut bytes =
+            Zeroizing::new(std::fs::read(path).map_err(|e| {
+                Error::io(format!("reading passphrase file {}", path.display()), e)
+            })?);
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
@@ -220,8 +220,12 @@ impl Key {
 
 /// Fills `buf` from the system's randomness.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::getrandom(buf)
-        .map_err(|e| Error::io("reading system randomness", std::io::Error::other(e.to_string())))
+    getrandom::getrandom(buf).map_err(|e| {
+        Error::io(
+            "reading system randomness",
+            std::io::Error::other(e.to_string()),
+        )
+    })
 }
 
 /// The data key of one image, with its cipher ready.
@@ -291,7 +295,13 @@ pub(crate) fn chunk_nonce(i: u64) -> [u8; 12] {
 pub(crate) const INDEX_NONCE: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
 
 /// The associated data of chunk `i`.
-pub(crate) fn chunk_aad(image_id: &[u8; 16], i: u64, addr: u64, page_count: u32, region: u32) -> [u8; 48] {
+pub(crate) fn chunk_aad(
+    image_id: &[u8; 16],
+    i: u64,
+    addr: u64,
+    page_count: u32,
+    region: u32,
+) -> [u8; 48] {
     let mut a = [0u8; 48];
     a[..8].copy_from_slice(b"MIMGCHNK");
     a[8..24].copy_from_slice(image_id);
@@ -414,13 +424,33 @@ mod tests {
         let back = unwrap_slot(&slot, &k, Location::default()).unwrap();
         assert_eq!(back.fingerprint(), dek.fingerprint());
         let other = Key::generate().unwrap();
-        let e = unwrap_slot(&slot, &other, Location::default()).err().unwrap();
+        let e = unwrap_slot(&slot, &other, Location::default())
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), ErrorKind::WrongKey);
-        let p = Key::passphrase_with_params("hunter2", Argon2Params { m_cost: 64, t_cost: 1, p_cost: 1 });
+        let p = Key::passphrase_with_params(
+            "hunter2",
+            Argon2Params {
+                m_cost: 64,
+                t_cost: 1,
+                p_cost: 1,
+            },
+        );
         let slot = wrap_slot(&dek, &p).unwrap();
-        assert_eq!(unwrap_slot(&slot, &p, Location::default()).unwrap().fingerprint(), dek.fingerprint());
+        assert_eq!(
+            unwrap_slot(&slot, &p, Location::default())
+                .unwrap()
+                .fingerprint(),
+            dek.fingerprint()
+        );
         let wrong = Key::passphrase("hunter3");
-        assert_eq!(unwrap_slot(&slot, &wrong, Location::default()).err().unwrap().kind(), ErrorKind::WrongKey);
+        assert_eq!(
+            unwrap_slot(&slot, &wrong, Location::default())
+                .err()
+                .unwrap()
+                .kind(),
+            ErrorKind::WrongKey
+        );
     }
 
     #[test]

@@ -101,18 +101,27 @@ pub(crate) fn parse_header_tlv(tlv: &[u8], base: u64) -> Result<HeaderMeta> {
         let ty = u16::from_le_bytes([rest[0], rest[1]]);
         let len = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
         if rest.len() - 4 < len {
-            return Err(bad(off, format!("header record type {ty} of {len} bytes runs past meta_len")));
+            return Err(bad(
+                off,
+                format!("header record type {ty} of {len} bytes runs past meta_len"),
+            ));
         }
         let value = &rest[4..4 + len];
         if let Some(limit) = header_limit(ty) {
             if len > limit {
                 return Err(bad(
                     off,
-                    format!("header record {} is {len} bytes; the limit is {limit}", header_name(ty)),
+                    format!(
+                        "header record {} is {len} bytes; the limit is {limit}",
+                        header_name(ty)
+                    ),
                 ));
             }
             if seen.contains(&ty) {
-                return Err(bad(off, format!("header record {} appears twice", header_name(ty))));
+                return Err(bad(
+                    off,
+                    format!("header record {} appears twice", header_name(ty)),
+                ));
             }
             seen.push(ty);
         }
@@ -170,25 +179,45 @@ pub(crate) fn parse_body_meta(meta: &[u8], loc: Location) -> Result<Vec<Note>> {
     let mut rest = meta;
     while !rest.is_empty() {
         if rest.len() < 8 {
-            return Err(Error::new(ErrorKind::Malformed, loc, "index meta record cut short"));
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                loc,
+                "index meta record cut short",
+            ));
         }
         let ty = u16::from_le_bytes([rest[0], rest[1]]);
         let reserved = u16::from_le_bytes([rest[2], rest[3]]);
         let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
         if reserved != 0 {
-            return Err(Error::new(ErrorKind::NonZeroPadding, loc, "index meta record has non-zero reserved bytes"));
+            return Err(Error::new(
+                ErrorKind::NonZeroPadding,
+                loc,
+                "index meta record has non-zero reserved bytes",
+            ));
         }
         if rest.len() - 8 < len {
-            return Err(Error::new(ErrorKind::Malformed, loc, "index meta record runs past the body"));
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                loc,
+                "index meta record runs past the body",
+            ));
         }
         let value = &rest[8..8 + len];
         if ty == B_NOTE {
             if value.len() < 2 {
-                return Err(Error::new(ErrorKind::Malformed, loc, "note record too short"));
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    loc,
+                    "note record too short",
+                ));
             }
             let nl = usize::from(u16::from_le_bytes([value[0], value[1]]));
             if value.len() - 2 < nl {
-                return Err(Error::new(ErrorKind::Malformed, loc, "note name runs past its record"));
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    loc,
+                    "note name runs past its record",
+                ));
             }
             notes.push(Note {
                 name: String::from_utf8_lossy(&value[2..2 + nl]).into_owned(),

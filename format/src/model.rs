@@ -51,7 +51,10 @@ impl Features {
         named(self.ro_compat, &[], "ro-compat", &mut out);
         named(
             self.compat,
-            &[(Self::PROCESS_FACTS, "process-facts"), (Self::NOTES, "notes")],
+            &[
+                (Self::PROCESS_FACTS, "process-facts"),
+                (Self::NOTES, "notes"),
+            ],
             "compat",
             &mut out,
         );

@@ -267,7 +267,9 @@ impl Image {
         if self.is_encrypted() || ext.kind != ExtentKind::Data || ext.codec != ChunkCodec::None {
             return None;
         }
-        self.chunks.get(usize::try_from(ext.chunk).ok()?).map(|c| c.offset)
+        self.chunks
+            .get(usize::try_from(ext.chunk).ok()?)
+            .map(|c| c.offset)
     }
 
     /// The stored bytes of chunk `n`, checked against their stored checksum.
@@ -297,9 +299,7 @@ impl Image {
             .ok()
             .and_then(|i| self.chunks.get(i))
             .copied()
-            .ok_or_else(|| {
-                Error::plain(ErrorKind::InvalidInput, format!("there is no chunk {n}"))
-            })
+            .ok_or_else(|| Error::plain(ErrorKind::InvalidInput, format!("there is no chunk {n}")))
     }
 
     /// Decodes an extent's pages into `out`, which must be exactly the
@@ -314,7 +314,11 @@ impl Image {
         if out.len() as u64 != ext.len(ps) {
             return Err(Error::plain(
                 ErrorKind::InvalidInput,
-                format!("buffer of {} bytes for an extent of {}", out.len(), ext.len(ps)),
+                format!(
+                    "buffer of {} bytes for an extent of {}",
+                    out.len(),
+                    ext.len(ps)
+                ),
             ));
         }
         match ext.kind {
@@ -324,12 +328,10 @@ impl Image {
             }
             ExtentKind::Absent => Err(Error::new(
                 ErrorKind::NotCaptured,
-                Location::default().with_region(ext.region).with_addr(ext.addr),
-                format!(
-                    "{:#x}-{:#x} was not captured",
-                    ext.addr,
-                    ext.end(ps)
-                ),
+                Location::default()
+                    .with_region(ext.region)
+                    .with_addr(ext.addr),
+                format!("{:#x}-{:#x} was not captured", ext.addr, ext.end(ps)),
             )),
             ExtentKind::Data => self.decode_data(ext, out),
         }
@@ -340,7 +342,9 @@ impl Image {
         let loc = Location::chunk(ext.chunk, c.offset)
             .with_region(ext.region)
             .with_addr(ext.addr);
-        let stored = self.read_stored(ext.chunk).map_err(|e| e.with_location(loc))?;
+        let stored = self
+            .read_stored(ext.chunk)
+            .map_err(|e| e.with_location(loc))?;
         let mut owned;
         let plain: &[u8] = match &self.dek {
             Some(dek) => {
@@ -365,7 +369,10 @@ impl Image {
                 &owned
             }
             None if self.is_encrypted() => {
-                return Err(Error::plain(ErrorKind::KeyRequired, "the image is encrypted"))
+                return Err(Error::plain(
+                    ErrorKind::KeyRequired,
+                    "the image is encrypted",
+                ))
             }
             None => &stored,
         };
@@ -492,7 +499,9 @@ impl Image {
         let i = rs.partition_point(|r| r.info.end() <= a);
         let lo = if i > 0 { rs[i - 1].info.end() } else { 0 };
         let hi = rs.get(i).map_or(u64::MAX, |r| r.info.start);
-        Ok(format!("it lies in the gap {lo:#x}-{hi:#x} between regions"))
+        Ok(format!(
+            "it lies in the gap {lo:#x}-{hi:#x} between regions"
+        ))
     }
 
     /// Every (key fingerprint, nonce) pair this image's encryption used: one
@@ -504,7 +513,10 @@ impl Image {
     /// When the image is not encrypted or `key` does not open it.
     pub fn nonce_audit(&self, key: &Key) -> Result<Vec<(u128, Vec<u8>)>> {
         let dek = self.dek.as_ref().ok_or_else(|| {
-            Error::plain(ErrorKind::KeyRequired, "nonce audit needs an unlocked, encrypted image")
+            Error::plain(
+                ErrorKind::KeyRequired,
+                "nonce audit needs an unlocked, encrypted image",
+            )
         })?;
         let fp = dek.fingerprint();
         let mut out: Vec<(u128, Vec<u8>)> = (0..self.chunks.len() as u64)
@@ -545,7 +557,8 @@ pub(crate) fn map_path(path: &Path) -> Result<Source> {
         .len();
     usize_of(len)?;
     if len < 65536 {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         return Ok(Source::Bytes(bytes));
     }
     // SAFETY: the map is read-only and private to this Image; the file is not
@@ -559,7 +572,11 @@ pub(crate) fn map_path(path: &Path) -> Result<Source> {
 
 /// Parses and validates an image. In lenient mode, problems that do not stop
 /// parsing are returned in the second value.
-pub(crate) fn open_source(src: Source, key: Option<&Key>, strict: bool) -> Result<(Image, Vec<Error>)> {
+pub(crate) fn open_source(
+    src: Source,
+    key: Option<&Key>,
+    strict: bool,
+) -> Result<(Image, Vec<Error>)> {
     let mut sink = Sink::new(strict);
     let (header, header_page) = parse_header(&src, &mut sink)?;
     if key.is_some() && header.cipher == Cipher::None {
@@ -582,19 +599,33 @@ pub(crate) fn open_source(src: Source, key: Option<&Key>, strict: bool) -> Resul
             aad.extend_from_slice(&header_page);
             aad.extend_from_slice(&index[..ihead_len]);
             let mut plain = body_bytes.to_vec();
-            let n = d.open(&crypt::INDEX_NONCE, &aad, &mut plain).map_err(|()| {
-                Error::new(
-                    ErrorKind::Authentication,
-                    Location::at(trailer.index_offset),
-                    "index fails authentication: the header, index or chunk map was altered",
-                )
-            })?;
+            let n = d
+                .open(&crypt::INDEX_NONCE, &aad, &mut plain)
+                .map_err(|()| {
+                    Error::new(
+                        ErrorKind::Authentication,
+                        Location::at(trailer.index_offset),
+                        "index fails authentication: the header, index or chunk map was altered",
+                    )
+                })?;
             plain.truncate(n);
-            body = Some(parse_body(&plain, &header, &chunks, trailer.index_offset + ihead_len as u64, true)?);
+            body = Some(parse_body(
+                &plain,
+                &header,
+                &chunks,
+                trailer.index_offset + ihead_len as u64,
+                true,
+            )?);
             dek = Some(d);
         }
     } else {
-        body = Some(parse_body(body_bytes, &header, &chunks, trailer.index_offset + ihead_len as u64, false)?);
+        body = Some(parse_body(
+            body_bytes,
+            &header,
+            &chunks,
+            trailer.index_offset + ihead_len as u64,
+            false,
+        )?);
     }
     drop(index);
     let img = Image {
@@ -626,14 +657,50 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
         ));
     }
     if head.len() < HEADER_FIXED_LEN {
-        return Err(crate::error::truncated(0, "header", HEADER_FIXED_LEN as u64, flen));
+        return Err(crate::error::truncated(
+            0,
+            "header",
+            HEADER_FIXED_LEN as u64,
+            flen,
+        ));
     }
     let f: HeaderFixed = raw::from_bytes(&head)
         .ok_or_else(|| malformed(Location::at(0), "header does not parse"))?;
+    let ps = f.page_size;
+    if !matches!(ps, 4096 | 16384 | 65536) {
+        return Err(malformed(
+            Location::at(0x28),
+            format!("page size {ps} is not 4096, 16384 or 65536"),
+        ));
+    }
+    if u64::from(ps) > flen {
+        return Err(crate::error::truncated(
+            0,
+            "header page",
+            u64::from(ps),
+            flen,
+        ));
+    }
+    let page = src.get(0, u64::from(ps), "header page")?.into_owned();
+    let psu = ps as usize;
+    let sum = xxh3_64(&page[..psu - 8]);
+    let stored = u64::from_le_bytes(page[psu - 8..].try_into().unwrap_or([0; 8]));
+    let checksum_ok = sum == stored;
+    // A version or feature the reader does not know is "unsupported" only when
+    // the header is intact; in a damaged header it is damage.
+    let refuse = |off: u64, msg: String| {
+        if checksum_ok {
+            Error::new(ErrorKind::Unsupported, Location::at(off), msg)
+        } else {
+            malformed(
+                Location::at(off),
+                format!("{msg} (and the header checksum does not match: the header is damaged)"),
+            )
+        }
+    };
     if f.version_major != VERSION_MAJOR {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            Location::at(8),
+        return Err(refuse(
+            8,
             format!(
                 "format version {}.{} is not supported: this reader reads version {VERSION_MAJOR}.x",
                 f.version_major, f.version_minor
@@ -643,9 +710,8 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
     let unknown = f.incompat & !crate::Features::KNOWN_INCOMPAT;
     if unknown != 0 {
         let bit = unknown.trailing_zeros();
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            Location::at(0x10),
+        return Err(refuse(
+            0x10,
             format!(
                 "unknown incompatible feature bit {bit} ({:#x}) in a version {}.{} image: this reader ({VERSION_MAJOR}.{VERSION_MINOR}) cannot read it",
                 1u64 << bit,
@@ -654,18 +720,7 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
             ),
         ));
     }
-    let ps = f.page_size;
-    if !matches!(ps, 4096 | 16384 | 65536) {
-        return Err(malformed(Location::at(0x28), format!("page size {ps} is not 4096, 16384 or 65536")));
-    }
-    if u64::from(ps) > flen {
-        return Err(crate::error::truncated(0, "header page", u64::from(ps), flen));
-    }
-    let page = src.get(0, u64::from(ps), "header page")?.into_owned();
-    let psu = ps as usize;
-    let sum = xxh3_64(&page[..psu - 8]);
-    let stored = u64::from_le_bytes(page[psu - 8..].try_into().unwrap_or([0; 8]));
-    if sum != stored {
+    if !checksum_ok {
         sink.report(Error::new(
             ErrorKind::Checksum,
             Location::at(u64::from(ps) - 8),
@@ -674,20 +729,33 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
     }
     let loc = Location::at;
     if f.header_size != ps {
-        sink.report(malformed(loc(0x0c), format!("header size {} differs from page size {ps}", f.header_size)))?;
+        sink.report(malformed(
+            loc(0x0c),
+            format!("header size {} differs from page size {ps}", f.header_size),
+        ))?;
     }
     let cs = f.chunk_size;
     if cs < ps || cs % ps != 0 || cs > MAX_CHUNK_SIZE {
         return Err(malformed(
             loc(0x2c),
-            format!("chunk size {cs} is not a multiple of the page size {ps} up to {MAX_CHUNK_SIZE}"),
+            format!(
+                "chunk size {cs} is not a multiple of the page size {ps} up to {MAX_CHUNK_SIZE}"
+            ),
         ));
     }
     if f.reserved0 != [0; 3] {
-        sink.report(Error::new(ErrorKind::NonZeroPadding, loc(0x55), "reserved header bytes are not zero"))?;
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            loc(0x55),
+            "reserved header bytes are not zero",
+        ))?;
     }
     if f.reserved1 != [0; 36] {
-        sink.report(Error::new(ErrorKind::NonZeroPadding, loc(0x5c), "reserved header bytes are not zero"))?;
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            loc(0x5c),
+            "reserved header bytes are not zero",
+        ))?;
     }
     let cipher = match f.cipher {
         0 => Cipher::None,
@@ -703,17 +771,31 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
     let endian = match f.machine_endian {
         1 => Endian::Little,
         2 => Endian::Big,
-        e => return Err(malformed(loc(0x4e), format!("machine endianness {e} is not 1 or 2"))),
+        e => {
+            return Err(malformed(
+                loc(0x4e),
+                format!("machine endianness {e} is not 1 or 2"),
+            ))
+        }
     };
     if !matches!(f.machine_ptr_bytes, 4 | 8) {
-        sink.report(malformed(loc(0x4f), format!("pointer width {} is not 4 or 8", f.machine_ptr_bytes)))?;
+        sink.report(malformed(
+            loc(0x4f),
+            format!("pointer width {} is not 4 or 8", f.machine_ptr_bytes),
+        ))?;
     }
     if f.created_nanos >= 1_000_000_000 {
-        sink.report(malformed(loc(0x48), "creation nanoseconds are 10^9 or more"))?;
+        sink.report(malformed(
+            loc(0x48),
+            "creation nanoseconds are 10^9 or more",
+        ))?;
     }
     let meta_len = f.meta_len as usize;
     if HEADER_FIXED_LEN + meta_len > psu - 8 {
-        return Err(malformed(loc(0x58), format!("header metadata of {meta_len} bytes runs past the header page")));
+        return Err(malformed(
+            loc(0x58),
+            format!("header metadata of {meta_len} bytes runs past the header page"),
+        ));
     }
     let tlv_end = HEADER_FIXED_LEN + meta_len;
     if let Some(p) = page[tlv_end..psu - 8].iter().position(|&b| b != 0) {
@@ -723,7 +805,8 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
             "header padding is not zero",
         ))?;
     }
-    let m = match meta::parse_header_tlv(&page[HEADER_FIXED_LEN..tlv_end], HEADER_FIXED_LEN as u64) {
+    let m = match meta::parse_header_tlv(&page[HEADER_FIXED_LEN..tlv_end], HEADER_FIXED_LEN as u64)
+    {
         Ok(m) => m,
         Err(e) => {
             sink.report(e)?;
@@ -764,16 +847,27 @@ fn trailer_at(src: &Source, o: u64) -> Option<TrailerRaw> {
     (t.magic == TRAILER_MAGIC && t.checksum == sum && t.trailer_offset == o).then_some(t)
 }
 
-fn find_trailer(src: &Source, header: &Header, sink: &mut Sink) -> Result<(TrailerInfo, KeySlotRaw)> {
+fn find_trailer(
+    src: &Source,
+    header: &Header,
+    sink: &mut Sink,
+) -> Result<(TrailerInfo, KeySlotRaw)> {
     let flen = src.len();
     let ps = u64::from(header.page_size);
     let min = ps + TRAILER_LEN as u64;
     if flen < min {
-        return Err(crate::error::truncated(0, "an image (header and trailer)", min, flen));
+        return Err(crate::error::truncated(
+            0,
+            "an image (header and trailer)",
+            min,
+            flen,
+        ));
     }
     let mut found = None;
     for k in 0..=TRAILER_LEN as u64 {
-        let Some(o) = flen.checked_sub(TRAILER_LEN as u64 + k) else { break };
+        let Some(o) = flen.checked_sub(TRAILER_LEN as u64 + k) else {
+            break;
+        };
         if o < ps {
             break;
         }
@@ -805,7 +899,11 @@ fn find_trailer(src: &Source, header: &Header, sink: &mut Sink) -> Result<(Trail
                 xxh3_64(&b[..248])
             )
         };
-        let kind = if b[..8] != TRAILER_MAGIC { ErrorKind::Truncated } else { ErrorKind::Checksum };
+        let kind = if b[..8] != TRAILER_MAGIC {
+            ErrorKind::Truncated
+        } else {
+            ErrorKind::Checksum
+        };
         return Err(Error::new(kind, Location::at(o), msg));
     };
     let o = t.trailer_offset;
@@ -814,7 +912,11 @@ fn find_trailer(src: &Source, header: &Header, sink: &mut Sink) -> Result<(Trail
         sink.report(malformed(loc, "trailer image id differs from the header's"))?;
     }
     if t.reserved0 != 0 || t.reserved1 != [0; 56] {
-        sink.report(Error::new(ErrorKind::NonZeroPadding, loc, "reserved trailer bytes are not zero"))?;
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            loc,
+            "reserved trailer bytes are not zero",
+        ))?;
     }
     let index_end = t
         .index_offset
@@ -831,13 +933,21 @@ fn find_trailer(src: &Source, header: &Header, sink: &mut Sink) -> Result<(Trail
         })?;
     let kdf = if header.cipher == Cipher::None {
         if t.key_slot != KeySlotRaw::default() {
-            sink.report(Error::new(ErrorKind::NonZeroPadding, Location::at(o + 64), "key slot of a plain image is not zero"))?;
+            sink.report(Error::new(
+                ErrorKind::NonZeroPadding,
+                Location::at(o + 64),
+                "key slot of a plain image is not zero",
+            ))?;
         }
         None
     } else {
         let k = crypt::slot_kdf(&t.key_slot, Location::at(o + 64))?;
         if t.key_slot.reserved0 != [0; 3] || t.key_slot.reserved1 != [0; 24] {
-            sink.report(Error::new(ErrorKind::NonZeroPadding, Location::at(o + 64), "reserved key slot bytes are not zero"))?;
+            sink.report(Error::new(
+                ErrorKind::NonZeroPadding,
+                Location::at(o + 64),
+                "reserved key slot bytes are not zero",
+            ))?;
         }
         Some(k)
     };
@@ -847,7 +957,9 @@ fn find_trailer(src: &Source, header: &Header, sink: &mut Sink) -> Result<(Trail
     if gap % TRAILER_LEN as u64 != 0 {
         sink.report(malformed(
             Location::at(index_end),
-            format!("{gap} bytes between the index and the trailer are not whole superseded trailers"),
+            format!(
+                "{gap} bytes between the index and the trailer are not whole superseded trailers"
+            ),
         ))?;
     } else {
         let mut p = index_end;
@@ -916,14 +1028,22 @@ fn parse_index(
         ))?;
     }
     if index.len() < INDEX_HEAD_LEN {
-        return Err(malformed(loc, format!("index of {} bytes is shorter than its head", index.len())));
+        return Err(malformed(
+            loc,
+            format!("index of {} bytes is shorter than its head", index.len()),
+        ));
     }
-    let h: IndexHeadRaw = raw::from_bytes(index).ok_or_else(|| malformed(loc, "index head does not parse"))?;
+    let h: IndexHeadRaw =
+        raw::from_bytes(index).ok_or_else(|| malformed(loc, "index head does not parse"))?;
     if h.magic != INDEX_MAGIC {
         return Err(malformed(loc, "index magic is wrong"));
     }
     if h.reserved != [0; 32] {
-        sink.report(Error::new(ErrorKind::NonZeroPadding, Location::at(base + 32), "reserved index bytes are not zero"))?;
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            Location::at(base + 32),
+            "reserved index bytes are not zero",
+        ))?;
     }
     let map_len = h
         .chunk_count
@@ -943,23 +1063,46 @@ fn parse_index(
             ),
         ));
     }
-    let tag = if header.cipher == Cipher::None { 0 } else { TAG_LEN as u64 };
+    let tag = if header.cipher == Cipher::None {
+        0
+    } else {
+        TAG_LEN as u64
+    };
     if h.body_plain_len.checked_add(tag) != Some(h.body_len) {
-        return Err(malformed(loc, format!("index body lengths {} and {} disagree", h.body_len, h.body_plain_len)));
+        return Err(malformed(
+            loc,
+            format!(
+                "index body lengths {} and {} disagree",
+                h.body_len, h.body_plain_len
+            ),
+        ));
     }
     let map_end = INDEX_HEAD_LEN + usize_of(map_len)?;
     let mut chunks = Vec::with_capacity(usize_of(h.chunk_count)?);
-    for (i, e) in index[INDEX_HEAD_LEN..map_end].chunks_exact(CHUNK_ENTRY_LEN).enumerate() {
-        let c: ChunkEntryRaw = raw::from_bytes(e).ok_or_else(|| malformed(loc, "chunk entry does not parse"))?;
+    for (i, e) in index[INDEX_HEAD_LEN..map_end]
+        .chunks_exact(CHUNK_ENTRY_LEN)
+        .enumerate()
+    {
+        let c: ChunkEntryRaw =
+            raw::from_bytes(e).ok_or_else(|| malformed(loc, "chunk entry does not parse"))?;
         let eoff = base + (INDEX_HEAD_LEN + i * CHUNK_ENTRY_LEN) as u64;
         if c.reserved != 0 {
-            sink.report(Error::new(ErrorKind::NonZeroPadding, Location::chunk(i as u64, eoff), "reserved chunk entry bytes are not zero"))?;
+            sink.report(Error::new(
+                ErrorKind::NonZeroPadding,
+                Location::chunk(i as u64, eoff),
+                "reserved chunk entry bytes are not zero",
+            ))?;
         }
         if c.stored_len == 0 {
-            return Err(malformed(Location::chunk(i as u64, eoff), "chunk has no stored bytes"));
+            return Err(malformed(
+                Location::chunk(i as u64, eoff),
+                "chunk has no stored bytes",
+            ));
         }
         if c.offset < u64::from(header.page_size)
-            || c.offset.checked_add(u64::from(c.stored_len)).is_none_or(|e| e > trailer.index_offset)
+            || c.offset
+                .checked_add(u64::from(c.stored_len))
+                .is_none_or(|e| e > trailer.index_offset)
         {
             return Err(malformed(
                 Location::chunk(i as u64, eoff),
@@ -978,12 +1121,19 @@ fn parse_index(
     Ok((chunks, map_end, (map_end, index.len())))
 }
 
-fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encrypted: bool) -> Result<Body> {
+fn parse_body(
+    body: &[u8],
+    header: &Header,
+    chunks: &[ChunkLoc],
+    base: u64,
+    encrypted: bool,
+) -> Result<Body> {
     let loc = Location::at(base);
     if body.len() < BODY_HEAD_LEN {
         return Err(malformed(loc, "index body is shorter than its head"));
     }
-    let h: BodyHeadRaw = raw::from_bytes(body).ok_or_else(|| malformed(loc, "index body head does not parse"))?;
+    let h: BodyHeadRaw =
+        raw::from_bytes(body).ok_or_else(|| malformed(loc, "index body head does not parse"))?;
     let mut zeroed = body[..BODY_HEAD_LEN].to_vec();
     zeroed[24..32].fill(0);
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -994,11 +1144,18 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
         return Err(Error::new(
             ErrorKind::Checksum,
             loc,
-            format!("index body checksum mismatch (stored {:016x}, body hashes to {sum:016x})", h.body_checksum),
+            format!(
+                "index body checksum mismatch (stored {:016x}, body hashes to {sum:016x})",
+                h.body_checksum
+            ),
         ));
     }
     if h.reserved != 0 {
-        return Err(Error::new(ErrorKind::NonZeroPadding, loc, "reserved index body bytes are not zero"));
+        return Err(Error::new(
+            ErrorKind::NonZeroPadding,
+            loc,
+            "reserved index body bytes are not zero",
+        ));
     }
     let rc = u64::from(h.region_count);
     let expect = (BODY_HEAD_LEN as u64)
@@ -1030,10 +1187,17 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
     let mut extents = Vec::with_capacity(usize_of(h.extent_count)?);
     let mut next_chunk = 0u64;
     for (i, e) in body[e_start..s_start].chunks_exact(EXTENT_LEN).enumerate() {
-        let r: ExtentRaw = raw::from_bytes(e).ok_or_else(|| malformed(loc, "extent does not parse"))?;
-        let eloc = Location::at(base + (e_start + i * EXTENT_LEN) as u64).with_region(r.region).with_addr(r.addr);
+        let r: ExtentRaw =
+            raw::from_bytes(e).ok_or_else(|| malformed(loc, "extent does not parse"))?;
+        let eloc = Location::at(base + (e_start + i * EXTENT_LEN) as u64)
+            .with_region(r.region)
+            .with_addr(r.addr);
         if r.reserved != [0; 6] {
-            return Err(Error::new(ErrorKind::NonZeroPadding, eloc, format!("extent {i}: reserved bytes are not zero")));
+            return Err(Error::new(
+                ErrorKind::NonZeroPadding,
+                eloc,
+                format!("extent {i}: reserved bytes are not zero"),
+            ));
         }
         if r.page_count == 0 {
             return Err(malformed(eloc, format!("extent {i} has no pages")));
@@ -1047,40 +1211,68 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
         let codec = match (kind, r.codec) {
             (ExtentKind::Data, 0) => ChunkCodec::None,
             (ExtentKind::Data, 1) => ChunkCodec::Zstd,
-            (ExtentKind::Data, c) => return Err(malformed(eloc, format!("extent {i}: unknown codec {c}"))),
+            (ExtentKind::Data, c) => {
+                return Err(malformed(eloc, format!("extent {i}: unknown codec {c}")))
+            }
             (_, 0) => ChunkCodec::None,
-            (_, _) => return Err(malformed(eloc, format!("extent {i}: a codec on pages that are not stored"))),
+            (_, _) => {
+                return Err(malformed(
+                    eloc,
+                    format!("extent {i}: a codec on pages that are not stored"),
+                ))
+            }
         };
         if codec == ChunkCodec::Zstd && header.features.incompat & Features::ZSTD == 0 {
-            return Err(malformed(eloc, format!("extent {i} is zstd-compressed but the zstd feature is not set")));
+            return Err(malformed(
+                eloc,
+                format!("extent {i} is zstd-compressed but the zstd feature is not set"),
+            ));
         }
         if kind == ExtentKind::Data {
             if r.chunk != next_chunk {
                 return Err(malformed(
                     eloc,
-                    format!("extent {i} names chunk {} where chunk {next_chunk} comes next", r.chunk),
+                    format!(
+                        "extent {i} names chunk {} where chunk {next_chunk} comes next",
+                        r.chunk
+                    ),
                 ));
             }
             let Some(c) = chunks.get(usize_of(r.chunk)?) else {
-                return Err(malformed(eloc, format!("extent {i} names chunk {}, past the chunk map", r.chunk)));
+                return Err(malformed(
+                    eloc,
+                    format!("extent {i} names chunk {}, past the chunk map", r.chunk),
+                ));
             };
             if r.page_count > chunk_pages {
                 return Err(malformed(
                     eloc.with_region(r.region),
-                    format!("extent {i} holds {} pages, more than a chunk's {chunk_pages}", r.page_count),
+                    format!(
+                        "extent {i} holds {} pages, more than a chunk's {chunk_pages}",
+                        r.page_count
+                    ),
                 ));
             }
             let raw_len = u64::from(r.page_count) * psu;
             let tag = if encrypted { TAG_LEN as u64 } else { 0 };
             if codec == ChunkCodec::None && u64::from(c.stored_len) != raw_len + tag {
                 return Err(malformed(
-                    Location::chunk(r.chunk, c.offset).with_region(r.region).with_addr(r.addr),
-                    format!("raw chunk stores {} bytes for {raw_len} bytes of pages", c.stored_len),
+                    Location::chunk(r.chunk, c.offset)
+                        .with_region(r.region)
+                        .with_addr(r.addr),
+                    format!(
+                        "raw chunk stores {} bytes for {raw_len} bytes of pages",
+                        c.stored_len
+                    ),
                 ));
             }
             next_chunk += 1;
         } else if r.chunk != 0 || r.raw_checksum != 0 {
-            return Err(Error::new(ErrorKind::NonZeroPadding, eloc, format!("extent {i}: chunk fields set on pages that are not stored")));
+            return Err(Error::new(
+                ErrorKind::NonZeroPadding,
+                eloc,
+                format!("extent {i}: chunk fields set on pages that are not stored"),
+            ));
         }
         extents.push(Extent {
             addr: r.addr,
@@ -1095,7 +1287,10 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
     if next_chunk != chunks.len() as u64 {
         return Err(malformed(
             loc,
-            format!("the extents use {next_chunk} chunks but the chunk map has {}", chunks.len()),
+            format!(
+                "the extents use {next_chunk} chunks but the chunk map has {}",
+                chunks.len()
+            ),
         ));
     }
 
@@ -1104,18 +1299,36 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
     let mut prev_end = 0u64;
     for (i, b) in body[r_start..e_start].chunks_exact(REGION_LEN).enumerate() {
         let idx = u32::try_from(i).unwrap_or(u32::MAX);
-        let r: RegionRaw = raw::from_bytes(b).ok_or_else(|| malformed(loc, "region does not parse"))?;
+        let r: RegionRaw =
+            raw::from_bytes(b).ok_or_else(|| malformed(loc, "region does not parse"))?;
         let rloc = Location::at(base + (r_start + i * REGION_LEN) as u64).with_region(idx);
         if r.reserved != [0; 5] || r.prot & !7 != 0 || r.flags & !1 != 0 {
-            return Err(Error::new(ErrorKind::NonZeroPadding, rloc, "region: reserved bits are not zero"));
+            return Err(Error::new(
+                ErrorKind::NonZeroPadding,
+                rloc,
+                "region: reserved bits are not zero",
+            ));
         }
-        let kind = RegionKind::from_code(r.kind).ok_or_else(|| malformed(rloc, format!("region: unknown kind {}", r.kind)))?;
+        let kind = RegionKind::from_code(r.kind)
+            .ok_or_else(|| malformed(rloc, format!("region: unknown kind {}", r.kind)))?;
         if r.start % psu != 0 || r.len % psu != 0 || r.len == 0 {
-            return Err(malformed(rloc, format!("region {:#x}+{:#x} is not whole pages", r.start, r.len)));
+            return Err(malformed(
+                rloc,
+                format!("region {:#x}+{:#x} is not whole pages", r.start, r.len),
+            ));
         }
-        let end = r.start.checked_add(r.len).ok_or_else(|| malformed(rloc, "region wraps the address space"))?;
+        let end = r
+            .start
+            .checked_add(r.len)
+            .ok_or_else(|| malformed(rloc, "region wraps the address space"))?;
         if i > 0 && r.start < prev_end {
-            return Err(malformed(rloc, format!("region at {:#x} overlaps or precedes the region before it", r.start)));
+            return Err(malformed(
+                rloc,
+                format!(
+                    "region at {:#x} overlaps or precedes the region before it",
+                    r.start
+                ),
+            ));
         }
         prev_end = end;
         let name_end = u64::from(r.name_off) + u64::from(r.name_len);
@@ -1123,30 +1336,62 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
             return Err(malformed(rloc, "region name runs past the string table"));
         }
         if u64::from(r.first_extent) != next_extent && r.extent_count > 0 {
-            return Err(malformed(rloc, format!("region's extents start at {} where {next_extent} comes next", r.first_extent)));
+            return Err(malformed(
+                rloc,
+                format!(
+                    "region's extents start at {} where {next_extent} comes next",
+                    r.first_extent
+                ),
+            ));
         }
         let ecount = u64::from(r.extent_count);
         if next_extent + ecount > extents.len() as u64 {
-            return Err(malformed(rloc, "region's extents run past the extent table"));
+            return Err(malformed(
+                rloc,
+                "region's extents run past the extent table",
+            ));
         }
         // The extents must cover the region exactly.
         let mut at = r.start;
-        for (j, e) in extents[next_extent as usize..(next_extent + ecount) as usize].iter().enumerate() {
+        for (j, e) in extents[next_extent as usize..(next_extent + ecount) as usize]
+            .iter()
+            .enumerate()
+        {
             if e.region != idx {
-                return Err(malformed(rloc, format!("extent {} belongs to region {} but lies in region {idx}", next_extent as usize + j, e.region)));
+                return Err(malformed(
+                    rloc,
+                    format!(
+                        "extent {} belongs to region {} but lies in region {idx}",
+                        next_extent as usize + j,
+                        e.region
+                    ),
+                ));
             }
             if e.addr != at {
-                return Err(malformed(rloc.with_addr(e.addr), format!("extent at {:#x} where {at:#x} comes next", e.addr)));
+                return Err(malformed(
+                    rloc.with_addr(e.addr),
+                    format!("extent at {:#x} where {at:#x} comes next", e.addr),
+                ));
             }
             at = e.end(ps);
             if at > end || at < e.addr {
-                return Err(malformed(rloc.with_addr(e.addr), "extent runs past its region"));
+                return Err(malformed(
+                    rloc.with_addr(e.addr),
+                    "extent runs past its region",
+                ));
             }
         }
         if ecount > 0 && at != end {
-            return Err(malformed(rloc, format!("extents cover the region only up to {at:#x}, not {end:#x}")));
+            return Err(malformed(
+                rloc,
+                format!("extents cover the region only up to {at:#x}, not {end:#x}"),
+            ));
         }
-        let first = if ecount > 0 { r.first_extent } else { u32::try_from(next_extent).unwrap_or(u32::MAX) };
+        let first = if ecount > 0 {
+            r.first_extent
+        } else {
+            u32::try_from(next_extent).unwrap_or(u32::MAX)
+        };
         next_extent += ecount;
         regions.push(Region {
             index: idx,
@@ -1166,9 +1411,19 @@ fn parse_body(body: &[u8], header: &Header, chunks: &[ChunkLoc], base: u64, encr
         });
     }
     if next_extent != extents.len() as u64 {
-        return Err(malformed(loc, format!("{} extents belong to no region", extents.len() as u64 - next_extent)));
+        return Err(malformed(
+            loc,
+            format!(
+                "{} extents belong to no region",
+                extents.len() as u64 - next_extent
+            ),
+        ));
     }
-    Ok(Body { regions, extents, notes })
+    Ok(Body {
+        regions,
+        extents,
+        notes,
+    })
 }
 
 /// Checks that chunk offsets follow the layout rule (spec.md, *Chunk data*).
@@ -1180,18 +1435,28 @@ fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
     let mut raw_flags = vec![false; img.chunks.len()];
     if let (Some(b), false) = (&img.body, encrypted) {
         for e in b.extents.iter().filter(|e| e.kind == ExtentKind::Data) {
-            if let Some(f) = usize::try_from(e.chunk).ok().and_then(|i| raw_flags.get_mut(i)) {
+            if let Some(f) = usize::try_from(e.chunk)
+                .ok()
+                .and_then(|i| raw_flags.get_mut(i))
+            {
                 *f = e.codec == ChunkCodec::None;
             }
         }
     }
     let mut end = ps;
     for (i, c) in img.chunks.iter().enumerate() {
-        let expect = if raw_flags[i] { end.div_ceil(ps) * ps } else { end };
+        let expect = if raw_flags[i] {
+            end.div_ceil(ps) * ps
+        } else {
+            end
+        };
         if c.offset != expect {
             sink.report(malformed(
                 Location::chunk(i as u64, c.offset),
-                format!("chunk starts at {:#x}; the layout puts it at {expect:#x}", c.offset),
+                format!(
+                    "chunk starts at {:#x}; the layout puts it at {expect:#x}",
+                    c.offset
+                ),
             ))?;
         }
         end = c.offset + u64::from(c.stored_len);
@@ -1199,7 +1464,10 @@ fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
     if end != img.trailer.index_offset {
         sink.report(malformed(
             Location::at(end),
-            format!("the index starts at {:#x}, not right after the last chunk ({end:#x})", img.trailer.index_offset),
+            format!(
+                "the index starts at {:#x}, not right after the last chunk ({end:#x})",
+                img.trailer.index_offset
+            ),
         ))?;
     }
     Ok(())

@@ -137,7 +137,8 @@ pub fn rewrap_in_place(path: &Path, old_key: &Key, new_key: &Key) -> Result<Rewr
     if t.unfinished_tail > 0 {
         f.set_len(end)
             .map_err(|e| Error::io("removing an unfinished key rotation", e))?;
-        f.sync_all().map_err(|e| Error::io("syncing the image", e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("syncing the image", e))?;
     }
     let generation = t
         .generation
@@ -170,7 +171,8 @@ pub fn rewrap_in_place(path: &Path, old_key: &Key, new_key: &Key) -> Result<Rewr
         }
         p += TRAILER_LEN as u64;
     }
-    f.sync_all().map_err(|e| Error::io("syncing the image", e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("syncing the image", e))?;
     Ok(RewrapStats {
         bytes_written: written,
         generation,

@@ -125,7 +125,9 @@ fn verify_source(src: Source, key: Option<&Key>, opts: &VerifyOptions<'_>) -> Re
         Err(e) if e.is_damage() => report.problems.push(e.into()),
         Err(e) => report.fatal = Some(e),
         Ok((img, problems)) => {
-            report.problems.extend(problems.into_iter().map(Problem::from));
+            report
+                .problems
+                .extend(problems.into_iter().map(Problem::from));
             img.verify_into(&mut report, opts);
         }
     }
@@ -152,7 +154,10 @@ impl Image {
         let mut by_chunk: Vec<Option<Extent>> = vec![None; chunks.len()];
         if let Ok(ex) = self.extents() {
             for e in ex.iter().filter(|e| e.kind == ExtentKind::Data) {
-                if let Some(slot) = usize::try_from(e.chunk).ok().and_then(|i| by_chunk.get_mut(i)) {
+                if let Some(slot) = usize::try_from(e.chunk)
+                    .ok()
+                    .and_then(|i| by_chunk.get_mut(i))
+                {
                     *slot = Some(*e);
                 }
             }
@@ -235,7 +240,9 @@ fn raw_mismatch(loc: Location, want: u128, got: u128) -> Problem {
     Problem {
         kind: ErrorKind::Checksum,
         location: loc,
-        message: format!("raw content checksum mismatch (index says {want:032x}, content hashes to {got:032x})"),
+        message: format!(
+            "raw content checksum mismatch (index says {want:032x}, content hashes to {got:032x})"
+        ),
     }
 }
 

@@ -527,10 +527,12 @@ impl<W: Write> Writer<W> {
                 info.start, info.len, ps
             )));
         }
-        let end = info
-            .start
-            .checked_add(info.len)
-            .ok_or_else(|| invalid(format!("region at {:#x} wraps the address space", info.start)))?;
+        let end = info.start.checked_add(info.len).ok_or_else(|| {
+            invalid(format!(
+                "region at {:#x} wraps the address space",
+                info.start
+            ))
+        })?;
         if let Some(prev) = self.regions.last() {
             if info.start < prev.start + prev.len {
                 return Err(invalid(format!(
@@ -541,9 +543,10 @@ impl<W: Write> Writer<W> {
                 )));
             }
         }
-        let index = u32::try_from(self.regions.len())
-            .map_err(|_| invalid("more than 2^32 regions"))?;
-        let name_off = u32::try_from(self.strings.len()).map_err(|_| invalid("names exceed 4 GiB"))?;
+        let index =
+            u32::try_from(self.regions.len()).map_err(|_| invalid("more than 2^32 regions"))?;
+        let name_off =
+            u32::try_from(self.strings.len()).map_err(|_| invalid("names exceed 4 GiB"))?;
         let name_len = u32::try_from(info.name.len()).map_err(|_| invalid("name exceeds 4 GiB"))?;
         self.strings.extend_from_slice(&info.name);
         self.regions.push(RegionRaw {
@@ -685,9 +688,7 @@ impl<W: Write> Writer<W> {
         let mut addr = addr;
         let in_region = self.extents.len() > first;
         if let Some(last) = self.extents.last_mut() {
-            if in_region
-                && last.kind == kind
-                && last.addr + u64::from(last.page_count) * ps == addr
+            if in_region && last.kind == kind && last.addr + u64::from(last.page_count) * ps == addr
             {
                 let room = u64::from(u32::MAX - last.page_count);
                 let add = room.min(pages);
@@ -737,7 +738,13 @@ impl<W: Write> Writer<W> {
         });
         self.stats.data_bytes += raw.len() as u64;
         let aad = self.encrypted.then(|| {
-            crypt::chunk_aad(&self.image_id, ordinal, self.pending_addr, page_count, region)
+            crypt::chunk_aad(
+                &self.image_id,
+                ordinal,
+                self.pending_addr,
+                page_count,
+                region,
+            )
         });
         let out = self.spare.pop().unwrap_or_default();
         let job = Job {
@@ -796,8 +803,8 @@ impl<W: Write> Writer<W> {
         }
         let offset = self.out.pos;
         self.out.put(stored)?;
-        let stored_len = u32::try_from(stored.len())
-            .map_err(|_| invalid("a stored chunk exceeds 4 GiB"))?;
+        let stored_len =
+            u32::try_from(stored.len()).map_err(|_| invalid("a stored chunk exceeds 4 GiB"))?;
         self.stats.stored_bytes += u64::from(stored_len);
         self.chunks.push(ChunkEntryRaw {
             offset,
@@ -834,20 +841,21 @@ impl<W: Write> Writer<W> {
     pub fn end_region(&mut self) -> Result<()> {
         let open = self
             .open
-            .take()
+            .as_ref()
             .ok_or_else(|| invalid("no region is open"))?;
         if open.next != open.end {
-            let e = invalid(format!(
+            return Err(invalid(format!(
                 "region at {:#x}: only {} of {} bytes were pushed",
                 open.start,
                 open.next - open.start,
                 open.end - open.start
-            ));
-            self.open = Some(open);
-            return Err(e);
+            )));
         }
+        // Flush while the region is still open: the chunk belongs to it.
         self.flush_pending()?;
-        self.close_region(open, false);
+        if let Some(open) = self.open.take() {
+            self.close_region(open, false);
+        }
         Ok(())
     }
 
@@ -891,10 +899,12 @@ impl<W: Write> Writer<W> {
                 + meta.len(),
         );
         let head = BodyHeadRaw {
-            region_count: u32::try_from(self.regions.len()).map_err(|_| invalid("too many regions"))?,
+            region_count: u32::try_from(self.regions.len())
+                .map_err(|_| invalid("too many regions"))?,
             reserved: 0,
             extent_count: self.extents.len() as u64,
-            strings_len: u32::try_from(self.strings.len()).map_err(|_| invalid("names exceed 4 GiB"))?,
+            strings_len: u32::try_from(self.strings.len())
+                .map_err(|_| invalid("names exceed 4 GiB"))?,
             meta_len: u32::try_from(meta.len()).map_err(|_| invalid("notes exceed 4 GiB"))?,
             body_checksum: 0,
         };

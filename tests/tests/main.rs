@@ -1,0 +1,9 @@
+//! End-to-end tests across the memimg crates, built into one binary and
+//! grouped by purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod corrupt;
+mod golden;
+mod nonce;
+mod roundtrip;
+mod tamper;
