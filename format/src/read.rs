@@ -1472,3 +1472,58 @@ fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
     }
     Ok(())
 }
+
+/// Entry points for the fuzz targets: each structure parsed alone.
+#[doc(hidden)]
+pub mod fuzz_api {
+    use super::*;
+
+    /// Parses `bytes` as a header page (strict and lenient), ignoring errors.
+    pub fn header(bytes: &[u8]) {
+        for strict in [true, false] {
+            let mut sink = Sink::new(strict);
+            let _ = parse_header(&Source::Bytes(bytes.to_vec()), &mut sink);
+        }
+    }
+
+    /// Appends `bytes` to a valid header page of `template` and looks for the
+    /// trailer (strict and lenient), ignoring errors.
+    pub fn trailer(template_header: &[u8], bytes: &[u8]) {
+        let mut file = template_header.to_vec();
+        file.extend_from_slice(bytes);
+        let src = Source::Bytes(file);
+        let mut sink = Sink::new(false);
+        let Ok((header, _)) = parse_header(&src, &mut sink) else {
+            return;
+        };
+        for strict in [true, false] {
+            let _ = find_trailer(&src, &header, &mut Sink::new(strict));
+        }
+    }
+
+    /// Parses `bytes` as the index of an image with the header `template`,
+    /// plain (the body in clear), ignoring errors.
+    pub fn index(template_header: &[u8], bytes: &[u8]) {
+        let src = Source::Bytes(template_header.to_vec());
+        let mut sink = Sink::new(false);
+        let Ok((header, _)) = parse_header(&src, &mut sink) else {
+            return;
+        };
+        let ps = u64::from(header.page_size);
+        let trailer = TrailerInfo {
+            offset: ps + bytes.len() as u64,
+            generation: 0,
+            index_offset: ps,
+            index_len: bytes.len() as u64,
+            index_checksum: xxh3_64(bytes),
+            kdf: None,
+            unfinished_tail: 0,
+            superseded: 0,
+        };
+        if let Ok((chunks, _, (s, e))) =
+            parse_index(&src, &header, &trailer, bytes, &mut Sink::new(false))
+        {
+            let _ = parse_body(&bytes[s..e], &header, &chunks, ps, false);
+        }
+    }
+}

@@ -1,5 +1,7 @@
-//! Shared helpers for the end-to-end tests, golden images and benchmarks:
+//! Shared helpers for the end-to-end tests, golden images, fuzz targets and benchmarks:
 //! deterministic content generators and small image builders.
+
+pub mod fuzz;
 
 use memimg::{Codec, Key, RegionInfo, RegionKind, Writer, WriterOptions};
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod corrupt;
+mod fuzz_regressions;
 mod golden;
 mod nonce;
 mod roundtrip;

@@ -1,0 +1,55 @@
+//! Writes the fuzz seed corpora from real images made by the writer:
+//! `cargo run -p memimg-tests --example fuzz_seeds -- fuzz/corpus`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+
+fn main() {
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fuzz/corpus".into()),
+    );
+    let seeds = memimg_tests::fuzz::seeds();
+    for t in [
+        "open",
+        "open_encrypted",
+        "header",
+        "trailer",
+        "index",
+        "roundtrip",
+    ] {
+        std::fs::create_dir_all(dir.join(t)).unwrap();
+    }
+    for (i, (name, bytes)) in seeds.iter().enumerate() {
+        let (h, _, idx, tr) = memimg_tests::parts_of(bytes);
+        let target = if *name == "encrypted" {
+            "open_encrypted"
+        } else {
+            "open"
+        };
+        std::fs::write(dir.join(target).join(format!("seed-{i}-{name}")), bytes).unwrap();
+        std::fs::write(dir.join("header").join(format!("seed-{i}")), &bytes[h]).unwrap();
+        if *name != "encrypted" {
+            std::fs::write(
+                dir.join("index").join(format!("seed-{i}")),
+                &bytes[idx.clone()],
+            )
+            .unwrap();
+            // The trailer target gets everything after the header.
+            std::fs::write(
+                dir.join("trailer").join(format!("seed-{i}")),
+                &bytes[4096..],
+            )
+            .unwrap();
+            let _ = tr;
+        }
+    }
+    for i in 0..8u8 {
+        let v: Vec<u8> = (0..64u8)
+            .map(|k| k.wrapping_mul(31).wrapping_add(i))
+            .collect();
+        std::fs::write(dir.join("roundtrip").join(format!("seed-{i}")), v).unwrap();
+    }
+    println!("wrote {} seed images to {}", seeds.len(), dir.display());
+}
