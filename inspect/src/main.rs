@@ -1,1 +1,29 @@
-fn main() {}
+//! The `imgtool` binary: parses arguments, runs one subcommand, maps errors
+//! to exit codes. Everything else lives in the library.
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) if imgtool::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "imgtool: {err:#}");
+            ExitCode::from(imgtool::EXIT_ERROR)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = imgtool::cli::Cli::parse();
+    imgtool::ui::set_color(std::io::stdout().is_terminal());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let code = imgtool::run(&cli.command, &mut out)?;
+    out.flush()?;
+    Ok(code)
+}

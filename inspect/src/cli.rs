@@ -1,0 +1,361 @@
+//! The raw command-line arguments, as clap parses them.
+//!
+//! These structs hold what the user typed and nothing more; each subcommand
+//! turns its arguments into a validated plan before doing any work. Adding a
+//! subcommand is one variant of [`Command`], one `Args` struct here and one
+//! module under `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, shown in `imgtool --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: the image is intact, the images are identical, the rewrite is done
+  1  damage found (verify) or differences found (diff)
+  2  error: not an image, unreadable, wrong key, bad arguments — unable to check";
+
+const MAIN_AFTER: &str = "\
+Examples:
+  imgtool inspect app.mimg
+  imgtool verify --key-file app.key app.mimg
+  imgtool diff before.mimg after.mimg
+  imgtool recompress --in-place --codec zstd:3 app.mimg
+  imgtool reencrypt --in-place --key-file old.key --new-key-file new.key app.mimg
+
+Keys are never given on the command line: they come from --key-file (32 raw
+bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor).
+
+Exit codes:
+  0  success: the image is intact, the images are identical, the rewrite is done
+  1  damage found (verify) or differences found (diff)
+  2  error: not an image, unreadable, wrong key, bad arguments — unable to check";
+
+/// Inspect, verify, diff and rewrite memimg process-memory images.
+#[derive(Debug, Parser)]
+#[command(name = "imgtool", version, about, after_help = MAIN_AFTER)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show an image's header, regions and chunks.
+    Inspect(InspectArgs),
+    /// Check every structure, checksum and tag of an image.
+    Verify(VerifyArgs),
+    /// Compare the content of two images.
+    Diff(DiffArgs),
+    /// Re-encode every chunk with another codec; the content does not change.
+    Recompress(RecompressArgs),
+    /// Change the key of an image, encrypt a plain one or decrypt one.
+    Reencrypt(ReencryptArgs),
+    /// Write the bytes at a virtual address to stdout.
+    Cat(CatArgs),
+    /// Write a new random 32-byte key file.
+    Keygen(KeygenArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page.
+    Man(ManArgs),
+}
+
+/// Where a key comes from: one of a key file, a passphrase file or a descriptor.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyArgs {
+    /// Read the 32-byte key from this file.
+    #[arg(long, value_name = "FILE", group = "key_a")]
+    pub key_file: Option<PathBuf>,
+    /// Read a passphrase (one line) from this file.
+    #[arg(long, value_name = "FILE", group = "key_a")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the 32-byte key from this inherited file descriptor.
+    #[arg(long, value_name = "FD", group = "key_a")]
+    pub key_fd: Option<u32>,
+}
+
+/// The key of the second image of a diff.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyArgsB {
+    /// Read the second image's 32-byte key from this file (by default the first image's key).
+    #[arg(long, value_name = "FILE", group = "key_b")]
+    pub key_file_b: Option<PathBuf>,
+    /// Read the second image's passphrase from this file.
+    #[arg(long, value_name = "FILE", group = "key_b")]
+    pub passphrase_file_b: Option<PathBuf>,
+    /// Read the second image's 32-byte key from this inherited file descriptor.
+    #[arg(long, value_name = "FD", group = "key_b")]
+    pub key_fd_b: Option<u32>,
+}
+
+/// The new key of a reencrypt.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NewKeyArgs {
+    /// Encrypt under the 32-byte key in this file.
+    #[arg(long, value_name = "FILE", group = "new_key")]
+    pub new_key_file: Option<PathBuf>,
+    /// Encrypt under the passphrase in this file.
+    #[arg(long, value_name = "FILE", group = "new_key")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// Encrypt under the 32-byte key read from this inherited file descriptor.
+    #[arg(long, value_name = "FD", group = "new_key")]
+    pub new_key_fd: Option<u32>,
+    /// Write a plain (unencrypted) image.
+    #[arg(long, group = "new_key")]
+    pub decrypt: bool,
+}
+
+/// Where a rewrite goes: a new file or the original, in place.
+#[derive(Debug, Clone, Default, Args)]
+#[group(required = true, multiple = false)]
+pub struct OutputArgs {
+    /// Write the result to this file.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Replace the image itself, crash-safely.
+    #[arg(long)]
+    pub in_place: bool,
+}
+
+/// `imgtool inspect`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Without --regions or --chunks, shows the header, the region table and totals.
+--regions shows the region table and totals only; --chunks adds every chunk.
+An encrypted image shows its header only, unless a key is given.
+
+Examples:
+  imgtool inspect app.mimg
+  imgtool inspect --chunks --key-file app.key app.mimg
+  imgtool inspect --json app.mimg | jq .totals
+
+Exit codes: 0 shown, 2 error.")]
+pub struct InspectArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// One JSON document instead of tables (addresses as hex strings).
+    #[arg(long)]
+    pub json: bool,
+    /// Show the region table and totals (without the header).
+    #[arg(long)]
+    pub regions: bool,
+    /// List every chunk: address, raw and stored length, codec, file offset.
+    #[arg(long)]
+    pub chunks: bool,
+    /// The key, to show the regions of an encrypted image.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `imgtool verify`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Checks the header, the trailer, the index, every stored checksum and
+authentication tag, and every padding byte, and reports every problem with its
+location. With a key (or --deep on a plain image) it also decodes every chunk
+and checks its raw-content checksum.
+
+Examples:
+  imgtool verify app.mimg
+  imgtool verify --key-file app.key --json app.mimg
+
+Exit codes:
+  0  intact
+  1  damage found
+  2  unable to check (not an image, unreadable, wrong key)")]
+pub struct VerifyArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also decode every chunk and check its raw-content checksum (implied by a key).
+    #[arg(long)]
+    pub deep: bool,
+    /// The key: decrypt and check every chunk.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `imgtool diff`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Compares content, not encoding: an image and its recompressed or re-encrypted
+copy are identical. Chunks whose raw-content checksums match are skipped
+without decoding.
+
+Examples:
+  imgtool diff before.mimg after.mimg
+  imgtool diff --key-file a.key --key-file-b b.key --json a.mimg b.mimg
+
+Exit codes:
+  0  identical
+  1  different
+  2  error")]
+pub struct DiffArgs {
+    /// The first image.
+    pub a: PathBuf,
+    /// The second image.
+    pub b: PathBuf,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The first image's key (also used for the second unless --key-file-b is given).
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The second image's key.
+    #[command(flatten)]
+    pub key_b: KeyArgsB,
+}
+
+/// `imgtool recompress`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Re-encodes every chunk in parallel. An encrypted image stays encrypted under
+the same key (which is needed to read it), with a fresh data key. The output is
+written to a temporary file beside the target, verified, synced and renamed.
+
+Examples:
+  imgtool recompress --codec zstd:9 -o small.mimg app.mimg
+  imgtool recompress --in-place --codec none --key-file app.key app.mimg
+
+Exit codes: 0 done, 2 error (the original is left as it was).")]
+pub struct RecompressArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Where to write.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The codec: none, zstd (level 1) or zstd:LEVEL.
+    #[arg(long, value_name = "CODEC")]
+    pub codec: String,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The image's key, when it is encrypted.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `imgtool reencrypt`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Without --full and with both keys, only the wrapped data key is rewritten: the
+time taken does not depend on the image size, and --in-place uses the format's
+crash-safe key-slot update. --full uses a fresh data key and re-encrypts every
+chunk. Without an old key a plain image is encrypted; --decrypt writes a plain
+image.
+
+Examples:
+  imgtool reencrypt --in-place --key-file old.key --new-key-file new.key app.mimg
+  imgtool reencrypt --full -o rekeyed.mimg --key-file old.key --new-key-file new.key app.mimg
+  imgtool reencrypt -o plain.mimg --key-file app.key --decrypt app.mimg
+
+Exit codes: 0 done, 2 error (the original is left as it was).")]
+pub struct ReencryptArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Where to write.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The current key (none for a plain image).
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The new key, or --decrypt.
+    #[command(flatten)]
+    pub new_key: NewKeyArgs,
+    /// Re-encrypt every chunk under a fresh data key.
+    #[arg(long)]
+    pub full: bool,
+    /// Codec of a full rewrite (by default zstd when the image uses zstd, else none).
+    #[arg(long, value_name = "CODEC")]
+    pub codec: Option<String>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `imgtool cat`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Bytes that were not captured are an error naming the gap; recorded zero pages
+read as zeros.
+
+Examples:
+  imgtool cat --addr 0x7f0000001000 --len 4096 app.mimg > page.bin
+  imgtool cat --addr 0x7f0000001000 --len 256 --hex app.mimg
+
+Exit codes: 0 written, 2 error.")]
+pub struct CatArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Virtual address (hex with 0x, or decimal).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: String,
+    /// Number of bytes (hex with 0x, or decimal; K, M, G suffixes).
+    #[arg(long, value_name = "N")]
+    pub len: String,
+    /// A hexdump instead of raw bytes.
+    #[arg(long)]
+    pub hex: bool,
+    /// The key, when the image is encrypted.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `imgtool keygen`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Writes 32 random bytes with mode 0600; an existing file is never overwritten.
+
+Example:
+  imgtool keygen -o app.key
+
+Exit codes: 0 written, 2 error.")]
+pub struct KeygenArgs {
+    /// The key file to create.
+    #[arg(short, long, value_name = "KEYFILE")]
+    pub output: PathBuf,
+}
+
+/// `imgtool completions`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Example:
+  imgtool completions bash > /etc/bash_completion.d/imgtool")]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+impl Command {
+    /// The name of the subcommand, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Inspect(_) => "inspect",
+            Command::Verify(_) => "verify",
+            Command::Diff(_) => "diff",
+            Command::Recompress(_) => "recompress",
+            Command::Reencrypt(_) => "reencrypt",
+            Command::Cat(_) => "cat",
+            Command::Keygen(_) => "keygen",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
+        }
+    }
+}
+
+/// `imgtool man`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Example:
+  imgtool man > /usr/local/share/man/man1/imgtool.1")]
+pub struct ManArgs {}

@@ -1,0 +1,565 @@
+//! `imgtool diff`: compare the content of two images, not their encoding.
+//!
+//! Regions are matched by start address. Within a matched pair the extents of
+//! both sides are walked together; a data extent whose position and
+//! raw-content checksum match its counterpart is skipped without decoding,
+//! equal zero or absent runs are equal, and everything else is decoded and
+//! compared page by page, in parallel.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use memimg::{Extent, ExtentKind, Image, Region};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cli::DiffArgs;
+use crate::keys::KeySource;
+use crate::{fmt, ui};
+
+/// Most bytes of one unit of parallel work: work that spans more is split.
+const MAX_ITEM: u64 = 8 << 20;
+
+struct Plan {
+    a: PathBuf,
+    b: PathBuf,
+    key_a: Option<KeySource>,
+    key_b: Option<KeySource>,
+    json: bool,
+}
+
+impl Plan {
+    fn new(args: &DiffArgs) -> Plan {
+        let key_a = args.key.source();
+        let key_b = args.key_b.source().or_else(|| key_a.clone());
+        Plan {
+            a: args.a.clone(),
+            b: args.b.clone(),
+            key_a,
+            key_b,
+            json: args.json,
+        }
+    }
+}
+
+/// The JSON document of `diff --json`.
+#[derive(Debug, Serialize, Default)]
+pub struct DiffDoc {
+    /// The first image.
+    pub a: String,
+    /// The second image.
+    pub b: String,
+    /// True when the content is the same.
+    pub identical: bool,
+    /// Regions found only in the first image.
+    pub only_in_a: Vec<RegionRef>,
+    /// Regions found only in the second image.
+    pub only_in_b: Vec<RegionRef>,
+    /// Regions in both that differ.
+    pub changed: Vec<RegionDiff>,
+    /// Pages whose content differs, over all regions in both.
+    pub pages_differ: u64,
+    /// The same in bytes.
+    pub bytes_differ: u64,
+    /// Bytes compared by raw-content checksum alone, without decoding.
+    pub bytes_skipped_by_checksum: u64,
+    /// Bytes decoded and compared.
+    pub bytes_decoded: u64,
+}
+
+/// A region, named.
+#[derive(Debug, Serialize, Clone)]
+pub struct RegionRef {
+    /// Its index in its image.
+    pub index: u32,
+    /// Start, hex.
+    pub start: String,
+    /// End (exclusive), hex.
+    pub end: String,
+    /// Bytes.
+    pub size: u64,
+    /// Name.
+    pub name: String,
+}
+
+/// A region present in both images that differs.
+#[derive(Debug, Serialize, Clone)]
+pub struct RegionDiff {
+    /// Index in the first image.
+    pub index_a: u32,
+    /// Index in the second image.
+    pub index_b: u32,
+    /// Start, hex.
+    pub start: String,
+    /// End in the first image (exclusive), hex.
+    pub end: String,
+    /// Name in the first image.
+    pub name: String,
+    /// Changed attributes.
+    pub changes: Vec<Change>,
+    /// Page ranges whose content differs.
+    pub ranges: Vec<RangeDoc>,
+    /// Pages that differ.
+    pub pages: u64,
+    /// Bytes that differ (pages × page size).
+    pub bytes: u64,
+}
+
+/// One changed attribute.
+#[derive(Debug, Serialize, Clone)]
+pub struct Change {
+    /// `perms`, `kind`, `name` or `size`.
+    pub field: &'static str,
+    /// In the first image.
+    pub a: String,
+    /// In the second image.
+    pub b: String,
+}
+
+/// A run of differing pages.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct RangeDoc {
+    /// First address, hex.
+    pub start: String,
+    /// End (exclusive), hex.
+    pub end: String,
+    /// Pages.
+    pub pages: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Why, when it is not plain content: `captured only in A` …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Compares two images: exit 0 identical, 1 different, 2 error.
+///
+/// # Errors
+/// When a key cannot be read, an image cannot be opened or unlocked, or a
+/// chunk is damaged.
+pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let plan = Plan::new(args);
+    let key_a = plan.key_a.as_ref().map(KeySource::load).transpose()?;
+    let key_b = if plan.key_b == plan.key_a {
+        key_a.clone()
+    } else {
+        plan.key_b.as_ref().map(KeySource::load).transpose()?
+    };
+    let a = crate::open::open(&plan.a, key_a.as_ref(), true)?;
+    let b = crate::open::open(&plan.b, key_b.as_ref(), true)?;
+    let mut doc = compare(&a, &b)?;
+    doc.a = plan.a.display().to_string();
+    doc.b = plan.b.display().to_string();
+    if plan.json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+    } else {
+        write_text(&doc, a.header().page_size, out)?;
+    }
+    Ok(super::code(if doc.identical {
+        crate::EXIT_OK
+    } else {
+        crate::EXIT_FOUND
+    }))
+}
+
+fn region_ref(r: &Region) -> RegionRef {
+    RegionRef {
+        index: r.index,
+        start: fmt::addr(r.info.start),
+        end: fmt::addr(r.info.end()),
+        size: r.info.len,
+        name: r.info.name_lossy(),
+    }
+}
+
+/// One side of a segment walk: the extents of a region, or one synthetic
+/// absent extent for a region recorded without data.
+fn side_extents<'a>(img: &'a Image, r: &Region, ps: u32) -> Result<std::borrow::Cow<'a, [Extent]>> {
+    if r.has_data() {
+        return Ok(std::borrow::Cow::Borrowed(img.region_extents(r)?));
+    }
+    let pages = u32::try_from(r.info.len / u64::from(ps)).unwrap_or(u32::MAX);
+    Ok(std::borrow::Cow::Owned(vec![Extent {
+        addr: r.info.start,
+        page_count: pages,
+        region: r.index,
+        kind: ExtentKind::Absent,
+        codec: memimg::ChunkCodec::None,
+        chunk: 0,
+        raw_checksum: 0,
+    }]))
+}
+
+/// A range of a region pair to decode and compare.
+struct Item<'a> {
+    pair: usize,
+    start: u64,
+    end: u64,
+    ea: &'a [Extent],
+    eb: &'a [Extent],
+}
+
+/// Compares the content of `a` and `b`.
+///
+/// # Errors
+/// When the page sizes differ or a chunk cannot be decoded.
+pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
+    let ps = a.header().page_size;
+    if b.header().page_size != ps {
+        bail!(
+            "the images have different page sizes ({} and {} bytes)",
+            ps,
+            b.header().page_size
+        );
+    }
+    let ps64 = u64::from(ps);
+    let (ra, rb) = (a.regions()?, b.regions()?);
+    let mut doc = DiffDoc::default();
+    // Match regions by start address.
+    let mut pairs: Vec<(&Region, &Region)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < ra.len() || j < rb.len() {
+        match (ra.get(i), rb.get(j)) {
+            (Some(x), Some(y)) if x.info.start == y.info.start => {
+                pairs.push((x, y));
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.info.start < y.info.start => {
+                doc.only_in_a.push(region_ref(x));
+                i += 1;
+            }
+            (Some(_), Some(y)) | (None, Some(y)) => {
+                doc.only_in_b.push(region_ref(y));
+                j += 1;
+            }
+            (Some(x), None) => {
+                doc.only_in_a.push(region_ref(x));
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    let sides: Vec<_> = pairs
+        .iter()
+        .map(|(x, y)| Ok((side_extents(a, x, ps)?, side_extents(b, y, ps)?)))
+        .collect::<Result<_>>()?;
+    let total: u64 = pairs.iter().map(|(x, y)| x.info.len.min(y.info.len)).sum();
+    let pb = ui::progress(total, "diff");
+    // Per pair: ranges found without decoding, and the work to decode.
+    let mut found: Vec<Vec<(u64, u64, Option<String>)>> = vec![Vec::new(); pairs.len()];
+    let mut items: Vec<Item<'_>> = Vec::new();
+    for (p, ((x, y), (ea, eb))) in pairs.iter().zip(&sides).enumerate() {
+        let end = x.info.end().min(y.info.end());
+        if x.info.end() != y.info.end() {
+            let (lo, hi) = (end, x.info.end().max(y.info.end()));
+            let who = if x.info.end() > y.info.end() {
+                "A"
+            } else {
+                "B"
+            };
+            found[p].push((lo, hi, Some(format!("in the region only in {who}"))));
+        }
+        let (mut i, mut j) = (0, 0);
+        let mut cur = x.info.start;
+        let mut open: Option<Item<'_>> = None;
+        while cur < end {
+            while ea.get(i).is_some_and(|e| e.end(ps) <= cur) {
+                i += 1;
+            }
+            while eb.get(j).is_some_and(|e| e.end(ps) <= cur) {
+                j += 1;
+            }
+            let (Some(xa), Some(xb)) = (ea.get(i), eb.get(j)) else {
+                bail!("region at {:#x}: its extents do not cover it", x.info.start);
+            };
+            let seg_end = xa.end(ps).min(xb.end(ps)).min(end);
+            use ExtentKind::{Absent, Data, Zero};
+            let work = match (xa.kind, xb.kind) {
+                (Data, Data)
+                    if xa.addr == xb.addr
+                        && xa.page_count == xb.page_count
+                        && xa.raw_checksum == xb.raw_checksum =>
+                {
+                    doc.bytes_skipped_by_checksum += seg_end - cur;
+                    false
+                }
+                (Zero, Zero) | (Absent, Absent) => false,
+                (Absent, _) => {
+                    found[p].push((cur, seg_end, Some("captured only in B".into())));
+                    false
+                }
+                (_, Absent) => {
+                    found[p].push((cur, seg_end, Some("captured only in A".into())));
+                    false
+                }
+                _ => true,
+            };
+            if work {
+                // Extend the open item when contiguous, so a shared extent is
+                // decoded once; split items that grow too large.
+                match open.as_mut() {
+                    Some(it) if it.end == cur && it.end - it.start < MAX_ITEM => it.end = seg_end,
+                    _ => {
+                        if let Some(it) = open.take() {
+                            items.push(it);
+                        }
+                        open = Some(Item {
+                            pair: p,
+                            start: cur,
+                            end: seg_end,
+                            ea,
+                            eb,
+                        });
+                    }
+                }
+            } else {
+                if let Some(it) = open.take() {
+                    items.push(it);
+                }
+                pb.inc(seg_end - cur);
+            }
+            cur = seg_end;
+        }
+        if let Some(it) = open.take() {
+            items.push(it);
+        }
+    }
+    doc.bytes_decoded = items.iter().map(|it| it.end - it.start).sum();
+    let results: Vec<Result<(usize, Runs)>> = items
+        .par_iter()
+        .map(|it| {
+            let r = compare_item(a, b, it, ps)?;
+            pb.inc(it.end - it.start);
+            Ok((it.pair, r))
+        })
+        .collect();
+    pb.finish_and_clear();
+    for r in results {
+        let (p, ranges) = r?;
+        found[p].extend(ranges.into_iter().map(|(s, e)| (s, e, None)));
+    }
+    for (p, (x, y)) in pairs.iter().enumerate() {
+        let mut changes = Vec::new();
+        let (pa, pb_) = (fmt::perms(&x.info), fmt::perms(&y.info));
+        if pa != pb_ {
+            changes.push(Change {
+                field: "perms",
+                a: pa,
+                b: pb_,
+            });
+        }
+        if x.info.kind != y.info.kind {
+            changes.push(Change {
+                field: "kind",
+                a: x.info.kind.to_string(),
+                b: y.info.kind.to_string(),
+            });
+        }
+        if x.info.name != y.info.name {
+            changes.push(Change {
+                field: "name",
+                a: x.info.name_lossy(),
+                b: y.info.name_lossy(),
+            });
+        }
+        if x.info.len != y.info.len {
+            changes.push(Change {
+                field: "size",
+                a: x.info.len.to_string(),
+                b: y.info.len.to_string(),
+            });
+        }
+        let ranges = merge(std::mem::take(&mut found[p]));
+        if changes.is_empty() && ranges.is_empty() {
+            continue;
+        }
+        let pages: u64 = ranges.iter().map(|r| (r.1 - r.0) / ps64).sum();
+        doc.pages_differ += pages;
+        doc.changed.push(RegionDiff {
+            index_a: x.index,
+            index_b: y.index,
+            start: fmt::addr(x.info.start),
+            end: fmt::addr(x.info.end()),
+            name: x.info.name_lossy(),
+            changes,
+            ranges: ranges
+                .into_iter()
+                .map(|(s, e, note)| RangeDoc {
+                    start: fmt::addr(s),
+                    end: fmt::addr(e),
+                    pages: (e - s) / ps64,
+                    bytes: e - s,
+                    note,
+                })
+                .collect(),
+            pages,
+            bytes: pages * ps64,
+        });
+    }
+    doc.bytes_differ = doc.pages_differ * ps64;
+    doc.identical = doc.only_in_a.is_empty() && doc.only_in_b.is_empty() && doc.changed.is_empty();
+    Ok(doc)
+}
+
+/// Sorts ranges and merges adjacent ones with the same note.
+fn merge(mut v: Vec<(u64, u64, Option<String>)>) -> Vec<(u64, u64, Option<String>)> {
+    v.sort_by_key(|r| r.0);
+    let mut out: Vec<(u64, u64, Option<String>)> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if last.1 == r.0 && last.2 == r.2 => last.1 = r.1,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Runs of differing pages, `[start, end)`.
+type Runs = Vec<(u64, u64)>;
+
+/// A decoded extent, kept while the walk stays inside it.
+struct Cached {
+    addr: u64,
+    bytes: Vec<u8>,
+}
+
+/// The bytes of `[s, e)`, which lies inside extent `x`: zeros, or decoded.
+fn bytes_of<'c>(
+    img: &Image,
+    x: &Extent,
+    s: u64,
+    e: u64,
+    ps: u32,
+    cache: &'c mut Option<Cached>,
+) -> Result<Option<&'c [u8]>> {
+    if x.kind != ExtentKind::Data {
+        return Ok(None);
+    }
+    if cache.as_ref().map(|c| c.addr) != Some(x.addr) {
+        let mut buf = cache.take().map(|c| c.bytes).unwrap_or_default();
+        buf.resize(usize::try_from(x.len(ps))?, 0);
+        img.decode_extent(x, &mut buf)?;
+        *cache = Some(Cached {
+            addr: x.addr,
+            bytes: buf,
+        });
+    }
+    let c = cache.as_ref().map(|c| &c.bytes[..]).unwrap_or(&[]);
+    let lo = usize::try_from(s - x.addr)?;
+    let hi = usize::try_from(e - x.addr)?;
+    Ok(Some(&c[lo..hi]))
+}
+
+/// Decodes and compares one item; returns the differing page runs.
+fn compare_item(a: &Image, b: &Image, it: &Item<'_>, ps: u32) -> Result<Runs> {
+    let psz = ps as usize;
+    let (mut ca, mut cb) = (None, None);
+    let mut runs: Runs = Vec::new();
+    let mut cur = it.start;
+    while cur < it.end {
+        let i = it.ea.partition_point(|e| e.end(ps) <= cur);
+        let j = it.eb.partition_point(|e| e.end(ps) <= cur);
+        let (Some(xa), Some(xb)) = (it.ea.get(i), it.eb.get(j)) else {
+            bail!("{cur:#x}: the extents do not cover the region");
+        };
+        let seg_end = xa.end(ps).min(xb.end(ps)).min(it.end);
+        let ba = bytes_of(a, xa, cur, seg_end, ps, &mut ca)?;
+        let bb = bytes_of(b, xb, cur, seg_end, ps, &mut cb)?;
+        let pages = usize::try_from((seg_end - cur) / u64::from(ps))?;
+        for k in 0..pages {
+            let r = k * psz..(k + 1) * psz;
+            let same = match (ba.map(|s| &s[r.clone()]), bb.map(|s| &s[r])) {
+                (Some(x), Some(y)) => x == y,
+                (Some(x), None) | (None, Some(x)) => x.iter().all(|&v| v == 0),
+                (None, None) => true,
+            };
+            if !same {
+                let at = cur + (k * psz) as u64;
+                match runs.last_mut() {
+                    Some(last) if last.1 == at => last.1 = at + u64::from(ps),
+                    _ => runs.push((at, at + u64::from(ps))),
+                }
+            }
+        }
+        cur = seg_end;
+    }
+    Ok(runs)
+}
+
+fn plural(n: u64, one: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "A: {}", doc.a)?;
+    writeln!(out, "B: {}", doc.b)?;
+    for (who, list) in [("A", &doc.only_in_a), ("B", &doc.only_in_b)] {
+        for r in list {
+            writeln!(
+                out,
+                "only in {who}: region {} {}-{} ({}) {}",
+                r.index,
+                r.start,
+                r.end,
+                fmt::size(r.size),
+                r.name
+            )?;
+        }
+    }
+    for d in &doc.changed {
+        writeln!(
+            out,
+            "{}",
+            ui::bold(&format!("region {}-{} {}", d.start, d.end, d.name)).trim_end()
+        )?;
+        for c in &d.changes {
+            writeln!(out, "  {}: {} -> {}", c.field, c.a, c.b)?;
+        }
+        if d.pages > 0 {
+            writeln!(
+                out,
+                "  {} ({}) differ:",
+                plural(d.pages, "page"),
+                fmt::size(d.bytes)
+            )?;
+            for r in &d.ranges {
+                let note = r
+                    .note
+                    .as_ref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "    {}-{}  {}  {} bytes{note}",
+                    r.start,
+                    r.end,
+                    plural(r.pages, "page"),
+                    r.bytes
+                )?;
+            }
+        }
+    }
+    if doc.identical {
+        writeln!(out, "{}", ui::good("identical"))?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} changed, {} only in A, {} only in B, {} ({}) of content differ",
+            ui::bad("different"),
+            plural(doc.changed.len() as u64, "region"),
+            doc.only_in_a.len(),
+            doc.only_in_b.len(),
+            plural(doc.pages_differ, "page"),
+            fmt::size(doc.bytes_differ)
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! `imgtool inspect`: header facts, the region table, totals and chunks.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table, TableComponent};
+use memimg::{ExtentKind, Image, Kdf};
+use serde::Serialize;
+
+use crate::cli::InspectArgs;
+use crate::fmt;
+
+/// What to show, from the raw arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    json: bool,
+    header: bool,
+    regions: bool,
+    chunks: bool,
+}
+
+impl Plan {
+    fn new(a: &InspectArgs) -> Self {
+        Plan {
+            json: a.json,
+            header: !a.regions,
+            regions: true,
+            chunks: a.chunks,
+        }
+    }
+}
+
+/// Shows the image `args.image`.
+///
+/// # Errors
+/// When the image cannot be opened or the key does not open it.
+pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let plan = Plan::new(args);
+    let key = args.key.load()?;
+    let img = crate::open::open(&args.image, key.as_ref(), false)?;
+    let doc = Doc::build(&img, plan.chunks)?;
+    if plan.json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+    } else {
+        doc.write_text(plan, out)?;
+    }
+    Ok(super::code(crate::EXIT_OK))
+}
+
+/// The facts of an image, serialised as `inspect --json` prints them.
+#[derive(Debug, Serialize)]
+pub struct Doc {
+    /// `"1.0"`.
+    pub version: String,
+    /// Names of the set feature bits.
+    pub features: Vec<String>,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// Largest chunk in bytes.
+    pub chunk_size: u32,
+    /// 32 hex digits.
+    pub image_id: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// The writing program.
+    pub producer: String,
+    /// The captured machine.
+    pub machine: Machine,
+    /// Application validation data, if any.
+    pub validation: Option<ValidationDoc>,
+    /// Process facts, if any.
+    pub process: Option<ProcessDoc>,
+    /// Cipher and KDF.
+    pub encryption: Encryption,
+    /// Key rotations so far.
+    pub key_generation: u32,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// True when the regions could be read (plain image, or key given).
+    pub unlocked: bool,
+    /// The regions, when unlocked.
+    pub regions: Option<Vec<RegionDoc>>,
+    /// Totals, when unlocked.
+    pub totals: Option<Totals>,
+    /// Every chunk, with `--chunks` and when unlocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<ChunkDoc>>,
+}
+
+/// Machine facts.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// `x86_64`, `aarch64` …
+    pub arch: String,
+    /// ELF `e_machine`.
+    pub e_machine: u16,
+    /// `little` or `big`.
+    pub endian: &'static str,
+    /// Pointer width in bytes.
+    pub pointer_bytes: u8,
+    /// The machine's page size.
+    pub page_size: u32,
+}
+
+/// Validation data, described but not dumped.
+#[derive(Debug, Serialize)]
+pub struct ValidationDoc {
+    /// The tag, as text (invalid UTF-8 replaced).
+    pub tag: String,
+    /// Bytes of data.
+    pub size: usize,
+}
+
+/// Process facts.
+#[derive(Debug, Serialize)]
+pub struct ProcessDoc {
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Command name.
+    pub comm: String,
+    /// Arguments.
+    pub cmdline: Vec<String>,
+    /// Executable path.
+    pub exe: String,
+    /// GNU build id, hex.
+    pub build_id: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+}
+
+/// Encryption facts.
+#[derive(Debug, Serialize)]
+pub struct Encryption {
+    /// `none` or `chacha20-poly1305`.
+    pub cipher: String,
+    /// `none`, `key-file` or `argon2id`.
+    pub kdf: String,
+    /// Argon2id memory in KiB, passes and lanes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2: Option<[u32; 3]>,
+}
+
+/// One row of the region table.
+#[derive(Debug, Serialize, Clone)]
+pub struct RegionDoc {
+    /// Position in the region table.
+    pub index: u32,
+    /// Start address, hex.
+    pub start: String,
+    /// End address (exclusive), hex.
+    pub end: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// `rw-p` …
+    pub perms: String,
+    /// `heap`, `stack` …
+    pub kind: String,
+    /// Name or path.
+    pub name: String,
+    /// Bytes of non-zero pages stored.
+    pub data_bytes: u64,
+    /// Stored bytes of its chunks.
+    pub stored_bytes: u64,
+    /// `data_bytes / stored_bytes`, two decimals.
+    pub ratio: Option<f64>,
+    /// Pages recorded as zero.
+    pub zero_pages: u64,
+    /// Pages not captured (including a region recorded without data).
+    pub absent_pages: u64,
+    /// Chunks.
+    pub chunks: u64,
+}
+
+/// Totals over all regions.
+#[derive(Debug, Serialize, Clone, Default)]
+pub struct Totals {
+    /// Regions.
+    pub regions: u64,
+    /// Sum of region sizes.
+    pub mapped_bytes: u64,
+    /// Bytes of non-zero pages stored.
+    pub data_bytes: u64,
+    /// Stored bytes of all chunks.
+    pub stored_bytes: u64,
+    /// `data_bytes / stored_bytes`.
+    pub ratio: Option<f64>,
+    /// Pages recorded as zero.
+    pub zero_pages: u64,
+    /// Pages not captured.
+    pub absent_pages: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// File size.
+    pub file_size: u64,
+}
+
+/// One chunk.
+#[derive(Debug, Serialize)]
+pub struct ChunkDoc {
+    /// Chunk number.
+    pub index: u64,
+    /// Virtual address of its first page, hex.
+    pub addr: String,
+    /// Owning region.
+    pub region: u32,
+    /// Raw length in bytes.
+    pub raw_len: u64,
+    /// Stored length in bytes.
+    pub stored_len: u32,
+    /// `none` or `zstd`.
+    pub codec: String,
+    /// File offset of its stored bytes, hex.
+    pub offset: String,
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Doc {
+    /// Gathers the facts of `img`.
+    ///
+    /// # Errors
+    /// Only on inconsistencies the reader should have caught.
+    pub fn build(img: &Image, want_chunks: bool) -> Result<Doc> {
+        let h = img.header();
+        let t = img.trailer();
+        let ps = h.page_size;
+        let (kdf, argon2) = match t.kdf {
+            None => ("none".to_string(), None),
+            Some(Kdf::RawKey) => ("key-file".to_string(), None),
+            Some(Kdf::Argon2id(p)) => {
+                ("argon2id".to_string(), Some([p.m_cost, p.t_cost, p.p_cost]))
+            }
+        };
+        let mut doc = Doc {
+            version: format!("{}.{}", h.version.0, h.version.1),
+            features: h.features.names(),
+            page_size: ps,
+            chunk_size: h.chunk_size,
+            image_id: h.image_id_hex(),
+            created: fmt::rfc3339(h.created_secs, h.created_nanos),
+            producer: h.producer.clone(),
+            machine: Machine {
+                arch: h.machine.arch_name(),
+                e_machine: h.machine.arch,
+                endian: match h.machine.endian {
+                    memimg::Endian::Little => "little",
+                    memimg::Endian::Big => "big",
+                },
+                pointer_bytes: h.machine.ptr_bytes,
+                page_size: h.machine.page_size,
+            },
+            validation: h.validation.as_ref().map(|v| ValidationDoc {
+                tag: text(&v.tag),
+                size: v.data.len(),
+            }),
+            process: h.process.as_ref().map(|p| ProcessDoc {
+                pid: p.pid,
+                comm: text(&p.comm),
+                cmdline: p
+                    .cmdline
+                    .split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(text)
+                    .collect(),
+                exe: text(&p.exe),
+                build_id: memimg::hex(&p.build_id),
+                kernel_release: text(&p.kernel_release),
+            }),
+            encryption: Encryption {
+                cipher: h.cipher.to_string(),
+                kdf,
+                argon2,
+            },
+            key_generation: t.generation,
+            file_size: img.file_len(),
+            unlocked: img.is_unlocked(),
+            regions: None,
+            totals: None,
+            chunks: None,
+        };
+        if !img.is_unlocked() {
+            return Ok(doc);
+        }
+        let locs = img.chunk_locs();
+        let stored_of = |chunk: u64| {
+            usize::try_from(chunk)
+                .ok()
+                .and_then(|i| locs.get(i))
+                .map_or(0, |c| u64::from(c.stored_len))
+        };
+        let mut rows = Vec::new();
+        let mut tot = Totals {
+            file_size: img.file_len(),
+            ..Totals::default()
+        };
+        for r in img.regions()? {
+            let mut row = RegionDoc {
+                index: r.index,
+                start: fmt::addr(r.info.start),
+                end: fmt::addr(r.info.end()),
+                size: r.info.len,
+                perms: fmt::perms(&r.info),
+                kind: r.info.kind.to_string(),
+                name: r.info.name_lossy(),
+                data_bytes: 0,
+                stored_bytes: 0,
+                ratio: None,
+                zero_pages: 0,
+                absent_pages: if r.has_data() {
+                    0
+                } else {
+                    r.info.len / u64::from(ps)
+                },
+                chunks: 0,
+            };
+            for e in img.region_extents(r)? {
+                match e.kind {
+                    ExtentKind::Data => {
+                        row.data_bytes += e.len(ps);
+                        row.stored_bytes += stored_of(e.chunk);
+                        row.chunks += 1;
+                    }
+                    ExtentKind::Zero => row.zero_pages += u64::from(e.page_count),
+                    ExtentKind::Absent => row.absent_pages += u64::from(e.page_count),
+                }
+            }
+            row.ratio = fmt::ratio_f64(row.data_bytes, row.stored_bytes);
+            tot.regions += 1;
+            tot.mapped_bytes += row.size;
+            tot.data_bytes += row.data_bytes;
+            tot.stored_bytes += row.stored_bytes;
+            tot.zero_pages += row.zero_pages;
+            tot.absent_pages += row.absent_pages;
+            tot.chunks += row.chunks;
+            rows.push(row);
+        }
+        tot.ratio = fmt::ratio_f64(tot.data_bytes, tot.stored_bytes);
+        doc.regions = Some(rows);
+        doc.totals = Some(tot);
+        if want_chunks {
+            let mut chunks = Vec::new();
+            for e in img.extents()?.iter().filter(|e| e.kind == ExtentKind::Data) {
+                let loc = usize::try_from(e.chunk).ok().and_then(|i| locs.get(i));
+                chunks.push(ChunkDoc {
+                    index: e.chunk,
+                    addr: fmt::addr(e.addr),
+                    region: e.region,
+                    raw_len: e.len(ps),
+                    stored_len: loc.map_or(0, |c| c.stored_len),
+                    codec: e.codec.to_string(),
+                    offset: format!("{:#x}", loc.map_or(0, |c| c.offset)),
+                });
+            }
+            doc.chunks = Some(chunks);
+        }
+        Ok(doc)
+    }
+
+    fn write_text(&self, plan: Plan, out: &mut dyn Write) -> Result<()> {
+        if plan.header {
+            self.write_header(out)?;
+        }
+        let (Some(rows), Some(tot)) = (&self.regions, &self.totals) else {
+            writeln!(
+                out,
+                "\nThe regions, chunks and totals are encrypted: give the key with --key-file, --passphrase-file or --key-fd to see them."
+            )?;
+            return Ok(());
+        };
+        if plan.header {
+            writeln!(out)?;
+        }
+        if plan.regions {
+            write_regions(rows, tot, out)?;
+        }
+        if let Some(chunks) = self.chunks.as_ref().filter(|_| plan.chunks) {
+            writeln!(out)?;
+            write_chunks(chunks, out)?;
+        }
+        Ok(())
+    }
+
+    fn write_header(&self, out: &mut dyn Write) -> Result<()> {
+        let mut lines: Vec<(&str, String)> = vec![
+            ("version", self.version.clone()),
+            (
+                "features",
+                if self.features.is_empty() {
+                    "none".into()
+                } else {
+                    self.features.join(", ")
+                },
+            ),
+            ("page size", format!("{} bytes", self.page_size)),
+            (
+                "chunk size",
+                format!(
+                    "{} ({} bytes)",
+                    fmt::size(self.chunk_size.into()),
+                    self.chunk_size
+                ),
+            ),
+            ("image id", self.image_id.clone()),
+            ("created", self.created.clone()),
+            ("producer", self.producer.clone()),
+            (
+                "machine",
+                format!(
+                    "{} (e_machine {}), {}-endian, {}-byte pointers, {}-byte pages",
+                    self.machine.arch,
+                    self.machine.e_machine,
+                    self.machine.endian,
+                    self.machine.pointer_bytes,
+                    self.machine.page_size
+                ),
+            ),
+        ];
+        lines.push((
+            "validation",
+            match &self.validation {
+                Some(v) => format!("tag {:?}, {} bytes", v.tag, v.size),
+                None => "none".into(),
+            },
+        ));
+        if let Some(p) = &self.process {
+            let mut parts = Vec::new();
+            if let Some(pid) = p.pid {
+                parts.push(format!("pid {pid}"));
+            }
+            if !p.comm.is_empty() {
+                parts.push(format!("comm {:?}", p.comm));
+            }
+            if !p.exe.is_empty() {
+                parts.push(format!("exe {}", p.exe));
+            }
+            lines.push(("process", parts.join(", ")));
+            if !p.cmdline.is_empty() {
+                lines.push(("cmdline", p.cmdline.join(" ")));
+            }
+            if !p.build_id.is_empty() {
+                lines.push(("build id", p.build_id.clone()));
+            }
+            if !p.kernel_release.is_empty() {
+                lines.push(("kernel", p.kernel_release.clone()));
+            }
+        }
+        let enc = &self.encryption;
+        lines.push((
+            "encryption",
+            match (enc.cipher.as_str(), enc.argon2) {
+                ("none", _) => "none".into(),
+                (c, Some([m, t, p])) => {
+                    format!("{c}, passphrase (argon2id m={m} KiB, t={t}, p={p})")
+                }
+                (c, None) => format!("{c}, {}", enc.kdf),
+            },
+        ));
+        if enc.cipher != "none" {
+            lines.push(("key generation", self.key_generation.to_string()));
+        }
+        lines.push((
+            "file size",
+            format!("{} ({} bytes)", fmt::size(self.file_size), self.file_size),
+        ));
+        for (k, v) in lines {
+            writeln!(out, "{k:<15} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn table(headers: &[&str], right: &[usize]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY);
+    // A line under the header and around the table, none between rows.
+    t.remove_style(TableComponent::HorizontalLines);
+    t.remove_style(TableComponent::LeftBorderIntersections);
+    t.remove_style(TableComponent::RightBorderIntersections);
+    t.remove_style(TableComponent::MiddleIntersections);
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    t.set_header(headers.iter().copied());
+    for &c in right {
+        if let Some(col) = t.column_mut(c) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+fn write_regions(rows: &[RegionDoc], tot: &Totals, out: &mut dyn Write) -> Result<()> {
+    let mut t = table(
+        &[
+            "#",
+            "start-end",
+            "size",
+            "perms",
+            "kind",
+            "name",
+            "stored",
+            "ratio",
+            "zero pages",
+        ],
+        &[0, 2, 6, 7, 8],
+    );
+    for r in rows {
+        t.add_row(vec![
+            r.index.to_string(),
+            format!("{}-{}", r.start, r.end),
+            fmt::size(r.size),
+            r.perms.clone(),
+            r.kind.clone(),
+            r.name.clone(),
+            fmt::size(r.stored_bytes),
+            fmt::ratio(r.data_bytes, r.stored_bytes),
+            r.zero_pages.to_string(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(
+        out,
+        "total: {} regions, {} mapped, {} of data in {} chunks stored in {} ({}), {} zero pages, {} pages not captured, file {}",
+        tot.regions,
+        fmt::size(tot.mapped_bytes),
+        fmt::size(tot.data_bytes),
+        tot.chunks,
+        fmt::size(tot.stored_bytes),
+        fmt::ratio(tot.data_bytes, tot.stored_bytes),
+        tot.zero_pages,
+        tot.absent_pages,
+        fmt::size(tot.file_size),
+    )?;
+    Ok(())
+}
+
+fn write_chunks(chunks: &[ChunkDoc], out: &mut dyn Write) -> Result<()> {
+    let mut t = table(
+        &[
+            "chunk",
+            "address",
+            "region",
+            "raw",
+            "stored",
+            "codec",
+            "file offset",
+        ],
+        &[0, 2, 3, 4, 6],
+    );
+    for c in chunks {
+        t.add_row(vec![
+            c.index.to_string(),
+            c.addr.clone(),
+            c.region.to_string(),
+            c.raw_len.to_string(),
+            c.stored_len.to_string(),
+            c.codec.clone(),
+            c.offset.clone(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(out, "{} chunks", chunks.len())?;
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! One module per subcommand. Each exposes one function that takes its raw
+//! arguments and a `&mut dyn Write` and returns the exit code.
+
+pub mod cat;
+pub mod completions;
+pub mod diff;
+pub mod inspect;
+pub mod keygen;
+pub mod recompress;
+pub mod reencrypt;
+mod rewrite;
+pub mod verify;
+
+use std::process::ExitCode;
+
+/// The exit code `n` (0, 1 or 2).
+pub(crate) fn code(n: u8) -> ExitCode {
+    ExitCode::from(n)
+}

@@ -1,0 +1,184 @@
+//! `imgtool reencrypt`: rotate the key (in place, kilobytes written), or
+//! rewrite every chunk under a fresh data key, or encrypt, or decrypt.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use memimg::{Codec, Features, Image};
+use serde::Serialize;
+
+use super::rewrite::{create_tmp, transcode_to, verify_tmp, Target};
+use crate::cli::ReencryptArgs;
+use crate::keys::{KeySource, NewKey};
+
+struct Plan {
+    image: PathBuf,
+    target: Target,
+    old: Option<KeySource>,
+    new: NewKey,
+    full: bool,
+    codec: Option<Codec>,
+    json: bool,
+}
+
+impl Plan {
+    fn new(a: &ReencryptArgs) -> Result<Plan> {
+        let new = a.new_key.source().ok_or_else(|| {
+            anyhow!("give the new key with --new-key-file, --new-passphrase-file or --new-key-fd, or --decrypt")
+        })?;
+        let codec = a
+            .codec
+            .as_deref()
+            .map(|c| c.parse::<Codec>().map_err(|e| anyhow!("--codec: {e}")))
+            .transpose()?;
+        if codec.is_some() && !a.full && a.key.source().is_some() && new != NewKey::Decrypt {
+            bail!("--codec needs --full: a key rotation does not touch the chunks");
+        }
+        Ok(Plan {
+            image: a.image.clone(),
+            target: Target::new(&a.image, &a.output, a.force)?,
+            old: a.key.source(),
+            new,
+            full: a.full,
+            codec,
+            json: a.json,
+        })
+    }
+}
+
+/// What `reencrypt --json` reports.
+#[derive(Debug, Serialize)]
+pub struct ReencryptDoc {
+    /// The image read.
+    pub image: String,
+    /// The image written (the same path with --in-place).
+    pub output: String,
+    /// `rewrap` (only the key slot) or `full` (every chunk).
+    pub mode: &'static str,
+    /// True when the output is encrypted.
+    pub encrypted: bool,
+    /// Bytes written to the image file (for a rewrap: the key slots only).
+    pub bytes_written: u64,
+    /// Key generation of the output.
+    pub key_generation: u32,
+    /// Size of the output.
+    pub file_size: u64,
+}
+
+/// Re-encrypts `args.image`.
+///
+/// # Errors
+/// When the arguments are invalid, a key cannot be read or does not open the
+/// image, or the new image cannot be written or fails its check (the target is
+/// then left as it was).
+pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let plan = Plan::new(args)?;
+    let old = plan.old.as_ref().map(KeySource::load).transpose()?;
+    let new = match &plan.new {
+        NewKey::Key(s) => Some(s.load()?),
+        NewKey::Decrypt => None,
+    };
+    let img = crate::open::open(&plan.image, old.as_ref(), true)?;
+    if !img.is_encrypted() && new.is_none() {
+        bail!(
+            "{} is not encrypted: there is nothing to decrypt",
+            plan.image.display()
+        );
+    }
+    let doc = match (img.is_encrypted(), &old, &new, plan.full) {
+        (true, Some(old), Some(new), false) => {
+            drop(img);
+            rewrap(&plan, old, new)?
+        }
+        _ => {
+            let codec = plan.codec.unwrap_or_else(|| default_codec(&img));
+            let opts = memimg::options_from(&img)?
+                .codec(codec)
+                .key_opt(new.clone());
+            let stats = transcode_to(
+                &img,
+                &plan.image,
+                &plan.target,
+                opts,
+                new.as_ref(),
+                "reencrypt",
+            )?;
+            ReencryptDoc {
+                image: plan.image.display().to_string(),
+                output: plan.target.path.display().to_string(),
+                mode: "full",
+                encrypted: new.is_some(),
+                bytes_written: stats.file_len,
+                key_generation: 0,
+                file_size: stats.file_len,
+            }
+        }
+    };
+    if plan.json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+    } else {
+        let what = match (doc.mode, doc.encrypted) {
+            ("rewrap", _) => format!(
+                "key slot rewrapped (generation {}, {} bytes written; the data was not touched)",
+                doc.key_generation, doc.bytes_written
+            ),
+            (_, true) => "every chunk encrypted under a fresh data key".to_string(),
+            (_, false) => "decrypted: the new image is plain".to_string(),
+        };
+        writeln!(out, "{}: {what}", doc.output)?;
+    }
+    Ok(super::code(crate::EXIT_OK))
+}
+
+/// The codec of a full rewrite when none is given: zstd when the image uses it.
+fn default_codec(img: &Image) -> Codec {
+    if img.header().features.incompat & Features::ZSTD != 0 {
+        Codec::default()
+    } else {
+        Codec::None
+    }
+}
+
+/// Rotates the key-encryption key: in place with the format's crash-safe
+/// key-slot update, or on a copy beside OUT that is then renamed.
+fn rewrap(plan: &Plan, old: &memimg::Key, new: &memimg::Key) -> Result<ReencryptDoc> {
+    let (stats, file_size) = if plan.target.in_place {
+        let stats = memimg::rewrap_in_place(&plan.image, old, new).map_err(|e| match e.kind() {
+            memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
+            _ => anyhow::Error::new(e)
+                .context(format!("rotating the key of {}", plan.image.display())),
+        })?;
+        // The image must open under the new key.
+        let img = crate::open::open(&plan.image, Some(new), true)
+            .context("the image does not open under the new key after the rotation")?;
+        (stats, img.file_len())
+    } else {
+        let mut af = create_tmp(&plan.image, &plan.target)?;
+        let mut src =
+            File::open(&plan.image).with_context(|| format!("opening {}", plan.image.display()))?;
+        std::io::copy(&mut src, af.file())
+            .with_context(|| format!("copying {}", plan.image.display()))?;
+        let stats =
+            memimg::rewrap_in_place(af.tmp_path(), old, new).map_err(|e| match e.kind() {
+                memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
+                _ => anyhow::Error::new(e).context("rotating the key of the copy"),
+            })?;
+        verify_tmp(&af, Some(new), false, &plan.target)?;
+        let len = af.file().metadata().map(|m| m.len()).unwrap_or(0);
+        af.commit()?;
+        (stats, len)
+    };
+    Ok(ReencryptDoc {
+        image: plan.image.display().to_string(),
+        output: plan.target.path.display().to_string(),
+        mode: "rewrap",
+        encrypted: true,
+        bytes_written: stats.bytes_written,
+        key_generation: stats.generation,
+        file_size,
+    })
+}

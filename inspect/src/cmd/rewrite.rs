@@ -1,0 +1,140 @@
+//! What recompress and reencrypt share: choosing the target, and writing a
+//! whole new image crash-safely, verified before it replaces anything.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use memimg::atomic::AtomicFile;
+use memimg::{Image, Key, VerifyOptions, WriteStats, WriterOptions};
+
+use crate::cli::OutputArgs;
+use crate::ui;
+
+/// The file a rewrite replaces or creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The final path.
+    pub path: PathBuf,
+    /// True when it is the image itself.
+    pub in_place: bool,
+}
+
+impl Target {
+    /// Validates `-o OUT | --in-place` for `image`.
+    pub(crate) fn new(image: &Path, o: &OutputArgs, force: bool) -> Result<Target> {
+        if o.in_place {
+            return Ok(Target {
+                path: image.to_path_buf(),
+                in_place: true,
+            });
+        }
+        let Some(out) = &o.output else {
+            bail!("give -o OUT or --in-place");
+        };
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(image), std::fs::canonicalize(out)) {
+            if a == b {
+                bail!(
+                    "{} is the image itself: use --in-place to rewrite it",
+                    out.display()
+                );
+            }
+        }
+        if !force && std::fs::symlink_metadata(out).is_ok() {
+            bail!("{} exists: give --force to replace it", out.display());
+        }
+        Ok(Target {
+            path: out.clone(),
+            in_place: false,
+        })
+    }
+}
+
+/// Raw bytes a transcode of `img` walks, for its progress bar.
+fn raw_total(img: &Image) -> u64 {
+    let ps = img.header().page_size;
+    img.extents()
+        .map(|ex| ex.iter().map(|e| e.len(ps)).sum())
+        .unwrap_or(0)
+}
+
+/// Creates the temporary file beside `target`, with the original's
+/// permissions when rewriting in place.
+pub(crate) fn create_tmp(image: &Path, target: &Target) -> Result<AtomicFile> {
+    let af = AtomicFile::create(&target.path)?;
+    if target.in_place {
+        let perm = std::fs::metadata(image)
+            .with_context(|| format!("reading the permissions of {}", image.display()))?
+            .permissions();
+        std::fs::set_permissions(af.tmp_path(), perm)
+            .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
+    }
+    Ok(af)
+}
+
+/// Checks the new image at `af`'s temporary path, decoding every chunk when
+/// `decode`; nothing is renamed when it fails.
+pub(crate) fn verify_tmp(
+    af: &AtomicFile,
+    key: Option<&Key>,
+    decode: bool,
+    target: &Target,
+) -> Result<()> {
+    let pb = ui::progress(
+        std::fs::metadata(af.tmp_path())
+            .map(|m| m.len())
+            .unwrap_or(0),
+        "check",
+    );
+    let tick = |n: u64| pb.inc(n);
+    let report = memimg::verify_path(
+        af.tmp_path(),
+        key,
+        &VerifyOptions {
+            decode,
+            progress: Some(&tick),
+        },
+    );
+    pb.finish_and_clear();
+    if !report.is_intact() {
+        let first = report
+            .fatal
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| report.problems.first().map(ToString::to_string))
+            .unwrap_or_default();
+        bail!(
+            "the new image failed verification ({} problems, first: {first}); {} was not changed",
+            report.problems.len(),
+            target.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Transcodes `src` with `opts` into a temporary file beside the target,
+/// verifies it (decoding every chunk, with `new_key` when encrypted), syncs it
+/// and renames it into place. Killed at any moment, the target is untouched.
+pub(crate) fn transcode_to(
+    src: &Image,
+    image: &Path,
+    target: &Target,
+    opts: WriterOptions,
+    new_key: Option<&Key>,
+    what: &str,
+) -> Result<WriteStats> {
+    let af = create_tmp(image, target)?;
+    let pb = ui::progress(raw_total(src), what);
+    let tick = |n: u64| pb.inc(n);
+    let w = BufWriter::with_capacity(1 << 20, af);
+    let (w, stats) = memimg::transcode(src, w, opts, &tick)
+        .with_context(|| format!("rewriting {}", image.display()))?;
+    pb.finish_and_clear();
+    let af = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing the new image")?;
+    verify_tmp(&af, new_key, true, target)?;
+    af.commit()?;
+    Ok(stats)
+}

@@ -1,0 +1,227 @@
+//! `imgtool verify`: every check, every problem with its location.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use memimg::{ErrorKind, Key, Problem, Report, Status, VerifyOptions};
+use serde::Serialize;
+
+use crate::cli::VerifyArgs;
+use crate::{fmt, ui};
+
+/// A validated verify.
+struct Plan {
+    image: PathBuf,
+    key: Option<Key>,
+    decode: bool,
+    json: bool,
+}
+
+impl Plan {
+    fn new(a: &VerifyArgs) -> Result<Plan> {
+        let key = a.key.load()?;
+        let decode = key.is_some() || a.deep;
+        Ok(Plan {
+            image: a.image.clone(),
+            key,
+            decode,
+            json: a.json,
+        })
+    }
+}
+
+/// The JSON document of `verify --json`.
+#[derive(Debug, Serialize)]
+pub struct VerifyDoc {
+    /// The image path.
+    pub image: String,
+    /// `intact`, `damaged` or `unchecked`.
+    pub status: &'static str,
+    /// Why the image could not be checked.
+    pub error: Option<String>,
+    /// True when the error is a wrong key.
+    pub wrong_key: bool,
+    /// Every problem, in file order.
+    pub problems: Vec<ProblemDoc>,
+    /// Chunks whose stored bytes were checked.
+    pub chunks_checked: u64,
+    /// Chunks decoded and checked against their raw checksum.
+    pub chunks_decoded: u64,
+    /// Stored bytes read.
+    pub bytes_checked: u64,
+    /// True when the index could be read.
+    pub unlocked: bool,
+    /// True when chunks were decoded (a key was given, or --deep).
+    pub deep: bool,
+}
+
+/// One problem.
+#[derive(Debug, Serialize)]
+pub struct ProblemDoc {
+    /// Kind, as the library names it (`Checksum`, `Truncated` …).
+    pub kind: String,
+    /// The message without the location.
+    pub message: String,
+    /// File offset, hex.
+    pub offset: Option<String>,
+    /// Region index.
+    pub region: Option<u32>,
+    /// Chunk number.
+    pub chunk: Option<u64>,
+    /// Virtual address, hex.
+    pub addr: Option<String>,
+}
+
+impl From<&Problem> for ProblemDoc {
+    fn from(p: &Problem) -> Self {
+        ProblemDoc {
+            kind: format!("{:?}", p.kind),
+            message: p.message.clone(),
+            offset: p.location.offset.map(|o| format!("{o:#x}")),
+            region: p.location.region,
+            chunk: p.location.chunk,
+            addr: p.location.addr.map(|a| format!("{a:#x}")),
+        }
+    }
+}
+
+/// Verifies `args.image`: exit 0 intact, 1 damaged, 2 unable to check.
+///
+/// # Errors
+/// When the key cannot be read, or (without `--json`) when the image cannot
+/// be checked at all.
+pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let plan = Plan::new(args)?;
+    let total = std::fs::metadata(&plan.image).map(|m| m.len()).unwrap_or(0);
+    let pb = ui::progress(total, "verify");
+    let tick = |n: u64| pb.inc(n);
+    let opts = VerifyOptions {
+        decode: plan.decode,
+        progress: Some(&tick),
+    };
+    let mut report = memimg::verify_path(&plan.image, plan.key.as_ref(), &opts);
+    if report
+        .fatal
+        .as_ref()
+        .is_some_and(|e| e.kind() == ErrorKind::NotEncrypted)
+    {
+        // A key given for a plain image is not needed: check it without one,
+        // decoding every chunk as the key asked for.
+        report = memimg::verify_path(&plan.image, None, &opts);
+    }
+    pb.finish_and_clear();
+    // A deep check that could not decode (an encrypted image and no key) did
+    // not do what was asked.
+    let undecoded = plan.decode && !report.unlocked && report.fatal.is_none();
+    let doc = document(&plan, &report, undecoded);
+    if plan.json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        return Ok(super::code(exit_of(&report, undecoded)));
+    }
+    if let Some(e) = &report.fatal {
+        if e.kind() == ErrorKind::WrongKey {
+            return Err(crate::open::wrong_key(&plan.image, e));
+        }
+        bail!("{}: unable to check: {e}", plan.image.display());
+    }
+    if undecoded {
+        bail!(
+            "{}: unable to check deeply: the image is encrypted and no key was given",
+            plan.image.display()
+        );
+    }
+    write_text(&doc, out)?;
+    Ok(super::code(exit_of(&report, false)))
+}
+
+fn exit_of(report: &Report, undecoded: bool) -> u8 {
+    match report.status() {
+        Status::Intact if undecoded => crate::EXIT_ERROR,
+        Status::Intact => crate::EXIT_OK,
+        Status::Damaged => crate::EXIT_FOUND,
+        Status::Unchecked => crate::EXIT_ERROR,
+    }
+}
+
+fn document(plan: &Plan, r: &Report, undecoded: bool) -> VerifyDoc {
+    let status = match r.status() {
+        Status::Intact if undecoded => "unchecked",
+        Status::Intact => "intact",
+        Status::Damaged => "damaged",
+        Status::Unchecked => "unchecked",
+    };
+    let error = match &r.fatal {
+        Some(e) if e.kind() == ErrorKind::WrongKey => Some(crate::open::WRONG_KEY.to_string()),
+        Some(e) => Some(e.to_string()),
+        None if undecoded => {
+            Some("the image is encrypted and no key was given: chunks cannot be decoded".into())
+        }
+        None => None,
+    };
+    VerifyDoc {
+        image: plan.image.display().to_string(),
+        status,
+        error,
+        wrong_key: r
+            .fatal
+            .as_ref()
+            .is_some_and(|e| e.kind() == ErrorKind::WrongKey),
+        problems: r.problems.iter().map(ProblemDoc::from).collect(),
+        chunks_checked: r.chunks_checked,
+        chunks_decoded: r.chunks_decoded,
+        bytes_checked: r.bytes_checked,
+        unlocked: r.unlocked,
+        deep: plan.decode && r.unlocked,
+    }
+}
+
+fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
+    let n = doc.problems.len();
+    let verdict = match doc.status {
+        "intact" => ui::good("intact"),
+        _ => ui::bad(&format!(
+            "DAMAGED, {n} problem{}",
+            if n == 1 { "" } else { "s" }
+        )),
+    };
+    writeln!(out, "{}: {verdict}", doc.image)?;
+    for p in &doc.problems {
+        let mut loc = Vec::new();
+        if let Some(o) = &p.offset {
+            loc.push(format!("offset {o}"));
+        }
+        if let Some(r) = p.region {
+            loc.push(format!("region {r}"));
+        }
+        if let Some(c) = p.chunk {
+            loc.push(format!("chunk {c}"));
+        }
+        if let Some(a) = &p.addr {
+            loc.push(format!("address {a}"));
+        }
+        if loc.is_empty() {
+            writeln!(out, "  {}", p.message)?;
+        } else {
+            writeln!(out, "  {}: {}", loc.join(", "), p.message)?;
+        }
+    }
+    let what = if doc.deep {
+        format!("{} chunks checked and decoded", doc.chunks_checked)
+    } else {
+        format!("{} chunks checked", doc.chunks_checked)
+    };
+    let index = if doc.unlocked {
+        "index checked"
+    } else {
+        "index encrypted (give a key to check it and decode the chunks)"
+    };
+    writeln!(
+        out,
+        "  {what}, {} stored, {index}",
+        fmt::size(doc.bytes_checked)
+    )?;
+    Ok(())
+}

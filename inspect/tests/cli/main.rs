@@ -1,0 +1,22 @@
+//! Integration tests of the `imgtool` binary and library, one module per
+//! subcommand. Golden files live in `tests/data/*.expected`; regenerate them
+//! with `IMGTOOL_UPDATE_GOLDEN=1 cargo test -p imgtool --test cli`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+// Test images are small and the tests run on 64-bit hosts.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+
+mod common;
+
+mod cat;
+mod crash;
+mod diff;
+mod inspect;
+mod keygen;
+mod misc;
+mod recompress;
+mod reencrypt;
+mod verify;
