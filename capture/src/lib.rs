@@ -1,1 +1,31 @@
-//! Placeholder.
+//! # memimg-capture: capture live processes, persist and restore memory
+//!
+//! Two ways into a [`memimg`] image, and the way back:
+//!
+//! - **Capture of another process** by pid ([`capture_to_path`]): every
+//!   thread is stopped with ptrace for a consistent snapshot, resident pages
+//!   are read with `process_vm_readv` (never-touched pages are skipped using
+//!   `/proc/PID/pagemap`, so the cost follows resident memory, not reserved
+//!   address space), and the threads are resumed, also on error and Ctrl-C.
+//! - **Persisting a program's own memory** ([`Persister`]): the program names
+//!   the regions it wants back and its validation data.
+//! - **Restore** ([`restore()`]): maps the regions back at their recorded
+//!   addresses in a new process, by mmap of the file, eager parallel
+//!   decoding, or lazily through userfaultfd.
+//!
+//! Linux only.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod elfnote;
+mod error;
+mod freeze;
+mod live;
+mod memread;
+mod pagemap;
+pub mod procfs;
+
+pub use error::{CaptureError, RestoreError};
+pub use live::{
+    capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Progress,
+};

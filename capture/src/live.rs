@@ -1,0 +1,349 @@
+//! Capture of another live process: freeze, walk the maps, read resident
+//! pages, stream them into a [`memimg::Writer`], resume.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memimg::atomic::AtomicFile;
+use memimg::{Codec, Key, RegionKind, WriteStats, Writer, WriterOptions};
+
+use crate::error::CaptureError;
+use crate::freeze::{self, Frozen, SignalGuard};
+use crate::memread::{MemReader, ReadError, Run};
+use crate::pagemap::{self, Pagemap};
+use crate::procfs::{self, MapsEntry};
+
+/// Bytes of address space handled at a time: the read buffer is this big,
+/// which bounds the memory a capture uses besides the writer's chunks in
+/// flight. 4 MiB.
+const WINDOW: u64 = 4 << 20;
+
+/// A progress callback: `(bytes done, bytes total)` of address space walked.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A hook called while the process is still frozen, after its memory was read.
+pub type FrozenHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// How to capture.
+#[derive(Clone)]
+pub struct CaptureOptions {
+    /// Chunk codec. By default zstd level 1.
+    pub codec: Codec,
+    /// Encrypts the image under this key. By default none.
+    pub key: Option<Key>,
+    /// Chunk size in bytes. By default [`memimg::DEFAULT_CHUNK_SIZE`].
+    pub chunk_size: Option<u32>,
+    /// Leaves out the pages of file mappings that are the file's own pages
+    /// (they are recorded absent); copies made by writes to private file
+    /// mappings are still captured. By default everything is captured.
+    pub exclude_file_backed: bool,
+    /// Threads that compress and encrypt. By default one per core.
+    pub workers: usize,
+    /// Called after each piece of memory is captured. By default none.
+    pub progress: Option<Progress>,
+    /// Called with the pid while every thread is still stopped, after the
+    /// memory was read (tests use it to compare the image with
+    /// `/proc/PID/mem`). By default none.
+    pub on_frozen: Option<FrozenHook>,
+}
+
+impl std::fmt::Debug for CaptureOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureOptions")
+            .field("codec", &self.codec)
+            .field("encrypted", &self.key.is_some())
+            .field("chunk_size", &self.chunk_size)
+            .field("exclude_file_backed", &self.exclude_file_backed)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            codec: Codec::Zstd(1),
+            key: None,
+            chunk_size: None,
+            exclude_file_backed: false,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            progress: None,
+            on_frozen: None,
+        }
+    }
+}
+
+/// What a capture did.
+#[derive(Debug, Clone)]
+pub struct CaptureReport {
+    /// How long the process's threads were all stopped.
+    pub frozen: Duration,
+    /// The whole capture, from start to the finished image.
+    pub elapsed: Duration,
+    /// Threads stopped.
+    pub threads: usize,
+    /// What the writer produced.
+    pub stats: WriteStats,
+}
+
+/// Captures process `pid` into a new image file at `out`.
+///
+/// The image is written under a temporary name beside `out` and renamed into
+/// place only when complete, so a failed or interrupted capture leaves no
+/// file under `out`.
+///
+/// # Errors
+/// See [`CaptureError`]. Whatever happens, the process is resumed.
+pub fn capture_to_path(
+    pid: i32,
+    out: &Path,
+    opts: &CaptureOptions,
+) -> Result<CaptureReport, CaptureError> {
+    check_exists(pid)?;
+    let file = AtomicFile::create(out)?;
+    let (w, report) = capture_to_writer(pid, BufWriter::with_capacity(1 << 20, file), opts)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| CaptureError::io(format!("writing {}", out.display()), e.into_error()))?;
+    file.commit()?;
+    Ok(report)
+}
+
+/// Captures process `pid` into `out` and gives it back with a report.
+///
+/// # Errors
+/// See [`CaptureError`]. Whatever happens, the process is resumed.
+pub fn capture_to_writer<W: Write>(
+    pid: i32,
+    out: W,
+    opts: &CaptureOptions,
+) -> Result<(W, CaptureReport), CaptureError> {
+    let t0 = Instant::now();
+    check_exists(pid)?;
+    let facts = procfs::process_facts(pid);
+    let ps = memimg::page_size();
+    let mut wo = WriterOptions::new()
+        .page_size(ps)
+        .codec(opts.codec)
+        .key_opt(opts.key.clone())
+        .workers(opts.workers)
+        .process(Some(facts));
+    if let Some(cs) = opts.chunk_size {
+        wo = wo.chunk_size(cs);
+    }
+    let mut writer = Writer::new(out, wo)?;
+    let guard = SignalGuard::install();
+    let frozen = Frozen::freeze(pid)?;
+    let threads = frozen.threads();
+    let mut walker = Walker {
+        pid,
+        ps: u64::from(ps),
+        pagemap: Pagemap::open(pid, u64::from(ps)),
+        reader: MemReader::new(pid, ps as usize),
+        exclude_file: opts.exclude_file_backed,
+        buf: Vec::new(),
+        entries: Vec::new(),
+        state: Vec::new(),
+        runs: Vec::new(),
+    };
+    let maps = procfs::read_maps(pid).map_err(|e| map_proc_err(pid, e))?;
+    let total: u64 = maps
+        .iter()
+        .filter(|m| readable(m))
+        .map(MapsEntry::len)
+        .sum();
+    let mut done = 0u64;
+    for m in &maps {
+        if !readable(m) {
+            writer.add_empty_region(m.region_info())?;
+            continue;
+        }
+        walker.region(m, &mut writer, &mut |n| {
+            done += n;
+            if let Some(p) = &opts.progress {
+                p(done, total);
+            }
+        })?;
+    }
+    if let Some(h) = &opts.on_frozen {
+        h(pid);
+    }
+    if !procfs::alive(pid) {
+        return Err(CaptureError::ProcessExited { pid });
+    }
+    let frozen_time = frozen.resume();
+    drop(guard);
+    let (w, stats) = writer.finish()?;
+    Ok((
+        w,
+        CaptureReport {
+            frozen: frozen_time,
+            elapsed: t0.elapsed(),
+            threads,
+            stats,
+        },
+    ))
+}
+
+fn check_exists(pid: i32) -> Result<(), CaptureError> {
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() || !procfs::alive(pid) {
+        return Err(CaptureError::NoSuchProcess { pid });
+    }
+    Ok(())
+}
+
+fn map_proc_err(pid: i32, e: std::io::Error) -> CaptureError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => CaptureError::ProcessExited { pid },
+        std::io::ErrorKind::PermissionDenied => CaptureError::permission(pid),
+        _ => CaptureError::io(format!("reading /proc/{pid}"), e),
+    }
+}
+
+/// Regions whose bytes are captured; the others are recorded without data:
+/// unreadable or PROT_NONE mappings, and [vvar]/[vsyscall].
+fn readable(m: &MapsEntry) -> bool {
+    m.prot.read() && !m.is_special() && !m.is_empty()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageState {
+    Read,
+    Zero,
+    Absent,
+}
+
+struct Walker {
+    pid: i32,
+    ps: u64,
+    pagemap: Pagemap,
+    reader: MemReader,
+    exclude_file: bool,
+    buf: Vec<u8>,
+    entries: Vec<u64>,
+    state: Vec<PageState>,
+    runs: Vec<Run>,
+}
+
+impl Walker {
+    /// What to do with a page, from its pagemap entry.
+    fn classify(&self, m: &MapsEntry, e: u64) -> PageState {
+        let resident = e & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
+        let file_page = e & pagemap::FILE_OR_SHARED != 0;
+        if m.is_file() {
+            if !resident || (self.exclude_file && (file_page || m.shared)) {
+                // Never loaded, or excluded: its bytes are the file's.
+                PageState::Absent
+            } else {
+                PageState::Read
+            }
+        } else if resident
+            || m.shared
+            || !matches!(
+                m.kind(),
+                RegionKind::Anonymous | RegionKind::Heap | RegionKind::Stack
+            )
+        {
+            // Shared anonymous memory may hold pages this process has not
+            // mapped yet, and special mappings ([vdso] …) are filled on
+            // demand by the kernel: read them (the writer drops zero pages).
+            PageState::Read
+        } else {
+            // Private anonymous memory never touched reads as zeros.
+            PageState::Zero
+        }
+    }
+
+    fn region<W: Write>(
+        &mut self,
+        m: &MapsEntry,
+        w: &mut Writer<W>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), CaptureError> {
+        w.begin_region(m.region_info())?;
+        let mut addr = m.start;
+        while addr < m.end {
+            if freeze::interrupted() {
+                return Err(CaptureError::Interrupted);
+            }
+            let len = WINDOW.min(m.end - addr);
+            self.window(m, addr, len, w)?;
+            progress(len);
+            addr += len;
+        }
+        w.end_region()?;
+        Ok(())
+    }
+
+    fn window<W: Write>(
+        &mut self,
+        m: &MapsEntry,
+        addr: u64,
+        len: u64,
+        w: &mut Writer<W>,
+    ) -> Result<(), CaptureError> {
+        let ps = self.ps;
+        // len ≤ WINDOW, so these fit in usize.
+        let pages = usize::try_from(len / ps).unwrap_or(0);
+        let psz = usize::try_from(ps).unwrap_or(4096);
+        let mut entries = std::mem::take(&mut self.entries);
+        self.pagemap.read(addr, &mut entries, pages);
+        self.state.clear();
+        for &e in &entries {
+            let s = self.classify(m, e);
+            self.state.push(s);
+        }
+        self.entries = entries;
+        // Runs of pages to read, each at its own offset in the buffer.
+        self.runs.clear();
+        let mut i = 0;
+        while i < pages {
+            if self.state[i] != PageState::Read {
+                i += 1;
+                continue;
+            }
+            let j = (i..pages)
+                .find(|&k| self.state[k] != PageState::Read)
+                .unwrap_or(pages);
+            self.runs.push(Run {
+                addr: addr + i as u64 * ps,
+                len: (j - i) * psz,
+                local: i * psz,
+            });
+            i = j;
+        }
+        if !self.runs.is_empty() {
+            if self.buf.len() < pages * psz {
+                self.buf.resize(pages * psz, 0);
+            }
+            let state = &mut self.state;
+            let res = self.reader.read(&self.runs, &mut self.buf, &mut |a| {
+                if let Some(s) = usize::try_from((a - addr) / ps)
+                    .ok()
+                    .and_then(|k| state.get_mut(k))
+                {
+                    *s = PageState::Absent;
+                }
+            });
+            if let Err(ReadError::Gone) = res {
+                return Err(CaptureError::ProcessExited { pid: self.pid });
+            }
+        }
+        // Emit runs of equal state in address order.
+        let mut i = 0;
+        while i < pages {
+            let s = self.state[i];
+            let j = (i..pages).find(|&k| self.state[k] != s).unwrap_or(pages);
+            let bytes = ((j - i) * psz) as u64;
+            match s {
+                PageState::Read => w.push_data(&self.buf[i * psz..j * psz])?,
+                PageState::Zero => w.push_zero(bytes)?,
+                PageState::Absent => w.push_absent(bytes)?,
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Reading another process's memory: `process_vm_readv` with large batches
+//! of iovecs, falling back to `pread` on `/proc/PID/mem` for pages that it
+//! refuses. Pages neither can read are reported, not fatal.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// The most iovecs one `process_vm_readv` takes (`IOV_MAX` on Linux).
+const IOV_MAX: usize = 1024;
+
+/// A run of the target's memory to read into `buf[local..local + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Address in the target.
+    pub addr: u64,
+    /// Length in bytes, whole pages.
+    pub len: usize,
+    /// Offset in the local buffer.
+    pub local: usize,
+}
+
+/// Reads another process's memory.
+#[derive(Debug)]
+pub struct MemReader {
+    pid: i32,
+    page_size: usize,
+    mem: Option<File>,
+    /// `process_vm_readv` refused the whole process: use `/proc/PID/mem` only.
+    pread_only: bool,
+}
+
+/// What went wrong when reading could not go on at all.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The process no longer exists.
+    Gone,
+}
+
+impl MemReader {
+    /// A reader for `pid`.
+    pub fn new(pid: i32, page_size: usize) -> MemReader {
+        MemReader {
+            pid,
+            page_size,
+            mem: None,
+            pread_only: false,
+        }
+    }
+
+    /// Reads every run into `buf`. Calls `failed(addr)` for each page that
+    /// could not be read by either means (its bytes in `buf` are then
+    /// unspecified).
+    ///
+    /// # Errors
+    /// [`ReadError::Gone`] when the process disappeared.
+    pub fn read(
+        &mut self,
+        runs: &[Run],
+        buf: &mut [u8],
+        failed: &mut dyn FnMut(u64),
+    ) -> Result<(), ReadError> {
+        let mut i = 0;
+        // Progress inside runs[i]: bytes already read.
+        let mut skip = 0usize;
+        while i < runs.len() {
+            if self.pread_only {
+                let r = runs[i];
+                self.pread_run(
+                    r.addr + skip as u64,
+                    &mut buf[r.local + skip..r.local + r.len],
+                    failed,
+                )?;
+                i += 1;
+                skip = 0;
+                continue;
+            }
+            let end = (i + IOV_MAX).min(runs.len());
+            let mut local = Vec::with_capacity(end - i);
+            let mut remote = Vec::with_capacity(end - i);
+            let base = buf.as_mut_ptr();
+            let mut want = 0usize;
+            for (k, r) in runs[i..end].iter().enumerate() {
+                let s = if k == 0 { skip } else { 0 };
+                assert!(r.local + r.len <= buf.len(), "run outside the buffer");
+                // SAFETY: r.local + r.len ≤ buf.len() (asserted above), so the
+                // pointer stays inside buf.
+                let p = unsafe { base.add(r.local + s) };
+                local.push(libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: r.len - s,
+                });
+                remote.push(libc::iovec {
+                    iov_base: (r.addr + s as u64) as usize as *mut libc::c_void,
+                    iov_len: r.len - s,
+                });
+                want += r.len - s;
+            }
+            // SAFETY: the local iovecs point into buf, which we borrow
+            // mutably, within its bounds; the remote ones are only addresses
+            // in the other process, which the kernel checks. Both counts are
+            // ≤ IOV_MAX.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            if n < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ESRCH) => return Err(ReadError::Gone),
+                    Some(libc::EPERM | libc::ENOSYS) => {
+                        self.pread_only = true;
+                        continue;
+                    }
+                    // EFAULT and friends: the first page is not readable
+                    // this way. Try /proc/PID/mem for it, then go on.
+                    _ => {
+                        let r = runs[i];
+                        let ps = self.page_size;
+                        let at = r.local + skip;
+                        self.pread_run(r.addr + skip as u64, &mut buf[at..at + ps], failed)?;
+                        skip += ps;
+                        if skip >= r.len {
+                            i += 1;
+                            skip = 0;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let n = usize::try_from(n).unwrap_or(0);
+            if n == want {
+                i = end;
+                skip = 0;
+                continue;
+            }
+            // Partial: advance past what was read; the next call starts at
+            // the failing page and takes the error path above.
+            let mut left = n;
+            loop {
+                let r = runs[i];
+                let room = r.len - skip;
+                if left < room {
+                    // Reads stop at page boundaries.
+                    skip += left / self.page_size * self.page_size;
+                    break;
+                }
+                left -= room;
+                i += 1;
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn mem(&mut self) -> Option<&File> {
+        if self.mem.is_none() {
+            self.mem = File::open(format!("/proc/{}/mem", self.pid)).ok();
+        }
+        self.mem.as_ref()
+    }
+
+    /// Reads `buf.len()` bytes at `addr` with pread, page by page past any
+    /// failure.
+    fn pread_run(
+        &mut self,
+        addr: u64,
+        buf: &mut [u8],
+        failed: &mut dyn FnMut(u64),
+    ) -> Result<(), ReadError> {
+        let ps = self.page_size;
+        let pid = self.pid;
+        let Some(mem) = self.mem() else {
+            if !crate::procfs::alive(pid) {
+                return Err(ReadError::Gone);
+            }
+            for p in (0..buf.len()).step_by(ps) {
+                failed(addr + p as u64);
+            }
+            return Ok(());
+        };
+        let mut done = 0usize;
+        while done < buf.len() {
+            match mem.read_at(&mut buf[done..], addr + done as u64) {
+                Ok(n) if n > 0 => {
+                    done += n;
+                    if done % ps != 0 {
+                        // Never happens in practice; keep page granularity.
+                        continue;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(ReadError::Gone),
+                _ => {
+                    // Ok(0) (the mm is gone) or an error for this page.
+                    failed(addr + (done / ps * ps) as u64);
+                    done = (done / ps + 1) * ps;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The roles this binary plays when re-executed as a child process.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::common::{self, ROLE};
+
+pub const RAND_LEN: usize = 8 << 20;
+pub const ZERO_LEN: usize = 8 << 20;
+pub const TEXT_LEN: usize = 2 << 20;
+pub const FREED_LEN: usize = 4 << 20;
+pub const CHURN_LEN: usize = 4 << 20;
+pub const COUNTER_PAGES: usize = 64;
+pub const RAND_SEED: u64 = 0x5eed_1234;
+/// Offset of counter `a` and of counter `b` in the counters region: on
+/// different pages, so a capture that is not frozen would see them torn.
+pub const A_OFF: usize = 4096;
+pub const B_OFF: usize = 40 * 4096;
+pub const WORKERS: usize = 8;
+
+/// Not a test: the entry point of a re-executed child. Without the role
+/// variable it does nothing.
+#[test]
+fn role_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    match role.as_str() {
+        "patterns" => patterns(),
+        other => {
+            if !crate::restore::child_role(other) {
+                panic!("unknown role {other}");
+            }
+        }
+    }
+}
+
+/// A process with known memory and many threads writing all the time.
+fn patterns() -> ! {
+    let rand = common::map_anon(RAND_LEN);
+    // SAFETY: rand is a fresh mapping of RAND_LEN bytes.
+    common::fill_random(
+        unsafe { std::slice::from_raw_parts_mut(rand, RAND_LEN) },
+        RAND_SEED,
+    );
+    let zero = common::map_anon(ZERO_LEN);
+    // Touch the first half with zeros; leave the second half untouched.
+    // SAFETY: inside the mapping.
+    unsafe { std::ptr::write_bytes(zero, 0, ZERO_LEN / 2) };
+    let text = common::map_anon(TEXT_LEN);
+    // SAFETY: inside the mapping.
+    common::fill_text(unsafe { std::slice::from_raw_parts_mut(text, TEXT_LEN) });
+    let freed = common::map_anon(FREED_LEN);
+    // SAFETY: inside the mapping; then its pages are given back.
+    unsafe {
+        std::ptr::write_bytes(freed, 0xaa, FREED_LEN);
+        assert_eq!(
+            libc::madvise(freed.cast(), FREED_LEN, libc::MADV_DONTNEED),
+            0
+        );
+    }
+    let gone = common::map_anon(1 << 20);
+    // SAFETY: inside the mapping, which is then unmapped and never used again.
+    unsafe {
+        std::ptr::write_bytes(gone, 0xbb, 1 << 20);
+        assert_eq!(libc::munmap(gone.cast(), 1 << 20), 0);
+    }
+    let counters = common::map_anon(COUNTER_PAGES * 4096);
+    let churn = common::map_anon(CHURN_LEN);
+    let base = counters as usize;
+    for t in 0..WORKERS {
+        std::thread::spawn(move || {
+            // SAFETY: the counters mapping lives for the whole process and
+            // its words are only used through atomics.
+            let lock = unsafe { &*(base as *const AtomicU32) };
+            let a = unsafe { &*((base + A_OFF) as *const AtomicU64) };
+            let b = unsafe { &*((base + B_OFF) as *const AtomicU64) };
+            let mine = unsafe { &*((base + (2 + t) * 4096) as *const AtomicU64) };
+            loop {
+                while lock
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    std::thread::yield_now();
+                }
+                a.store(a.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                for _ in 0..50 {
+                    mine.fetch_add(1, Ordering::Relaxed);
+                }
+                b.store(b.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                lock.store(0, Ordering::Release);
+            }
+        });
+    }
+    let churn_addr = churn as usize;
+    for t in 0..2u64 {
+        std::thread::spawn(move || {
+            let words = CHURN_LEN / 8;
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+            loop {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % words;
+                // SAFETY: i < words, inside the churn mapping; the word is
+                // written through an atomic because other threads write too.
+                let w = unsafe { &*((churn_addr + i * 8) as *const AtomicU64) };
+                w.store(x, Ordering::Relaxed);
+            }
+        });
+    }
+    println!(
+        "READY rand={:#x} zero={:#x} text={:#x} freed={:#x} gone={:#x} counters={:#x} churn={:#x}",
+        rand as usize,
+        zero as usize,
+        text as usize,
+        freed as usize,
+        gone as usize,
+        base,
+        churn_addr
+    );
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

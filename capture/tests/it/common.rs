@@ -1,0 +1,144 @@
+//! Helpers shared by the tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The environment variable that selects a child role.
+pub const ROLE: &str = "MEMIMG_TEST_ROLE";
+
+/// Fills `buf` with xorshift64 bytes from `seed`: random-looking, but the
+/// same for the same seed in any process.
+pub fn fill_random(buf: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        c.copy_from_slice(&b[..c.len()]);
+    }
+}
+
+/// Text that compresses well and is easy to recognise.
+pub fn fill_text(buf: &mut [u8]) {
+    let t = b"the quick brown fox jumps over the lazy dog 0123456789\n";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = t[i % t.len()];
+    }
+}
+
+/// A running child process, killed and reaped on drop.
+pub struct ChildProc {
+    pub child: Child,
+    /// `key=value` pairs from its READY line.
+    pub vars: Vec<(String, u64)>,
+}
+
+impl ChildProc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn var(&self, k: &str) -> u64 {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap_or_else(|| panic!("child did not report {k}"))
+            .1
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn role_command(role: &str, args: &[(&str, String)]) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new(exe);
+    c.args([
+        "--exact",
+        "child::role_entry",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE, role);
+    for (k, v) in args {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Starts this binary in `role` and waits for its `READY k=v …` line.
+pub fn spawn_role(role: &str, args: &[(&str, String)]) -> ChildProc {
+    let mut child = role_command(role, args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut vars = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("READY") {
+            for kv in rest.split_whitespace() {
+                let (k, v) = kv.split_once('=').unwrap();
+                let v = v.strip_prefix("0x").map_or_else(
+                    || v.parse().unwrap(),
+                    |h| u64::from_str_radix(h, 16).unwrap(),
+                );
+                vars.push((k.to_string(), v));
+            }
+            break;
+        }
+    }
+    assert!(!vars.is_empty(), "child {role} did not start");
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ChildProc { child, vars }
+}
+
+/// Runs this binary in `role` to completion and returns (success, stdout+stderr).
+pub fn run_role(role: &str, args: &[(&str, String)]) -> (bool, String) {
+    let out = role_command(role, args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Reads `len` bytes at `addr` from `/proc/PID/mem`.
+pub fn read_mem(pid: i32, addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, addr)?;
+    Ok(v)
+}
+
+/// The process state letter from /proc/PID/stat.
+pub fn state(pid: i32) -> u8 {
+    memimg_capture::procfs::state(pid).unwrap_or(b'?')
+}
+
+/// Maps `len` bytes of anonymous read-write memory.
+pub fn map_anon(len: usize) -> *mut u8 {
+    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}

@@ -1,0 +1,84 @@
+//! Capture failures: each gives a clear error and leaves no file behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use memimg_capture::{capture_to_path, CaptureError, CaptureOptions};
+
+use crate::common::{self, spawn_role};
+use crate::live::need_ptrace;
+
+fn no_files_left(dir: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn nonexistent_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let e = capture_to_path(0x3fff_fff0, &out, &CaptureOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, CaptureError::NoSuchProcess { pid: 0x3fff_fff0 }),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("no process with pid {}", 0x3fff_fff0)
+    );
+    no_files_left(dir.path());
+}
+
+#[test]
+fn process_exits_during_capture() {
+    need_ptrace!();
+    let child = spawn_role("patterns", &[]);
+    let pid = child.pid();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let killed = Arc::new(AtomicBool::new(false));
+    let k = Arc::clone(&killed);
+    let opts = CaptureOptions {
+        progress: Some(Arc::new(move |_, _| {
+            if !k.swap(true, Ordering::Relaxed) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        })),
+        ..CaptureOptions::default()
+    };
+    let e = capture_to_path(pid, &out, &opts).unwrap_err();
+    assert!(matches!(e, CaptureError::ProcessExited { .. }), "{e}");
+    assert!(e.to_string().contains("exited during the capture"), "{e}");
+    no_files_left(dir.path());
+}
+
+#[test]
+fn interrupted_capture_resumes_the_process() {
+    need_ptrace!();
+    let child = spawn_role("patterns", &[]);
+    let pid = child.pid();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let sent = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&sent);
+    let opts = CaptureOptions {
+        progress: Some(Arc::new(move |_, _| {
+            if !s.swap(true, Ordering::Relaxed) {
+                // SAFETY: raising a signal has no memory preconditions; the
+                // capture's handler is installed while it runs.
+                unsafe { libc::raise(libc::SIGINT) };
+            }
+        })),
+        ..CaptureOptions::default()
+    };
+    let e = capture_to_path(pid, &out, &opts).unwrap_err();
+    assert!(matches!(e, CaptureError::Interrupted), "{e}");
+    no_files_left(dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_ne!(common::state(pid), b't', "the child was left stopped");
+    assert!(memimg_capture::procfs::alive(pid));
+}

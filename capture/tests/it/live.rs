@@ -1,0 +1,219 @@
+//! Capture of a live child process with known patterns.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use memimg::{Codec, ExtentKind, Image, Key, RegionKind};
+use memimg_capture::{capture_to_path, procfs, CaptureOptions};
+
+use crate::child::*;
+use crate::common::{self, spawn_role};
+
+/// Why live capture cannot run here, if it cannot.
+pub fn ptrace_unavailable() -> Option<String> {
+    // Try to seize ourselves' child: simplest is to ask for the capability.
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && scope.trim() != "0" && !scope.is_empty() {
+        return Some(format!(
+            "not root and kernel.yama.ptrace_scope={}",
+            scope.trim()
+        ));
+    }
+    None
+}
+
+macro_rules! need_ptrace {
+    () => {
+        if let Some(why) = crate::live::ptrace_unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+pub(crate) use need_ptrace;
+
+/// Reads every readable mapping of `pid` from /proc/PID/mem, page by page
+/// where whole reads fail.
+fn snapshot(pid: i32) -> BTreeMap<u64, Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = BTreeMap::new();
+    for m in procfs::read_maps(pid).unwrap() {
+        if !m.prot.read() || m.is_special() {
+            continue;
+        }
+        for a in (m.start..m.end).step_by(4096) {
+            let mut page = vec![0u8; 4096];
+            let ok = f.read_exact_at(&mut page, a).is_ok();
+            out.insert(a, ok.then_some(page));
+        }
+    }
+    out
+}
+
+fn check_capture(codec: Codec, key: Option<Key>) {
+    let child = spawn_role("patterns", &[]);
+    let pid = child.pid();
+    // Let the threads get going.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("child.img");
+    let seen: Arc<Mutex<BTreeMap<u64, Option<Vec<u8>>>>> = Arc::default();
+    let seen2 = Arc::clone(&seen);
+    let progress_calls = Arc::new(Mutex::new(0u64));
+    let pc = Arc::clone(&progress_calls);
+    let opts = CaptureOptions {
+        codec,
+        key: key.clone(),
+        on_frozen: Some(Arc::new(move |pid| {
+            assert_eq!(
+                common::state(pid),
+                b't',
+                "the child is not stopped while frozen"
+            );
+            *seen2.lock().unwrap() = snapshot(pid);
+        })),
+        progress: Some(Arc::new(move |done, total| {
+            assert!(done <= total);
+            *pc.lock().unwrap() += 1;
+        })),
+        ..CaptureOptions::default()
+    };
+    let report = capture_to_path(pid, &out, &opts).unwrap();
+    assert!(
+        report.threads > WORKERS,
+        "only {} threads frozen",
+        report.threads
+    );
+    assert!(*progress_calls.lock().unwrap() > 0);
+
+    // The child keeps running afterwards.
+    let counters = child.var("counters");
+    let a0 = u64::from_le_bytes(
+        common::read_mem(pid, counters + A_OFF as u64, 8)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let a1 = u64::from_le_bytes(
+        common::read_mem(pid, counters + A_OFF as u64, 8)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    assert!(a1 > a0, "the child did not resume: counter stayed at {a0}");
+    assert_ne!(common::state(pid), b't');
+
+    let img = Image::open_with_key(&out, key.as_ref()).unwrap();
+    let h = img.header();
+    let facts = h.process.as_ref().unwrap();
+    assert_eq!(facts.pid, Some(pid as u32));
+    assert!(!facts.cmdline.is_empty());
+    assert!(!facts.kernel_release.is_empty());
+    assert!(!facts.exe.is_empty());
+
+    // Every captured byte equals what /proc/PID/mem showed while frozen.
+    let seen = seen.lock().unwrap();
+    let mut compared = 0u64;
+    let mut buf = vec![0u8; 16 << 20];
+    for r in img.regions().unwrap() {
+        for e in img.region_extents(r).unwrap() {
+            let len = e.len(4096) as usize;
+            match e.kind {
+                ExtentKind::Absent => {
+                    // Only file pages never loaded, or unreadable pages.
+                    assert!(
+                        r.info.inode != 0
+                            || (e.addr..e.addr + len as u64)
+                                .step_by(4096)
+                                .all(|a| seen.get(&a).is_some_and(|p| p.is_none())),
+                        "absent anonymous extent at {:#x} in {}",
+                        e.addr,
+                        r.info.name_lossy()
+                    );
+                    continue;
+                }
+                ExtentKind::Zero | ExtentKind::Data => {
+                    img.decode_extent(e, &mut buf[..len]).unwrap();
+                }
+            }
+            for (i, a) in (e.addr..e.addr + len as u64).step_by(4096).enumerate() {
+                let Some(Some(page)) = seen.get(&a) else {
+                    panic!("{a:#x} is in the image but /proc/PID/mem could not read it");
+                };
+                assert!(
+                    page[..] == buf[i * 4096..(i + 1) * 4096],
+                    "page {a:#x} of {} differs from /proc/PID/mem",
+                    r.info.name_lossy()
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 4000, "only {compared} pages compared");
+
+    // The known patterns.
+    let read = |addr: u64, len: usize| {
+        let mut v = vec![0u8; len];
+        img.read_at(addr, &mut v).unwrap();
+        v
+    };
+    let mut want = vec![0u8; RAND_LEN];
+    common::fill_random(&mut want, RAND_SEED);
+    assert!(
+        read(child.var("rand"), RAND_LEN) == want,
+        "random pattern differs"
+    );
+    assert!(read(child.var("zero"), ZERO_LEN).iter().all(|&b| b == 0));
+    let mut text = vec![0u8; TEXT_LEN];
+    common::fill_text(&mut text);
+    assert!(read(child.var("text"), TEXT_LEN) == text, "text differs");
+    assert!(
+        read(child.var("freed"), FREED_LEN).iter().all(|&b| b == 0),
+        "freed pages came back"
+    );
+    // The zero region's untouched half is recorded as zero pages, not data.
+    let zr = img
+        .extent_at(child.var("zero") + (ZERO_LEN as u64) - 4096)
+        .unwrap()
+        .unwrap();
+    assert_eq!(zr.kind, ExtentKind::Zero);
+    // The unmapped range is in no region (or in a later mapping at that address).
+    if let Some(r) = img.region_at(child.var("gone")).unwrap() {
+        assert!(
+            read(child.var("gone"), 4096).iter().all(|&b| b != 0xbb)
+                || r.info.kind != RegionKind::Anonymous
+        );
+    }
+    // The counters are never torn: equal unless a thread was stopped inside
+    // the critical section, which the lock word then shows.
+    let c = read(counters, COUNTER_PAGES * 4096);
+    let lock = u32::from_le_bytes(c[..4].try_into().unwrap());
+    let a = u64::from_le_bytes(c[A_OFF..A_OFF + 8].try_into().unwrap());
+    let b = u64::from_le_bytes(c[B_OFF..B_OFF + 8].try_into().unwrap());
+    assert!(a > 0);
+    if lock == 0 {
+        assert_eq!(a, b, "counters torn with the lock free");
+    } else {
+        assert!(a == b || a == b + 1, "counters torn: a={a} b={b}");
+    }
+    eprintln!(
+        "captured {} regions, {} pages compared, {} threads, frozen {:?}, counters a={a} b={b} lock={lock}",
+        img.regions().unwrap().len(), compared, report.threads, report.frozen
+    );
+}
+
+#[test]
+fn captures_patterns_zstd() {
+    need_ptrace!();
+    check_capture(Codec::Zstd(1), None);
+}
+
+#[test]
+fn captures_patterns_raw_encrypted() {
+    need_ptrace!();
+    check_capture(Codec::None, Some(Key::generate().unwrap()));
+}

@@ -1,0 +1,18 @@
+//! Integration tests of memimg-capture, in one binary.
+//!
+//! Some tests need a second process: they re-execute this binary with
+//! `MEMIMG_TEST_ROLE` set, and [`child::role_entry`] then runs that role
+//! instead of being a test (see `common::spawn_role`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+mod child;
+mod common;
+mod failures;
+mod live;
+mod restore;
