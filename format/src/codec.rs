@@ -145,6 +145,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::cast_possible_truncation)]
     fn incompressible_is_refused_and_bomb_is_bounded() {
         let mut c = Compressor::new(Codec::Zstd(1)).unwrap();
         let mut out = Vec::new();

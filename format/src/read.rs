@@ -735,7 +735,7 @@ fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec<u8>)> {
         ))?;
     }
     let cs = f.chunk_size;
-    if cs < ps || cs % ps != 0 || cs > MAX_CHUNK_SIZE {
+    if cs < ps || !cs.is_multiple_of(ps) || cs > MAX_CHUNK_SIZE {
         return Err(malformed(
             loc(0x2c),
             format!(
@@ -1311,7 +1311,7 @@ fn parse_body(
         }
         let kind = RegionKind::from_code(r.kind)
             .ok_or_else(|| malformed(rloc, format!("region: unknown kind {}", r.kind)))?;
-        if r.start % psu != 0 || r.len % psu != 0 || r.len == 0 {
+        if !r.start.is_multiple_of(psu) || !r.len.is_multiple_of(psu) || r.len == 0 {
             return Err(malformed(
                 rloc,
                 format!("region {:#x}+{:#x} is not whole pages", r.start, r.len),
@@ -1353,16 +1353,15 @@ fn parse_body(
         }
         // The extents must cover the region exactly.
         let mut at = r.start;
-        for (j, e) in extents[next_extent as usize..(next_extent + ecount) as usize]
-            .iter()
-            .enumerate()
-        {
+        // Both bounds are ≤ extents.len(), checked just above.
+        let (lo, hi) = (usize_of(next_extent)?, usize_of(next_extent + ecount)?);
+        for (j, e) in extents[lo..hi].iter().enumerate() {
             if e.region != idx {
                 return Err(malformed(
                     rloc,
                     format!(
                         "extent {} belongs to region {} but lies in region {idx}",
-                        next_extent as usize + j,
+                        lo + j,
                         e.region
                     ),
                 ));
@@ -1401,7 +1400,7 @@ fn parse_body(
                 prot: Prot(r.prot),
                 shared: r.flags & 1 != 0,
                 kind,
-                name: strings[r.name_off as usize..name_end as usize].to_vec(),
+                name: strings[r.name_off as usize..usize_of(name_end)?].to_vec(),
                 file_offset: r.file_offset,
                 dev: r.dev,
                 inode: r.inode,

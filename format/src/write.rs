@@ -381,7 +381,7 @@ impl<W: Write> Writer<W> {
             )));
         }
         let cs = opts.chunk_size;
-        if cs < ps || cs % ps != 0 || cs > MAX_CHUNK_SIZE {
+        if cs < ps || !cs.is_multiple_of(ps) || cs > MAX_CHUNK_SIZE {
             return Err(invalid(format!(
                 "chunk size {cs} must be a multiple of the page size {ps}, at most {MAX_CHUNK_SIZE}"
             )));
@@ -521,7 +521,7 @@ impl<W: Write> Writer<W> {
             return Err(invalid("a region is already open: call end_region first"));
         }
         let ps = u64::from(self.page_size);
-        if info.start % ps != 0 || info.len % ps != 0 || info.len == 0 {
+        if !info.start.is_multiple_of(ps) || !info.len.is_multiple_of(ps) || info.len == 0 {
             return Err(invalid(format!(
                 "region at {:#x} of {} bytes is not a non-empty run of whole {}-byte pages",
                 info.start, info.len, ps
@@ -580,7 +580,7 @@ impl<W: Write> Writer<W> {
             .open
             .as_mut()
             .ok_or_else(|| invalid("no region is open: call begin_region first"))?;
-        if len % ps != 0 {
+        if !len.is_multiple_of(ps) {
             return Err(invalid(format!(
                 "{len} bytes pushed: whole {ps}-byte pages are needed"
             )));

@@ -1,5 +1,5 @@
 //! A quick round trip through every option, to catch gross breakage early.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use memimg::*;
 

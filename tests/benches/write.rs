@@ -10,7 +10,12 @@
 //! - zstd level 1 on 2 workers vs `zstd -1 -T2` of the same bytes (target ≥ 0.9×);
 //! - uncompressed vs writing the same bytes into a file (target ≥ 0.8×);
 //! - and, to choose the default chunk size, throughput and size by chunk size.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 use std::io::BufWriter;
 use std::path::Path;

@@ -1,6 +1,10 @@
 //! Shared helpers for the end-to-end tests, golden images, fuzz targets and benchmarks:
 //! deterministic content generators and small image builders.
 
+// Test support: every size here is small and made by this crate, so narrowing
+// casts cannot truncate; the image tuples are simplest spelled out.
+#![allow(clippy::cast_possible_truncation, clippy::type_complexity)]
+
 pub mod fuzz;
 
 use memimg::{Codec, Key, RegionInfo, RegionKind, Writer, WriterOptions};
@@ -178,37 +182,6 @@ pub fn write_golden(opts: WriterOptions) -> memimg::Result<Vec<u8>> {
         w.add_region(info, &buf)?;
     }
     Ok(w.finish()?.0)
-}
-
-/// Small images of each kind for damage sweeps: (name, bytes, key).
-///
-/// # Errors
-/// As the writer.
-pub fn sweep_images() -> memimg::Result<Vec<(&'static str, Vec<u8>, Option<Key>)>> {
-    let key = Key::raw(GOLDEN_KEY);
-    let base = || {
-        WriterOptions::new()
-            .workers(0)
-            .validation("sweep", b"v1".to_vec())
-    };
-    Ok(vec![
-        ("plain", write_golden(base().codec(Codec::None))?, None),
-        (
-            "compressed",
-            write_golden(base().codec(Codec::Zstd(3)))?,
-            None,
-        ),
-        (
-            "encrypted",
-            write_golden(base().codec(Codec::None).key(key.clone()))?,
-            Some(key.clone()),
-        ),
-        (
-            "compressed+encrypted",
-            write_golden(base().codec(Codec::Zstd(3)).key(key.clone()))?,
-            Some(key),
-        ),
-    ])
 }
 
 /// The layout of the small sweep images: a few pages each, so that flipping

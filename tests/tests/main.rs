@@ -1,6 +1,11 @@
 //! End-to-end tests across the memimg crates, built into one binary and
 //! grouped by purpose.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 mod corrupt;
 mod fuzz_regressions;
