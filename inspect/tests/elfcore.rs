@@ -4,6 +4,8 @@
 //! The tests that need gdb, gcore or kernel core dumps print why and return
 //! early where those cannot run.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+// Test arithmetic is on small known values; the module under test is checked
+// without these allowances.
 
 #[path = "../src/elfcore/mod.rs"]
 #[allow(dead_code, unused_imports)] // the CLI uses parts that these tests do not
@@ -20,6 +22,7 @@ use memimg::{
 
 const PS: u64 = 4096;
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn pat(addr: u64) -> u8 {
     ((addr.wrapping_mul(0x9E37_79B9) >> 13) as u8) | 1
 }
@@ -39,6 +42,7 @@ fn opts() -> WriterOptions {
 /// An image with every kind of content: data, zero runs, absent runs, a region
 /// without data, a file-backed region, process facts, an ELF note and an
 /// application note.
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn sample_image() -> Vec<u8> {
     let facts = ProcessFacts {
         pid: Some(4242),
@@ -128,6 +132,7 @@ fn import(core: &[u8]) -> (Image, elfcore::ImportReport) {
 /// Per page of every region: `Some(bytes)` when readable, `None` when not
 /// captured; with the region facts. Two images with equal views hold the same
 /// content.
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn view(img: &Image) -> Vec<(RegionInfo, bool, Vec<(u64, Option<Vec<u8>>)>)> {
     let mut out = Vec::new();
     for r in img.regions().unwrap() {
@@ -184,6 +189,7 @@ fn gdb_bytes(core: &Path, addr: u64, n: usize) -> Result<Vec<u8>, String> {
     }
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 mod export {
     use super::*;
 
@@ -348,6 +354,7 @@ mod export {
     }
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 mod roundtrip {
     use super::*;
 
@@ -444,6 +451,7 @@ struct Sleeper {
     pattern: Vec<u8>,
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 impl Sleeper {
     fn spawn(shell: Option<&Path>) -> Sleeper {
         let pattern: Vec<u8> = (0..48u32).map(|i| b'A' + (i * 7 % 26) as u8).collect();
@@ -518,6 +526,7 @@ impl Drop for Sleeper {
 }
 
 /// Checks an imported real core against the live process's maps and pattern.
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn check_real_import(core: &[u8], s: &Sleeper, addr: u64, maps: &str) -> Image {
     let (img, report) = import(core);
     assert!(!report.from_memimg_notes);
@@ -572,7 +581,10 @@ fn check_real_import(core: &[u8], s: &Sleeper, addr: u64, maps: &str) -> Image {
     for (r, s) in regions.iter().zip(&cf.segments) {
         assert_eq!((r.info.start, r.info.len), (s.vaddr, s.memsz));
         let p = r.info.prot;
-        assert_eq!((p.read(), p.write(), p.exec()), (s.flags & 4 != 0, s.flags & 2 != 0, s.flags & 1 != 0));
+        assert_eq!(
+            (p.read(), p.write(), p.exec()),
+            (s.flags & 4 != 0, s.flags & 2 != 0, s.flags & 1 != 0)
+        );
     }
     // Notes kept in order, byte for byte.
     let kept: Vec<(String, &[u8])> = cf
@@ -592,6 +604,7 @@ fn check_real_import(core: &[u8], s: &Sleeper, addr: u64, maps: &str) -> Image {
 
 /// What each page of a core holds: `Some(bytes)` (file bytes, or zeros where a
 /// MEMIMG note lists a zero run) or `None` (not dumped).
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn core_pages(core: &[u8]) -> Vec<(u64, u32, Option<Vec<u8>>)> {
     let cf = parse_core(core).unwrap();
     let zeros = cf
@@ -648,6 +661,7 @@ fn check_core_roundtrip(core: &[u8], img: &Image) {
     assert_eq!(core3, core2);
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 mod real {
     use super::*;
 
@@ -721,6 +735,7 @@ mod real {
     }
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 mod corrupt {
     use super::*;
 
@@ -890,6 +905,20 @@ mod corrupt {
     }
 
     #[test]
+    fn segment_wrapping_the_address_space() {
+        // Used to overflow `vaddr + round_up(p_filesz)` on the last segment.
+        let mut d = small_core();
+        set_u64(&mut d, ph(7) + 16, u64::MAX - 4095);
+        set_u64(&mut d, ph(7) + 32, 4095);
+        set_u64(&mut d, ph(7) + 40, 4095);
+        assert!(
+            matches!(err(&d), CoreError::Malformed { .. }),
+            "{}",
+            err(&d)
+        );
+    }
+
+    #[test]
     fn note_with_bogus_length() {
         let c = small_core();
         let notes_off = u64::from_le_bytes(c[ph(0) + 8..ph(0) + 16].try_into().unwrap()) as usize;
@@ -982,5 +1011,31 @@ mod corrupt {
         }
         eprintln!("random damage: {ok} imported, {bad} typed errors");
         assert!(bad > 0);
+    }
+}
+
+/// Writes the files of the README's gdb session to `$ELFCORE_DEMO_DIR`:
+/// `sample.img` and `sample.core` (exported from it).
+#[test]
+#[ignore = "writes demo files; run with ELFCORE_DEMO_DIR=DIR"]
+fn demo_files() {
+    let dir = PathBuf::from(std::env::var("ELFCORE_DEMO_DIR").unwrap());
+    let bytes = sample_image();
+    std::fs::write(dir.join("sample.img"), &bytes).unwrap();
+    let img = Image::from_bytes(bytes, None).unwrap();
+    let (core, report) = export(&img, &ExportOptions::default());
+    std::fs::write(dir.join("sample.core"), core).unwrap();
+    eprintln!("{report:#?}");
+    // A gcore given as $ELFCORE_DEMO_GCORE goes through an image and back.
+    if let Ok(g) = std::env::var("ELFCORE_DEMO_GCORE") {
+        let core = std::fs::read(g).unwrap();
+        let (bytes, stats, report) =
+            import_core(&core, WriterOptions::new().page_size(4096), Vec::new()).unwrap();
+        eprintln!("{stats:#?}\n{report:#?}");
+        std::fs::write(dir.join("gcore.img"), &bytes).unwrap();
+        let img = Image::from_bytes(bytes, None).unwrap();
+        let (core2, report) = export(&img, &ExportOptions::default());
+        eprintln!("{report:#?}");
+        std::fs::write(dir.join("gcore-again.core"), core2).unwrap();
     }
 }

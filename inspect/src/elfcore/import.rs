@@ -260,9 +260,19 @@ pub fn import_core<W: Write>(
                     pad_warned = true;
                 }
             }
-            // Both checked against the region end by the plan.
-            let file_end = s.vaddr + align_up(s.filesz, ps64).unwrap_or(0);
-            let seg_end = align_up(s.end(), ps64).unwrap_or(end).min(end);
+            // The plan checked both against the region end; stay checked anyway.
+            let wraps = || CoreError::Malformed {
+                offset: 0,
+                reason: format!(
+                    "segment {} at {:#x} wraps the address space",
+                    s.index, s.vaddr
+                ),
+            };
+            let seg_end = align_up(s.end(), ps64).ok_or_else(wraps)?.min(end);
+            let file_end = align_up(s.filesz, ps64)
+                .and_then(|f| s.vaddr.checked_add(f))
+                .ok_or_else(wraps)?
+                .min(seg_end);
             fill(&mut w, file_end, seg_end, zeros)?;
             cursor = seg_end;
         }

@@ -138,18 +138,12 @@ pub fn export_core(
     order.put64(&mut head, phoff);
     order.put64(&mut head, if xnum { shoff } else { 0 });
     order.put32(&mut head, 0); // e_flags
-    order.put16(&mut head, elf::EHDR_SIZE as u16);
-    order.put16(&mut head, elf::PHDR_SIZE as u16);
-    // xnum is false exactly when nph < 0xffff.
-    order.put16(
-        &mut head,
-        if xnum {
-            elf::PN_XNUM
-        } else {
-            u16::try_from(nph).unwrap_or(elf::PN_XNUM)
-        },
-    );
-    order.put16(&mut head, if xnum { elf::SHDR_SIZE as u16 } else { 0 });
+    order.put16(&mut head, 64); // e_ehsize
+    order.put16(&mut head, 56); // e_phentsize
+                                // With PN_XNUM the count is in section header 0; otherwise it fits.
+    let e_phnum = u16::try_from(nph).unwrap_or(elf::PN_XNUM);
+    order.put16(&mut head, e_phnum);
+    order.put16(&mut head, if xnum { 64 } else { 0 });
     order.put16(&mut head, u16::from(xnum));
     order.put16(&mut head, 0);
 
@@ -211,7 +205,7 @@ pub fn export_core(
 }
 
 fn write_zeros(out: &mut dyn Write, mut n: u64) -> Result<(), CoreError> {
-    const Z: [u8; 1 << 16] = [0; 1 << 16];
+    static Z: [u8; 1 << 16] = [0; 1 << 16];
     while n > 0 {
         let k = n.min(Z.len() as u64);
         out.write_all(&Z[..usize::try_from(k).unwrap_or(0)])?;
