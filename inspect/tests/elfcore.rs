@@ -981,10 +981,15 @@ mod corrupt {
             x
         };
         let (mut ok, mut bad) = (0, 0);
+        // ELFCORE_FUZZ_ITERS=N runs longer, by hand.
+        let iters: u32 = std::env::var("ELFCORE_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400);
         for core in &cores {
             // Bias flips towards the headers and notes, where the parser looks.
             let hot = parse_core(core).unwrap().segments[0].offset as usize;
-            for i in 0..400 {
+            for i in 0..iters {
                 let mut d = core.clone();
                 for _ in 0..1 + rnd() % 4 {
                     let at = if rnd() % 4 == 0 {
