@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// half-written file is ever left under the final name.
 #[derive(Debug)]
 pub struct AtomicFile {
-    file: Option<File>,
+    file: File,
     tmp: PathBuf,
     target: PathBuf,
 }
@@ -34,7 +34,7 @@ impl AtomicFile {
             match OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(file) => {
                     return Ok(AtomicFile {
-                        file: Some(file),
+                        file,
                         tmp,
                         target: target.to_path_buf(),
                     })
@@ -57,10 +57,7 @@ impl AtomicFile {
 
     /// The file being written.
     pub fn file(&mut self) -> &mut File {
-        // The file is only taken by commit, which consumes self.
-        self.file.get_or_insert_with(|| {
-            File::open("/dev/null").unwrap_or_else(|_| std::process::abort())
-        })
+        &mut self.file
     }
 
     /// Syncs the file, renames it over the target and syncs the directory.
@@ -68,10 +65,9 @@ impl AtomicFile {
     /// # Errors
     /// When any step fails; the target is then untouched.
     pub fn commit(mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.sync_all()
-                .map_err(|e| Error::io(format!("syncing {}", self.tmp.display()), e))?;
-        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", self.tmp.display()), e))?;
         std::fs::rename(&self.tmp, &self.target).map_err(|e| {
             Error::io(
                 format!(
