@@ -114,6 +114,7 @@ fn find_in_notes(notes: &[u8], le: bool) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

@@ -23,9 +23,23 @@ mod freeze;
 mod live;
 mod memread;
 mod pagemap;
+mod persist;
 pub mod procfs;
+mod restore;
 
 pub use error::{CaptureError, RestoreError};
 pub use live::{
     capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Progress,
 };
+pub use persist::{PersistError, PersistOptions, Persister};
+pub use restore::{
+    lazy_unavailable, restore, LazyHandle, LazyStats, RestoreOptions, Restored, Strategy,
+};
+
+/// An address as a pointer. Addresses come from this machine's address
+/// space (maps, images checked against this machine's pointer width), so they
+/// fit in `usize`.
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn ptr_of(addr: u64) -> *mut libc::c_void {
+    addr as usize as *mut libc::c_void
+}

@@ -91,7 +91,7 @@ impl MemReader {
                     iov_len: r.len - s,
                 });
                 remote.push(libc::iovec {
-                    iov_base: (r.addr + s as u64) as usize as *mut libc::c_void,
+                    iov_base: crate::ptr_of(r.addr + s as u64),
                     iov_len: r.len - s,
                 });
                 want += r.len - s;
@@ -189,7 +189,7 @@ impl MemReader {
             match mem.read_at(&mut buf[done..], addr + done as u64) {
                 Ok(n) if n > 0 => {
                     done += n;
-                    if done % ps != 0 {
+                    if !done.is_multiple_of(ps) {
                         // Never happens in practice; keep page granularity.
                         continue;
                     }

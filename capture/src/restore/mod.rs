@@ -1,0 +1,444 @@
+//! Restoring an image's regions at their recorded addresses in this process.
+//!
+//! Every strategy first checks the machine facts and the validation data,
+//! then reserves each region with `MAP_FIXED_NOREPLACE`, so an address
+//! already in use is an error naming the range, never a silent overwrite.
+//! Then it fills the regions:
+//!
+//! - [`Strategy::Mmap`] maps each raw data extent straight from the file
+//!   (private, copy-on-write): the time is O(extents), not O(bytes). Only
+//!   for plain images whose chunks are all stored raw.
+//! - [`Strategy::Eager`] decodes every chunk in parallel (rayon) into
+//!   anonymous memory: any image, including compressed and encrypted ones.
+//! - [`Strategy::Lazy`] registers the regions with userfaultfd and returns at
+//!   once; a handler thread decodes each chunk on its first touch. See
+//!   [`LazyHandle`].
+//!
+//! Finally the recorded protections are applied. Regions recorded without
+//! data (`[vvar]`, guard pages of a capture) are not mapped; a region with
+//! pages that were not captured cannot be restored.
+
+mod lazy;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use memimg::{ExtentKind, Image, Key, MachineFacts, Region, RegionInfo};
+use rayon::prelude::*;
+
+use crate::error::RestoreError;
+pub use lazy::{unavailable as lazy_unavailable, LazyHandle, LazyStats};
+
+/// How to fill the restored regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Mmap when the image allows it, else eager.
+    #[default]
+    Auto,
+    /// Map raw chunks straight from the file.
+    Mmap,
+    /// Decode everything in parallel before returning.
+    Eager,
+    /// Decode on first touch, through userfaultfd.
+    Lazy,
+}
+
+impl Strategy {
+    /// `auto`, `mmap`, `eager` or `lazy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Mmap => "mmap",
+            Strategy::Eager => "eager",
+            Strategy::Lazy => "lazy",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Strategy::Auto,
+            "mmap" => Strategy::Mmap,
+            "eager" => Strategy::Eager,
+            "lazy" => Strategy::Lazy,
+            _ => {
+                return Err(format!(
+                    "unknown strategy {s:?}: expected auto, mmap, eager or lazy"
+                ))
+            }
+        })
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The strategy. By default [`Strategy::Auto`].
+    pub strategy: Strategy,
+    /// The validation `(tag, data)` the image must carry. By default none
+    /// is checked.
+    pub expect_validation: Option<(Vec<u8>, Vec<u8>)>,
+    /// The key of an encrypted image. By default none.
+    pub key: Option<Key>,
+}
+
+/// Regions restored into this process.
+///
+/// The mappings stay after this value is dropped: they belong to the
+/// program now. Dropping it stops a lazy restore's handler thread after it
+/// has filled every page still missing.
+#[derive(Debug)]
+pub struct Restored {
+    /// The strategy that was used (never `Auto`).
+    pub strategy: Strategy,
+    /// The regions mapped, in address order.
+    pub regions: Vec<RegionInfo>,
+    /// Time from the call to the return.
+    pub elapsed: Duration,
+    /// The fault handler of a lazy restore.
+    pub lazy: Option<LazyHandle>,
+}
+
+/// Restores the image at `path` into this process.
+///
+/// # Errors
+/// See [`RestoreError`]: the image cannot be opened (damage, truncation,
+/// wrong or missing key), its machine facts or validation data differ, an
+/// address range is in use, or the strategy cannot handle this image. On
+/// error, nothing stays mapped.
+pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    let img = Image::open_with_key(path, opts.key.as_ref())?;
+    check(&img, opts)?;
+    let regions: Vec<Region> = img
+        .regions()?
+        .iter()
+        .filter(|r| r.has_data())
+        .cloned()
+        .collect();
+    for r in &regions {
+        if img
+            .region_extents(r)?
+            .iter()
+            .any(|e| e.kind == ExtentKind::Absent)
+        {
+            return Err(RestoreError::StrategyUnavailable {
+                strategy: opts.strategy.name(),
+                why: format!(
+                    "region {} ({:#x}-{:#x}) has pages that were not captured",
+                    r.info.name_lossy(),
+                    r.info.start,
+                    r.info.end()
+                ),
+            });
+        }
+    }
+    let mappable = mmap_unavailable(&img, &regions).is_none();
+    let strategy = match opts.strategy {
+        Strategy::Auto if mappable => Strategy::Mmap,
+        Strategy::Auto => Strategy::Eager,
+        Strategy::Mmap if !mappable => {
+            return Err(RestoreError::StrategyUnavailable {
+                strategy: "mmap",
+                why: mmap_unavailable(&img, &regions).unwrap_or_default(),
+            })
+        }
+        s => s,
+    };
+    let res = Reservation::new(&regions)?;
+    let mut lazy = None;
+    match strategy {
+        Strategy::Mmap => {
+            map_from_file(&img, path, &regions)?;
+            res.protect(&regions)?;
+        }
+        Strategy::Eager => {
+            decode_all(&img, &regions)?;
+            res.protect(&regions)?;
+        }
+        _ => {
+            // Lazy: UFFDIO_COPY fills pages whatever their protection.
+            res.protect(&regions)?;
+            lazy = Some(LazyHandle::start(img, &regions)?);
+        }
+    }
+    res.keep();
+    Ok(Restored {
+        strategy,
+        regions: regions.into_iter().map(|r| r.info).collect(),
+        elapsed: t0.elapsed(),
+        lazy,
+    })
+}
+
+fn abbreviate(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned();
+    if b.len() > 40 {
+        format!("{s:?}… ({} bytes)", b.len())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn check(img: &Image, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let here = MachineFacts::current();
+    let theirs = img.header().machine;
+    if let Some(field) = theirs.first_difference(&here) {
+        let show = |m: &MachineFacts| match field {
+            "architecture" => m.arch_name(),
+            "endianness" => format!("{:?}", m.endian),
+            "pointer width" => format!("{} bytes", m.ptr_bytes),
+            _ => format!("{} bytes", m.page_size),
+        };
+        return Err(RestoreError::MachineMismatch {
+            field,
+            image: show(&theirs),
+            here: show(&here),
+        });
+    }
+    if let Some((tag, data)) = &opts.expect_validation {
+        let Some(v) = &img.header().validation else {
+            return Err(RestoreError::ValidationMismatch {
+                field: "tag",
+                image: "no validation data".into(),
+                expected: abbreviate(tag),
+            });
+        };
+        if &v.tag != tag {
+            return Err(RestoreError::ValidationMismatch {
+                field: "tag",
+                image: abbreviate(&v.tag),
+                expected: abbreviate(tag),
+            });
+        }
+        if &v.data != data {
+            return Err(RestoreError::ValidationMismatch {
+                field: "data",
+                image: abbreviate(&v.data),
+                expected: abbreviate(data),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why the image cannot be mapped straight from its file, if it cannot.
+fn mmap_unavailable(img: &Image, regions: &[Region]) -> Option<String> {
+    if img.is_encrypted() {
+        return Some("the image is encrypted".into());
+    }
+    if img.header().page_size != memimg::page_size() {
+        return Some("the image page size is not this machine's".into());
+    }
+    for r in regions {
+        let ex = img.region_extents(r).ok()?;
+        if let Some(e) = ex
+            .iter()
+            .find(|e| e.kind == ExtentKind::Data && img.raw_file_offset(e).is_none())
+        {
+            return Some(format!("the chunk at {:#x} is compressed", e.addr));
+        }
+    }
+    None
+}
+
+/// The reserved ranges; unmapped on drop unless kept.
+struct Reservation {
+    ranges: Vec<(u64, u64)>,
+}
+
+fn prot_bits(p: memimg::Prot) -> libc::c_int {
+    let mut b = libc::PROT_NONE;
+    if p.read() {
+        b |= libc::PROT_READ;
+    }
+    if p.write() {
+        b |= libc::PROT_WRITE;
+    }
+    if p.exec() {
+        b |= libc::PROT_EXEC;
+    }
+    b
+}
+
+fn usize_of(v: u64) -> usize {
+    // Addresses and lengths of this machine's address space fit in usize.
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl Reservation {
+    fn new(regions: &[Region]) -> Result<Reservation, RestoreError> {
+        let mut res = Reservation { ranges: Vec::new() };
+        for r in regions {
+            let (start, len) = (r.info.start, r.info.len);
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping:
+            // it fails with EEXIST instead, so no memory of ours is touched.
+            let p = unsafe {
+                libc::mmap(
+                    usize_of(start) as *mut libc::c_void,
+                    usize_of(len),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE
+                        | libc::MAP_ANONYMOUS
+                        | libc::MAP_FIXED_NOREPLACE
+                        | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    return Err(RestoreError::AddressInUse {
+                        range: start..start + len,
+                        name: r.info.name_lossy(),
+                    });
+                }
+                return Err(RestoreError::io(
+                    format!("reserving {start:#x}-{:#x}", start + len),
+                    e,
+                ));
+            }
+            if p as usize as u64 != start {
+                // A kernel older than 4.17 takes the flag as a hint.
+                // SAFETY: p..p+len is the mapping just made, ours alone.
+                unsafe { libc::munmap(p, usize_of(len)) };
+                return Err(RestoreError::AddressInUse {
+                    range: start..start + len,
+                    name: r.info.name_lossy(),
+                });
+            }
+            res.ranges.push((start, len));
+        }
+        Ok(res)
+    }
+
+    fn protect(&self, regions: &[Region]) -> Result<(), RestoreError> {
+        for r in regions {
+            // SAFETY: the range is a mapping this reservation made.
+            let rc = unsafe {
+                libc::mprotect(
+                    usize_of(r.info.start) as *mut libc::c_void,
+                    usize_of(r.info.len),
+                    prot_bits(r.info.prot),
+                )
+            };
+            if rc != 0 {
+                return Err(RestoreError::last_os(format!(
+                    "protecting {:#x}-{:#x}",
+                    r.info.start,
+                    r.info.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn keep(mut self) {
+        self.ranges.clear();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for &(start, len) in &self.ranges {
+            // SAFETY: each range was mapped by Reservation::new and nothing
+            // outside this module has seen it yet.
+            unsafe { libc::munmap(usize_of(start) as *mut libc::c_void, usize_of(len)) };
+        }
+    }
+}
+
+/// Maps every data extent from the file, merging extents that are adjacent
+/// both in memory and in the file into one mapping.
+fn map_from_file(img: &Image, path: &Path, regions: &[Region]) -> Result<(), RestoreError> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path)
+        .map_err(|e| RestoreError::io(format!("opening {}", path.display()), e))?;
+    let ps = img.header().page_size;
+    for r in regions {
+        let prot = prot_bits(r.info.prot);
+        let mut run: Option<(u64, u64, u64)> = None; // (addr, file offset, len)
+        let flush = |run: Option<(u64, u64, u64)>| -> Result<(), RestoreError> {
+            let Some((addr, off, len)) = run else {
+                return Ok(());
+            };
+            let off = libc::off_t::try_from(off).map_err(|_| {
+                RestoreError::io(
+                    "mapping",
+                    std::io::Error::from_raw_os_error(libc::EOVERFLOW),
+                )
+            })?;
+            // SAFETY: addr..addr+len lies inside a region this restore
+            // reserved (MAP_FIXED only replaces our own fresh mapping).
+            let p = unsafe {
+                libc::mmap(
+                    usize_of(addr) as *mut libc::c_void,
+                    usize_of(len),
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    off,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(RestoreError::last_os(format!(
+                    "mapping {addr:#x}-{:#x} from the file",
+                    addr + len
+                )));
+            }
+            Ok(())
+        };
+        for e in img.region_extents(r)? {
+            if e.kind != ExtentKind::Data {
+                continue;
+            }
+            let off = img
+                .raw_file_offset(e)
+                .ok_or_else(|| RestoreError::StrategyUnavailable {
+                    strategy: "mmap",
+                    why: format!("the chunk at {:#x} is not stored raw", e.addr),
+                })?;
+            let len = e.len(ps);
+            run = match run {
+                Some((a, o, l)) if a + l == e.addr && o + l == off => Some((a, o, l + len)),
+                prev => {
+                    flush(prev)?;
+                    Some((e.addr, off, len))
+                }
+            };
+        }
+        flush(run)?;
+    }
+    Ok(())
+}
+
+/// Decodes every data extent into its place, in parallel.
+fn decode_all(img: &Image, regions: &[Region]) -> Result<(), RestoreError> {
+    let ps = img.header().page_size;
+    let mut work = Vec::new();
+    for r in regions {
+        work.extend(
+            img.region_extents(r)?
+                .iter()
+                .filter(|e| e.kind == ExtentKind::Data)
+                .copied(),
+        );
+    }
+    work.par_iter().try_for_each(|e| {
+        // SAFETY: the extent lies inside a region reserved read-write by this
+        // restore; extents do not overlap, so each task writes its own bytes.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(usize_of(e.addr) as *mut u8, usize_of(e.len(ps)))
+        };
+        img.decode_extent(e, out).map_err(RestoreError::from)
+    })
+}
