@@ -70,3 +70,29 @@ pub(crate) fn usize_of(v: u64) -> Result<usize> {
         )
     })
 }
+
+/// A whole file's bytes, memory-mapped (small files are read), for callers
+/// that parse other formats from disk without unsafe code of their own.
+///
+/// # Security
+/// Like [`crate::Image::open`], a map raises SIGBUS if another process
+/// truncates the file while it is mapped.
+pub struct FileBytes(Source);
+
+impl FileBytes {
+    /// Maps (or, when small, reads) the file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, measured or mapped.
+    pub fn open(path: &std::path::Path) -> Result<FileBytes> {
+        Ok(FileBytes(crate::read::map_path(path)?))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.as_slice().unwrap_or(&[])
+    }
+}
