@@ -1,0 +1,290 @@
+//! Persist a pointer-rich structure and get it back in a new process.
+//!
+//! ```text
+//! cargo run --release -p memimg-capture --example arena            # both phases
+//! ARENA_N=500000 cargo run --release -p memimg-capture --example arena
+//! ```
+//!
+//! The first phase builds a hash map of a few million short strings in an
+//! arena at a fixed address (every pointer in it is absolute), persists the
+//! arena twice (raw, and zstd-compressed), then starts this program again as
+//! a new process once per restore strategy. Each child restores the arena,
+//! walks every bucket, looks every key up and checks every value, then
+//! reports its times.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+// A 64-bit-only demo: addresses and sizes are u64 and fit usize there.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use memimg::{Codec, Prot, RegionKind};
+use memimg_capture::{restore, PersistOptions, Persister, RestoreOptions, Strategy};
+
+const ARENA: u64 = 0x2000_0000_0000;
+const RESERVE: usize = 4 << 30;
+const MAGIC: u64 = 0x4152_454e_4131_0001;
+
+/// The arena's first bytes.
+#[repr(C)]
+struct Head {
+    magic: u64,
+    used: u64,
+    buckets: *mut *mut Node,
+    nbuckets: u64,
+    count: u64,
+}
+
+/// A map entry: the key's bytes follow the node.
+#[repr(C)]
+struct Node {
+    next: *mut Node,
+    hash: u64,
+    value: u64,
+    len: u32,
+}
+
+struct Arena {
+    next: u64,
+}
+
+impl Arena {
+    fn map() -> Arena {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let p = unsafe {
+            libc::mmap(
+                ARENA as usize as *mut libc::c_void,
+                RESERVE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_FIXED_NOREPLACE
+                    | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(p as u64, ARENA, "the arena address is taken");
+        Arena {
+            next: ARENA + std::mem::size_of::<Head>() as u64,
+        }
+    }
+
+    fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
+        let a = self.next.next_multiple_of(align as u64);
+        self.next = a + size as u64;
+        assert!(self.next < ARENA + RESERVE as u64, "arena full");
+        a as usize as *mut u8
+    }
+}
+
+fn hash(b: &[u8]) -> u64 {
+    // FNV-1a.
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn key(i: u64, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    write!(out, "k{i}-{:x}", i.wrapping_mul(0x9e37_79b9)).unwrap();
+}
+
+fn value_of(i: u64) -> u64 {
+    i.wrapping_mul(7) + 1
+}
+
+fn head() -> *mut Head {
+    ARENA as usize as *mut Head
+}
+
+fn build(n: u64) -> u64 {
+    let mut a = Arena::map();
+    let nb = n.next_power_of_two();
+    let buckets = a.alloc(nb as usize * 8, 8).cast::<*mut Node>();
+    let mut k = String::new();
+    for i in 0..n {
+        key(i, &mut k);
+        let h = hash(k.as_bytes());
+        let node = a
+            .alloc(std::mem::size_of::<Node>() + k.len(), 8)
+            .cast::<Node>();
+        // SAFETY: node and buckets point into the arena mapping, allocated
+        // above with room for the node and its key bytes.
+        unsafe {
+            let slot = buckets.add((h & (nb - 1)) as usize);
+            node.write(Node {
+                next: *slot,
+                hash: h,
+                value: value_of(i),
+                len: k.len() as u32,
+            });
+            std::ptr::copy_nonoverlapping(k.as_ptr(), node.add(1).cast::<u8>(), k.len());
+            *slot = node;
+        }
+    }
+    let used = (a.next - ARENA).next_multiple_of(4096);
+    // SAFETY: the head is at the start of the arena.
+    unsafe {
+        head().write(Head {
+            magic: MAGIC,
+            used,
+            buckets,
+            nbuckets: nb,
+            count: n,
+        });
+    }
+    used
+}
+
+/// Walks every bucket and looks every key up; panics on any difference.
+fn walk(n: u64) {
+    // SAFETY: the arena was restored at its address; every pointer in it
+    // points into it, as built.
+    unsafe {
+        let h = &*head();
+        assert_eq!(h.magic, MAGIC, "arena head is wrong");
+        assert_eq!(h.count, n);
+        let mut seen = 0u64;
+        for b in 0..h.nbuckets {
+            let mut p = *h.buckets.add(b as usize);
+            while !p.is_null() {
+                assert_eq!((*p).hash & (h.nbuckets - 1), b, "node in the wrong bucket");
+                seen += 1;
+                p = (*p).next;
+            }
+        }
+        assert_eq!(seen, n, "walked {seen} nodes");
+        let mut k = String::new();
+        for i in 0..n {
+            key(i, &mut k);
+            let hv = hash(k.as_bytes());
+            let mut p = *h.buckets.add((hv & (h.nbuckets - 1)) as usize);
+            loop {
+                assert!(!p.is_null(), "key {k} is missing");
+                let bytes = std::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).len as usize);
+                if (*p).hash == hv && bytes == k.as_bytes() {
+                    assert_eq!((*p).value, value_of(i), "key {k} has the wrong value");
+                    break;
+                }
+                p = (*p).next;
+            }
+        }
+    }
+}
+
+fn child(strategy: &str, img: &Path, n: u64) {
+    let strategy: Strategy = strategy.parse().unwrap();
+    let t = Instant::now();
+    let r = restore(
+        img,
+        &RestoreOptions {
+            strategy,
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    let restore_time = t.elapsed();
+    if let Some(l) = &r.lazy {
+        l.prefetch();
+    }
+    let t = Instant::now();
+    walk(n);
+    let walk_time = t.elapsed();
+    let faults = r.lazy.as_ref().map(|l| l.stats().faults).unwrap_or(0);
+    println!(
+        "RESULT {} {:.3} {:.1} {}",
+        r.strategy,
+        restore_time.as_secs_f64() * 1e3,
+        walk_time.as_secs_f64() * 1e3,
+        faults
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: u64 = std::env::var("ARENA_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000_000);
+    if args.len() == 4 && args[1] == "restore" {
+        child(&args[2], Path::new(&args[3]), n);
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("memimg-arena-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Instant::now();
+    let used = build(n);
+    let build_time = t.elapsed();
+    println!(
+        "built a hash map of {n} strings in a {} MiB arena at {ARENA:#x} in {:.0} ms",
+        used >> 20,
+        build_time.as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    walk(n);
+    println!(
+        "walking and checking it in place takes {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let raw: PathBuf = dir.join("arena.img");
+    let zst: PathBuf = dir.join("arena-zstd.img");
+    for (path, codec) in [(&raw, Codec::None), (&zst, Codec::Zstd(1))] {
+        let t = Instant::now();
+        // SAFETY: the arena is mapped and nothing writes it while we persist.
+        let p = unsafe {
+            Persister::new().region_raw(
+                ARENA as usize as *const u8,
+                used as usize,
+                Prot::RW,
+                RegionKind::Heap,
+                "arena",
+            )
+        };
+        let st = p
+            .write_to_path(
+                path,
+                &PersistOptions {
+                    codec,
+                    ..PersistOptions::default()
+                },
+            )
+            .unwrap();
+        println!(
+            "persisted with codec {codec}: {} MiB file in {:.0} ms",
+            st.file_len >> 20,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    println!();
+    println!(
+        "{:<8} {:<12} {:>12} {:>14} {:>8}",
+        "strategy", "image", "restore ms", "walk+check ms", "faults"
+    );
+    let exe = std::env::current_exe().unwrap();
+    for (strategy, img) in [("mmap", &raw), ("eager", &zst), ("lazy", &zst)] {
+        let out = Command::new(&exe)
+            .args(["restore", strategy, img.to_str().unwrap()])
+            .env("ARENA_N", n.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+            eprintln!(
+                "{strategy} failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::process::exit(1);
+        };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let image = if strategy == "mmap" { "raw" } else { "zstd:1" };
+        println!(
+            "{:<8} {:<12} {:>12} {:>14} {:>8}",
+            f[0], image, f[1], f[2], f[3]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
