@@ -96,3 +96,14 @@ fn usage_errors_exit_2() {
     let (code, _, _) = run(&["verify", "--key-file", "a", "--passphrase-file", "b", "x"]);
     assert_eq!(code, 2, "one key source at a time");
 }
+
+/// Writes the standard test images to `$IMGTOOL_DEMO_DIR`, to produce the
+/// examples in README.md: `IMGTOOL_DEMO_DIR=/tmp/demo cargo test -p imgtool
+/// --test cli -- --ignored write_demo_images`.
+#[test]
+#[ignore = "writes demo images for the README"]
+fn write_demo_images() {
+    let dir = std::path::PathBuf::from(std::env::var("IMGTOOL_DEMO_DIR").unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    write_image(&dir.join("app.mimg"), memimg::Codec::Zstd(1), None);
+}

@@ -1,0 +1,355 @@
+//! Throughput of `imgtool verify`, `diff` and `recompress` against
+//! `qemu-img check`, `qemu-img compare` and `qemu-img convert -c` on the same
+//! content, in the same run.
+//!
+//! Run it (1 GiB by default; the page cache must hold a few copies):
+//!
+//! ```text
+//! cargo bench -p imgtool --bench tool
+//! IMGTOOL_BENCH_MIB=256 IMGTOOL_BENCH_RUNS=3 cargo bench -p imgtool --bench tool
+//! ```
+//!
+//! `IMGTOOL_BENCH_DIR` picks the scratch directory (default: the system temp
+//! dir). Every figure is the median of `IMGTOOL_BENCH_RUNS` runs (default 5)
+//! of the real binaries, after one warm-up run, with the files in the page
+//! cache. Throughput is content bytes (the raw disk size) per second.
+//!
+//! The content is a memory-like mix, deterministic: a quarter of the MiBs are
+//! zero, the rest text-like words with some random 8-byte values (zstd level 1
+//! compresses it about 3:1).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use memimg::{Codec, RegionInfo, Writer, WriterOptions};
+
+const MIB: usize = 1 << 20;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// MiB number `i` of the content.
+fn mib_of(i: usize, buf: &mut [u8]) {
+    if i % 4 == 3 {
+        buf.fill(0);
+        return;
+    }
+    let words: [&[u8]; 8] = [
+        b"alpha ", b"beta ", b"gamma ", b"delta ", b"heap ", b"page ", b"0123 ", b"\n",
+    ];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut p = 0;
+    while p < buf.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let piece: [u8; 8];
+        let w: &[u8] = if x % 100 < 20 {
+            piece = x.to_le_bytes();
+            &piece
+        } else {
+            words[(x >> 32) as usize % 8]
+        };
+        let n = w.len().min(buf.len() - p);
+        buf[p..p + n].copy_from_slice(&w[..n]);
+        p += n;
+    }
+}
+
+fn opts(codec: Codec) -> WriterOptions {
+    WriterOptions::new().page_size(4096).codec(codec)
+}
+
+/// Writes the raw disk image and memimg images of the same content.
+fn prepare(dir: &Path, mib: usize) {
+    let raw = dir.join("raw.img");
+    let mut r = std::io::BufWriter::new(std::fs::File::create(&raw).unwrap());
+    let mut none = Writer::new(
+        std::fs::File::create(dir.join("none.mimg")).unwrap(),
+        opts(Codec::None),
+    )
+    .unwrap();
+    let mut zstd = Writer::new(
+        std::fs::File::create(dir.join("zstd.mimg")).unwrap(),
+        opts(Codec::Zstd(1)),
+    )
+    .unwrap();
+    // Same content, other chunking: diff must decode everything.
+    let mut other = Writer::new(
+        std::fs::File::create(dir.join("other.mimg")).unwrap(),
+        opts(Codec::Zstd(1)).chunk_size(256 * 1024),
+    )
+    .unwrap();
+    let info = RegionInfo::new(0x1000_0000, (mib * MIB) as u64).name("heap");
+    for w in [&mut none, &mut zstd] {
+        w.begin_region(info.clone()).unwrap();
+    }
+    other.begin_region(info).unwrap();
+    let mut buf = vec![0u8; MIB];
+    for i in 0..mib {
+        mib_of(i, &mut buf);
+        r.write_all(&buf).unwrap();
+        none.push_data(&buf).unwrap();
+        zstd.push_data(&buf).unwrap();
+        other.push_data(&buf).unwrap();
+    }
+    for w in [&mut none, &mut zstd] {
+        w.end_region().unwrap();
+    }
+    other.end_region().unwrap();
+    none.finish().unwrap();
+    zstd.finish().unwrap();
+    other.finish().unwrap();
+    r.flush().unwrap();
+    drop(r);
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&raw),
+        s(&dir.join("a.qcow2")),
+    ]);
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&raw),
+        s(&dir.join("b.qcow2")),
+    ]);
+    // A copy of the zstd image recompressed at another level: same extents.
+    imgtool(&[
+        "recompress",
+        "--codec",
+        "zstd:3",
+        "-o",
+        s(&dir.join("zstd3.mimg")),
+        s(&dir.join("zstd.mimg")),
+    ]);
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn qemu(args: &[&str]) {
+    let o = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        o.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn imgtool(args: &[&str]) -> i32 {
+    let o = Command::new(env!("CARGO_BIN_EXE_imgtool"))
+        .args(args)
+        .output()
+        .unwrap();
+    let code = o.status.code().unwrap_or(-1);
+    assert!(
+        code == 0,
+        "imgtool {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    code
+}
+
+/// Median wall time of `runs` runs of `f`, after one warm-up; `before`
+/// runs untimed before each (removing an output file).
+fn median(runs: usize, before: &dyn Fn(), f: &dyn Fn()) -> Duration {
+    before();
+    f();
+    let mut t: Vec<Duration> = (0..runs)
+        .map(|_| {
+            before();
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // and expects a quick exit.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("tool bench: run with `cargo bench -p imgtool --bench tool`");
+        return;
+    }
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        println!("tool bench: skipped, qemu-img is not installed");
+        return;
+    }
+    let mib = env_usize("IMGTOOL_BENCH_MIB", 1024);
+    let runs = env_usize("IMGTOOL_BENCH_RUNS", 5).max(1);
+    let base = std::env::var_os("IMGTOOL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let d = dir.path();
+    eprintln!("preparing {mib} MiB of content in {} ...", d.display());
+    prepare(d, mib);
+    let bytes = (mib * MIB) as f64;
+    let size = |n: &str| std::fs::metadata(d.join(n)).map(|m| m.len()).unwrap_or(0);
+    let nothing = || {};
+    let p = |n: &str| d.join(n);
+    let mut rows: Vec<(String, Duration)> = Vec::new();
+    let mut time = |name: &str, before: &dyn Fn(), f: &dyn Fn()| {
+        let t = median(runs, before, f);
+        eprintln!("{name:<58} {:>8.3} s", t.as_secs_f64());
+        rows.push((name.to_string(), t));
+        t
+    };
+    let v_none = time("imgtool verify (codec none)", &nothing, &|| {
+        imgtool(&["verify", s(&p("none.mimg"))]);
+    });
+    let v_zstd = time("imgtool verify (zstd:1)", &nothing, &|| {
+        imgtool(&["verify", s(&p("zstd.mimg"))]);
+    });
+    let v_deep = time(
+        "imgtool verify --deep (zstd:1, decode every chunk)",
+        &nothing,
+        &|| {
+            imgtool(&["verify", "--deep", s(&p("zstd.mimg"))]);
+        },
+    );
+    let q_check = time("qemu-img check (qcow2)", &nothing, &|| {
+        qemu(&["check", s(&p("a.qcow2"))]);
+    });
+    let d_same = time(
+        "imgtool diff (zstd:1 vs its zstd:3 copy)",
+        &nothing,
+        &|| {
+            imgtool(&["diff", s(&p("zstd.mimg")), s(&p("zstd3.mimg"))]);
+        },
+    );
+    let d_full = time(
+        "imgtool diff (other chunking: decode all)",
+        &nothing,
+        &|| {
+            imgtool(&["diff", s(&p("zstd.mimg")), s(&p("other.mimg"))]);
+        },
+    );
+    let q_cmp = time(
+        "qemu-img compare (qcow2 vs qcow2, identical)",
+        &nothing,
+        &|| {
+            qemu(&["compare", s(&p("a.qcow2")), s(&p("b.qcow2"))]);
+        },
+    );
+    let q_cmp_raw = time(
+        "qemu-img compare (raw vs qcow2, identical)",
+        &nothing,
+        &|| {
+            qemu(&[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                s(&p("raw.img")),
+                s(&p("a.qcow2")),
+            ]);
+        },
+    );
+    let rm = |n: &'static str| {
+        let path = d.join(n);
+        move || {
+            let _ = std::fs::remove_file(&path);
+        }
+    };
+    let r_mimg = time(
+        "imgtool recompress none -> zstd:1 (verified)",
+        &rm("out.mimg"),
+        &|| {
+            imgtool(&[
+                "recompress",
+                "--codec",
+                "zstd:1",
+                "-o",
+                s(&p("out.mimg")),
+                s(&p("none.mimg")),
+            ]);
+        },
+    );
+    let q_conv = time(
+        "qemu-img convert -c -o compression_type=zstd",
+        &rm("out.qcow2"),
+        &|| {
+            qemu(&[
+                "convert",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "compression_type=zstd",
+                s(&p("raw.img")),
+                s(&p("out.qcow2")),
+            ]);
+        },
+    );
+    let gbs = |t: Duration| bytes / t.as_secs_f64() / 1e9;
+    println!();
+    println!("content {mib} MiB; medians of {runs} runs; throughput = content bytes / wall time");
+    println!("{:<58} {:>9} {:>10}", "command", "seconds", "GB/s");
+    for (name, t) in &rows {
+        println!("{name:<58} {:>9.3} {:>10.2}", t.as_secs_f64(), gbs(*t));
+    }
+    println!();
+    println!(
+        "sizes: raw {} MiB, none.mimg {} MiB, zstd.mimg {} MiB, out.mimg {} MiB, out.qcow2 {} MiB",
+        mib,
+        size("none.mimg") >> 20,
+        size("zstd.mimg") >> 20,
+        size("out.mimg") >> 20,
+        size("out.qcow2") >> 20
+    );
+    let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
+    println!();
+    println!("targets:");
+    println!(
+        "  verify (none) {:.2} GB/s, verify (zstd) {:.2} GB/s          target >= 3 GB/s: {}",
+        gbs(v_none),
+        gbs(v_zstd),
+        if gbs(v_none).min(gbs(v_zstd)) >= 3.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!("  verify --deep {:.2} GB/s; qemu-img check {:.2} GB/s (qemu-img check reads metadata only)",
+        gbs(v_deep), gbs(q_check));
+    println!("  diff vs qemu-img compare (qcow2): {:.1}x (checksum skip), {:.1}x (decode all)   target >= 2x: {}",
+        ratio(d_same, q_cmp), ratio(d_full, q_cmp), if ratio(d_full, q_cmp) >= 2.0 { "met, even decoding all" } else if ratio(d_same, q_cmp) >= 2.0 { "met with checksum skip only" } else { "MISSED" });
+    println!(
+        "  diff vs qemu-img compare (raw vs qcow2): {:.1}x (checksum skip), {:.1}x (decode all)",
+        ratio(d_same, q_cmp_raw),
+        ratio(d_full, q_cmp_raw)
+    );
+    println!(
+        "  recompress vs qemu-img convert -c: {:.2}x   target >= 1.5x: {}",
+        ratio(r_mimg, q_conv),
+        if ratio(r_mimg, q_conv) >= 1.5 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
