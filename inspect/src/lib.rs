@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 pub mod cli;
 pub mod cmd;
+pub mod elfcore;
 pub mod fmt;
 pub mod keys;
 pub mod open;

@@ -7,15 +7,12 @@
 // Test arithmetic is on small known values; the module under test is checked
 // without these allowances.
 
-#[path = "../src/elfcore/mod.rs"]
-#[allow(dead_code, unused_imports)] // the CLI uses parts that these tests do not
-mod elfcore;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use elfcore::{export_core, import_core, parse_core, CoreError, ExportOptions};
+use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, ExportOptions};
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
 };
