@@ -53,39 +53,99 @@ pub fn transcode<W: Write>(
     }
     let ps = src.header().page_size;
     let mut w = Writer::new(out, opts)?;
+    let regions = src.regions()?;
+    // A decoder thread decodes batches of extents in parallel and hands them
+    // over in order through a short queue, so decoding overlaps with the
+    // writer's zero detection, compression and output.
     let batch = rayon::current_num_threads().max(1) * 2;
-    for r in src.regions()? {
-        let ex = src.region_extents(r)?;
-        if !r.has_data() {
-            w.add_empty_region(r.info.clone())?;
-            continue;
-        }
-        w.begin_region(r.info.clone())?;
-        for group in ex.chunks(batch) {
-            let decoded: Vec<Result<Option<Vec<u8>>>> = group
-                .par_iter()
-                .map(|e| {
-                    if e.kind != ExtentKind::Data {
-                        return Ok(None);
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Msg>>(2);
+        scope.spawn(move || {
+            for r in regions {
+                if !r.has_data() {
+                    if tx.send(Ok(Msg::Empty(r.info.clone()))).is_err() {
+                        return;
                     }
-                    let mut buf = vec![0u8; usize::try_from(e.len(ps)).unwrap_or(0)];
-                    src.decode_extent(e, &mut buf)?;
-                    Ok(Some(buf))
-                })
-                .collect();
-            for (e, d) in group.iter().zip(decoded) {
-                match (e.kind, d?) {
-                    (ExtentKind::Zero, _) => w.push_zero(e.len(ps))?,
-                    (ExtentKind::Absent, _) => w.push_absent(e.len(ps))?,
-                    (ExtentKind::Data, Some(buf)) => w.push_data(&buf)?,
-                    (ExtentKind::Data, None) => {}
+                    continue;
                 }
-                progress(e.len(ps));
+                if tx.send(Ok(Msg::Begin(r.info.clone()))).is_err() {
+                    return;
+                }
+                let ex = match src.region_extents(r) {
+                    Ok(ex) => ex,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                for group in ex.chunks(batch) {
+                    let decoded: Result<Vec<Piece>> = group
+                        .par_iter()
+                        .map(|e| {
+                            let len = e.len(ps);
+                            Ok(match e.kind {
+                                ExtentKind::Zero => Piece::Zero(len),
+                                ExtentKind::Absent => Piece::Absent(len),
+                                ExtentKind::Data => {
+                                    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                                    src.decode_extent(e, &mut buf)?;
+                                    Piece::Data(buf)
+                                }
+                            })
+                        })
+                        .collect();
+                    let failed = decoded.is_err();
+                    if tx.send(decoded.map(Msg::Pieces)).is_err() || failed {
+                        return;
+                    }
+                }
+                if tx.send(Ok(Msg::End)).is_err() {
+                    return;
+                }
+            }
+        });
+        for msg in rx {
+            match msg? {
+                Msg::Empty(info) => w.add_empty_region(info)?,
+                Msg::Begin(info) => w.begin_region(info)?,
+                Msg::End => w.end_region()?,
+                Msg::Pieces(pieces) => {
+                    for p in pieces {
+                        let len = match p {
+                            Piece::Zero(len) => {
+                                w.push_zero(len)?;
+                                len
+                            }
+                            Piece::Absent(len) => {
+                                w.push_absent(len)?;
+                                len
+                            }
+                            Piece::Data(buf) => {
+                                w.push_data(&buf)?;
+                                buf.len() as u64
+                            }
+                        };
+                        progress(len);
+                    }
+                }
             }
         }
-        w.end_region()?;
-    }
+        Ok(())
+    })?;
     w.finish()
+}
+
+enum Piece {
+    Zero(u64),
+    Absent(u64),
+    Data(Vec<u8>),
+}
+
+enum Msg {
+    Empty(crate::model::RegionInfo),
+    Begin(crate::model::RegionInfo),
+    Pieces(Vec<Piece>),
+    End,
 }
 
 /// What a key rotation wrote.
