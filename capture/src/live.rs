@@ -263,10 +263,27 @@ impl Walker {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), CaptureError> {
         w.begin_region(m.region_info())?;
+        // What a page that was never touched becomes here.
+        let untouched = self.classify(m, 0);
         let mut addr = m.start;
         while addr < m.end {
             if freeze::interrupted() {
                 return Err(CaptureError::Interrupted);
+            }
+            if untouched != PageState::Read {
+                // Jump over untouched address space in one step.
+                if let Some(next) = self.pagemap.next_resident(addr, m.end) {
+                    let to = next.unwrap_or(m.end);
+                    if to > addr {
+                        match untouched {
+                            PageState::Zero => w.push_zero(to - addr)?,
+                            _ => w.push_absent(to - addr)?,
+                        }
+                        progress(to - addr);
+                        addr = to;
+                        continue;
+                    }
+                }
             }
             let len = WINDOW.min(m.end - addr);
             self.window(m, addr, len, w)?;

@@ -1,8 +1,10 @@
 //! `/proc/PID/pagemap`: which pages of a range are resident, swapped, or
 //! were never touched.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 
 /// Page is present in RAM.
 pub const PRESENT: u64 = 1 << 63;
@@ -17,7 +19,41 @@ pub const FILE_OR_SHARED: u64 = 1 << 61;
 pub struct Pagemap {
     file: Option<File>,
     page_size: u64,
+    /// `PAGEMAP_SCAN` works here (Linux 6.7 and later); unknown until tried.
+    scan: Cell<Option<bool>>,
 }
+
+/// `struct pm_scan_arg` of `<linux/fs.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
 
 impl Pagemap {
     /// Opens `/proc/PID/pagemap`.
@@ -25,7 +61,39 @@ impl Pagemap {
         Pagemap {
             file: File::open(format!("/proc/{pid}/pagemap")).ok(),
             page_size,
+            scan: Cell::new(None),
         }
+    }
+
+    /// The first page in `start..end` that is present or swapped: `Some(None)`
+    /// when there is none, `None` when the kernel cannot say cheaply (no
+    /// `PAGEMAP_SCAN`). It walks page tables, not pages, so a large untouched
+    /// range costs next to nothing.
+    pub fn next_resident(&self, start: u64, end: u64) -> Option<Option<u64>> {
+        if self.scan.get() == Some(false) {
+            return None;
+        }
+        let f = self.file.as_ref()?;
+        let mut out = [PageRegion::default(); 1];
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start,
+            end,
+            vec: out.as_mut_ptr() as usize as u64,
+            vec_len: 1,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..PmScanArg::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg whose vec points to one
+        // writable page_region, as vec_len says.
+        let n = unsafe { libc::ioctl(f.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        if n < 0 {
+            self.scan.set(Some(false));
+            return None;
+        }
+        self.scan.set(Some(true));
+        Some((n > 0).then_some(out[0].start))
     }
 
     /// Fills `out` with the entries of the pages from `addr` on, one per page.
@@ -65,5 +133,28 @@ mod tests {
         let mut out = Vec::new();
         pm.read(addr + ps, &mut out, 2);
         assert!(out.iter().all(|e| e & PRESENT != 0));
+        if let Some(first) = pm.next_resident(addr + ps, addr + 3 * ps) {
+            assert_eq!(first, Some(addr + ps));
+        }
+        // An untouched mapping has no resident page.
+        let len = 64 << 20;
+        // SAFETY: a fresh anonymous mapping, never touched, then unmapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let a = p as u64;
+        if let Some(first) = pm.next_resident(a, a + len as u64) {
+            assert_eq!(first, None);
+        }
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(p, len) };
     }
 }
