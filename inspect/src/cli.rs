@@ -23,6 +23,8 @@ Examples:
   imgtool diff before.mimg after.mimg
   imgtool recompress --in-place --codec zstd:3 app.mimg
   imgtool reencrypt --in-place --key-file old.key --new-key-file new.key app.mimg
+  imgtool export-core app.mimg -o app.core && gdb -c app.core
+  imgtool import-core core.1234 -o app.mimg
 
 Keys are never given on the command line: they come from --key-file (32 raw
 bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor).
@@ -56,6 +58,10 @@ pub enum Command {
     Reencrypt(ReencryptArgs),
     /// Write the bytes at a virtual address to stdout.
     Cat(CatArgs),
+    /// Write an image as an ELF core file that gdb opens.
+    ExportCore(ExportCoreArgs),
+    /// Write an ELF core file (gcore or the kernel's) as an image.
+    ImportCore(ImportCoreArgs),
     /// Write a new random 32-byte key file.
     Keygen(KeygenArgs),
     /// Print a shell completion script.
@@ -310,6 +316,91 @@ pub struct CatArgs {
     pub key: KeyArgs,
 }
 
+/// `imgtool export-core`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Writes an ELF64 core: one PT_LOAD per run of stored pages of each region, with
+its address and R/W/X flags; zero runs and pages that were not captured are
+holes past p_filesz, so the core stays sparse. The PT_NOTE holds NT_PRPSINFO
+(process facts), NT_FILE (file-backed regions) and every ELF note the image
+kept (registers, auxv ...), then MEMIMG notes that gdb ignores and that let
+import-core give back the same image. Without register notes the core is for
+memory inspection only, and the command says so.
+
+The core holds the memory in the clear, even from an encrypted image: it is
+created with mode 0600. It is written to a temporary file beside CORE, checked,
+synced and renamed, so CORE is never left half-written.
+
+Examples:
+  imgtool export-core app.mimg -o app.core
+  gdb -batch -nx -c app.core -ex 'x/16xb 0x600000'
+  imgtool export-core --key-file app.key secret.mimg -o secret.core
+
+Exit codes: 0 written, 2 error (CORE is left as it was).")]
+pub struct ExportCoreArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// The core file to write.
+    #[arg(short, long, value_name = "CORE")]
+    pub output: PathBuf,
+    /// Replace CORE if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Leave out the MEMIMG notes (an import then gives back the content, not
+    /// region kinds, names or zero runs).
+    #[arg(long)]
+    pub no_memimg_notes: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The image's key, when it is encrypted.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `imgtool import-core`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Reads an ELF64 core from gdb's gcore or the Linux kernel. Each PT_LOAD becomes a
+region; its file bytes are data and the part past p_filesz is recorded as not
+captured (absent). NT_FILE names file-backed regions, NT_PRPSINFO gives the
+process facts, and every note is kept in the image so export-core writes it
+back. A core written by export-core gives back the image it came from.
+
+The core is mapped, not read into memory. The image is written to a temporary
+file beside IMG, verified (decoding every chunk), synced and renamed, so IMG is
+never left half-written. A key encrypts the new image.
+
+Examples:
+  gcore -o app 1234 && imgtool import-core app.1234 -o app.mimg
+  imgtool import-core --codec zstd:9 --key-file app.key core -o app.mimg
+
+Exit codes: 0 written, 2 error (not a core, malformed core, bad arguments;
+IMG is left as it was).")]
+pub struct ImportCoreArgs {
+    /// The ELF core file.
+    pub core: PathBuf,
+    /// The image to write.
+    #[arg(short, long, value_name = "IMG")]
+    pub output: PathBuf,
+    /// The codec: none, zstd (level 1) or zstd:LEVEL.
+    #[arg(long, value_name = "CODEC", default_value = "zstd")]
+    pub codec: String,
+    /// Image page size: 4096, 16384 or 65536, no larger than the core's pages
+    /// (by default this machine's).
+    #[arg(long, value_name = "BYTES")]
+    pub page_size: Option<u32>,
+    /// Replace IMG if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what was found and written as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Encrypt the new image under this key.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
 /// `imgtool keygen`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
@@ -346,6 +437,8 @@ impl Command {
             Command::Recompress(_) => "recompress",
             Command::Reencrypt(_) => "reencrypt",
             Command::Cat(_) => "cat",
+            Command::ExportCore(_) => "export-core",
+            Command::ImportCore(_) => "import-core",
             Command::Keygen(_) => "keygen",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",

@@ -23,6 +23,8 @@ pub mod ui;
 
 pub use cmd::cat::cat;
 pub use cmd::diff::diff;
+pub use cmd::export_core::export_core;
+pub use cmd::import_core::import_core;
 pub use cmd::inspect::inspect;
 pub use cmd::keygen::keygen;
 pub use cmd::recompress::recompress;
@@ -49,6 +51,8 @@ pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCo
         C::Recompress(a) => recompress(a, out),
         C::Reencrypt(a) => reencrypt(a, out),
         C::Cat(a) => cat(a, out),
+        C::ExportCore(a) => export_core(a, out),
+        C::ImportCore(a) => import_core(a, out),
         C::Keygen(a) => keygen(a, out),
         C::Completions(a) => cmd::completions::completions(a, out),
         C::Man(_) => cmd::completions::man(out),

@@ -4,6 +4,8 @@
 pub mod cat;
 pub mod completions;
 pub mod diff;
+pub mod export_core;
+pub mod import_core;
 pub mod inspect;
 pub mod keygen;
 pub mod recompress;

@@ -32,26 +32,45 @@ impl Target {
         let Some(out) = &o.output else {
             bail!("give -o OUT or --in-place");
         };
-        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(image), std::fs::canonicalize(out)) {
-            if a == b {
-                bail!(
-                    "{} is the image itself: use --in-place to rewrite it",
-                    out.display()
-                );
-            }
+        if same_file(image, out) {
+            bail!(
+                "{} is the image itself: use --in-place to rewrite it",
+                out.display()
+            );
+        }
+        Target::output(image, out, force)
+    }
+
+    /// Validates `-o OUT` of a conversion of `input` into another format
+    /// (export-core, import-core): OUT must not be `input`, and must not exist
+    /// unless `force`.
+    pub(crate) fn output(input: &Path, out: &Path, force: bool) -> Result<Target> {
+        if same_file(input, out) {
+            bail!(
+                "{} is the input file itself: give another -o",
+                out.display()
+            );
         }
         if !force && std::fs::symlink_metadata(out).is_ok() {
             bail!("{} exists: give --force to replace it", out.display());
         }
         Ok(Target {
-            path: out.clone(),
+            path: out.to_path_buf(),
             in_place: false,
         })
     }
 }
 
+/// True when both paths exist and name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!(
+        (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+        (Ok(a), Ok(b)) if a == b
+    )
+}
+
 /// Raw bytes a transcode of `img` walks, for its progress bar.
-fn raw_total(img: &Image) -> u64 {
+pub(crate) fn raw_total(img: &Image) -> u64 {
     let ps = img.header().page_size;
     img.extents()
         .map(|ex| ex.iter().map(|e| e.len(ps)).sum())
