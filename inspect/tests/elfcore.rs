@@ -7,7 +7,6 @@
 // Test arithmetic is on small known values; the module under test is checked
 // without these allowances.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
