@@ -64,7 +64,8 @@ pub struct ImportCoreDoc {
     pub data_bytes: u64,
     /// Bytes recorded as zero pages.
     pub zero_bytes: u64,
-    /// Bytes recorded as not captured (segment tails past `p_filesz`).
+    /// Bytes recorded as not captured in regions with data (segment tails
+    /// past `p_filesz`); regions recorded without data are not counted.
     pub absent_bytes: u64,
     /// Chunks written.
     pub chunks: u64,

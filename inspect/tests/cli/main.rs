@@ -12,6 +12,7 @@
 mod common;
 
 mod cat;
+mod core;
 mod crash;
 mod diff;
 mod inspect;

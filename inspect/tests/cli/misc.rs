@@ -2,13 +2,15 @@
 
 use crate::common::*;
 
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 11] = [
     "inspect",
     "verify",
     "diff",
     "recompress",
     "reencrypt",
     "cat",
+    "export-core",
+    "import-core",
     "keygen",
     "completions",
     "man",
