@@ -11,6 +11,8 @@
 //! when there are several). Images go to `MEMIMG_BENCH_DIR` (default the
 //! system temp dir).
 //!
+//! `MEMIMG_BENCH_ONLY=capture|reserve|restore|rss` runs one section.
+//!
 //! The target is this program re-executed as a child (`MEMIMG_BENCH_CHILD`)
 //! holding a mixed heap: ¼ random pages, ¼ zero pages (touched), ½ heap-like
 //! objects (headers, small ints, pointers, short strings).
@@ -29,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use memimg::{Codec, Prot, RegionKind};
 use memimg_capture::{
-    capture_to_path, restore, CaptureOptions, PersistOptions, Persister, RestoreOptions, Strategy,
+    capture_to_path, capture_to_writer, restore, CaptureOptions, PersistOptions, Persister,
+    RestoreOptions, Strategy,
 };
 
 const MIB: usize = 1 << 20;
@@ -72,7 +75,7 @@ fn fill_mixed(buf: &mut [u8], base: u64) {
                     o[0..8].copy_from_slice(&(0x0000_0001_0000_0000u64 | (r & 0xff)).to_le_bytes());
                     o[8..12].copy_from_slice(&((i as u32) & 0x3ff).to_le_bytes());
                     o[12..16].copy_from_slice(&((r >> 8) as u32 & 0xffff).to_le_bytes());
-                    let ptr = base + (r % (pages as u64 * 4096)) & !7;
+                    let ptr = (base + (r % (pages as u64 * 4096))) & !7;
                     o[16..24].copy_from_slice(&ptr.to_le_bytes());
                     let s = format!("name-{:06}-{:05}", r % 1_000_000, i);
                     o[24..24 + s.len()].copy_from_slice(s.as_bytes());
@@ -137,7 +140,7 @@ impl Target {
         Target(c)
     }
     fn pid(&self) -> i32 {
-        self.0.id() as i32
+        self.0.id().cast_signed()
     }
 }
 
@@ -299,10 +302,56 @@ fn main() {
         "memimg-capture benchmark: {mib} MiB mixed process, best of {runs} warm runs, 2 workers\n"
     );
 
-    // 1. Capture against gcore and zstd.
+    let only = std::env::var("MEMIMG_BENCH_ONLY").ok();
+    let run = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    let raw = dir.join("raw.img");
+    let zout = dir.join("x.zst");
+    if run("capture") {
+        section_capture(mib, runs, &dir);
+    }
+    if run("reserve") {
+        section_reserve(mib, runs, &raw);
+    }
+    if run("restore") {
+        section_restore(mib, runs, &dir, &zout);
+    }
+    if run("rss") {
+        section_rss(mib, &raw);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Capture against gcore and zstd.
+fn section_capture(mib: usize, runs: usize, dir: &Path) {
     let t = Target::spawn(mib, 0);
+    let t0 = &t;
     let raw = dir.join("raw.img");
     let ours_none = best(runs, || capture(t.pid(), &raw, Codec::None));
+    // Where the time goes: the same capture into a plain file (no fsync,
+    // no rename) and into nothing at all.
+    for (what, codec) in [("none", Codec::None), ("zstd-1", Codec::Zstd(1))] {
+        let opts = CaptureOptions {
+            codec,
+            workers: 2,
+            ..CaptureOptions::default()
+        };
+        let plain = best(runs, || {
+            let t = Instant::now();
+            let f = std::fs::File::create(dir.join("plain.img")).unwrap();
+            capture_to_writer(t0.pid(), std::io::BufWriter::with_capacity(MIB, f), &opts).unwrap();
+            t.elapsed()
+        });
+        let sink = best(runs, || {
+            let t = Instant::now();
+            capture_to_writer(t0.pid(), std::io::sink(), &opts).unwrap();
+            t.elapsed()
+        });
+        println!(
+            "  (codec {what}: into a file without fsync {}, into io::sink {})",
+            ms(plain),
+            ms(sink)
+        );
+    }
     let core = dir.join("core");
     let gcore = have("gcore").then(|| {
         best(runs, || {
@@ -375,14 +424,16 @@ fn main() {
     drop(t);
     let _ = std::fs::remove_file(&core_file);
     let _ = std::fs::remove_file(dir.join("core.zst"));
+}
 
-    // 2. Reserved but untouched address space costs nothing.
+/// Reserved but untouched address space costs nothing.
+fn section_reserve(mib: usize, runs: usize, raw: &Path) {
     let touched = 256.min(mib);
     let alone = Target::spawn(touched, 0);
-    let a = best(runs, || capture(alone.pid(), &raw, Codec::None));
+    let a = best(runs, || capture(alone.pid(), raw, Codec::None));
     drop(alone);
     let reserved = Target::spawn(touched, 16);
-    let r = best(runs, || capture(reserved.pid(), &raw, Codec::None));
+    let r = best(runs, || capture(reserved.pid(), raw, Codec::None));
     drop(reserved);
     row(
         &format!("capture, 16 GiB reserved + {touched} MiB"),
@@ -392,8 +443,10 @@ fn main() {
         r.as_secs_f64() / a.as_secs_f64(),
         "≤ 1.1 (ours/peer)",
     );
+}
 
-    // 3. Restore.
+/// Restore by each strategy.
+fn section_restore(mib: usize, runs: usize, dir: &Path, zout: &Path) {
     let mut mmap_times = Vec::new();
     for size in [mib / 4, mib / 2, mib] {
         let img = dir.join(format!("m{size}.img"));
@@ -440,7 +493,7 @@ fn main() {
             .args(["-1", "-q", "-f"])
             .arg(&rawdump)
             .arg("-o")
-            .arg(&zout)
+            .arg(zout)
             .status()
             .unwrap();
         let _ = std::fs::remove_file(&rawdump);
@@ -448,7 +501,7 @@ fn main() {
             time_cmd(
                 Command::new("zstd")
                     .args(["-d", "-q", "-f"])
-                    .arg(&zout)
+                    .arg(zout)
                     .arg("-o")
                     .arg("/dev/null"),
             )
@@ -465,8 +518,10 @@ fn main() {
         );
     }
     let _ = std::fs::remove_file(&zimg);
+}
 
-    // 4. Peak RSS of the capturing process as the target grows.
+/// Peak RSS of the capturing process as the target grows.
+fn section_rss(mib: usize, raw: &Path) {
     for size in [mib / 4, mib / 2, mib] {
         let t = Target::spawn(size, 0);
         let out = Command::new(std::env::current_exe().unwrap())
@@ -488,5 +543,4 @@ fn main() {
             hwm
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 //! pages, stream them into a [`memimg::Writer`], resume.
 
 use std::io::{BufWriter, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,12 +103,19 @@ pub fn capture_to_path(
     opts: &CaptureOptions,
 ) -> Result<CaptureReport, CaptureError> {
     check_exists(pid)?;
-    let file = AtomicFile::create(out)?;
-    let (w, report) = capture_to_writer(pid, BufWriter::with_capacity(1 << 20, file), opts)?;
-    let file = w
+    let mut file = AtomicFile::create(out)?;
+    let fd = file.file().as_raw_fd();
+    let sink = Writeback {
+        file,
+        fd,
+        pos: 0,
+        kicked: 0,
+    };
+    let (w, report) = capture_to_writer(pid, BufWriter::with_capacity(1 << 20, sink), opts)?;
+    let sink = w
         .into_inner()
         .map_err(|e| CaptureError::io(format!("writing {}", out.display()), e.into_error()))?;
-    file.commit()?;
+    sink.file.commit()?;
     Ok(report)
 }
 
@@ -185,6 +193,41 @@ pub fn capture_to_writer<W: Write>(
             stats,
         },
     ))
+}
+
+/// Bytes written between two requests to start writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Starts writeback of what was written every few MiB, so the disk works
+/// while the capture goes on and the final fsync of the commit has little
+/// left to do.
+struct Writeback {
+    file: AtomicFile,
+    fd: std::os::unix::io::RawFd,
+    pos: u64,
+    kicked: u64,
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.kicked >= WRITEBACK_STEP {
+            let (off, len) = (self.kicked, self.pos - self.kicked);
+            if let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len))
+            {
+                // SAFETY: sync_file_range only takes integers; a failure only
+                // means the final fsync does all the work.
+                unsafe { libc::sync_file_range(self.fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
+            }
+            self.kicked = self.pos;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn check_exists(pid: i32) -> Result<(), CaptureError> {
