@@ -26,6 +26,7 @@ fn role_entry() {
     };
     match role.as_str() {
         "patterns" => patterns(),
+        "capture-as-nobody" => capture_as_nobody(),
         other => {
             if !crate::restore::child_role(other) {
                 panic!("unknown role {other}");
@@ -108,6 +109,12 @@ fn patterns() -> ! {
             }
         });
     }
+    // Threads are born and die all the time: the freeze must catch the
+    // ones born while it runs, and cope with the ones that exit.
+    std::thread::spawn(|| loop {
+        let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_micros(200)));
+        let _ = t.join();
+    });
     println!(
         "READY rand={:#x} zero={:#x} text={:#x} freed={:#x} gone={:#x} counters={:#x} churn={:#x}",
         rand as usize,
@@ -121,4 +128,20 @@ fn patterns() -> ! {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+}
+
+/// Drops root and tries to capture `TARGET_PID`: the kernel must refuse.
+fn capture_as_nobody() {
+    let pid: i32 = std::env::var("TARGET_PID").unwrap().parse().unwrap();
+    // SAFETY: plain system calls that change this process's credentials.
+    unsafe {
+        assert_eq!(libc::setgid(65534), 0);
+        assert_eq!(libc::setuid(65534), 0);
+    }
+    let out = std::env::temp_dir().join(format!("memimg-nobody-{}.img", std::process::id()));
+    match memimg_capture::capture_to_path(pid, &out, &memimg_capture::CaptureOptions::default()) {
+        Ok(_) => println!("RESULT captured"),
+        Err(e) => println!("RESULT {e}"),
+    }
+    assert!(!out.exists());
 }

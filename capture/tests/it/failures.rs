@@ -82,3 +82,30 @@ fn interrupted_capture_resumes_the_process() {
     assert_ne!(common::state(pid), b't', "the child was left stopped");
     assert!(memimg_capture::procfs::alive(pid));
 }
+
+#[test]
+fn permission_denied_says_what_to_do() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to drop to an unprivileged user");
+        return;
+    }
+    let target = spawn_role("patterns", &[]);
+    let (_, out) = common::run_role(
+        "capture-as-nobody",
+        &[("TARGET_PID", target.pid().to_string())],
+    );
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no result: {out}"));
+    assert!(
+        line.starts_with(&format!("permission denied to trace pid {}", target.pid())),
+        "{line}"
+    );
+    assert!(
+        line.contains("CAP_SYS_PTRACE") && line.contains("ptrace_scope"),
+        "{line}"
+    );
+    assert_ne!(common::state(target.pid()), b't');
+}

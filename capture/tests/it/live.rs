@@ -218,3 +218,46 @@ fn captures_patterns_raw_encrypted() {
     need_ptrace!();
     check_capture(Codec::None, Some(Key::generate().unwrap()));
 }
+
+#[test]
+fn exclude_file_backed_keeps_private_copies_only() {
+    need_ptrace!();
+    let child = spawn_role("patterns", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let opts = CaptureOptions {
+        exclude_file_backed: true,
+        ..CaptureOptions::default()
+    };
+    capture_to_path(child.pid(), &out, &opts).unwrap();
+    let img = Image::open(&out).unwrap();
+    let mut file_data = 0u64;
+    let mut code_regions = 0;
+    for r in img.regions().unwrap() {
+        let ex = img.region_extents(r).unwrap();
+        if r.info.inode != 0 && r.info.prot.exec() {
+            code_regions += 1;
+            // Code is never written: all of it comes from the file.
+            assert!(
+                ex.iter().all(|e| e.kind == ExtentKind::Absent),
+                "code of {} was stored",
+                r.info.name_lossy()
+            );
+        }
+        if r.info.inode != 0 {
+            file_data += ex
+                .iter()
+                .filter(|e| e.kind == ExtentKind::Data)
+                .map(|e| e.len(4096))
+                .sum::<u64>();
+        }
+    }
+    assert!(code_regions > 0);
+    // Anonymous memory is still all there.
+    let mut want = vec![0u8; RAND_LEN];
+    common::fill_random(&mut want, RAND_SEED);
+    let mut got = vec![0u8; RAND_LEN];
+    img.read_at(child.var("rand"), &mut got).unwrap();
+    assert!(got == want);
+    eprintln!("file-backed bytes kept (private copies): {file_data}");
+}
