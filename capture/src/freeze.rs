@@ -91,7 +91,17 @@ impl Frozen {
                     Ok(()) => {}
                     // The thread exited between the listing and now.
                     Err(libc::ESRCH) => continue,
-                    Err(libc::EPERM) => return Err(CaptureError::permission(pid)),
+                    Err(libc::EPERM) => {
+                        return Err(match procfs::tracer(pid) {
+                            Some(t) => CaptureError::PermissionDenied {
+                                pid,
+                                hint: format!(
+                                    "it is already being traced by pid {t} (a debugger?); detach that first"
+                                ),
+                            },
+                            None => CaptureError::permission(pid),
+                        })
+                    }
                     Err(e) => {
                         return Err(CaptureError::io(
                             format!("PTRACE_SEIZE of thread {tid}"),

@@ -180,6 +180,18 @@ pub fn state(pid: i32) -> Option<u8> {
     s.get(close + 2).copied()
 }
 
+/// The pid of the process tracing `pid` (`TracerPid` in its status), if any.
+pub fn tracer(pid: i32) -> Option<i32> {
+    let s = fs::read_to_string(proc_path(pid, "status")).ok()?;
+    let t: i32 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (t != 0).then_some(t)
+}
+
 /// True while the process exists and has not exited (zombie or dead).
 pub fn alive(pid: i32) -> bool {
     matches!(state(pid), Some(s) if s != b'Z' && s != b'X' && s != b'x')

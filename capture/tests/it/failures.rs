@@ -109,3 +109,33 @@ fn permission_denied_says_what_to_do() {
     );
     assert_ne!(common::state(target.pid()), b't');
 }
+
+#[test]
+fn already_traced_names_the_tracer() {
+    need_ptrace!();
+    let child = spawn_role("patterns", &[]);
+    let pid = child.pid();
+    // Seize it from this process (without stopping it), as a debugger would.
+    // SAFETY: PTRACE_SEIZE takes no pointers.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            0usize,
+        )
+    };
+    assert_eq!(r, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let e =
+        capture_to_path(pid, &dir.path().join("x.img"), &CaptureOptions::default()).unwrap_err();
+    assert!(matches!(e, CaptureError::PermissionDenied { .. }), "{e}");
+    // SAFETY: gettid has no preconditions; TracerPid names the tracing thread.
+    let me = unsafe { libc::gettid() };
+    assert!(
+        e.to_string()
+            .contains(&format!("already being traced by pid {me}")),
+        "{e}"
+    );
+    no_files_left(dir.path());
+}

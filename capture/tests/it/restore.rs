@@ -328,3 +328,18 @@ fn mmap_of_compressed_image_is_refused() {
     );
     assert!(e.to_string().contains("compressed"), "{e}");
 }
+
+#[test]
+fn persist_refuses_unaligned_regions() {
+    let v = vec![7u8; 3 * 4096];
+    let off = (4096 - v.as_ptr() as usize % 4096) % 4096 + 1; // never page-aligned
+    let e = Persister::new()
+        .region(&v[off..off + 4096], RegionKind::Heap, "odd")
+        .write_to(Vec::new(), &PersistOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, memimg_capture::PersistError::BadRegion { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("region odd"), "{e}");
+}
