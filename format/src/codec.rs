@@ -120,7 +120,28 @@ impl Compressor {
 /// The output buffer bounds the work: a frame that would expand beyond it (a
 /// zstd bomb) is an error, not an allocation.
 pub(crate) fn decompress_into(stored: &[u8], out: &mut [u8]) -> Result<(), String> {
-    let mut d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+    thread_local! {
+        // One decompression context per thread, reused across chunks.
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        match slot.as_mut() {
+            Some(d) => decompress_with(d, stored, out),
+            None => Err("zstd: no decompression context".into()),
+        }
+    })
+}
+
+fn decompress_with(
+    d: &mut zstd::bulk::Decompressor<'static>,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
     match d.decompress_to_buffer(stored, out) {
         Ok(n) if n == out.len() => Ok(()),
         Ok(n) => Err(format!(

@@ -345,6 +345,21 @@ impl Image {
         let stored = self
             .read_stored(ext.chunk)
             .map_err(|e| e.with_location(loc))?;
+        self.decode_stored(ext, stored, out)
+    }
+
+    /// Decodes a data extent from its stored bytes, which the caller has
+    /// already checked against their stored checksum.
+    pub(crate) fn decode_stored(
+        &self,
+        ext: &Extent,
+        stored: Cow<'_, [u8]>,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let c = self.chunk_loc(ext.chunk)?;
+        let loc = Location::chunk(ext.chunk, c.offset)
+            .with_region(ext.region)
+            .with_addr(ext.addr);
         let mut owned;
         let plain: &[u8] = match &self.dek {
             Some(dek) => {

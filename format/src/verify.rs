@@ -197,7 +197,7 @@ impl Image {
                                 }
                             } else {
                                 let mut buf = vec![0u8; usize::try_from(e.len(self.header().page_size)).unwrap_or(0)];
-                                if let Err(err) = self.decode_extent(&e, &mut buf) {
+                                if let Err(err) = self.decode_stored(&e, bytes, &mut buf) {
                                     probs.push(Problem::from(err).at(loc));
                                 }
                             }
