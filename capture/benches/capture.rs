@@ -22,14 +22,13 @@
     clippy::cast_precision_loss,
     clippy::cast_sign_loss
 )]
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memimg::{Codec, Prot, RegionKind};
+use memimg::{Codec, RegionKind};
 use memimg_capture::{
     capture_to_path, capture_to_writer, restore, CaptureOptions, PersistOptions, Persister,
     RestoreOptions, Strategy,
@@ -93,6 +92,9 @@ fn map(addr: Option<u64>, len: usize, noreserve: bool) -> *mut u8 {
     if noreserve {
         flags |= libc::MAP_NORESERVE;
     }
+    // SAFETY: an anonymous mapping, either where the kernel chooses or with
+    // MAP_FIXED_NOREPLACE, which never replaces an existing mapping; no
+    // memory of this process is touched.
     let p = unsafe {
         libc::mmap(
             addr.unwrap_or(0) as usize as *mut libc::c_void,
@@ -115,6 +117,8 @@ fn child_hold(mib: usize, reserve_gib: usize) -> ! {
     }
     let len = mib * MIB;
     let p = map(None, len, false);
+    // SAFETY: p is a fresh private mapping of len bytes (map asserts it
+    // succeeded), never unmapped, and this is the only reference to it.
     let buf = unsafe { std::slice::from_raw_parts_mut(p, len) };
     fill_mixed(buf, p as u64);
     println!("READY");
@@ -262,9 +266,12 @@ fn child_capture(pid: i32, out: &str) {
 
 fn persist_mixed(len: usize, path: &Path, codec: Codec) {
     let p = map(Some(ARENA), len, false);
+    // SAFETY: p is a fresh private mapping of len bytes (map asserts it
+    // succeeded); buf is the only reference to it until the munmap below,
+    // after its last use.
     let buf = unsafe { std::slice::from_raw_parts_mut(p, len) };
     fill_mixed(buf, ARENA);
-    let per = unsafe { Persister::new().region_raw(p, len, Prot::RW, RegionKind::Heap, "mixed") };
+    let per = Persister::new().region(buf, RegionKind::Heap, "mixed");
     per.write_to_path(
         path,
         &PersistOptions {
@@ -274,6 +281,9 @@ fn persist_mixed(len: usize, path: &Path, codec: Codec) {
         },
     )
     .unwrap();
+    drop(per);
+    // SAFETY: our own mapping of len bytes; buf and the persister that
+    // borrowed it are no longer used.
     unsafe { libc::munmap(p.cast(), len) };
 }
 

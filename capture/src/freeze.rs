@@ -280,12 +280,14 @@ impl SignalGuard {
         if s.users == 0 {
             INTERRUPTED.store(false, Ordering::Relaxed);
             for sig in [libc::SIGINT, libc::SIGTERM] {
-                // SAFETY: sigaction is plain data; zeroed is a valid value.
+                // SAFETY: sigaction is plain data (integers, a mask and a
+                // handler address); all zeros is a valid value (SIG_DFL).
                 let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
                 new.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
                 // No SA_RESTART: a blocking waitpid returns EINTR and sees the flag.
                 new.sa_flags = 0;
-                // SAFETY: as above.
+                // SAFETY: sigaction is plain data (integers, a mask and a
+                // handler address); all zeros is a valid value.
                 let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
                 // SAFETY: both pointers are valid sigaction structs; the
                 // handler only stores to an atomic, which is signal-safe.

@@ -476,7 +476,9 @@ impl Handler {
                     len: ps,
                     ..UffdioCopy::default()
                 };
-                // SAFETY: as in fill, one page at a time.
+                // SAFETY: c is a valid uffdio_copy: its source is one page
+                // inside our buffer (off + ps ≤ u.len ≤ buf.len(), filled by
+                // fill), its destination one page of the registered unit.
                 unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) };
             } else {
                 let mut z = UffdioZeropage {
@@ -486,7 +488,8 @@ impl Handler {
                     },
                     ..UffdioZeropage::default()
                 };
-                // SAFETY: as in fill, one page at a time.
+                // SAFETY: z is a valid uffdio_zeropage for one page of the
+                // registered unit; the kernel reads it and writes its result.
                 unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) };
             }
         }

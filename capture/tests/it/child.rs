@@ -70,12 +70,22 @@ fn patterns() -> ! {
     let base = counters as usize;
     for t in 0..WORKERS {
         std::thread::spawn(move || {
-            // SAFETY: the counters mapping lives for the whole process and
-            // its words are only used through atomics.
+            // A counter word at `off` in the counters mapping.
+            let word = |off: usize| -> &'static AtomicU64 {
+                assert!(off.is_multiple_of(8) && off + 8 <= COUNTER_PAGES * 4096);
+                // SAFETY: the counters mapping is COUNTER_PAGES pages and is
+                // never unmapped, so it lives for the whole process; the
+                // assert keeps the word inside it and 8-byte aligned (the
+                // mapping starts on a page); its words are only ever used
+                // through atomics.
+                unsafe { &*((base + off) as *const AtomicU64) }
+            };
+            // SAFETY: offset 0 of the counters mapping, as above; an
+            // AtomicU32 needs 4-byte alignment, which a page start has.
             let lock = unsafe { &*(base as *const AtomicU32) };
-            let a = unsafe { &*((base + A_OFF) as *const AtomicU64) };
-            let b = unsafe { &*((base + B_OFF) as *const AtomicU64) };
-            let mine = unsafe { &*((base + (2 + t) * 4096) as *const AtomicU64) };
+            let a = word(A_OFF);
+            let b = word(B_OFF);
+            let mine = word((2 + t) * 4096);
             loop {
                 while lock
                     .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)

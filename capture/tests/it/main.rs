@@ -9,7 +9,6 @@
     clippy::cast_sign_loss,
     clippy::cast_possible_wrap
 )]
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod child;
 mod common;

@@ -241,7 +241,8 @@ fn address_in_use_is_refused() {
     );
     assert!(e.to_string().contains(&format!("{addr:#x}")), "{e}");
     assert!(e.to_string().contains("already in use"), "{e}");
-    // SAFETY: as above; the mapping is untouched.
+    // SAFETY: addr + 4096 is inside our own read-write mapping made by
+    // persist (kept), 8-byte aligned; restore refused and left it alone.
     assert_eq!(before, unsafe { *((addr + 4096) as usize as *const u64) });
     // SAFETY: our own mapping.
     unsafe { libc::munmap(addr as usize as *mut libc::c_void, LEN) };
