@@ -861,6 +861,30 @@ mod corrupt {
         assert!(matches!(err(&d), CoreError::Malformed { .. }));
     }
 
+    /// Found by the `elf_core` fuzz target within two minutes: a segment
+    /// spanning most of the 64-bit address space used to give an image with
+    /// about a million extents (50 MB, a 100 MB allocation) from a 38 KB core.
+    #[test]
+    fn huge_address_span() {
+        let c = small_core();
+        let last = ph(7);
+        let mut d = c.clone();
+        set_u64(&mut d, last + 40, 1 << 63); // p_memsz
+        assert!(
+            matches!(err(&d), CoreError::Unsupported(ref m) if m.contains("address space")),
+            "{}",
+            err(&d)
+        );
+        // A large but possible span imports to a small image: its tail is one
+        // absent run.
+        let mut d = c;
+        set_u64(&mut d, last + 40, 1 << 50);
+        let (bytes, _, r) = import_core(&d, opts(), Vec::new()).unwrap();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        assert!(r.absent_bytes >= (1 << 50) - 0x1000, "{r:?}");
+        assert!(!r.from_memimg_notes, "the regions note no longer fits");
+    }
+
     #[test]
     fn overlapping_segments() {
         let c = small_core();

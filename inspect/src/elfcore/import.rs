@@ -37,6 +37,13 @@ pub struct ImportReport {
     pub messages: Vec<String>,
 }
 
+/// The most address space the regions of one import may cover: 2^57 bytes,
+/// twice the user half of a 57-bit (5-level paging) address space. Real cores
+/// cover far less. The image's extent table grows with the span (one extent
+/// per 2^32 pages), so without this limit a 200-byte core with one segment
+/// spanning 2^64 bytes would make a 50 MB image.
+const MAX_SPAN: u64 = 1 << 57;
+
 /// One region to write and the segments that fill it.
 struct Planned {
     info: RegionInfo,
@@ -119,6 +126,16 @@ pub fn import_core<W: Write>(
                 second_range: (w[1].vaddr, w[1].end()),
             });
         }
+    }
+    let span = cf
+        .segments
+        .iter()
+        .try_fold(0u64, |t, s| t.checked_add(s.memsz))
+        .filter(|&t| t <= MAX_SPAN);
+    if span.is_none() {
+        return Err(CoreError::Unsupported(format!(
+            "the PT_LOAD segments cover more than {MAX_SPAN:#x} bytes of address space, more than any process maps"
+        )));
     }
     let nf = read_notes(&cf, &mut report);
 
@@ -376,8 +393,13 @@ fn read_notes(cf: &CoreFile<'_>, report: &mut ImportReport) -> NoteFacts {
 /// Checks that a `MEMIMG` regions note describes these segments.
 fn check_regions_note(rn: &RegionsNote, segs: &[Segment], ps: u64) -> Result<(), String> {
     let mut prev_end = 0u64;
+    let mut span = 0u64;
     for r in &rn.regions {
         let i = &r.info;
+        span = span
+            .checked_add(i.len)
+            .filter(|&t| t <= MAX_SPAN)
+            .ok_or_else(|| format!("the regions cover more than {MAX_SPAN:#x} bytes"))?;
         let end = i
             .start
             .checked_add(i.len)

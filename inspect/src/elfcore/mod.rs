@@ -45,7 +45,9 @@
 //! input (program headers and notes are counted against the bytes that hold
 //! them before anything is allocated; all arithmetic on file values is checked).
 //! The image's extent table grows with the address span covered, which is at
-//! most one 48-byte extent per segment plus one per 2^32 pages.
+//! most one 48-byte extent per segment plus one per 2^32 pages; a core whose
+//! segments cover more than 2^57 bytes is refused (`Unsupported`), so that is
+//! at most 8192 extents beyond one per segment.
 
 pub mod elf;
 mod import;
