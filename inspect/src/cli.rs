@@ -18,6 +18,7 @@ Exit codes:
 
 const MAIN_AFTER: &str = "\
 Examples:
+  imgtool capture --pid 1234 -o app.mimg
   imgtool inspect app.mimg
   imgtool verify --key-file app.key app.mimg
   imgtool diff before.mimg after.mimg
@@ -34,7 +35,7 @@ Exit codes:
   1  damage found (verify) or differences found (diff)
   2  error: not an image, unreadable, wrong key, bad arguments — unable to check";
 
-/// Inspect, verify, diff and rewrite memimg process-memory images.
+/// Capture, inspect, verify, diff and rewrite memimg process-memory images.
 #[derive(Debug, Parser)]
 #[command(name = "imgtool", version, about, after_help = MAIN_AFTER)]
 pub struct Cli {
@@ -46,6 +47,8 @@ pub struct Cli {
 /// One subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Capture a running process into an image.
+    Capture(CaptureArgs),
     /// Show an image's header, regions and chunks.
     Inspect(InspectArgs),
     /// Check every structure, checksum and tag of an image.
@@ -431,6 +434,7 @@ impl Command {
     /// The name of the subcommand, for messages.
     pub fn name(&self) -> &'static str {
         match self {
+            Command::Capture(_) => "capture",
             Command::Inspect(_) => "inspect",
             Command::Verify(_) => "verify",
             Command::Diff(_) => "diff",
@@ -452,3 +456,43 @@ impl Command {
 Example:
   imgtool man > /usr/local/share/man/man1/imgtool.1")]
 pub struct ManArgs {}
+
+/// `imgtool capture`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Stops every thread of the process (ptrace) for a consistent snapshot, reads its
+resident memory, resumes it, and writes the image under a temporary name that
+is renamed to OUT only when complete. Needs ptrace rights over the process:
+root, CAP_SYS_PTRACE, or kernel.yama.ptrace_scope=0 for your own processes.
+
+Examples:
+  imgtool capture --pid 1234 -o app.mimg
+  imgtool capture --pid 1234 -o app.mimg --codec zstd:3 --key-file app.key
+  imgtool capture --pid $$ -o shell.mimg --exclude-file-backed")]
+pub struct CaptureArgs {
+    /// The process to capture.
+    #[arg(long)]
+    pub pid: i32,
+    /// Write the image here.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Chunk codec: none, zstd or zstd:LEVEL.
+    #[arg(long, default_value = "zstd:1")]
+    pub codec: String,
+    /// Chunk size, e.g. 512K or 1M (by default 512 KiB).
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
+    /// Leave out the pages of file mappings that are the file's own (they are
+    /// recorded as not captured).
+    #[arg(long)]
+    pub exclude_file_backed: bool,
+    /// Threads that compress and encrypt (by default one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The key to encrypt with.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod open;
 pub mod ui;
 
+pub use cmd::capture::capture;
 pub use cmd::cat::cat;
 pub use cmd::diff::diff;
 pub use cmd::export_core::export_core;
@@ -45,6 +46,7 @@ pub const EXIT_ERROR: u8 = 2;
 pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     use cli::Command as C;
     match command {
+        C::Capture(a) => capture(a, out),
         C::Inspect(a) => inspect(a, out),
         C::Verify(a) => verify(a, out),
         C::Diff(a) => diff(a, out),

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each exposes one function that takes its raw
 //! arguments and a `&mut dyn Write` and returns the exit code.
 
+pub mod capture;
 pub mod cat;
 pub mod completions;
 pub mod diff;
