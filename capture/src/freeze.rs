@@ -143,6 +143,15 @@ impl Frozen {
         self.tasks.len()
     }
 
+    /// The ids of the threads stopped (each in a ptrace-stop of ours).
+    pub fn tids(&self) -> Vec<i32> {
+        self.tasks
+            .iter()
+            .filter(|t| t.stopped)
+            .map(|t| t.tid)
+            .collect()
+    }
+
     /// Resumes every thread and returns how long they were all stopped.
     pub fn resume(mut self) -> Duration {
         self.detach_all();

@@ -7,6 +7,10 @@
 //!   are read with `process_vm_readv` (never-touched pages are skipped using
 //!   `/proc/PID/pagemap`, so the cost follows resident memory, not reserved
 //!   address space), and the threads are resumed, also on error and Ctrl-C.
+//!   Each thread's registers (x86_64 only) and the auxiliary vector are kept
+//!   as image notes laid out as in a kernel core dump (`CORE/1`, `CORE/2`,
+//!   `LINUX/514`, `CORE/6`), so a core exported from the image gives gdb a
+//!   backtrace of every thread.
 //! - **Persisting a program's own memory** ([`Persister`]): the program names
 //!   the regions it wants back and its validation data.
 //! - **Restore** ([`restore()`]): maps the regions back at their recorded
@@ -26,6 +30,7 @@ mod pagemap;
 mod persist;
 pub mod procfs;
 mod restore;
+mod threads;
 
 pub use error::{CaptureError, RestoreError};
 pub use live::{

@@ -85,6 +85,9 @@ pub struct CaptureReport {
     pub elapsed: Duration,
     /// Threads stopped.
     pub threads: usize,
+    /// Threads whose registers the image holds (0 on architectures other
+    /// than x86_64, where registers are not read).
+    pub registers: usize,
     /// What the writer produced.
     pub stats: WriteStats,
 }
@@ -141,10 +144,15 @@ pub fn capture_to_writer<W: Write>(
     if let Some(cs) = opts.chunk_size {
         wo = wo.chunk_size(cs);
     }
-    let mut writer = Writer::new(out, wo)?;
     let guard = SignalGuard::install();
     let frozen = Frozen::freeze(pid)?;
     let threads = frozen.threads();
+    // Registers are read while every thread is stopped, so they match the
+    // memory read next. The writer takes its notes when it starts, so it
+    // starts now (its header is buffered, its workers spawn in well under a
+    // millisecond).
+    let state = crate::threads::read(pid, &frozen.tids());
+    let mut writer = Writer::new(out, wo.notes(state.notes))?;
     let mut walker = Walker {
         pid,
         ps: u64::from(ps),
@@ -190,6 +198,7 @@ pub fn capture_to_writer<W: Write>(
             frozen: frozen_time,
             elapsed: t0.elapsed(),
             threads,
+            registers: state.threads,
             stats,
         },
     ))

@@ -27,6 +27,7 @@ fn role_entry() {
     match role.as_str() {
         "patterns" => patterns(),
         "capture-as-nobody" => capture_as_nobody(),
+        "threads" => threads(),
         other => {
             if !crate::restore::child_role(other) {
                 panic!("unknown role {other}");
@@ -154,4 +155,45 @@ fn capture_as_nobody() {
         Err(e) => println!("RESULT {e}"),
     }
     assert!(!out.exists());
+}
+
+/// Threads the `threads` role starts besides the one running the role.
+pub const SLEEPERS: usize = 3;
+
+/// A quiet process: `SLEEPERS` threads asleep in [`sleeper`], the role's own
+/// thread asleep in [`threads`]. Its READY line gives each of these threads'
+/// id and the address of a local variable on its stack (`tidN`, `spN`; N =
+/// SLEEPERS is the role's own thread).
+fn threads() -> ! {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..SLEEPERS {
+        let tx = tx.clone();
+        std::thread::spawn(move || sleeper(&tx));
+    }
+    let mut line = String::from("READY");
+    for i in 0..SLEEPERS {
+        let (tid, sp): (i32, usize) = rx.recv().unwrap();
+        line += &format!(" tid{i}={tid} sp{i}={sp:#x}");
+    }
+    let local = 0u64;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let sp = std::hint::black_box(&local) as *const u64 as usize;
+    println!("{line} tid{SLEEPERS}={tid} sp{SLEEPERS}={sp:#x}");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Reports its thread id and a stack address, then sleeps for ever.
+#[inline(never)]
+fn sleeper(tx: &std::sync::mpsc::Sender<(i32, usize)>) -> ! {
+    let local = 0u64;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    tx.send((tid, std::hint::black_box(&local) as *const u64 as usize))
+        .unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }

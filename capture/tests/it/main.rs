@@ -14,4 +14,5 @@ mod child;
 mod common;
 mod failures;
 mod live;
+mod registers;
 mod restore;
