@@ -17,6 +17,13 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 # Seed corpora from real images made by the writer.
 cargo run -q --manifest-path ../Cargo.toml -p memimg-tests --example fuzz_seeds -- corpus
+# ELF cores: a real gcore of a small process.
+mkdir -p corpus/elf_core
+if [ -z "$(ls -A corpus/elf_core)" ] && command -v gcore >/dev/null 2>&1; then
+  sleep 30 & sp=$!
+  gcore -o corpus/elf_core/gcore "$sp" >/dev/null 2>&1 || true
+  kill "$sp" 2>/dev/null || true
+fi
 cargo +nightly fuzz build -O "${targets[@]/#/}" 2>/dev/null || for t in "${targets[@]}"; do cargo +nightly fuzz build -O "$t"; done
 mkdir -p logs
 run_one() {
