@@ -1,14 +1,16 @@
 //! Registers and the auxiliary vector in a captured image, and a gdb
 //! backtrace of a core exported from it.
 //!
-//! Only [`export_core`] uses `imgtool` (a dev-dependency); everything else
-//! reads the image with `memimg`.
+//! The core is written by [`export_core`], a minimal ELF core writer kept
+//! here so that these tests do not depend on `imgtool` (which depends on this
+//! crate). `imgtool export-core` writes the kept notes the same way,
+//! verbatim and in the image's order; its own tests cover the rest.
 #![cfg(target_arch = "x86_64")]
 
 use std::path::Path;
 use std::process::Command;
 
-use memimg::{Image, Note, Region};
+use memimg::{ExtentKind, Image, Note, Region};
 use memimg_capture::{capture_to_path, CaptureOptions, CaptureReport};
 
 use crate::child::SLEEPERS;
@@ -150,16 +152,104 @@ fn registers_and_auxv_of_every_thread() {
     assert_ne!(crate::common::state(pid), b't');
 }
 
-/// Exports `image` as an ELF core at `core`: the one use of `imgtool` in
-/// these tests. Should `imgtool` come to depend on this crate, replace the
-/// body with a run of the built `imgtool export-core` binary.
+/// Writes `image` as a little-endian ELF64 x86_64 core at `core`: one
+/// `PT_NOTE` with every image note named `OWNER/TYPE` (verbatim, in order),
+/// one `PT_LOAD` per data extent (its bytes) and per zero extent (no file
+/// bytes, read as zeros). Absent pages are left out; gdb reads code from the
+/// executable and the shared libraries.
+///
+/// This stands in for `imgtool::elfcore::export_core`, which cannot be a
+/// dev-dependency here without a cycle (imgtool depends on this crate).
 fn export_core(image: &Path, core: &Path) {
     let img = Image::open(image).unwrap();
+    let ps = img.header().page_size;
+    let mut notes = Vec::new();
+    for n in img.notes().unwrap() {
+        let Some((owner, ty)) = n.name.rsplit_once('/') else {
+            continue;
+        };
+        let Ok(ty) = ty.parse::<u32>() else { continue };
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(4), 0);
+        notes.extend_from_slice(&(owner.len() as u32 + 1).to_le_bytes());
+        notes.extend_from_slice(&(n.data.len() as u32).to_le_bytes());
+        notes.extend_from_slice(&ty.to_le_bytes());
+        notes.extend_from_slice(owner.as_bytes());
+        notes.push(0);
+        pad(&mut notes);
+        notes.extend_from_slice(&n.data);
+        pad(&mut notes);
+    }
+    // (vaddr, memsz, flags, data extent or none)
+    let mut loads = Vec::new();
+    for r in img.regions().unwrap() {
+        let p = r.info.prot;
+        let flags = u32::from(p.exec()) | u32::from(p.write()) << 1 | u32::from(p.read()) << 2;
+        for e in img.region_extents(r).unwrap() {
+            match e.kind {
+                ExtentKind::Data => loads.push((e.addr, e.len(ps), flags, Some(e))),
+                ExtentKind::Zero => loads.push((e.addr, e.len(ps), flags, None)),
+                ExtentKind::Absent => {}
+            }
+        }
+    }
+    let phnum = loads.len() + 1;
+    assert!(phnum < 0xffff, "{phnum} segments need PN_XNUM");
+    let mut head = Vec::new();
+    head.extend_from_slice(b"\x7fELF\x02\x01\x01");
+    head.resize(16, 0);
+    head.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    head.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+    head.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    head.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    head.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, phnum as u16, 0, 0, 0] {
+        head.extend_from_slice(&v.to_le_bytes());
+    }
+    let phdr = |h: &mut Vec<u8>,
+                ty: u32,
+                flags: u32,
+                off: u64,
+                vaddr: u64,
+                filesz: u64,
+                memsz: u64,
+                align: u64| {
+        h.extend_from_slice(&ty.to_le_bytes());
+        h.extend_from_slice(&flags.to_le_bytes());
+        for v in [off, vaddr, 0, filesz, memsz, align] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    let notes_off = 64 + 56 * phnum as u64;
+    phdr(&mut head, 4, 0, notes_off, 0, notes.len() as u64, 0, 4); // PT_NOTE
+    let mut off = (notes_off + notes.len() as u64).next_multiple_of(u64::from(ps));
+    for &(vaddr, memsz, flags, data) in &loads {
+        let filesz = if data.is_some() { memsz } else { 0 };
+        phdr(
+            &mut head,
+            1,
+            flags,
+            off,
+            vaddr,
+            filesz,
+            memsz,
+            u64::from(ps),
+        ); // PT_LOAD
+        off += filesz;
+    }
+    head.extend_from_slice(&notes);
+    head.resize(head.len().next_multiple_of(ps as usize), 0);
     let mut f = std::io::BufWriter::new(std::fs::File::create(core).unwrap());
-    let r =
-        imgtool::elfcore::export_core(&img, &mut f, &imgtool::elfcore::ExportOptions::default())
-            .unwrap();
-    assert!(r.registers, "export found no registers: {:?}", r.messages);
+    std::io::Write::write_all(&mut f, &head).unwrap();
+    let mut buf = Vec::new();
+    for (_, memsz, _, data) in loads {
+        if let Some(e) = data {
+            buf.resize(memsz as usize, 0);
+            img.decode_extent(e, &mut buf).unwrap();
+            std::io::Write::write_all(&mut f, &buf).unwrap();
+        }
+    }
     std::io::Write::flush(&mut f).unwrap();
 }
 
