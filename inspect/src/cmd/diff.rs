@@ -5,6 +5,19 @@
 //! raw-content checksum match its counterpart is skipped without decoding,
 //! equal zero or absent runs are equal, and everything else is decoded and
 //! compared page by page, in parallel.
+//!
+//! Three kinds of difference are kept apart:
+//! - regions found in only one image (`only_in_a`, `only_in_b`), each with a
+//!   reason: another region overlaps it with other bounds, it was recorded
+//!   without data, it is a read-only file mapping (which core dumps such as
+//!   gcore leave out), or simply nothing is there in the other image;
+//! - pages that differ in content (`ranges`, counted in `pages_differ`);
+//! - pages captured in only one image: data or zero pages on one side and
+//!   absent ("not captured") pages, or the tail of a longer region, on the
+//!   other (`captured_only_in_a`, `captured_only_in_b`). Nothing says their
+//!   bytes differ, so they are not counted as differing pages; but the images
+//!   do not hold the same content, so they make the diff "different" (exit 1),
+//!   as the regions found in only one image do.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,6 +76,10 @@ pub struct DiffDoc {
     pub pages_differ: u64,
     /// The same in bytes.
     pub bytes_differ: u64,
+    /// Pages of regions in both that only the first image captured.
+    pub pages_captured_only_in_a: u64,
+    /// Pages of regions in both that only the second image captured.
+    pub pages_captured_only_in_b: u64,
     /// Bytes compared by raw-content checksum alone, without decoding.
     pub bytes_skipped_by_checksum: u64,
     /// Bytes decoded and compared.
@@ -82,6 +99,14 @@ pub struct RegionRef {
     pub size: u64,
     /// Name.
     pub name: String,
+    /// Permissions, as in /proc/PID/maps.
+    pub perms: String,
+    /// Kind.
+    pub kind: String,
+    /// Bytes of data or zero pages it holds (absent pages not counted).
+    pub captured_bytes: u64,
+    /// Why the other image has no region here, as far as the images tell.
+    pub reason: String,
 }
 
 /// A region present in both images that differs.
@@ -105,6 +130,10 @@ pub struct RegionDiff {
     pub pages: u64,
     /// Bytes that differ (pages × page size).
     pub bytes: u64,
+    /// Page ranges captured in the first image only (not counted in `pages`).
+    pub captured_only_in_a: Vec<RangeDoc>,
+    /// Page ranges captured in the second image only (not counted in `pages`).
+    pub captured_only_in_b: Vec<RangeDoc>,
 }
 
 /// One changed attribute.
@@ -129,7 +158,8 @@ pub struct RangeDoc {
     pub pages: u64,
     /// Bytes.
     pub bytes: u64,
-    /// Why, when it is not plain content: `captured only in A` …
+    /// Why, for a range captured in one image only: `not captured in B`,
+    /// `beyond the end of the region in B`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -165,14 +195,52 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
     }))
 }
 
-fn region_ref(r: &Region) -> RegionRef {
-    RegionRef {
+/// A region found in `img` only; `other` is the other image's region table,
+/// named `who` ("A" or "B").
+fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<RegionRef> {
+    let ps = img.header().page_size;
+    let captured: u64 = if r.has_data() {
+        img.region_extents(r)?
+            .iter()
+            .filter(|e| e.kind != ExtentKind::Absent)
+            .map(|e| e.len(ps))
+            .sum()
+    } else {
+        0
+    };
+    let overlap = other
+        .iter()
+        .find(|o| o.info.start < r.info.end() && r.info.start < o.info.end());
+    let file = r.info.name.first() == Some(&b'/');
+    let reason = if let Some(o) = overlap {
+        format!(
+            "{who}'s region {}-{} {} overlaps it with other bounds",
+            fmt::addr(o.info.start),
+            fmt::addr(o.info.end()),
+            o.info.name_lossy()
+        )
+    } else if !r.has_data() {
+        format!("{who} has no region here; this one is recorded without data")
+    } else if captured == 0 {
+        format!("{who} has no region here; none of its pages were captured either")
+    } else if file && !r.info.prot.write() {
+        format!(
+            "{who} has no region here: a read-only file mapping, which core dumps (gcore, the kernel) leave out"
+        )
+    } else {
+        format!("{who} has no region here")
+    };
+    Ok(RegionRef {
         index: r.index,
         start: fmt::addr(r.info.start),
         end: fmt::addr(r.info.end()),
         size: r.info.len,
         name: r.info.name_lossy(),
-    }
+        perms: fmt::perms(&r.info),
+        kind: r.info.kind.to_string(),
+        captured_bytes: captured,
+        reason,
+    })
 }
 
 /// One side of a segment walk: the extents of a region, or one synthetic
@@ -229,15 +297,15 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
                 j += 1;
             }
             (Some(x), Some(y)) if x.info.start < y.info.start => {
-                doc.only_in_a.push(region_ref(x));
+                doc.only_in_a.push(region_ref(a, x, &rb, "B")?);
                 i += 1;
             }
             (Some(_), Some(y)) | (None, Some(y)) => {
-                doc.only_in_b.push(region_ref(y));
+                doc.only_in_b.push(region_ref(b, y, &ra, "A")?);
                 j += 1;
             }
             (Some(x), None) => {
-                doc.only_in_a.push(region_ref(x));
+                doc.only_in_a.push(region_ref(a, x, &rb, "B")?);
                 i += 1;
             }
             (None, None) => break,
@@ -249,19 +317,21 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
         .collect::<Result<_>>()?;
     let total: u64 = pairs.iter().map(|(x, y)| x.info.len.min(y.info.len)).sum();
     let pb = ui::progress(total, "diff");
-    // Per pair: ranges found without decoding, and the work to decode.
-    let mut found: Vec<Vec<(u64, u64, Option<String>)>> = vec![Vec::new(); pairs.len()];
+    // Per pair: differing ranges, ranges captured only in A and only in B,
+    // and the work to decode.
+    let mut found: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
+    let mut only_a: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
+    let mut only_b: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
     let mut items: Vec<Item<'_>> = Vec::new();
     for (p, ((x, y), (ea, eb))) in pairs.iter().zip(&sides).enumerate() {
         let end = x.info.end().min(y.info.end());
         if x.info.end() != y.info.end() {
             let (lo, hi) = (end, x.info.end().max(y.info.end()));
-            let who = if x.info.end() > y.info.end() {
-                "A"
+            if x.info.end() > y.info.end() {
+                only_a[p].push((lo, hi, Some("beyond the end of the region in B".into())));
             } else {
-                "B"
-            };
-            found[p].push((lo, hi, Some(format!("in the region only in {who}"))));
+                only_b[p].push((lo, hi, Some("beyond the end of the region in A".into())));
+            }
         }
         let (mut i, mut j) = (0, 0);
         let mut cur = x.info.start;
@@ -289,11 +359,11 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
                 }
                 (Zero, Zero) | (Absent, Absent) => false,
                 (Absent, _) => {
-                    found[p].push((cur, seg_end, Some("captured only in B".into())));
+                    only_b[p].push((cur, seg_end, Some("not captured in A".into())));
                     false
                 }
                 (_, Absent) => {
-                    found[p].push((cur, seg_end, Some("captured only in A".into())));
+                    only_a[p].push((cur, seg_end, Some("not captured in B".into())));
                     false
                 }
                 _ => true,
@@ -374,20 +444,18 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
             });
         }
         let ranges = merge(std::mem::take(&mut found[p]));
-        if changes.is_empty() && ranges.is_empty() {
+        let cap_a = merge(std::mem::take(&mut only_a[p]));
+        let cap_b = merge(std::mem::take(&mut only_b[p]));
+        if changes.is_empty() && ranges.is_empty() && cap_a.is_empty() && cap_b.is_empty() {
             continue;
         }
-        let pages: u64 = ranges.iter().map(|r| (r.1 - r.0) / ps64).sum();
+        let pages_of = |v: &[Range]| v.iter().map(|r| (r.1 - r.0) / ps64).sum::<u64>();
+        let pages = pages_of(&ranges);
         doc.pages_differ += pages;
-        doc.changed.push(RegionDiff {
-            index_a: x.index,
-            index_b: y.index,
-            start: fmt::addr(x.info.start),
-            end: fmt::addr(x.info.end()),
-            name: x.info.name_lossy(),
-            changes,
-            ranges: ranges
-                .into_iter()
+        doc.pages_captured_only_in_a += pages_of(&cap_a);
+        doc.pages_captured_only_in_b += pages_of(&cap_b);
+        let docs = |v: Vec<Range>| -> Vec<RangeDoc> {
+            v.into_iter()
                 .map(|(s, e, note)| RangeDoc {
                     start: fmt::addr(s),
                     end: fmt::addr(e),
@@ -395,9 +463,20 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
                     bytes: e - s,
                     note,
                 })
-                .collect(),
+                .collect()
+        };
+        doc.changed.push(RegionDiff {
+            index_a: x.index,
+            index_b: y.index,
+            start: fmt::addr(x.info.start),
+            end: fmt::addr(x.info.end()),
+            name: x.info.name_lossy(),
+            changes,
+            ranges: docs(ranges),
             pages,
             bytes: pages * ps64,
+            captured_only_in_a: docs(cap_a),
+            captured_only_in_b: docs(cap_b),
         });
     }
     doc.bytes_differ = doc.pages_differ * ps64;
@@ -405,10 +484,13 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
     Ok(doc)
 }
 
+/// `[start, end)` and, for a range captured in one image only, why.
+type Range = (u64, u64, Option<String>);
+
 /// Sorts ranges and merges adjacent ones with the same note.
-fn merge(mut v: Vec<(u64, u64, Option<String>)>) -> Vec<(u64, u64, Option<String>)> {
+fn merge(mut v: Vec<Range>) -> Vec<Range> {
     v.sort_by_key(|r| r.0);
-    let mut out: Vec<(u64, u64, Option<String>)> = Vec::with_capacity(v.len());
+    let mut out: Vec<Range> = Vec::with_capacity(v.len());
     for r in v {
         match out.last_mut() {
             Some(last) if last.1 == r.0 && last.2 == r.2 => last.1 = r.1,
@@ -505,13 +587,15 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
         for r in list {
             writeln!(
                 out,
-                "only in {who}: region {} {}-{} ({}) {}",
+                "only in {who}: region {} {}-{} ({}) {} {}",
                 r.index,
                 r.start,
                 r.end,
                 fmt::size(r.size),
+                r.perms,
                 r.name
             )?;
+            writeln!(out, "  {}", r.reason)?;
         }
     }
     for d in &doc.changed {
@@ -546,6 +630,34 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
                 )?;
             }
         }
+        for (who, list) in [("A", &d.captured_only_in_a), ("B", &d.captured_only_in_b)] {
+            let pages: u64 = list.iter().map(|r| r.pages).sum();
+            if pages == 0 {
+                continue;
+            }
+            let bytes: u64 = list.iter().map(|r| r.bytes).sum();
+            writeln!(
+                out,
+                "  {} ({}) captured only in {who}:",
+                plural(pages, "page"),
+                fmt::size(bytes),
+            )?;
+            for r in list {
+                let note = r
+                    .note
+                    .as_ref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "    {}-{}  {}  {} bytes{note}",
+                    r.start,
+                    r.end,
+                    plural(r.pages, "page"),
+                    r.bytes
+                )?;
+            }
+        }
     }
     if doc.identical {
         writeln!(out, "{}", ui::good("identical"))?;
@@ -560,6 +672,15 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
             plural(doc.pages_differ, "page"),
             fmt::size(doc.bytes_differ)
         )?;
+        let (ca, cb) = (doc.pages_captured_only_in_a, doc.pages_captured_only_in_b);
+        if ca + cb > 0 {
+            writeln!(
+                out,
+                "{} captured only in A, {} only in B (not counted as differing)",
+                plural(ca, "page"),
+                plural(cb, "page"),
+            )?;
+        }
     }
     Ok(())
 }

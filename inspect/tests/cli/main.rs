@@ -11,6 +11,7 @@
 
 mod common;
 
+mod capture;
 mod cat;
 mod core;
 mod crash;
