@@ -297,15 +297,15 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
                 j += 1;
             }
             (Some(x), Some(y)) if x.info.start < y.info.start => {
-                doc.only_in_a.push(region_ref(a, x, &rb, "B")?);
+                doc.only_in_a.push(region_ref(a, x, rb, "B")?);
                 i += 1;
             }
             (Some(_), Some(y)) | (None, Some(y)) => {
-                doc.only_in_b.push(region_ref(b, y, &ra, "A")?);
+                doc.only_in_b.push(region_ref(b, y, ra, "A")?);
                 j += 1;
             }
             (Some(x), None) => {
-                doc.only_in_a.push(region_ref(a, x, &rb, "B")?);
+                doc.only_in_a.push(region_ref(a, x, rb, "B")?);
                 i += 1;
             }
             (None, None) => break,
@@ -676,11 +676,79 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
         if ca + cb > 0 {
             writeln!(
                 out,
-                "{} captured only in A, {} only in B (not counted as differing)",
+                "{} captured only in A, {} captured only in B (not counted as differing)",
                 plural(ca, "page"),
                 plural(cb, "page"),
             )?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use memimg::{Codec, Image, RegionInfo, Writer, WriterOptions};
+
+    use super::compare;
+
+    const PS: u64 = 4096;
+    const PSZ: usize = 4096;
+
+    /// A region of 8 pages at 0x10000: pages 0–3 data (byte 5 is `byte`),
+    /// pages 4–5 data or, when `mid_absent`, not captured; pages 6–7 absent.
+    fn image(dir: &std::path::Path, name: &str, mid_absent: bool, byte: u8) -> Image {
+        let p = dir.join(name);
+        let opts = WriterOptions::new()
+            .page_size(4096)
+            .chunk_size(64 * 1024)
+            .codec(Codec::None);
+        let mut w = Writer::new(std::fs::File::create(&p).unwrap(), opts).unwrap();
+        w.begin_region(RegionInfo::new(0x10000, 8 * PS)).unwrap();
+        let mut data = vec![7u8; 4 * PSZ];
+        data[5] = byte;
+        w.push_data(&data).unwrap();
+        if mid_absent {
+            w.push_absent(2 * PS).unwrap();
+        } else {
+            w.push_data(&vec![9u8; 2 * PSZ]).unwrap();
+        }
+        w.push_absent(2 * PS).unwrap();
+        w.end_region().unwrap();
+        w.finish().unwrap();
+        Image::open(&p).unwrap()
+    }
+
+    #[test]
+    fn pages_captured_in_one_image_are_not_differing_pages() {
+        let d = tempfile::tempdir().unwrap();
+        let a = image(d.path(), "a", false, 7);
+        let b = image(d.path(), "b", true, 7);
+        let doc = compare(&a, &b).unwrap();
+        assert!(!doc.identical);
+        assert_eq!(doc.pages_differ, 0);
+        assert_eq!(doc.bytes_differ, 0);
+        assert_eq!(doc.pages_captured_only_in_a, 2);
+        assert_eq!(doc.pages_captured_only_in_b, 0);
+        let c = &doc.changed[0];
+        assert!(c.ranges.is_empty());
+        assert_eq!(c.captured_only_in_a.len(), 1);
+        assert_eq!(
+            c.captured_only_in_a[0].start,
+            crate::fmt::addr(0x10000 + 4 * PS)
+        );
+        assert_eq!(
+            c.captured_only_in_a[0].note.as_deref(),
+            Some("not captured in B")
+        );
+        // The other way round, and with a content difference as well.
+        let b2 = image(d.path(), "b2", true, 8);
+        let doc = compare(&b2, &a).unwrap();
+        assert_eq!(doc.pages_differ, 1);
+        assert_eq!(doc.pages_captured_only_in_a, 0);
+        assert_eq!(doc.pages_captured_only_in_b, 2);
+        assert_eq!(doc.changed[0].ranges.len(), 1);
+        assert!(doc.changed[0].ranges[0].note.is_none());
+        // The same image: identical.
+        assert!(compare(&a, &a).unwrap().identical);
+    }
 }

@@ -183,8 +183,10 @@ impl Target {
     }
 
     fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
         // SAFETY: kill(2) on our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, sig) }, 0);
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
     }
 
     /// Bytes from `/proc/PID/mem`.
