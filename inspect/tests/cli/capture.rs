@@ -574,6 +574,14 @@ fn sigkill_capture_at_many_moments() {
     t.running()
         .unwrap_or_else(|e| panic!("after the full capture: {e}"));
 
+    // And a second one, warm, since the kill points must fall inside a run.
+    let started = Instant::now();
+    let (code, o, err) = capture(t.pid(), &out, &["--codec", "zstd:1"]);
+    let full = full.min(started.elapsed());
+    assert_eq!(code, 0, "{o}{err}");
+    std::fs::remove_file(&out).unwrap();
+    t.running()
+        .unwrap_or_else(|e| panic!("after the second full capture: {e}"));
     let full_ms = full.as_millis() as u64;
     let points = 8u64;
     let (mut survived, mut killed, mut finished, mut complete, mut tmps) = (0, 0, 0, 0, 0);
