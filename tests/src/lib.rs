@@ -149,7 +149,7 @@ pub fn golden_page(addr: u64, page: &mut [u8]) {
 }
 
 /// The regions of the golden images: (start, pages, kind, name, with data).
-pub const GOLDEN_REGIONS: &[(u64, usize, RegionKind, &str, bool)] = &[
+pub const GOLDEN_REGIONS: &Layout = &[
     (0x0040_0000, 6, RegionKind::Code, "/usr/bin/golden", true),
     (0x0060_0000, 23, RegionKind::Heap, "[heap]", true),
     (0x7ff0_0000_0000, 1, RegionKind::Other, "[vvar]", false),
@@ -160,14 +160,25 @@ pub const GOLDEN_REGIONS: &[(u64, usize, RegionKind, &str, bool)] = &[
 /// `tests/golden/v1-encrypted.key`).
 pub const GOLDEN_KEY: [u8; 32] = *b"memimg golden v1 test key 32 B!!";
 
-/// Writes an image of the golden layout with `opts` (page size 4096).
+/// A layout of regions: (start, pages, kind, name, with data).
+pub type Layout = [(u64, usize, RegionKind, &'static str, bool)];
+
+/// Writes an image of `layout` with `opts`, 4096-byte pages and chunks of
+/// `chunk_pages` pages; page content comes from [`golden_page`].
 ///
 /// # Errors
 /// As the writer.
-pub fn write_golden(opts: WriterOptions) -> memimg::Result<Vec<u8>> {
+pub fn write_layout(
+    layout: &Layout,
+    chunk_pages: u32,
+    opts: WriterOptions,
+) -> memimg::Result<Vec<u8>> {
     let ps = 4096usize;
-    let mut w = Writer::new(Vec::new(), opts.page_size(4096).chunk_size(4 * 4096))?;
-    for &(start, pages, kind, name, data) in GOLDEN_REGIONS {
+    let mut w = Writer::new(
+        Vec::new(),
+        opts.page_size(4096).chunk_size(chunk_pages * 4096),
+    )?;
+    for &(start, pages, kind, name, data) in layout {
         let info = RegionInfo::new(start, (pages * ps) as u64)
             .kind(kind)
             .name(name);
@@ -184,37 +195,29 @@ pub fn write_golden(opts: WriterOptions) -> memimg::Result<Vec<u8>> {
     Ok(w.finish()?.0)
 }
 
+/// Writes an image of the golden layout with `opts` (4-page chunks).
+///
+/// # Errors
+/// As the writer.
+pub fn write_golden(opts: WriterOptions) -> memimg::Result<Vec<u8>> {
+    write_layout(GOLDEN_REGIONS, 4, opts)
+}
+
 /// The layout of the small sweep images: a few pages each, so that flipping
 /// every bit and truncating at every length stays quick.
-pub const SMALL_REGIONS: &[(u64, usize, RegionKind, &str, bool)] = &[
+pub const SMALL_REGIONS: &Layout = &[
     (0x0040_0000, 2, RegionKind::Code, "/usr/bin/small", true),
     (0x0060_0000, 4, RegionKind::Heap, "[heap]", true),
     (0x7ff0_0000_0000, 1, RegionKind::Other, "[vvar]", false),
     (0x7ffd_0000_0000, 2, RegionKind::Stack, "[stack]", true),
 ];
 
-/// Writes an image of the small layout (page size 4096, 2-page chunks).
+/// Writes an image of the small layout (2-page chunks).
 ///
 /// # Errors
 /// As the writer.
 pub fn write_small(opts: WriterOptions) -> memimg::Result<Vec<u8>> {
-    let ps = 4096usize;
-    let mut w = Writer::new(Vec::new(), opts.page_size(4096).chunk_size(2 * 4096))?;
-    for &(start, pages, kind, name, data) in SMALL_REGIONS {
-        let info = RegionInfo::new(start, (pages * ps) as u64)
-            .kind(kind)
-            .name(name);
-        if !data {
-            w.add_empty_region(info)?;
-            continue;
-        }
-        let mut buf = vec![0u8; pages * ps];
-        for (i, p) in buf.chunks_mut(ps).enumerate() {
-            golden_page(start + (i * ps) as u64, p);
-        }
-        w.add_region(info, &buf)?;
-    }
-    Ok(w.finish()?.0)
+    write_layout(SMALL_REGIONS, 2, opts)
 }
 
 /// Small images of each kind for damage sweeps: (name, bytes, key).
