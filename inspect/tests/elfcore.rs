@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/gdb.rs"]
+mod gdb;
+use gdb::{gdb_bytes, have};
 use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, ExportOptions};
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
@@ -144,45 +147,6 @@ fn view(img: &Image) -> Vec<(RegionInfo, bool, Vec<(u64, Option<Vec<u8>>)>)> {
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The bytes gdb prints for `x/{n}xb addr` on `core`.
-fn gdb_bytes(core: &Path, addr: u64, n: usize) -> Result<Vec<u8>, String> {
-    let out = Command::new("gdb")
-        .args(["-batch", "-nx", "-c"])
-        .arg(core)
-        .arg("-ex")
-        .arg(format!("x/{n}xb {addr:#x}"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let mut bytes = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("0x") && l.contains(':'))
-    {
-        let rest = line.split_once(':').unwrap().1;
-        for w in rest.split_whitespace() {
-            bytes.push(
-                u8::from_str_radix(w.trim_start_matches("0x"), 16).map_err(|_| text.clone())?,
-            );
-        }
-    }
-    if bytes.len() == n {
-        Ok(bytes)
-    } else {
-        Err(text)
-    }
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::type_complexity)]

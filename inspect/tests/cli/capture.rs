@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use memimg::VerifyOptions;
 
 use crate::common::*;
+use crate::gdb::{gdb_bytes, have};
 
 const ROLE: &str = "IMGTOOL_CAPTURE_ROLE";
 const MIB: &str = "IMGTOOL_CAPTURE_MIB";
@@ -206,15 +207,6 @@ impl Drop for Target {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn hex(v: &serde_json::Value) -> u64 {
     u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
 }
@@ -296,34 +288,6 @@ fn capture_live_child_then_inspect_cat_verify() {
 
     // The child runs on, neither stopped nor traced.
     t.running().unwrap_or_else(|e| panic!("after capture: {e}"));
-}
-
-/// The bytes gdb prints for `x/{n}xb addr` on `core`, or its whole output.
-fn gdb_bytes(core: &Path, addr: u64, n: usize) -> Result<Vec<u8>, String> {
-    let out = Command::new("gdb")
-        .args(["-batch", "-nx", "-c"])
-        .arg(core)
-        .arg("-ex")
-        .arg(format!("x/{n}xb {addr:#x}"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let mut bytes = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("0x") && l.contains(':'))
-    {
-        for w in line.split_once(':').unwrap().1.split_whitespace() {
-            let b = u8::from_str_radix(w.trim_start_matches("0x"), 16);
-            bytes.push(b.map_err(|_| text.clone())?);
-        }
-    }
-    if bytes.len() == n {
-        Ok(bytes)
-    } else {
-        Err(text)
-    }
 }
 
 #[test]

@@ -10,6 +10,8 @@
 )]
 
 mod common;
+#[path = "../support/gdb.rs"]
+mod gdb;
 
 mod capture;
 mod cat;
