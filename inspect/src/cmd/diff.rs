@@ -572,6 +572,26 @@ fn compare_item(a: &Image, b: &Image, it: &Item<'_>, ps: u32) -> Result<Runs> {
     Ok(runs)
 }
 
+/// One line per page range: `start-end  N pages  B bytes  (note)`.
+fn write_ranges(ranges: &[RangeDoc], out: &mut dyn Write) -> Result<()> {
+    for r in ranges {
+        let note = r
+            .note
+            .as_ref()
+            .map(|n| format!("  ({n})"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "    {}-{}  {}  {} bytes{note}",
+            r.start,
+            r.end,
+            plural(r.pages, "page"),
+            r.bytes
+        )?;
+    }
+    Ok(())
+}
+
 fn plural(n: u64, one: &str) -> String {
     if n == 1 {
         format!("{n} {one}")
@@ -614,21 +634,7 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
                 plural(d.pages, "page"),
                 fmt::size(d.bytes)
             )?;
-            for r in &d.ranges {
-                let note = r
-                    .note
-                    .as_ref()
-                    .map(|n| format!("  ({n})"))
-                    .unwrap_or_default();
-                writeln!(
-                    out,
-                    "    {}-{}  {}  {} bytes{note}",
-                    r.start,
-                    r.end,
-                    plural(r.pages, "page"),
-                    r.bytes
-                )?;
-            }
+            write_ranges(&d.ranges, out)?;
         }
         for (who, list) in [("A", &d.captured_only_in_a), ("B", &d.captured_only_in_b)] {
             let pages: u64 = list.iter().map(|r| r.pages).sum();
@@ -642,21 +648,7 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
                 plural(pages, "page"),
                 fmt::size(bytes),
             )?;
-            for r in list {
-                let note = r
-                    .note
-                    .as_ref()
-                    .map(|n| format!("  ({n})"))
-                    .unwrap_or_default();
-                writeln!(
-                    out,
-                    "    {}-{}  {}  {} bytes{note}",
-                    r.start,
-                    r.end,
-                    plural(r.pages, "page"),
-                    r.bytes
-                )?;
-            }
+            write_ranges(list, out)?;
         }
     }
     if doc.identical {
