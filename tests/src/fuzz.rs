@@ -2,6 +2,7 @@
 //! and a stable `cargo test` replays the checked-in regression inputs through
 //! the same functions (tests/tests/fuzz_regressions.rs).
 
+use imgtool::elfcore::{self, elf, notes, ExportOptions};
 use memimg::{
     fuzz_api, verify_bytes, Codec, ExtentKind, Image, Key, RegionInfo, VerifyOptions, Writer,
     WriterOptions,
@@ -225,6 +226,106 @@ pub fn roundtrip(data: &[u8]) {
         },
     );
     assert!(rep.is_intact(), "{:?}", rep.problems);
+}
+
+/// Exporting writes the zero runs of file-backed regions as real bytes; past
+/// this much mapped data the `elf_core` target skips the export, so a claimed
+/// huge zero run does not make it time out.
+const EXPORT_LIMIT: u64 = 64 << 20;
+
+/// Walks every table and note the ELF core parser exposes.
+fn walk_core(data: &[u8]) {
+    let Ok(cf) = elfcore::parse_core(data) else {
+        return;
+    };
+    let o = cf.order;
+    for s in &cf.segments {
+        let _ = cf.segment_bytes(s).len();
+    }
+    for n in &cf.notes {
+        let _ = notes::note_name(n.owner, n.n_type);
+        if n.is_owner(notes::MEMIMG_OWNER) {
+            let _ = notes::parse_regions_note(o, n.desc);
+            let _ = notes::parse_facts_note(o, n.desc);
+            let _ = notes::parse_image_note(o, n.desc);
+            continue;
+        }
+        match n.n_type {
+            elf::NT_PRPSINFO => {
+                let _ = notes::parse_prpsinfo(o, n.desc);
+            }
+            elf::NT_FILE => {
+                let _ = notes::parse_nt_file(o, n.desc);
+            }
+            elf::NT_AUXV => {
+                let _ = notes::auxv_get(o, n.desc, notes::AT_ENTRY);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Target `elf_core`: arbitrary bytes as an ELF core for import.
+///
+/// Parsing and importing must give a typed error or an image, never a panic.
+/// An image that imports must be at most a small multiple of the core (one
+/// page per program header at worst), must verify intact, and its export must
+/// import again.
+///
+/// # Panics
+/// When one of those promises is broken: that is the bug the target looks for.
+pub fn elf_core(data: &[u8]) {
+    walk_core(data);
+    let opts = || {
+        WriterOptions::new()
+            .page_size(4096)
+            .chunk_size(4 * 4096)
+            .codec(Codec::None)
+            .workers(0)
+    };
+    let Ok((bytes, _, _)) = elfcore::import_core(data, opts(), Vec::new()) else {
+        return;
+    };
+    // A program header is 56 bytes and can claim at most one stored page, so
+    // 4096/56 < 128 bounds the growth; the index adds a fixed amount.
+    assert!(
+        bytes.len() <= 128 * data.len() + (1 << 20),
+        "a {}-byte core imported to a {}-byte image",
+        data.len(),
+        bytes.len()
+    );
+    let report = verify_bytes(
+        bytes.clone(),
+        None,
+        &VerifyOptions {
+            decode: true,
+            progress: None,
+        },
+    );
+    assert!(
+        report.is_intact(),
+        "an imported image does not verify: {:?} {:?}",
+        report.fatal,
+        report.problems
+    );
+    let img = Image::from_bytes(bytes, None).unwrap_or_else(|e| panic!("open: {e}"));
+    let regions = img
+        .regions()
+        .unwrap_or_else(|e| panic!("a plain image's regions: {e}"));
+    let mapped: u64 = regions
+        .iter()
+        .filter(|r| r.has_data())
+        .map(|r| r.info.len)
+        .sum();
+    if mapped > EXPORT_LIMIT {
+        return;
+    }
+    let mut core = Vec::new();
+    elfcore::export_core(&img, &mut core, &ExportOptions::default())
+        .unwrap_or_else(|e| panic!("an imported image exports: {e}"));
+    if let Err(e) = elfcore::import_core(&core, opts(), Vec::new()) {
+        panic!("an exported core imports again: {e}");
+    }
 }
 
 /// Seed images for the corpora: small real images of each kind.

@@ -18,6 +18,7 @@ fn fuzz_regression_inputs_replay() {
         "trailer",
         "index",
         "roundtrip",
+        "elf_core",
     ] {
         let Ok(entries) = std::fs::read_dir(root.join(target)) else {
             continue;
@@ -31,7 +32,8 @@ fn fuzz_regression_inputs_replay() {
                 "header" => fuzz::header(&data),
                 "trailer" => fuzz::trailer(&header, &data),
                 "index" => fuzz::index(&header, &data),
-                _ => fuzz::roundtrip(&data),
+                "roundtrip" => fuzz::roundtrip(&data),
+                _ => fuzz::elf_core(&data),
             }
             n += 1;
         }
