@@ -7,17 +7,19 @@
 // Test arithmetic is on small known values; the module under test is checked
 // without these allowances.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 #[path = "support/gdb.rs"]
 mod gdb;
+#[path = "support/sleeper.rs"]
+mod sleeper;
 use gdb::{gdb_bytes, have};
 use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, ExportOptions};
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
 };
+use sleeper::{Located, Sleeper};
 
 const PS: u64 = 4096;
 
@@ -404,87 +406,6 @@ mod roundtrip {
     }
 }
 
-/// A live `sleep` whose environment holds a known 48-byte pattern, which the
-/// kernel places on its stack.
-struct Sleeper {
-    child: Child,
-    pattern: Vec<u8>,
-}
-
-#[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
-impl Sleeper {
-    fn spawn(shell: Option<&Path>) -> Sleeper {
-        let pattern: Vec<u8> = (0..48u32).map(|i| b'A' + (i * 7 % 26) as u8).collect();
-        let mut cmd = match shell {
-            // The kernel writes `core` in the cwd when the limit allows it.
-            Some(dir) => {
-                let mut c = Command::new("sh");
-                c.args(["-c", "ulimit -c unlimited && exec sleep 30"])
-                    .current_dir(dir);
-                c
-            }
-            None => {
-                let mut c = Command::new("sleep");
-                c.arg("30");
-                c
-            }
-        };
-        cmd.env(
-            "MEMIMG_PATTERN",
-            String::from_utf8(pattern.clone()).unwrap(),
-        )
-        .stdin(Stdio::null());
-        let child = cmd.spawn().unwrap();
-        let s = Sleeper { child, pattern };
-        // Wait for the exec.
-        let t = Instant::now();
-        while std::fs::read_to_string(format!("/proc/{}/comm", s.pid()))
-            .map_or(true, |c| c.trim() != "sleep")
-        {
-            assert!(t.elapsed() < Duration::from_secs(5), "sleep did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        s
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The address of the pattern, found in /proc/PID/mem, and the maps.
-    fn locate(&self) -> (u64, String) {
-        use std::io::{Read, Seek, SeekFrom};
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap();
-        let stack = maps.lines().find(|l| l.ends_with("[stack]")).unwrap();
-        let (lo, hi) = stack
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .split_once('-')
-            .unwrap();
-        let (lo, hi) = (
-            u64::from_str_radix(lo, 16).unwrap(),
-            u64::from_str_radix(hi, 16).unwrap(),
-        );
-        let mut mem = std::fs::File::open(format!("/proc/{}/mem", self.pid())).unwrap();
-        mem.seek(SeekFrom::Start(lo)).unwrap();
-        let mut buf = vec![0u8; (hi - lo) as usize];
-        mem.read_exact(&mut buf).unwrap();
-        let i = buf
-            .windows(self.pattern.len())
-            .position(|w| w == self.pattern.as_slice())
-            .unwrap();
-        (lo + i as u64, maps)
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Checks an imported real core against the live process's maps and pattern.
 #[allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 fn check_real_import(core: &[u8], s: &Sleeper, addr: u64, maps: &str) -> Image {
@@ -632,7 +553,7 @@ mod real {
             return;
         }
         let s = Sleeper::spawn(None);
-        let (addr, maps) = s.locate();
+        let Located { addr, maps, .. } = s.locate();
         let dir = tempdir();
         let prefix = dir.path().join("g");
         let out = Command::new("gcore")
@@ -666,7 +587,7 @@ mod real {
         }
         let dir = tempdir();
         let mut s = Sleeper::spawn(Some(dir.path()));
-        let (addr, maps) = s.locate();
+        let Located { addr, maps, .. } = s.locate();
         let _ = Command::new("kill")
             .args(["-SEGV", &s.pid().to_string()])
             .status();

@@ -6,13 +6,14 @@
 //! cannot run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use memimg::{Codec, VerifyOptions};
 
 use crate::common::*;
 use crate::gdb::{gdb_bytes, have};
+use crate::sleeper::{Located, Sleeper};
 
 /// The names in `dir`, with the temporary files of killed runs removed (and
 /// returned apart).
@@ -82,82 +83,14 @@ fn export_core_gdb_reads_known_bytes() {
     assert_eq!(mode, 0o600);
 }
 
-/// A live `sleep` whose environment holds a known 48-byte pattern, which the
-/// kernel places on its stack.
-struct Sleeper {
-    child: Child,
-    pattern: Vec<u8>,
-}
-
-impl Sleeper {
-    fn spawn() -> Sleeper {
-        let pattern: Vec<u8> = (0..48u32).map(|i| b'a' + (i * 11 % 26) as u8).collect();
-        let child = Command::new("sleep")
-            .arg("30")
-            .env(
-                "IMGTOOL_PATTERN",
-                String::from_utf8(pattern.clone()).unwrap(),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Sleeper { child, pattern };
-        let t = Instant::now();
-        while std::fs::read_to_string(format!("/proc/{}/comm", s.pid()))
-            .map_or(true, |c| c.trim() != "sleep")
-        {
-            assert!(t.elapsed() < Duration::from_secs(5), "sleep did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        s
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The stack's range and the pattern's address, from /proc/PID/mem.
-    fn locate(&self) -> ((u64, u64), u64) {
-        use std::io::{Read, Seek, SeekFrom};
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap();
-        let stack = maps.lines().find(|l| l.ends_with("[stack]")).unwrap();
-        let (lo, hi) = stack
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .split_once('-')
-            .unwrap();
-        let (lo, hi) = (
-            u64::from_str_radix(lo, 16).unwrap(),
-            u64::from_str_radix(hi, 16).unwrap(),
-        );
-        let mut mem = std::fs::File::open(format!("/proc/{}/mem", self.pid())).unwrap();
-        mem.seek(SeekFrom::Start(lo)).unwrap();
-        let mut buf = vec![0u8; (hi - lo) as usize];
-        mem.read_exact(&mut buf).unwrap();
-        let i = buf
-            .windows(self.pattern.len())
-            .position(|w| w == self.pattern.as_slice())
-            .unwrap();
-        ((lo, hi), lo + i as u64)
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn import_core_of_a_gcore() {
     if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
         eprintln!("SKIP import_core_of_a_gcore: gdb's gcore is not installed");
         return;
     }
-    let child = Sleeper::spawn();
-    let (stack, addr) = child.locate();
+    let child = Sleeper::spawn(None);
+    let Located { stack, addr, .. } = child.locate();
     let d = tempfile::tempdir().unwrap();
     let prefix = d.path().join("g");
     let out = Command::new("gcore")
