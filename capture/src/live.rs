@@ -1,7 +1,7 @@
 //! Capture of another live process: freeze, walk the maps, read resident
 //! pages, stream them into a [`memimg::Writer`], resume.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use memimg::atomic::AtomicFile;
 use memimg::{Codec, Key, RegionKind, WriteStats, Writer, WriterOptions};
 
+use crate::bgwrite::Background;
 use crate::error::CaptureError;
 use crate::freeze::{self, Frozen, SignalGuard};
 use crate::memread::{MemReader, ReadError, Run};
@@ -114,10 +115,11 @@ pub fn capture_to_path(
         pos: 0,
         kicked: 0,
     };
-    let (w, report) = capture_to_writer(pid, BufWriter::with_capacity(1 << 20, sink), opts)?;
-    let sink = w
-        .into_inner()
-        .map_err(|e| CaptureError::io(format!("writing {}", out.display()), e.into_error()))?;
+    let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
+    // The page-cache copies happen on a thread of their own, overlapping the
+    // reading of the process (see bgwrite).
+    let (w, report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
+    let sink = w.into_inner().map_err(io)?;
     sink.file.commit()?;
     Ok(report)
 }

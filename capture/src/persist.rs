@@ -1,13 +1,14 @@
 //! Persisting a program's own memory: the program names the regions it wants
 //! back, and writes them with its validation data into an image.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::marker::PhantomData;
 use std::path::Path;
 
 use memimg::atomic::AtomicFile;
 use memimg::{Codec, Key, Prot, RegionInfo, RegionKind, WriteStats, Writer, WriterOptions};
 
+use crate::bgwrite::Background;
 use crate::pagemap::{self, Pagemap};
 use crate::procfs;
 
@@ -154,8 +155,8 @@ impl<'a> Persister<'a> {
             source,
         };
         let file = AtomicFile::create(path)?;
-        let (w, stats) = self.write_to(BufWriter::with_capacity(1 << 20, file), opts)?;
-        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        let (w, stats) = self.write_to(Background::new(file).map_err(io)?, opts)?;
+        let file = w.into_inner().map_err(io)?;
         file.commit()?;
         Ok(stats)
     }
