@@ -23,10 +23,7 @@ struct Plan {
 
 impl Plan {
     fn new(a: &CaptureArgs) -> Result<Plan> {
-        let codec: Codec = a
-            .codec
-            .parse()
-            .map_err(|e: String| anyhow!("--codec: {e}"))?;
+        let codec = super::parse_codec(&a.codec)?;
         let chunk_size = a
             .chunk_size
             .as_deref()

@@ -27,10 +27,7 @@ struct Plan {
 
 impl Plan {
     fn new(a: &ImportCoreArgs) -> Result<Plan> {
-        let codec: Codec = a
-            .codec
-            .parse()
-            .map_err(|e: String| anyhow!("--codec: {e}"))?;
+        let codec = super::parse_codec(&a.codec)?;
         if let Some(ps) = a.page_size {
             if !matches!(ps, 4096 | 16384 | 65536) {
                 bail!("--page-size: {ps} is not allowed: use 4096, 16384 or 65536");

@@ -16,7 +16,16 @@ pub mod verify;
 
 use std::process::ExitCode;
 
+use anyhow::{anyhow, Result};
+use memimg::Codec;
+
 /// The exit code `n` (0, 1 or 2).
 pub(crate) fn code(n: u8) -> ExitCode {
     ExitCode::from(n)
+}
+
+/// Parses a `--codec` value (`none`, `zstd`, `zstd:LEVEL`), naming the option
+/// in the error.
+pub(crate) fn parse_codec(text: &str) -> Result<Codec> {
+    text.parse().map_err(|e: String| anyhow!("--codec: {e}"))
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use memimg::Codec;
 
 use super::rewrite::{transcode_to, Target};
@@ -21,10 +21,7 @@ struct Plan {
 
 impl Plan {
     fn new(a: &RecompressArgs) -> Result<Plan> {
-        let codec: Codec = a
-            .codec
-            .parse()
-            .map_err(|e: String| anyhow!("--codec: {e}"))?;
+        let codec = super::parse_codec(&a.codec)?;
         Ok(Plan {
             image: a.image.clone(),
             target: Target::new(&a.image, &a.output, a.force)?,

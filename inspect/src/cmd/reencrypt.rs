@@ -29,11 +29,7 @@ impl Plan {
         let new = a.new_key.source().ok_or_else(|| {
             anyhow!("give the new key with --new-key-file, --new-passphrase-file or --new-key-fd, or --decrypt")
         })?;
-        let codec = a
-            .codec
-            .as_deref()
-            .map(|c| c.parse::<Codec>().map_err(|e| anyhow!("--codec: {e}")))
-            .transpose()?;
+        let codec = a.codec.as_deref().map(super::parse_codec).transpose()?;
         if codec.is_some() && !a.full && a.key.source().is_some() && new != NewKey::Decrypt {
             bail!("--codec needs --full: a key rotation does not touch the chunks");
         }
