@@ -19,7 +19,7 @@ use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, Ex
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
 };
-use sleeper::{Located, Sleeper};
+use sleeper::{maps_range, Located, Sleeper};
 
 const PS: u64 = 4096;
 
@@ -434,7 +434,7 @@ fn check_real_import(core: &[u8], s: &Sleeper, addr: u64, maps: &str) -> Image {
     let mut named = 0;
     for l in maps.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let start = u64::from_str_radix(f[0].split_once('-').unwrap().0, 16).unwrap();
+        let start = maps_range(l).0;
         let Some(r) = regions.iter().find(|r| r.info.start == start) else {
             continue;
         };

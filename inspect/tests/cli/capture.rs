@@ -271,12 +271,7 @@ fn capture_live_child_then_inspect_cat_verify() {
             ])
             .output()
             .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert_success(&o);
         assert_eq!(o.stdout, want[off..off + len], "cat at +{off:#x}");
     }
     // The image holds what /proc/PID/mem shows (the child no longer writes).
@@ -552,24 +547,14 @@ fn sigkill_capture_at_many_moments() {
     for i in 0..points {
         let delay = Duration::from_millis(full_ms * i / (points - 1));
         let pid = t.pid().to_string();
-        let mut run = bin()
-            .args(["capture", "--pid", &pid, "-o", s(&out), "--codec", "zstd:1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        match run.try_wait().unwrap() {
+        let args = ["capture", "--pid", &pid, "-o", s(&out), "--codec", "zstd:1"];
+        match run_killed_after(&args, delay) {
             Some(st) => {
                 assert!(st.success(), "capture failed on its own after {delay:?}");
                 finished += 1;
             }
-            None => {
-                run.kill().unwrap(); // SIGKILL
-                killed += 1;
-            }
+            None => killed += 1,
         }
-        run.wait().unwrap();
         // Nothing under a final name unless it is complete and intact.
         let names = finals(d.path(), &mut tmps);
         assert!(names.iter().all(|p| *p == out), "stray files: {names:?}");

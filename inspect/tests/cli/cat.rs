@@ -28,12 +28,7 @@ fn raw_hex_zero_and_gaps() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(&o);
     let off = (addr - HEAP) as usize;
     assert_eq!(o.stdout, heap[off..off + len]);
     // Recorded zero pages read as zeros.

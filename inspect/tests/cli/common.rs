@@ -1,7 +1,7 @@
 //! Fixtures: deterministic test images, running the binary, golden files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 
 use memimg::*;
 
@@ -152,6 +152,35 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Asserts that a run of the binary exited 0, showing its stderr if not.
+pub fn assert_success(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Runs the binary with `args` (output discarded) and SIGKILLs it after
+/// `delay`. Returns its exit status when it finished first, None when it was
+/// killed.
+pub fn run_killed_after(args: &[&str], delay: std::time::Duration) -> Option<ExitStatus> {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let done = child.try_wait().unwrap();
+    if done.is_none() {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    done
 }
 
 pub fn s(p: &Path) -> &str {

@@ -6,14 +6,14 @@
 //! cannot run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use memimg::{Codec, VerifyOptions};
 
 use crate::common::*;
 use crate::gdb::{gdb_bytes, have};
-use crate::sleeper::{Located, Sleeper};
+use crate::sleeper::{maps_range, Located, Sleeper};
 
 /// The names in `dir`, with the temporary files of killed runs removed (and
 /// returned apart).
@@ -137,16 +137,7 @@ fn import_core_of_a_gcore() {
         let (a, b) = (parse(&r["start"]), parse(&r["end"]));
         assert!(
             maps.lines().any(|l| {
-                let (lo, hi) = l
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .split_once('-')
-                    .unwrap();
-                let (lo, hi) = (
-                    u64::from_str_radix(lo, 16).unwrap(),
-                    u64::from_str_radix(hi, 16).unwrap(),
-                );
+                let (lo, hi) = maps_range(l);
                 lo <= a && b <= hi || (a <= lo && hi <= b)
             }),
             "region {a:#x}-{b:#x} is in no mapping:\n{maps}"
@@ -165,12 +156,7 @@ fn import_core_of_a_gcore() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(&o);
     assert_eq!(o.stdout, child.pattern);
 
     // And back to a core that gdb reads the same bytes from.
@@ -398,19 +384,13 @@ fn kill_at_moments(
     let (mut killed, mut finished, mut replaced, mut tmps_seen) = (0, 0, 0, 0);
     for delay_ms in [0u64, 10, 30, 60, 100, 150, 250, 400, 700, 1200] {
         std::fs::copy(old, out).unwrap();
-        let mut child = bin().args(args).stdout(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        match child.try_wait().unwrap() {
+        match run_killed_after(args, Duration::from_millis(delay_ms)) {
             Some(st) => {
                 assert!(st.success(), "{args:?} failed");
                 finished += 1;
             }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                killed += 1;
-            }
+            None => killed += 1,
         }
-        child.wait().unwrap();
         let now = std::fs::read(out).unwrap();
         if now != old_bytes {
             assert!(

@@ -16,16 +16,10 @@ fn kill_at_moments(dir: &Path, img: &Path, pristine: &Path, key: Option<&Key>, a
     let mut killed = 0;
     for delay_ms in [0u64, 5, 20, 50, 100, 200, 400, 800] {
         std::fs::copy(pristine, img).unwrap();
-        let mut child = bin().args(args).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        match child.try_wait().unwrap() {
+        match run_killed_after(args, Duration::from_millis(delay_ms)) {
             Some(_) => finished += 1,
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                killed += 1;
-            }
+            None => killed += 1,
         }
-        child.wait().unwrap();
         let r = memimg::verify_path(
             img,
             key,

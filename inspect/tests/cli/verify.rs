@@ -92,12 +92,7 @@ fn keys_and_exit_codes() {
         .stdin(f)
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("chunks checked and decoded"));
     // A wrong key is exit 2 with its own message, never damage.
     let (code, out, err) = run(&["verify", "--key-file", s(&wrong), s(&p)]);

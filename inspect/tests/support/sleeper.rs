@@ -75,16 +75,7 @@ impl Sleeper {
         use std::io::{Read, Seek, SeekFrom};
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap();
         let stack = maps.lines().find(|l| l.ends_with("[stack]")).unwrap();
-        let (lo, hi) = stack
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .split_once('-')
-            .unwrap();
-        let (lo, hi) = (
-            u64::from_str_radix(lo, 16).unwrap(),
-            u64::from_str_radix(hi, 16).unwrap(),
-        );
+        let (lo, hi) = maps_range(stack);
         let mut mem = std::fs::File::open(format!("/proc/{}/mem", self.pid())).unwrap();
         mem.seek(SeekFrom::Start(lo)).unwrap();
         let mut buf = vec![0u8; usize::try_from(hi - lo).unwrap()];
@@ -99,6 +90,20 @@ impl Sleeper {
             maps,
         }
     }
+}
+
+/// The `[start, end)` of a /proc/PID/maps line.
+pub fn maps_range(line: &str) -> (u64, u64) {
+    let (lo, hi) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    (
+        u64::from_str_radix(lo, 16).unwrap(),
+        u64::from_str_radix(hi, 16).unwrap(),
+    )
 }
 
 impl Drop for Sleeper {
