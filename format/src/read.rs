@@ -13,7 +13,7 @@ use crate::error::{malformed, Error, ErrorKind, Location, Result};
 use crate::meta;
 use crate::model::*;
 use crate::raw::{self, *};
-use crate::source::{usize_of, ReadSeek, Source};
+use crate::source::{usize_of, ReadAt, ReadSeek, Source};
 use crate::{MAX_CHUNK_SIZE, VERSION_MAJOR, VERSION_MINOR};
 
 /// Facts from the active trailer.
@@ -164,6 +164,19 @@ impl Image {
             .map_err(|e| Error::io("finding the length of the image", e))?;
         usize_of(len)?;
         Ok(open_source(Source::Reader(Mutex::new(Box::new(reader)), len), key, true)?.0)
+    }
+
+    /// Reads an image from a positional store (a file read with `pread`, an
+    /// object in remote storage), fetching only the ranges it needs: the
+    /// header page, the trailer and the index when opening, then each chunk
+    /// as it is read.
+    ///
+    /// # Errors
+    /// As [`Image::open_with_key`].
+    pub fn from_read_at(store: std::sync::Arc<dyn ReadAt>, key: Option<&Key>) -> Result<Image> {
+        let len = store.len();
+        usize_of(len)?;
+        Ok(open_source(Source::At(store, len), key, true)?.0)
     }
 
     pub(crate) fn with_path(mut self, path: &Path) -> Image {

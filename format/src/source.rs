@@ -10,10 +10,39 @@ use crate::error::{truncated, Error, Result};
 pub trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
+/// A store of bytes read by position: a local file read with `pread`, or an
+/// object in remote storage read with ranged GETs. Reads may run from many
+/// threads at once, so implementations take `&self`.
+///
+/// This is the seam between the format crate, which stays synchronous and
+/// small, and stores that sit above it (see the `memimg-remote` crate).
+pub trait ReadAt: Send + Sync {
+    /// The length of the stored bytes. It must not change while an image is
+    /// read from it; when it does, reads fail with a typed error.
+    fn len(&self) -> u64;
+
+    /// True when the store holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` with the bytes at `offset`.
+    ///
+    /// # Errors
+    /// When the bytes cannot be read, or the store ends before `buf` is full.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+
+    /// A name for messages: a path or a URL.
+    fn describe(&self) -> String {
+        String::from("store")
+    }
+}
+
 pub(crate) enum Source {
     Mapped(memmap2::Mmap),
     Bytes(Vec<u8>),
     Reader(Mutex<Box<dyn ReadSeek>>, u64),
+    At(std::sync::Arc<dyn ReadAt>, u64),
 }
 
 impl Source {
@@ -21,7 +50,7 @@ impl Source {
         match self {
             Source::Mapped(m) => m.len() as u64,
             Source::Bytes(b) => b.len() as u64,
-            Source::Reader(_, len) => *len,
+            Source::Reader(_, len) | Source::At(_, len) => *len,
         }
     }
 
@@ -49,6 +78,12 @@ impl Source {
                     .map_err(|e| Error::io(format!("reading {what} at {offset:#x}"), e))?;
                 Ok(Cow::Owned(buf))
             }
+            Source::At(r, _) => {
+                let mut buf = vec![0u8; e - s];
+                r.read_exact_at(&mut buf, offset)
+                    .map_err(|e| Error::io(format!("reading {what} at {offset:#x}"), e))?;
+                Ok(Cow::Owned(buf))
+            }
         }
     }
 
@@ -57,7 +92,7 @@ impl Source {
         match self {
             Source::Mapped(m) => Some(&m[..]),
             Source::Bytes(b) => Some(b),
-            Source::Reader(..) => None,
+            Source::Reader(..) | Source::At(..) => None,
         }
     }
 }
