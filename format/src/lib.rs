@@ -42,7 +42,9 @@ mod verify;
 mod write;
 
 pub use codec::Codec;
-pub use crypt::{Argon2Params, Kdf, Key, MAX_ARGON2_M_COST};
+pub use crypt::{
+    Argon2Params, Kdf, Key, MAX_ARGON2_M_COST, MAX_ARGON2_WORK, MAX_PASSPHRASE_FILE_LEN,
+};
 pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use read::{fuzz_api, Image, TrailerInfo};
