@@ -1,8 +1,14 @@
 //! Crash-safe replacement of a file: write a temporary file beside it, fsync,
 //! rename over the target, fsync the directory.
+//!
+//! The files written here hold process memory or keys, so the temporary file
+//! is created with mode 0600 whatever the umask, and when it replaces an
+//! existing file it takes that file's mode (and owner, where allowed) before
+//! anything is written to it; nothing is ever chmod-ed after the rename.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -18,13 +24,18 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates `.NAME.tmp-PID-N` in the target's directory.
-    ///
-    /// # Errors
-    /// When the temporary file cannot be created.
+    /// Creates `.NAME.tmp-PID-N` in the target's directory, mode 0600 (the
+    /// umask cannot widen it). When the target exists and is a regular file,
+    /// the temporary file takes its permission bits and, where the process
+    /// may, its owner and group, so that a rewrite keeps them; when the group
+    /// cannot be kept, the group bits are dropped (they were granted to
+    /// another group).
     ///
     /// Temporary files of the same target left by a process that no longer
     /// exists (one killed mid-write) are removed first.
+    ///
+    /// # Errors
+    /// When the temporary file cannot be created or given the target's mode.
     pub fn create(target: &Path) -> Result<AtomicFile> {
         let dir = parent_dir(target);
         let name = target
@@ -35,13 +46,33 @@ impl AtomicFile {
         let mut n = 0u32;
         loop {
             let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
                 Ok(file) => {
-                    return Ok(AtomicFile {
+                    let af = AtomicFile {
                         file,
                         tmp,
                         target: target.to_path_buf(),
-                    })
+                    };
+                    if let Ok(orig) = std::fs::metadata(target) {
+                        if orig.is_file() {
+                            keep_mode(&af.file, &orig).map_err(|e| {
+                                Error::io(
+                                    format!(
+                                        "giving {} the permissions of {}",
+                                        af.tmp.display(),
+                                        target.display()
+                                    ),
+                                    e,
+                                )
+                            })?;
+                        }
+                    }
+                    return Ok(af);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
                 Err(e) => {
@@ -103,6 +134,24 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Gives `file` (just created, still empty) the permission bits of `orig`,
+/// and its owner and group where the process may (root may; others may pick
+/// among their own groups). Group bits are dropped when the group cannot be
+/// kept. Done on the descriptor (fchown, fchmod), before any data is written.
+fn keep_mode(file: &File, orig: &Metadata) -> io::Result<()> {
+    let mut mode = orig.mode() & 0o777;
+    let now = file.metadata()?;
+    if (now.uid(), now.gid()) != (orig.uid(), orig.gid()) {
+        if std::os::unix::fs::fchown(file, Some(orig.uid()), Some(orig.gid())).is_err() {
+            let _ = std::os::unix::fs::fchown(file, None, Some(orig.gid()));
+        }
+        if file.metadata()?.gid() != orig.gid() {
+            mode &= !0o070;
+        }
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Removes `.NAME.tmp-PID-N` files in `dir` whose writer process is gone.
@@ -167,5 +216,85 @@ mod tests {
         a.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The skip protocol: a test that cannot run here says so, and fails
+    /// where everything is required (`MEMIMG_REQUIRE_ALL`).
+    fn skip(test: &str, why: &str) {
+        if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+            panic!("would skip: {why}");
+        }
+        if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG") {
+            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(log) {
+                let _ = writeln!(f, "{test}\t{why}");
+            }
+        }
+        eprintln!("skipped: {why}");
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// Writes and commits `target` through an AtomicFile; returns the mode the
+    /// temporary file had before any byte was written, and the final mode.
+    fn rewrite(target: &Path) -> (u32, u32) {
+        let mut a = AtomicFile::create(target).unwrap();
+        let before = mode_of(a.tmp_path());
+        a.write_all(b"secret").unwrap();
+        a.commit().unwrap();
+        (before, mode_of(target))
+    }
+
+    /// New files are 0600 from their creation under permissive umasks, and a
+    /// rewrite keeps the mode of the file it replaces, set on the temporary
+    /// file before anything is written (never chmod after the rename).
+    #[test]
+    fn modes_under_permissive_umasks() {
+        use rustix::fs::Mode;
+        let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+        let result = std::panic::catch_unwind(|| {
+            for umask in [0o022, 0o000] {
+                rustix::process::umask(Mode::from_raw_mode(umask));
+                let dir = tempfile::tempdir().unwrap();
+                let target = dir.path().join("img");
+                assert_eq!(
+                    rewrite(&target),
+                    (0o600, 0o600),
+                    "new file, umask {umask:o}"
+                );
+                for keep in [0o644, 0o640, 0o600, 0o400, 0o755] {
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(keep))
+                        .unwrap();
+                    assert_eq!(rewrite(&target), (keep, keep), "umask {umask:o}");
+                }
+                // Special bits are not carried over.
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o4750)).unwrap();
+                assert_eq!(rewrite(&target).1, 0o750);
+            }
+        });
+        rustix::process::umask(old);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// A rewrite by root keeps the owner and group of the file it replaces.
+    #[test]
+    fn rewrite_keeps_owner_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("img");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        if std::os::unix::fs::chown(&target, Some(54321), Some(54322)).is_err() {
+            skip(
+                "atomic::tests::rewrite_keeps_owner_and_group",
+                "cannot chown a file to another user (not root)",
+            );
+            return;
+        }
+        assert_eq!(rewrite(&target), (0o640, 0o640));
+        let m = std::fs::metadata(&target).unwrap();
+        assert_eq!((m.uid(), m.gid()), (54321, 54322));
     }
 }
