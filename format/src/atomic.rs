@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// A file being written under a temporary name, renamed into place by
 /// [`AtomicFile::commit`]. Dropped without a commit, it removes itself, so no
@@ -134,6 +134,120 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// The exclusive lock of an image being changed in place.
+///
+/// Every in-place change (key rotation, and imgtool's in-place recompress,
+/// re-encryption, encryption and decryption) holds it from before it reads the
+/// image until its last write or rename, so that two of them cannot undo each
+/// other: two rotations from the same key would each wrap the data key under
+/// their own new key, and the second append would silently replace the first;
+/// a rotation during an in-place recompress would be lost when the recompressed
+/// file is renamed over it. The second one fails at once with
+/// [`ErrorKind::Busy`] rather than wait (an in-place recompress of a large
+/// image takes minutes, and a command that waits silently looks hung).
+///
+/// The lock is an advisory `flock` on the image file (released when the lock
+/// is dropped, or when the process dies): readers take no lock, and the
+/// crash-safe order of every in-place change is what protects them.
+#[derive(Debug)]
+pub struct ImageLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl ImageLock {
+    /// Opens the image at `path` (read-write when `write`, for changes made in
+    /// the file itself; read-only for rewrites that rename a new file over it)
+    /// and takes its exclusive lock without waiting.
+    ///
+    /// When another process replaced the file between the open and the lock
+    /// (an in-place rewrite that renamed its new file over it and let its lock
+    /// go), the lock held is that of a file that is no longer the image: it is
+    /// dropped and the new file is locked instead.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Busy`] when another process holds the lock; I/O errors.
+    pub fn acquire(path: &Path, write: bool) -> Result<ImageLock> {
+        let mut tries = 0;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Err(busy(path)),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("locking {}", path.display()), e))
+                }
+            }
+            let lock = ImageLock {
+                file,
+                path: path.to_path_buf(),
+            };
+            match lock.is_current() {
+                Ok(true) => return Ok(lock),
+                Ok(false) if tries < 10 => tries += 1,
+                Ok(false) => return Err(busy(path)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The locked file (`&File` reads, writes and seeks).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Checks that the path still names the locked file, before a rename
+    /// replaces it: a program that does not take the lock (a `mv`, a copy)
+    /// may have replaced it meanwhile, and its file would be lost.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Busy`] when the path now names another file; I/O errors.
+    pub fn check_current(&self) -> Result<()> {
+        if self.is_current()? {
+            Ok(())
+        } else {
+            Err(Error::plain(
+                ErrorKind::Busy,
+                format!(
+                    "{} was replaced by another program while it was being changed: nothing was renamed over it",
+                    self.path.display()
+                ),
+            ))
+        }
+    }
+
+    fn is_current(&self) -> Result<bool> {
+        let held = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the status of {}", self.path.display()), e))?;
+        Ok(match std::fs::metadata(&self.path) {
+            Ok(now) => (now.dev(), now.ino()) == (held.dev(), held.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading the status of {}", self.path.display()),
+                    e,
+                ))
+            }
+        })
+    }
+}
+
+fn busy(path: &Path) -> Error {
+    Error::plain(
+        ErrorKind::Busy,
+        format!(
+            "{} is being changed in place by another process (a key rotation, recompress or re-encryption holds its lock): try again when it is done",
+            path.display()
+        ),
+    )
 }
 
 /// Gives `file` (just created, still empty) the permission bits of `orig`,
