@@ -110,6 +110,10 @@ pub enum ErrorKind {
     InvalidInput,
     /// An I/O error.
     Io,
+    /// Another process is changing the image in place (key rotation,
+    /// in-place recompress or re-encryption) and holds its lock; try again
+    /// when it is done.
+    Busy,
 }
 
 /// The error type of this crate.

@@ -42,11 +42,13 @@ mod verify;
 mod write;
 
 pub use codec::Codec;
-pub use crypt::{Argon2Params, Kdf, Key, MAX_ARGON2_M_COST};
+pub use crypt::{
+    Argon2Params, Kdf, Key, MAX_ARGON2_M_COST, MAX_ARGON2_WORK, MAX_PASSPHRASE_FILE_LEN,
+};
 pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use read::{fuzz_api, Image, TrailerInfo};
-pub use rewrite::{options_from, rewrap_in_place, transcode, RewrapStats};
+pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileBytes, ReadAt, ReadSeek};
 pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
 pub use write::{WriteStats, Writer, WriterOptions};

@@ -96,14 +96,17 @@ fn key_for(k: u8) -> Option<Key> {
     match k {
         0 => None,
         1 => Some(Key::raw([7; 32])),
-        _ => Some(Key::passphrase_with_params(
-            "correct horse",
-            Argon2Params {
-                m_cost: 64,
-                t_cost: 1,
-                p_cost: 1,
-            },
-        )),
+        _ => Some(
+            Key::passphrase_with_params(
+                "correct horse",
+                Argon2Params {
+                    m_cost: 64,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+            )
+            .unwrap(),
+        ),
     }
 }
 

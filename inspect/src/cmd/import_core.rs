@@ -106,7 +106,7 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     }
     let page_size = u64::from(opts.get_page_size());
 
-    let af = create_tmp(&plan.core, &plan.target)?;
+    let af = create_tmp(&plan.target)?;
     // The image holds what the core holds: give it the core's permissions.
     let mode = std::fs::metadata(&plan.core)
         .with_context(|| format!("reading the permissions of {}", plan.core.display()))?

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use memimg::Codec;
 
-use super::rewrite::{transcode_to, Target};
+use super::rewrite::{check_in_place, lock_in_place, transcode_to, Target};
 use crate::cli::RecompressArgs;
 use crate::fmt;
 use crate::keys::KeySource;
@@ -40,7 +40,9 @@ impl Plan {
 pub fn recompress(args: &RecompressArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
+    let lock = lock_in_place(&plan.image, &plan.target)?;
     let img = crate::open::open(&plan.image, key.as_ref(), true)?;
+    check_in_place(&img, &plan.image, &plan.target)?;
     let key = key.filter(|_| img.is_encrypted());
     let old_len = img.file_len();
     let opts = memimg::options_from(&img)?
@@ -50,10 +52,12 @@ pub fn recompress(args: &RecompressArgs, out: &mut dyn Write) -> Result<ExitCode
         &img,
         &plan.image,
         &plan.target,
+        lock.as_ref(),
         opts,
         key.as_ref(),
         "recompress",
     )?;
+    drop(lock);
     writeln!(
         out,
         "{}: recompressed with {}: {} of data in {} chunks stored in {} ({}); file {} -> {}",

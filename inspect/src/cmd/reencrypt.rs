@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use memimg::{Codec, Features, Image};
 use serde::Serialize;
 
-use super::rewrite::{create_tmp, transcode_to, verify_tmp, Target};
+use super::rewrite::{check_in_place, create_tmp, lock_in_place, transcode_to, verify_tmp, Target};
 use crate::cli::ReencryptArgs;
 use crate::keys::{KeySource, NewKey};
 
@@ -77,7 +77,11 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> 
         NewKey::Key(s) => Some(s.load()?),
         NewKey::Decrypt => None,
     };
+    // In place, the lock comes before the image is read (see lock_in_place);
+    // a key rotation lets it go, as rewrap_in_place takes it itself.
+    let lock = lock_in_place(&plan.image, &plan.target)?;
     let img = crate::open::open(&plan.image, old.as_ref(), true)?;
+    check_in_place(&img, &plan.image, &plan.target)?;
     if !img.is_encrypted() && new.is_none() {
         bail!(
             "{} is not encrypted: there is nothing to decrypt",
@@ -87,6 +91,7 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> 
     let doc = match (img.is_encrypted(), &old, &new, plan.full) {
         (true, Some(old), Some(new), false) => {
             drop(img);
+            drop(lock);
             rewrap(&plan, old, new)?
         }
         _ => {
@@ -98,10 +103,12 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> 
                 &img,
                 &plan.image,
                 &plan.target,
+                lock.as_ref(),
                 opts,
                 new.as_ref(),
                 "reencrypt",
             )?;
+            drop(lock);
             ReencryptDoc {
                 image: plan.image.display().to_string(),
                 output: plan.target.path.display().to_string(),
@@ -145,6 +152,8 @@ fn rewrap(plan: &Plan, old: &memimg::Key, new: &memimg::Key) -> Result<Reencrypt
     let (stats, file_size) = if plan.target.in_place {
         let stats = memimg::rewrap_in_place(&plan.image, old, new).map_err(|e| match e.kind() {
             memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
+            // The message names the image already.
+            memimg::ErrorKind::Busy => anyhow::Error::new(e),
             _ => anyhow::Error::new(e)
                 .context(format!("rotating the key of {}", plan.image.display())),
         })?;
@@ -153,9 +162,22 @@ fn rewrap(plan: &Plan, old: &memimg::Key, new: &memimg::Key) -> Result<Reencrypt
             .context("the image does not open under the new key after the rotation")?;
         (stats, img.file_len())
     } else {
-        let mut af = create_tmp(&plan.image, &plan.target)?;
+        let mut af = create_tmp(&plan.target)?;
         let mut src =
             File::open(&plan.image).with_context(|| format!("opening {}", plan.image.display()))?;
+        // A shared lock: no in-place change (which holds the exclusive one)
+        // runs while the copy is taken, so the copy is of one state.
+        match src.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} is being changed in place by another process (a key rotation, recompress or re-encryption holds its lock): try again when it is done",
+                plan.image.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking {}", plan.image.display())))
+            }
+        }
         std::io::copy(&mut src, af.file())
             .with_context(|| format!("copying {}", plan.image.display()))?;
         let stats =

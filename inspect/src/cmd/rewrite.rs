@@ -5,7 +5,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use memimg::atomic::AtomicFile;
+use memimg::atomic::{AtomicFile, ImageLock};
 use memimg::{Image, Key, VerifyOptions, WriteStats, WriterOptions};
 
 use crate::cli::OutputArgs;
@@ -77,18 +77,44 @@ pub(crate) fn raw_total(img: &Image) -> u64 {
         .unwrap_or(0)
 }
 
-/// Creates the temporary file beside `target`, with the original's
-/// permissions when rewriting in place.
-pub(crate) fn create_tmp(image: &Path, target: &Target) -> Result<AtomicFile> {
-    let af = AtomicFile::create(&target.path)?;
-    if target.in_place {
-        let perm = std::fs::metadata(image)
-            .with_context(|| format!("reading the permissions of {}", image.display()))?
-            .permissions();
-        std::fs::set_permissions(af.tmp_path(), perm)
-            .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
+/// Creates the temporary file beside `target`: mode 0600, or the mode (and
+/// owner) of the file it will replace, set on the descriptor before anything
+/// is written ([`AtomicFile::create`]).
+pub(crate) fn create_tmp(target: &Target) -> Result<AtomicFile> {
+    Ok(AtomicFile::create(&target.path)?)
+}
+
+/// For an in-place rewrite, takes the image's exclusive lock, before the
+/// image is opened; it is held until the new file has been renamed over the
+/// image, so a key rotation or another in-place rewrite cannot run meanwhile
+/// (it fails at once, as this one does when another holds the lock). `None`
+/// for `-o`, which changes nothing the others touch.
+///
+/// # Errors
+/// When another process holds the lock, or the image cannot be opened.
+pub(crate) fn lock_in_place(image: &Path, target: &Target) -> Result<Option<ImageLock>> {
+    if !target.in_place {
+        return Ok(None);
     }
-    Ok(af)
+    Ok(Some(ImageLock::acquire(image, false)?))
+}
+
+/// Refuses to rewrite in place an image with read-only-compatible features
+/// this build does not know (spec.md, *Features*): it may be read, and
+/// rewritten to `-o`, not changed in place.
+///
+/// # Errors
+/// When `img` sets such a feature and the target is the image itself.
+pub(crate) fn check_in_place(img: &Image, image: &Path, target: &Target) -> Result<()> {
+    if target.in_place {
+        memimg::check_modifiable(img).with_context(|| {
+            format!(
+                "{} cannot be rewritten in place (give -o to write a new image)",
+                image.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks the new image at `af`'s temporary path, decoding every chunk when
@@ -134,15 +160,18 @@ pub(crate) fn verify_tmp(
 /// Transcodes `src` with `opts` into a temporary file beside the target,
 /// verifies it (decoding every chunk, with `new_key` when encrypted), syncs it
 /// and renames it into place. Killed at any moment, the target is untouched.
+/// With `lock` (an in-place rewrite), the image must still be the locked file
+/// when the new one is renamed over it.
 pub(crate) fn transcode_to(
     src: &Image,
     image: &Path,
     target: &Target,
+    lock: Option<&ImageLock>,
     opts: WriterOptions,
     new_key: Option<&Key>,
     what: &str,
 ) -> Result<WriteStats> {
-    let af = create_tmp(image, target)?;
+    let af = create_tmp(target)?;
     let pb = ui::progress(raw_total(src), what);
     let tick = |n: u64| pb.inc(n);
     let w = BufWriter::with_capacity(1 << 20, af);
@@ -154,6 +183,9 @@ pub(crate) fn transcode_to(
         .map_err(|e| e.into_error())
         .context("flushing the new image")?;
     verify_tmp(&af, new_key, true, target)?;
+    if let Some(lock) = lock {
+        lock.check_current()?;
+    }
     af.commit()?;
     Ok(stats)
 }

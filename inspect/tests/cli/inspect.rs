@@ -147,14 +147,17 @@ fn json_of_locked_image() {
     write_image(
         &p,
         Codec::None,
-        Some(memimg::Key::passphrase_with_params(
-            "correct horse",
-            memimg::Argon2Params {
-                m_cost: 256,
-                t_cost: 1,
-                p_cost: 1,
-            },
-        )),
+        Some(
+            memimg::Key::passphrase_with_params(
+                "correct horse",
+                memimg::Argon2Params {
+                    m_cost: 256,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+            )
+            .unwrap(),
+        ),
     );
     let (code, out, _) = run(&["inspect", "--json", s(&p)]);
     assert_eq!(code, 0);

@@ -102,3 +102,85 @@ fn encrypted_keeps_its_key() {
         .iter()
         .all(|c| *c == memimg::ChunkCodec::None));
 }
+
+/// Sets read-only-compatible feature `bit` in a plain image's header, as a
+/// newer writer would, and fixes the header checksum.
+fn set_ro_compat_bit(p: &std::path::Path, bit: u32) {
+    let mut b = std::fs::read(p).unwrap();
+    b[0x18..0x20].copy_from_slice(&(1u64 << bit).to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[..PS as usize - 8]);
+    b[PS as usize - 8..PS as usize].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(p, b).unwrap();
+}
+
+/// An image with a read-only-compatible feature this build does not know
+/// may be read and rewritten to a new file, but not rewritten in place.
+#[test]
+fn in_place_refuses_unknown_ro_compat_features() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.mimg");
+    let (kf, _) = key_file(d.path(), "k", 1);
+    write_image(&a, Codec::None, None);
+    set_ro_compat_bit(&a, 5);
+    let before = std::fs::read(&a).unwrap();
+    for args in [
+        &["recompress", "--codec", "zstd", "--in-place", s(&a)][..],
+        &["reencrypt", "--in-place", "--new-key-file", s(&kf), s(&a)][..],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("read-only-compatible feature bit 5"), "{err}");
+        assert!(err.contains("give -o"), "{err}");
+        assert_eq!(std::fs::read(&a).unwrap(), before);
+    }
+    let z = d.path().join("z.mimg");
+    let (code, _, err) = run(&["recompress", "--codec", "zstd", "-o", s(&z), s(&a)]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// New files that hold memory are created 0600 whatever the umask allows
+/// (the test runs under the usual 022): recompress -o, decrypt -o,
+/// export-core.
+#[test]
+fn new_outputs_are_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.mimg");
+    let (kf, k) = key_file(d.path(), "k", 1);
+    write_image(&a, Codec::None, Some(k));
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let z = d.path().join("z.mimg");
+    let p = d.path().join("p.mimg");
+    let c = d.path().join("c.core");
+    for args in [
+        &[
+            "recompress",
+            "--codec",
+            "zstd",
+            "--key-file",
+            s(&kf),
+            "-o",
+            s(&z),
+            s(&a),
+        ][..],
+        &[
+            "reencrypt",
+            "--decrypt",
+            "--key-file",
+            s(&kf),
+            "-o",
+            s(&p),
+            s(&a),
+        ][..],
+        &["export-core", "--key-file", s(&kf), "-o", s(&c), s(&a)][..],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    assert_eq!(
+        [mode(&z), mode(&p), mode(&c)],
+        [0o600; 3],
+        "recompress -o, decrypt -o, export-core"
+    );
+}

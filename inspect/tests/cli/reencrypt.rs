@@ -192,3 +192,123 @@ fn rotation_writes_kilobytes_not_the_data() {
         "bytes written do not depend on the image size"
     );
 }
+
+fn tmp_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-")
+        })
+        .count()
+}
+
+const BUSY: &str = "is being changed in place by another process";
+
+/// A key rotation started while an in-place recompress runs fails at once
+/// and says why, and the image ends under the key the recompress kept.
+/// Without the lock the rotation would succeed and then be undone by the
+/// rename of the recompressed file: exit 0 for a key that does not open it.
+#[test]
+fn rotation_during_in_place_recompress_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("big.mimg");
+    let (k0f, k0) = key_file(d.path(), "k0", 1);
+    let (k1f, k1) = key_file(d.path(), "k1", 2);
+    write_big(&p, 64, Codec::Zstd(1), Some(k0.clone()));
+    let mut child = bin()
+        .args([
+            "recompress",
+            "--in-place",
+            "--codec",
+            "zstd:3",
+            "--key-file",
+        ])
+        .args([s(&k0f), s(&p)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The temporary file exists from after the lock is taken until the
+    // rename: the recompress is under way.
+    let t = std::time::Instant::now();
+    while tmp_files(d.path()) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the recompress ended before it was seen running"
+        );
+        assert!(t.elapsed().as_secs() < 120, "no temporary file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let (code, _, err) = run(&[
+        "reencrypt",
+        "--in-place",
+        "--key-file",
+        s(&k0f),
+        "--new-key-file",
+        s(&k1f),
+        s(&p),
+    ]);
+    let still_running = child.try_wait().unwrap().is_none();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(still_running, "the rotation did not overlap the recompress");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(BUSY), "{err}");
+    assert_eq!(err.matches(s(&p)).count(), 1, "{err}");
+    assert!(opens(&p, Some(&k0)).is_ok());
+    assert_eq!(opens(&p, Some(&k1)).unwrap_err(), ErrorKind::WrongKey);
+    let (code, _, err) = run(&["verify", "--deep", "--key-file", s(&k0f), s(&p)]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// While another process holds the image's lock (here the test, as an
+/// in-place change would), every in-place change and the rotation to a copy
+/// fail at once, exit 2 naming the reason, and leave the image alone; once
+/// it is released they work.
+#[test]
+fn in_place_changes_fail_while_the_lock_is_held() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a.mimg");
+    let c = d.path().join("c.mimg");
+    let (k0f, k0) = key_file(d.path(), "k0", 1);
+    let (k1f, k1) = key_file(d.path(), "k1", 2);
+    write_image(&p, Codec::Zstd(1), Some(k0.clone()));
+    let before = std::fs::read(&p).unwrap();
+    let held = memimg::atomic::ImageLock::acquire(&p, false).unwrap();
+    let k = ["--key-file", s(&k0f)];
+    let nk = ["--new-key-file", s(&k1f)];
+    let attempts: Vec<Vec<&str>> = vec![
+        [
+            &["recompress", "--in-place", "--codec", "none"][..],
+            &k,
+            &[s(&p)],
+        ]
+        .concat(),
+        [&["reencrypt", "--in-place"][..], &k, &nk, &[s(&p)]].concat(),
+        [
+            &["reencrypt", "--in-place", "--full"][..],
+            &k,
+            &nk,
+            &[s(&p)],
+        ]
+        .concat(),
+        [&["reencrypt", "--in-place", "--decrypt"][..], &k, &[s(&p)]].concat(),
+        [&["reencrypt", "-o", s(&c)][..], &k, &nk, &[s(&p)]].concat(),
+    ];
+    for args in &attempts {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(BUSY), "{args:?}: {err}");
+        assert_eq!(std::fs::read(&p).unwrap(), before, "{args:?}");
+        assert!(!c.exists());
+        assert_eq!(tmp_files(d.path()), 0, "{args:?}");
+    }
+    drop(held);
+    let (code, _, err) = run(&attempts[1]);
+    assert_eq!(code, 0, "{err}");
+    assert!(opens(&p, Some(&k1)).is_ok());
+}
