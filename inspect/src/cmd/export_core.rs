@@ -16,10 +16,6 @@ use crate::fmt;
 use crate::keys::KeySource;
 use crate::ui;
 
-/// The core holds the process memory in the clear: only its owner may read
-/// it, as with the cores the kernel writes.
-const CORE_MODE: u32 = 0o600;
-
 struct Plan {
     image: PathBuf,
     target: Target,
@@ -79,7 +75,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     drop(key);
 
     let af = AtomicFile::create(&plan.target.path)?;
-    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(CORE_MODE))
+    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(super::SECRET_MODE))
         .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
     let pb = ui::progress(raw_total(&img), "export");
     let mut w = Counting {
@@ -135,7 +131,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
 /// wrote; nothing is renamed when it is not.
 fn check_core(path: &Path, report: &ExportReport, target: &Target) -> Result<()> {
     let bytes = memimg::FileBytes::open(path)
-        .with_context(|| format!("reading back {}", path.display()))?;
+        .map_err(|e| crate::open::lib_error(e, path, "reading back"))?;
     let cf = elfcore::parse_core(&bytes).map_err(|e| {
         anyhow!(
             "the new core does not parse ({e}); {} was not changed",

@@ -96,7 +96,7 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
     let core = memimg::FileBytes::open(&plan.core)
-        .with_context(|| format!("opening {}", plan.core.display()))?;
+        .map_err(|e| crate::open::lib_error(e, &plan.core, "opening"))?;
     let mut opts = WriterOptions::new()
         .codec(plan.codec)
         .key_opt(key.clone())
@@ -107,14 +107,13 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     let page_size = u64::from(opts.get_page_size());
 
     let af = create_tmp(&plan.core, &plan.target)?;
-    // The image holds what the core holds: give it the core's permissions.
-    let mode = std::fs::metadata(&plan.core)
-        .with_context(|| format!("reading the permissions of {}", plan.core.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
+    // The image holds process memory: only its owner may read it, whatever
+    // the core's own mode (gcore writes cores with the umask's).
+    std::fs::set_permissions(
+        af.tmp_path(),
+        std::fs::Permissions::from_mode(super::SECRET_MODE),
+    )
+    .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
     let w = BufWriter::with_capacity(1 << 20, af);
     let (w, stats, report) = elfcore::import_core(&core, opts, w)
         .map_err(|e| anyhow!(e))

@@ -19,6 +19,10 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Result};
 use memimg::Codec;
 
+/// The mode of every file imgtool writes that holds process memory or keys:
+/// only its owner may read it, as with the cores the kernel writes.
+pub(crate) const SECRET_MODE: u32 = 0o600;
+
 /// The exit code `n` (0, 1 or 2).
 pub(crate) fn code(n: u8) -> ExitCode {
     ExitCode::from(n)
