@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::DiffArgs;
 use crate::keys::KeySource;
+use crate::cmd::inspect::hex_if_binary;
 use crate::{fmt, ui};
 
 /// Most bytes of one unit of parallel work: work that spans more is split.
@@ -140,8 +141,14 @@ pub struct RegionRef {
     pub end: String,
     /// Bytes.
     pub size: u64,
-    /// Name.
+    /// Name (invalid UTF-8 replaced).
     pub name: String,
+    /// The name's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// The name's bytes.
+    #[serde(skip)]
+    pub name_raw: Vec<u8>,
     /// Permissions, as in /proc/PID/maps.
     pub perms: String,
     /// Kind.
@@ -163,8 +170,14 @@ pub struct RegionDiff {
     pub start: String,
     /// End in the first image (exclusive), hex.
     pub end: String,
-    /// Name in the first image.
+    /// Name in the first image (invalid UTF-8 replaced).
     pub name: String,
+    /// The name's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// The name's bytes.
+    #[serde(skip)]
+    pub name_raw: Vec<u8>,
     /// Changed attributes.
     pub changes: Vec<Change>,
     /// Page ranges whose content differs.
@@ -188,6 +201,29 @@ pub struct Change {
     pub a: String,
     /// In the second image.
     pub b: String,
+    /// For a name that is not UTF-8: its bytes in the first image, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_hex: Option<String>,
+    /// For a name that is not UTF-8: its bytes in the second image, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_hex: Option<String>,
+    /// For the text output: both values escaped for a terminal.
+    #[serde(skip)]
+    pub shown: (String, String),
+}
+
+impl Change {
+    /// A change of an attribute that is plain text (not from the file's bytes).
+    fn text(field: &'static str, a: String, b: String) -> Change {
+        Change {
+            field,
+            shown: (a.clone(), b.clone()),
+            a,
+            b,
+            a_hex: None,
+            b_hex: None,
+        }
+    }
 }
 
 /// A run of differing pages.
@@ -300,7 +336,7 @@ fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<Re
             "{who}'s region {}-{} {} overlaps it with other bounds",
             fmt::addr(o.info.start),
             fmt::addr(o.info.end()),
-            o.info.name_lossy()
+            fmt::escape(&o.info.name)
         )
     } else if !r.has_data() {
         format!("{who} has no region here; this one is recorded without data")
@@ -319,6 +355,8 @@ fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<Re
         end: fmt::addr(r.info.end()),
         size: r.info.len,
         name: r.info.name_lossy(),
+        name_hex: hex_if_binary(&r.info.name),
+        name_raw: r.info.name.clone(),
         perms: fmt::perms(&r.info),
         kind: r.info.kind.to_string(),
         captured_bytes: captured,
@@ -535,32 +573,31 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
         let mut changes = Vec::new();
         let (pa, pb_) = (fmt::perms(&x.info), fmt::perms(&y.info));
         if pa != pb_ {
-            changes.push(Change {
-                field: "perms",
-                a: pa,
-                b: pb_,
-            });
+            changes.push(Change::text("perms", pa, pb_));
         }
         if x.info.kind != y.info.kind {
-            changes.push(Change {
-                field: "kind",
-                a: x.info.kind.to_string(),
-                b: y.info.kind.to_string(),
-            });
+            changes.push(Change::text(
+                "kind",
+                x.info.kind.to_string(),
+                y.info.kind.to_string(),
+            ));
         }
         if x.info.name != y.info.name {
             changes.push(Change {
                 field: "name",
                 a: x.info.name_lossy(),
                 b: y.info.name_lossy(),
+                a_hex: hex_if_binary(&x.info.name),
+                b_hex: hex_if_binary(&y.info.name),
+                shown: (fmt::escape(&x.info.name), fmt::escape(&y.info.name)),
             });
         }
         if x.info.len != y.info.len {
-            changes.push(Change {
-                field: "size",
-                a: x.info.len.to_string(),
-                b: y.info.len.to_string(),
-            });
+            changes.push(Change::text(
+                "size",
+                x.info.len.to_string(),
+                y.info.len.to_string(),
+            ));
         }
         let ranges = merge(std::mem::take(&mut found[p]));
         let cap_a = merge(std::mem::take(&mut only_a[p]));
@@ -590,6 +627,8 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
             start: fmt::addr(x.info.start),
             end: fmt::addr(x.info.end()),
             name: x.info.name_lossy(),
+            name_hex: hex_if_binary(&x.info.name),
+            name_raw: x.info.name.clone(),
             changes,
             ranges: docs(ranges),
             pages,
@@ -760,7 +799,7 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
                 r.end,
                 fmt::size(r.size),
                 r.perms,
-                r.name
+                fmt::escape(&r.name_raw)
             )?;
             writeln!(out, "  {}", r.reason)?;
         }
@@ -769,10 +808,16 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "{}",
-            ui::bold(&format!("region {}-{} {}", d.start, d.end, d.name)).trim_end()
+            ui::bold(&format!(
+                "region {}-{} {}",
+                d.start,
+                d.end,
+                fmt::escape(&d.name_raw)
+            ))
+            .trim_end()
         )?;
         for c in &d.changes {
-            writeln!(out, "  {}: {} -> {}", c.field, c.a, c.b)?;
+            writeln!(out, "  {}: {} -> {}", c.field, c.shown.0, c.shown.1)?;
         }
         if d.pages > 0 {
             writeln!(

@@ -121,7 +121,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
             fmt::size(doc.file_size),
         )?;
         for m in &doc.messages {
-            writeln!(out, "  {m}")?;
+            writeln!(out, "  {}", fmt::escape_str(m))?;
         }
     }
     Ok(super::code(crate::EXIT_OK))

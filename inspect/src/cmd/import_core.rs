@@ -196,12 +196,14 @@ fn print_text(doc: &ImportCoreDoc, codec: Codec, out: &mut dyn Write) -> Result<
         if doc.kept_notes.is_empty() {
             String::new()
         } else {
-            format!(" ({})", doc.kept_notes.join(", "))
+            // Note names come from the core: escaped for the terminal.
+            let names: Vec<String> = doc.kept_notes.iter().map(|n| fmt::escape_str(n)).collect();
+            format!(" ({})", names.join(", "))
         },
         facts.join("; ")
     )?;
     for m in &doc.messages {
-        writeln!(out, "  {m}")?;
+        writeln!(out, "  {}", fmt::escape_str(m))?;
     }
     Ok(())
 }

@@ -272,9 +272,9 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
             loc.push(format!("address {a}"));
         }
         if loc.is_empty() {
-            writeln!(out, "  {}", p.message)?;
+            writeln!(out, "  {}", fmt::escape_str(&p.message))?;
         } else {
-            writeln!(out, "  {}: {}", loc.join(", "), p.message)?;
+            writeln!(out, "  {}: {}", loc.join(", "), fmt::escape_str(&p.message))?;
         }
     }
     let what = if doc.deep {
