@@ -218,7 +218,7 @@ fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc
              key had opened it"
                 .to_string(),
         ),
-        Some(e) => Some(fatal_text(plan, e)),
+        Some(e) => Some(e.to_string()),
         None if undecoded && r.problems.is_empty() => {
             Some("the image is encrypted and no key was given: chunks cannot be decoded".into())
         }
