@@ -22,6 +22,7 @@ mod crash;
 mod diff;
 mod inspect;
 mod keygen;
+mod keys;
 mod misc;
 mod recompress;
 mod reencrypt;
