@@ -24,6 +24,7 @@ mod inspect;
 mod keygen;
 mod keys;
 mod misc;
+mod modes;
 mod recompress;
 mod reencrypt;
 mod verify;
