@@ -12,6 +12,8 @@
 mod common;
 #[path = "../support/gdb.rs"]
 mod gdb;
+#[path = "../support/skip.rs"]
+mod skip;
 #[path = "../support/sleeper.rs"]
 mod sleeper;
 
