@@ -10,6 +10,10 @@
 # return, so libtest counts them as passed; they are moved from passed to
 # skipped, and listed above the summary. With MEMIMG_REQUIRE_ALL=1 (CI) such
 # a test fails instead of skipping.
+#
+# Arguments, if any, replace `--workspace` (scripts/test.sh -p imgtool --test
+# cli runs one test binary, with the same summary), and the fuzz check is left
+# out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,8 +22,12 @@ skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT
 export MEMIMG_SKIP_LOG="$skips"
 status=0
-cargo test --workspace 2>&1 | tee "$log" || status=$?
-if [ -f fuzz/Cargo.toml ]; then
+if [ $# -gt 0 ]; then
+  cargo test "$@" 2>&1 | tee "$log" || status=$?
+else
+  cargo test --workspace 2>&1 | tee "$log" || status=$?
+fi
+if [ $# -eq 0 ] && [ -f fuzz/Cargo.toml ]; then
   # The fuzz workspace needs no nightly to type-check; building and running the
   # fuzzers does (see fuzz/run.sh).
   (cd fuzz && cargo check --quiet --bins) || status=$?
