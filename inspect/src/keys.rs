@@ -294,7 +294,10 @@ mod tests {
         std::fs::write(&p, "pass\r\n").unwrap();
         assert!(KeySource::Passphrase(p.clone()).load().is_ok());
         std::fs::write(&p, "\n").unwrap();
-        let e = KeySource::Passphrase(p.clone()).load().unwrap_err().to_string();
+        let e = KeySource::Passphrase(p.clone())
+            .load()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is empty"), "{e}");
         std::fs::write(&p, vec![b'a'; MAX_PASSPHRASE + 1]).unwrap();
         let e = KeySource::Passphrase(p).load().unwrap_err().to_string();

@@ -18,11 +18,11 @@ mod skip;
 #[path = "support/sleeper.rs"]
 mod sleeper;
 use gdb::{gdb_bytes, have};
-use skip::skip;
 use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, ExportOptions};
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
 };
+use skip::skip;
 use sleeper::{maps_range, Located, Sleeper};
 
 const PS: u64 = 4096;
@@ -162,7 +162,10 @@ mod export {
     #[test]
     fn gdb_reads_known_bytes() {
         if !have("gdb") {
-            skip(concat!(module_path!(), "::gdb_reads_known_bytes"), "gdb is not installed");
+            skip(
+                concat!(module_path!(), "::gdb_reads_known_bytes"),
+                "gdb is not installed",
+            );
             return;
         }
         let img = Image::from_bytes(sample_image(), None).unwrap();
@@ -265,7 +268,10 @@ mod export {
     #[test]
     fn readelf_accepts_the_core() {
         if !have("readelf") {
-            skip(concat!(module_path!(), "::readelf_accepts_the_core"), "readelf is not installed");
+            skip(
+                concat!(module_path!(), "::readelf_accepts_the_core"),
+                "readelf is not installed",
+            );
             return;
         }
         let img = Image::from_bytes(sample_image(), None).unwrap();
@@ -553,7 +559,10 @@ mod real {
     #[test]
     fn gcore_of_a_live_child() {
         if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
-            skip(concat!(module_path!(), "::gcore_of_a_live_child"), "gdb's gcore is not installed");
+            skip(
+                concat!(module_path!(), "::gcore_of_a_live_child"),
+                "gdb's gcore is not installed",
+            );
             return;
         }
         let s = Sleeper::spawn(None);
@@ -588,7 +597,10 @@ mod real {
         if pattern.trim() != "core" {
             skip(
                 concat!(module_path!(), "::kernel_core_dump"),
-                &format!("core_pattern is {:?}, not a plain `core` file", pattern.trim()),
+                &format!(
+                    "core_pattern is {:?}, not a plain `core` file",
+                    pattern.trim()
+                ),
             );
             return;
         }

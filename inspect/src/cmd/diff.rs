@@ -40,8 +40,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::cli::DiffArgs;
-use crate::keys::KeySource;
 use crate::cmd::inspect::hex_if_binary;
+use crate::keys::KeySource;
 use crate::{fmt, ui};
 
 /// Most bytes of one unit of parallel work: work that spans more is split.
@@ -269,8 +269,7 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
             e
         }
     })?;
-    let mut doc = compare_with(&a, &b, plan.check)
-        .map_err(|e| name_side(e, &plan))?;
+    let mut doc = compare_with(&a, &b, plan.check).map_err(|e| name_side(e, &plan))?;
     doc.a = plan.a.display().to_string();
     doc.b = plan.b.display().to_string();
     if plan.json {
@@ -704,10 +703,11 @@ fn bytes_of<'c>(
         // Plaintext memory: zeroized on drop, and allocated at the chunk size
         // once, so that growing leaves no copy behind.
         let len = usize::try_from(x.len(ps))?;
-        let mut buf = cache
-            .take()
-            .map(|c| c.bytes)
-            .unwrap_or_else(|| Zeroizing::new(Vec::with_capacity(len.max(img.header().chunk_size as usize))));
+        let mut buf = cache.take().map(|c| c.bytes).unwrap_or_else(|| {
+            Zeroizing::new(Vec::with_capacity(
+                len.max(img.header().chunk_size as usize),
+            ))
+        });
         buf.clear();
         buf.resize(len, 0);
         img.decode_extent(x, &mut buf)?;

@@ -75,8 +75,11 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     drop(key);
 
     let af = AtomicFile::create(&plan.target.path)?;
-    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(super::SECRET_MODE))
-        .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
+    std::fs::set_permissions(
+        af.tmp_path(),
+        std::fs::Permissions::from_mode(super::SECRET_MODE),
+    )
+    .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
     let pb = ui::progress(raw_total(&img), "export");
     let mut w = Counting {
         inner: BufWriter::with_capacity(1 << 20, af),

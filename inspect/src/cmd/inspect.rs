@@ -253,7 +253,8 @@ pub fn hex_if_binary(b: &[u8]) -> Option<String> {
 /// gives it as text, with invalid UTF-8 replaced): the first type-1 record of
 /// the header's TLV area, see spec.md, *Header TLV records*.
 fn producer_bytes(page: &[u8]) -> Option<&[u8]> {
-    let meta_len = usize::try_from(u32::from_le_bytes(page.get(0x58..0x5c)?.try_into().ok()?)).ok()?;
+    let meta_len =
+        usize::try_from(u32::from_le_bytes(page.get(0x58..0x5c)?.try_into().ok()?)).ok()?;
     let mut rest = page.get(0x80..0x80usize.checked_add(meta_len)?)?;
     while rest.len() >= 4 {
         let ty = u16::from_le_bytes([rest[0], rest[1]]);
@@ -471,7 +472,8 @@ impl Doc {
             ("created", self.created.clone()),
             (
                 "producer",
-                producer_bytes_of(self).map_or_else(|| fmt::escape_str(&self.producer), |b| fmt::escape(&b)),
+                producer_bytes_of(self)
+                    .map_or_else(|| fmt::escape_str(&self.producer), |b| fmt::escape(&b)),
             ),
             (
                 "machine",
@@ -488,7 +490,11 @@ impl Doc {
         lines.push((
             "validation",
             match &self.validation {
-                Some(v) => format!("tag \"{}\", {} bytes", fmt::escape_quoted(&v.tag_raw), v.size),
+                Some(v) => format!(
+                    "tag \"{}\", {} bytes",
+                    fmt::escape_quoted(&v.tag_raw),
+                    v.size
+                ),
                 None => "none".into(),
             },
         ));

@@ -239,9 +239,11 @@ fn capture_live_child_then_inspect_cat_verify() {
     let Some((o, _)) = capture_or_skip(
         &t,
         &img,
-        concat!(module_path!(), "::capture_live_child_then_inspect_cat_verify"),
-    )
-    else {
+        concat!(
+            module_path!(),
+            "::capture_live_child_then_inspect_cat_verify"
+        ),
+    ) else {
         return;
     };
     assert!(o.contains(&format!("captured pid {}", t.pid())), "{o}");
@@ -293,7 +295,10 @@ fn capture_live_child_then_inspect_cat_verify() {
 
 #[test]
 fn capture_export_core_gdb_prints_known_bytes() {
-    const TEST: &str = concat!(module_path!(), "::capture_export_core_gdb_prints_known_bytes");
+    const TEST: &str = concat!(
+        module_path!(),
+        "::capture_export_core_gdb_prints_known_bytes"
+    );
     if !have("gdb") {
         skip(TEST, "gdb is not installed");
         return;
@@ -342,7 +347,10 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Option<(i32, String)> {
 
 #[test]
 fn gcore_and_capture_of_a_frozen_child_agree() {
-    const TEST: &str = concat!(module_path!(), "::gcore_and_capture_of_a_frozen_child_agree");
+    const TEST: &str = concat!(
+        module_path!(),
+        "::gcore_and_capture_of_a_frozen_child_agree"
+    );
     if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
         skip(TEST, "gdb's gcore is not installed");
         return;
@@ -375,7 +383,10 @@ fn gcore_and_capture_of_a_frozen_child_agree() {
         panic!("gcore of a stopped child did not finish in 60 s");
     };
     if !gcore_file.exists() {
-        skip(TEST, &format!("gcore could not attach (ptrace not permitted?): {gtext}"));
+        skip(
+            TEST,
+            &format!("gcore could not attach (ptrace not permitted?): {gtext}"),
+        );
         return;
     }
     if code == 2 && err.contains("ermission") {

@@ -48,7 +48,10 @@ fn intact(path: &Path) -> bool {
 #[test]
 fn export_core_gdb_reads_known_bytes() {
     if !have("gdb") {
-        skip(concat!(module_path!(), "::export_core_gdb_reads_known_bytes"), "gdb is not installed");
+        skip(
+            concat!(module_path!(), "::export_core_gdb_reads_known_bytes"),
+            "gdb is not installed",
+        );
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -87,7 +90,10 @@ fn export_core_gdb_reads_known_bytes() {
 #[test]
 fn import_core_of_a_gcore() {
     if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
-        skip(concat!(module_path!(), "::import_core_of_a_gcore"), "gdb's gcore is not installed");
+        skip(
+            concat!(module_path!(), "::import_core_of_a_gcore"),
+            "gdb's gcore is not installed",
+        );
         return;
     }
     let child = Sleeper::spawn(None);

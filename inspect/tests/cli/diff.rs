@@ -229,7 +229,10 @@ fn identical_never_rests_on_bytes_not_read() {
     assert_eq!(run(&["verify", "--key-file", s(&kf), s(&b)]).0, 1);
     let (code, out, err) = run(&["diff", "--key-file", s(&kf), s(&a), s(&b)]);
     assert_eq!(code, 2, "swapped chunks: {out}{err}");
-    assert!(err.contains(s(&b)) && err.contains(&format!("chunk {i}")), "{err}");
+    assert!(
+        err.contains(s(&b)) && err.contains(&format!("chunk {i}")),
+        "{err}"
+    );
 
     // Replayed: chunk 0 of another image of the same content and key.
     let c = d.path().join("other.mimg");
@@ -259,7 +262,10 @@ fn identical_never_rests_on_bytes_not_read() {
     std::fs::write(&q, &bytes).unwrap();
     let (code, out, err) = run(&["diff", s(&p), s(&q)]);
     assert_eq!(code, 2, "changed chunk: {out}{err}");
-    assert!(err.contains("stored checksum mismatch") && err.contains("chunk 1"), "{err}");
+    assert!(
+        err.contains("stored checksum mismatch") && err.contains("chunk 1"),
+        "{err}"
+    );
     let (code, out, err) = run(&["diff", "--json", s(&p), s(&q)]);
     assert_eq!(code, 2, "{out}{err}");
 
@@ -298,7 +304,10 @@ fn keys_for_plain_images_are_refused() {
     write_image(&p, Codec::Zstd(1), None);
     let (code, _, err) = run(&["diff", "--key-file", s(&kf), s(&p), s(&e)]);
     assert_eq!(code, 2);
-    assert!(err.contains("is not encrypted, but a key was given"), "{err}");
+    assert!(
+        err.contains("is not encrypted, but a key was given"),
+        "{err}"
+    );
     let (code, _, err) = run(&["diff", "--key-file", s(&kf), s(&e), s(&p)]);
     assert_eq!(code, 2);
     assert!(err.contains("--plain-b"), "{err}");

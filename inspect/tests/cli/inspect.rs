@@ -286,7 +286,10 @@ fn names_and_header_records_are_escaped_and_json_is_exact() {
     assert_success(&o);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(terminal_safe(&o.stdout), "{out}");
-    assert!(out.contains("comm \"co\\x1bmm\\n\"") && out.contains("prod\\x1b[31mred"), "{out}");
+    assert!(
+        out.contains("comm \"co\\x1bmm\\n\"") && out.contains("prod\\x1b[31mred"),
+        "{out}"
+    );
 
     // diff prints the names escaped too.
     let plain = d.path().join("plain.mimg");

@@ -61,10 +61,18 @@ fn key_input_is_bounded_and_never_hangs() {
         c
     };
     // /dev/zero would read for ever: refused at once as a device.
-    let (code, err) = within(verify("--key-file", Path::new("/dev/zero")), limit, "/dev/zero");
+    let (code, err) = within(
+        verify("--key-file", Path::new("/dev/zero")),
+        limit,
+        "/dev/zero",
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("character device"), "{err}");
-    let (code, err) = within(verify("--passphrase-file", Path::new("/dev/zero")), limit, "/dev/zero");
+    let (code, err) = within(
+        verify("--passphrase-file", Path::new("/dev/zero")),
+        limit,
+        "/dev/zero",
+    );
     assert_eq!(code, 2, "{err}");
     // A FIFO with no writer: no hang, an empty key.
     let (code, err) = within(verify("--key-file", &fifo), limit, "FIFO key file");
@@ -90,7 +98,11 @@ fn key_input_is_bounded_and_never_hangs() {
     // A pipe is a fine key file (`--key-file <(…)`), and so is a FIFO with a
     // writer.
     let (code, err) = within(
-        bash(&format!("\"$0\" verify --key-file <(cat {}) {}", s(&kf), s(&img))),
+        bash(&format!(
+            "\"$0\" verify --key-file <(cat {}) {}",
+            s(&kf),
+            s(&img)
+        )),
         limit,
         "process substitution",
     );
@@ -99,19 +111,31 @@ fn key_input_is_bounded_and_never_hangs() {
     // --key-fd: a file, a pipe, standard input; a device and a closed
     // descriptor are refused.
     let (code, err) = within(
-        bash(&format!("\"$0\" verify --key-fd 3 {} 3<{}", s(&img), s(&kf))),
+        bash(&format!(
+            "\"$0\" verify --key-fd 3 {} 3<{}",
+            s(&img),
+            s(&kf)
+        )),
         limit,
         "--key-fd file",
     );
     assert_eq!(code, 0, "{err}");
     let (code, err) = within(
-        bash(&format!("cat {} | \"$0\" verify --key-fd 3 {} 3<&0", s(&kf), s(&img))),
+        bash(&format!(
+            "cat {} | \"$0\" verify --key-fd 3 {} 3<&0",
+            s(&kf),
+            s(&img)
+        )),
         limit,
         "--key-fd pipe",
     );
     assert_eq!(code, 0, "{err}");
     let (code, err) = within(
-        bash(&format!("cat {} | \"$0\" verify --key-fd 0 {}", s(&kf), s(&img))),
+        bash(&format!(
+            "cat {} | \"$0\" verify --key-fd 0 {}",
+            s(&kf),
+            s(&img)
+        )),
         limit,
         "--key-fd 0 pipe",
     );
@@ -160,13 +184,56 @@ fn key_for_a_plain_image_is_refused_everywhere() {
         vec!["inspect", "--key-file", k, p_],
         vec!["verify", "--key-file", k, p_],
         vec!["verify", "--json", "--key-file", k, p_],
-        vec!["cat", "--key-file", k, "--addr", "0x600000", "--len", "16", p_],
+        vec![
+            "cat",
+            "--key-file",
+            k,
+            "--addr",
+            "0x600000",
+            "--len",
+            "16",
+            p_,
+        ],
         vec!["diff", "--key-file", k, p_, p_],
-        vec!["recompress", "--key-file", k, "--codec", "none", "-o", o, p_],
-        vec!["recompress", "--key-file", k, "--codec", "none", "--in-place", p_],
+        vec![
+            "recompress",
+            "--key-file",
+            k,
+            "--codec",
+            "none",
+            "-o",
+            o,
+            p_,
+        ],
+        vec![
+            "recompress",
+            "--key-file",
+            k,
+            "--codec",
+            "none",
+            "--in-place",
+            p_,
+        ],
         vec!["export-core", "--key-file", k, p_, "-o", o],
-        vec!["reencrypt", "--key-file", k, "--new-key-file", n, "-o", o, p_],
-        vec!["reencrypt", "--key-file", k, "--new-key-file", n, "--in-place", p_],
+        vec![
+            "reencrypt",
+            "--key-file",
+            k,
+            "--new-key-file",
+            n,
+            "-o",
+            o,
+            p_,
+        ],
+        vec![
+            "reencrypt",
+            "--key-file",
+            k,
+            "--new-key-file",
+            n,
+            "--in-place",
+            p_,
+        ],
     ];
     let before = std::fs::read(&p).unwrap();
     for args in cases {
@@ -177,8 +244,15 @@ fn key_for_a_plain_image_is_refused_everywhere() {
         } else {
             err
         };
-        assert!(msg.contains("not encrypted, but a key was given"), "{args:?}: {msg}");
+        assert!(
+            msg.contains("not encrypted, but a key was given"),
+            "{args:?}: {msg}"
+        );
         assert!(!out.exists(), "{args:?} wrote {o}");
-        assert_eq!(std::fs::read(&p).unwrap(), before, "{args:?} changed the image");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            before,
+            "{args:?} changed the image"
+        );
     }
 }

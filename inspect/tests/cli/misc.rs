@@ -154,10 +154,18 @@ fn missing_paths_are_named_once() {
             err.clone()
         };
         // The parent of a missing directory is named in messages about it.
-        let name = if path == gd { "no-such-dir" } else { "no-such-file" };
+        let name = if path == gd {
+            "no-such-dir"
+        } else {
+            "no-such-file"
+        };
         assert_eq!(shown.matches(os).count(), 1, "{args:?}: {shown}");
         assert_eq!(shown.matches(name).count(), 1, "{args:?}: {shown}");
-        assert_eq!(err.lines().count(), usize::from(!err.is_empty()), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().count(),
+            usize::from(!err.is_empty()),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -173,14 +181,26 @@ fn one_key_source_at_a_time() {
     // Each alone opens the image or is the wrong key: exit 0 or 2 with its
     // own message.
     assert_eq!(run(&["verify", "--key-file", s(&kf), s(&img)]).0, 0);
-    let (code, _, err) = run(&["verify", "--key-file", s(&kf), "--passphrase-file", s(&pf), s(&img)]);
+    let (code, _, err) = run(&[
+        "verify",
+        "--key-file",
+        s(&kf),
+        "--passphrase-file",
+        s(&pf),
+        s(&img),
+    ]);
     assert_eq!(code, 2, "one key source at a time");
     assert!(err.contains("cannot be used with"), "{err}");
     let (code, _, err) = run(&["verify", "--key-file", s(&kf), "--key-fd", "0", s(&img)]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot be used with"), "{err}");
     let (code, _, err) = run(&[
-        "diff", "--key-file-b", s(&kf), "--plain-b", s(&img), s(&img),
+        "diff",
+        "--key-file-b",
+        s(&kf),
+        "--plain-b",
+        s(&img),
+        s(&img),
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot be used with"), "{err}");

@@ -17,7 +17,11 @@ use crate::common::*;
 /// Runs imgtool with `args` under umask 000; returns (exit code, stderr).
 fn run_umask_000(args: &[&str]) -> (i32, String) {
     let o = Command::new("bash")
-        .args(["-c", "umask 000 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_imgtool")])
+        .args([
+            "-c",
+            "umask 000 && exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_imgtool"),
+        ])
         .args(args)
         .output()
         .unwrap();
@@ -63,15 +67,32 @@ fn in_place_rewrites_keep_the_mode() {
         write_image(&img, Codec::Zstd(1), Some(key.clone()));
         std::fs::set_permissions(&img, std::fs::Permissions::from_mode(m)).unwrap();
         let (code, out) = run_umask_000(&[
-            "recompress", "--in-place", "--codec", "none", "--key-file", s(&kf), s(&img),
+            "recompress",
+            "--in-place",
+            "--codec",
+            "none",
+            "--key-file",
+            s(&kf),
+            s(&img),
         ]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(mode(&img), m, "recompress --in-place of a {m:o} image");
         let (code, out) = run_umask_000(&[
-            "reencrypt", "--in-place", "--full", "--key-file", s(&kf), "--new-key-file", s(&nk), s(&img),
+            "reencrypt",
+            "--in-place",
+            "--full",
+            "--key-file",
+            s(&kf),
+            "--new-key-file",
+            s(&nk),
+            s(&img),
         ]);
         assert_eq!(code, 0, "{out}");
-        assert_eq!(mode(&img), m, "reencrypt --in-place --full of a {m:o} image");
+        assert_eq!(
+            mode(&img),
+            m,
+            "reencrypt --in-place --full of a {m:o} image"
+        );
         std::fs::remove_file(&img).unwrap();
     }
 }
@@ -85,13 +106,26 @@ fn rewrites_to_new_files_and_captures_create_0600_under_umask_000() {
     write_image(&img, Codec::Zstd(1), Some(key));
     let r = d.path().join("r.mimg");
     let (code, out) = run_umask_000(&[
-        "recompress", "--codec", "none", "--key-file", s(&kf), "-o", s(&r), s(&img),
+        "recompress",
+        "--codec",
+        "none",
+        "--key-file",
+        s(&kf),
+        "-o",
+        s(&r),
+        s(&img),
     ]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(mode(&r), 0o600, "recompress -o");
     let p = d.path().join("p.mimg");
     let (code, out) = run_umask_000(&[
-        "reencrypt", "--decrypt", "--key-file", s(&kf), "-o", s(&p), s(&img),
+        "reencrypt",
+        "--decrypt",
+        "--key-file",
+        s(&kf),
+        "-o",
+        s(&p),
+        s(&img),
     ]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(mode(&p), 0o600, "reencrypt --decrypt -o");

@@ -143,13 +143,21 @@ fn damage_points(p: &std::path::Path, key: Option<&memimg::Key>) -> (u64, u64) {
 fn damage_is_reported_in_every_mode() {
     let d = tempfile::tempdir().unwrap();
     let (kf, key) = key_file(d.path(), "k", 6);
-    for (enc, what) in [(false, "chunk"), (false, "index"), (true, "chunk"), (true, "index")] {
+    for (enc, what) in [
+        (false, "chunk"),
+        (false, "index"),
+        (true, "chunk"),
+        (true, "index"),
+    ] {
         let p = d.path().join(format!("{enc}-{what}.mimg"));
         let k = enc.then(|| key.clone());
         write_image(&p, Codec::Zstd(1), k.clone());
         let (chunk, index) = damage_points(&p, k.as_ref());
         flip(&p, if what == "chunk" { chunk } else { index });
-        let tag = format!("{} image, {what} byte flipped", if enc { "encrypted" } else { "plain" });
+        let tag = format!(
+            "{} image, {what} byte flipped",
+            if enc { "encrypted" } else { "plain" }
+        );
         let mut modes: Vec<Vec<&str>> = vec![vec![], vec!["--deep"]];
         if enc {
             modes.push(vec!["--key-file", s(&kf)]);
@@ -162,9 +170,19 @@ fn damage_is_reported_in_every_mode() {
             let (code, out, err) = run(&args);
             assert_eq!(code, 1, "{tag}, {mode:?}: exit {code}\n{out}{err}");
             assert!(out.contains("DAMAGED"), "{tag}, {mode:?}:\n{out}");
-            let want = if what == "chunk" { "stored checksum mismatch" } else { "index" };
-            assert!(out.contains(want), "{tag}, {mode:?}: the real problem is not printed:\n{out}");
-            assert!(!(out.clone() + &err).contains("no key was given"), "{tag}, {mode:?}:\n{out}{err}");
+            let want = if what == "chunk" {
+                "stored checksum mismatch"
+            } else {
+                "index"
+            };
+            assert!(
+                out.contains(want),
+                "{tag}, {mode:?}: the real problem is not printed:\n{out}"
+            );
+            assert!(
+                !(out.clone() + &err).contains("no key was given"),
+                "{tag}, {mode:?}:\n{out}{err}"
+            );
             if !enc || what == "index" || mode.contains(&"--key-file") {
                 assert!(!out.contains("index encrypted"), "{tag}, {mode:?}:\n{out}");
             }
@@ -177,7 +195,11 @@ fn damage_is_reported_in_every_mode() {
             assert_eq!(code, 1, "{tag}, --json {mode:?}:\n{out}");
             let j = json(&out);
             assert_eq!(j["status"], "damaged", "{tag}, --json {mode:?}:\n{out}");
-            assert!(j["error"].is_null(), "{tag}, --json {mode:?}: {}", j["error"]);
+            assert!(
+                j["error"].is_null(),
+                "{tag}, --json {mode:?}: {}",
+                j["error"]
+            );
             assert!(!j["problems"].as_array().unwrap().is_empty());
             let index = j["index"].as_str().unwrap();
             match (what, enc && !mode.contains(&"--key-file")) {
@@ -201,7 +223,10 @@ fn index_line_tells_locked_from_checked() {
     write_image(&e, Codec::None, Some(key));
     let (code, out, _) = run(&["verify", "--deep", s(&p)]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("index checked") && !out.contains("encrypted"), "{out}");
+    assert!(
+        out.contains("index checked") && !out.contains("encrypted"),
+        "{out}"
+    );
     let (code, out, _) = run(&["verify", s(&e)]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("index encrypted"), "{out}");
