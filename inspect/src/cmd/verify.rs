@@ -168,30 +168,21 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
     Ok(super::code(code))
 }
 
-/// The error for a report that could not check the image.
+/// The error for a report that could not check the image, naming the path
+/// once: the library's I/O messages already name it (`opening PATH: …`).
 fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
     match e.kind() {
         ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, e),
         ErrorKind::NotEncrypted => crate::open::not_encrypted(&plan.image),
-        _ => anyhow!(
-            "{}: unable to check: {}",
-            plan.image.display(),
-            fatal_text(plan, e)
-        ),
-    }
-}
-
-/// The library's message for a fatal error, without the path when it
-/// already names it (`opening PATH: …`), so that it appears once.
-fn fatal_text(plan: &Plan, e: &memimg::Error) -> String {
-    let text = e.to_string();
-    let path = plan.image.display().to_string();
-    match text.strip_prefix("opening ") {
-        Some(rest) if rest.starts_with(&path) => rest[path.len()..]
-            .trim_start_matches(':')
-            .trim_start()
-            .to_string(),
-        _ => text,
+        _ => {
+            let text = e.to_string();
+            let path = plan.image.display().to_string();
+            if text.contains(&path) {
+                anyhow!("unable to check: {text}")
+            } else {
+                anyhow!("{path}: unable to check: {text}")
+            }
+        }
     }
 }
 
