@@ -28,7 +28,9 @@ Examples:
   imgtool import-core core.1234 -o app.mimg
 
 Keys are never given on the command line: they come from --key-file (32 raw
-bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor).
+bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor),
+each a regular file or a pipe, read with a bound. A key given for a plain
+image is refused.
 
 Exit codes:
   0  success: the image is intact, the images are identical, the rewrite is done
