@@ -232,10 +232,22 @@ fn main() {
         qemu(&["check", s(&p("a.qcow2"))]);
     });
     let d_same = time(
-        "imgtool diff (zstd:1 vs its zstd:3 copy)",
+        "imgtool diff (zstd:1 vs its zstd:3 copy; stored checksums read)",
         &nothing,
         &|| {
             imgtool(&["diff", s(&p("zstd.mimg")), s(&p("zstd3.mimg"))]);
+        },
+    );
+    let d_index = time(
+        "imgtool diff --index-only (zstd:1 vs its zstd:3 copy)",
+        &nothing,
+        &|| {
+            imgtool(&[
+                "diff",
+                "--index-only",
+                s(&p("zstd.mimg")),
+                s(&p("zstd3.mimg")),
+            ]);
         },
     );
     let d_full = time(
@@ -336,10 +348,10 @@ fn main() {
     );
     println!("  verify --deep {:.2} GB/s; qemu-img check {:.2} GB/s (qemu-img check reads metadata only)",
         gbs(v_deep), gbs(q_check));
-    println!("  diff vs qemu-img compare (qcow2): {:.1}x (checksum skip), {:.1}x (decode all)   target >= 2x: {}",
-        ratio(d_same, q_cmp), ratio(d_full, q_cmp), if ratio(d_full, q_cmp) >= 2.0 { "met, even decoding all" } else if ratio(d_same, q_cmp) >= 2.0 { "met with checksum skip only" } else { "MISSED" });
+    println!("  diff vs qemu-img compare (qcow2): {:.1}x (same chunking: stored bytes checked), {:.1}x (decode all), {:.1}x (--index-only)   target >= 2x: {}",
+        ratio(d_same, q_cmp), ratio(d_full, q_cmp), ratio(d_index, q_cmp), if ratio(d_full, q_cmp) >= 2.0 { "met, even decoding all" } else if ratio(d_same, q_cmp) >= 2.0 { "met when the chunking is the same" } else { "MISSED" });
     println!(
-        "  diff vs qemu-img compare (raw vs qcow2): {:.1}x (checksum skip), {:.1}x (decode all)",
+        "  diff vs qemu-img compare (raw vs qcow2): {:.1}x (same chunking: stored bytes checked), {:.1}x (decode all)",
         ratio(d_same, q_cmp_raw),
         ratio(d_full, q_cmp_raw)
     );

@@ -28,7 +28,9 @@ Examples:
   imgtool import-core core.1234 -o app.mimg
 
 Keys are never given on the command line: they come from --key-file (32 raw
-bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor).
+bytes), --passphrase-file (one line) or --key-fd (an inherited descriptor),
+each a regular file or a pipe, read with a bound. A key given for a plain
+image is refused.
 
 Exit codes:
   0  success: the image is intact, the images are identical, the rewrite is done
@@ -99,6 +101,10 @@ pub struct KeyArgsB {
     /// Read the second image's 32-byte key from this inherited file descriptor.
     #[arg(long, value_name = "FD", group = "key_b")]
     pub key_fd_b: Option<u32>,
+    /// The second image is plain: open it without the first image's key
+    /// (a key given for a plain image is refused).
+    #[arg(long, group = "key_b")]
+    pub plain_b: bool,
 }
 
 /// The new key of a reencrypt.
@@ -194,8 +200,15 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
 Compares content, not encoding: an image and its recompressed or re-encrypted
-copy are identical. Chunks whose raw-content checksums match are skipped
-without decoding.
+copy are identical. Chunks at the same place whose raw-content checksums match
+are not decoded and compared; their stored bytes are still read and checked
+(the stored checksum, and with a key the authentication tag and raw content),
+so that identical never rests on bytes that were not read. --index-only
+skips that check, and says so.
+
+A key given for a plain image is refused: with --key-file alone, both images
+must be encrypted under it; give --key-file-b for B's own key, or --plain-b
+when B is plain.
 
 Examples:
   imgtool diff before.mimg after.mimg
@@ -219,6 +232,11 @@ pub struct DiffArgs {
     /// The second image's key.
     #[command(flatten)]
     pub key_b: KeyArgsB,
+    /// Trust the index for chunks whose raw-content checksums match: do not
+    /// read their stored bytes (faster; the output says the result rests on
+    /// the index only). By default they are read and checked.
+    #[arg(long)]
+    pub index_only: bool,
 }
 
 /// `imgtool recompress`.

@@ -1,6 +1,70 @@
-//! Formatting helpers shared by the subcommands: sizes, times, addresses.
+//! Formatting helpers shared by the subcommands: sizes, times, addresses,
+//! and the escaping of bytes that come from a file.
 
 use memimg::{Prot, RegionInfo};
+
+/// Bytes from a file (a region name, a process fact, a note name) made safe
+/// for a terminal, as `ls` and ripgrep do: printable text is kept, a
+/// backslash becomes `\\`, tab, newline and carriage return become `\t`, `\n`
+/// and `\r`, other control and invisible formatting characters (ESC, DEL,
+/// C1 controls, bidirectional overrides, zero-width characters) become
+/// `\x1b` or `\u{202e}`, and bytes that are not UTF-8 become `\xNN`. An
+/// escape sequence in an image therefore never reaches the terminal, and a
+/// newline never splits a table row.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            escape_char(c, &mut out);
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// [`escape`], and a `"` becomes `\"`, for text shown between quotes.
+pub fn escape_quoted(bytes: &[u8]) -> String {
+    escape(bytes).replace('"', "\\\"")
+}
+
+/// [`escape`] of a string (which may still hold control characters).
+pub fn escape_str(text: &str) -> String {
+    escape(text.as_bytes())
+}
+
+fn escape_char(c: char, out: &mut String) {
+    match c {
+        '\\' => out.push_str("\\\\"),
+        '\t' => out.push_str("\\t"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        c if (c as u32) < 0x80 && c.is_ascii_control() => {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        }
+        c if invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        c => out.push(c),
+    }
+}
+
+/// Characters that print nothing or change how the rest of a line prints:
+/// C1 controls, and the format characters (Unicode category Cf) and
+/// separators that terminals honour.
+fn invisible(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x80..=0x9f             // C1 controls (CSI is 0x9b)
+            | 0xad              // soft hyphen
+            | 0x061c            // Arabic letter mark
+            | 0x180e            // Mongolian vowel separator
+            | 0x200b..=0x200f   // zero-width space, joiners, LRM, RLM
+            | 0x2028..=0x202e   // line and paragraph separators, bidi embeddings and overrides
+            | 0x2060..=0x206f   // word joiner, invisible operators, bidi isolates
+            | 0xfeff            // zero-width no-break space
+            | 0xfff9..=0xfffb   // interlinear annotations
+    )
+}
 
 /// An address as `0x` and at least 12 hex digits, so columns line up.
 pub fn addr(a: u64) -> String {
@@ -148,6 +212,23 @@ mod tests {
         assert!(parse_u64("0xfffffffffffffffff", false).is_err());
         assert!(parse_u64("17G", true).is_ok());
         assert!(parse_u64("99999999999999999G", true).is_err());
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(escape(b"[heap]"), "[heap]");
+        assert_eq!(escape("/tmp/é ü".as_bytes()), "/tmp/é ü");
+        assert_eq!(escape(b"a\x1b[31mred\x1b[0m"), "a\\x1b[31mred\\x1b[0m");
+        assert_eq!(escape(b"a\nb\tc\r"), "a\\nb\\tc\\r");
+        assert_eq!(escape(b"\x7f\x00"), "\\x7f\\x00");
+        assert_eq!(escape(b"bad\xff\xfe"), "bad\\xff\\xfe");
+        assert_eq!(escape(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape("\u{202e}txt.exe".as_bytes()), "\\u{202e}txt.exe");
+        assert_eq!(escape("\u{9b}".as_bytes()), "\\u{9b}");
+        assert_eq!(escape_quoted(b"say \"hi\""), "say \\\"hi\\\"");
+        // An escaped name holds no control byte at all.
+        let all: Vec<u8> = (0..=255).collect();
+        assert!(escape(&all).bytes().all(|b| (0x20..0x7f).contains(&b)));
     }
 
     #[test]

@@ -61,6 +61,33 @@ pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCo
     }
 }
 
+/// The message of `err` for the user: every layer of context once, and
+/// nothing that could drive a terminal.
+///
+/// Layers are joined with `: ` as anyhow's `{:#}` does, except that a layer
+/// already printed by the one above it is left out. memimg's I/O errors print
+/// their context and their OS error and also return the OS error as their
+/// source; anyhow would print it twice (`opening x: No such file or directory
+/// (os error 2): No such file or directory (os error 2)`). Likewise a context
+/// that the error below it starts with is dropped. The text is then escaped
+/// with [`fmt::escape_str`], since messages quote names read from files.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for layer in err.chain() {
+        let text = layer.to_string();
+        if let Some(last) = parts.last() {
+            if last.contains(&text) {
+                continue;
+            }
+            if text.starts_with(last.as_str()) {
+                parts.pop();
+            }
+        }
+        parts.push(text);
+    }
+    fmt::escape_str(&parts.join(": "))
+}
+
 /// True when `err` is, at its root, a broken pipe: the reader went away
 /// (`imgtool cat … | head`), which is not worth a message.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {

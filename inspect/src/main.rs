@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if imgtool::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "imgtool: {err:#}");
+            let _ = writeln!(std::io::stderr(), "imgtool: {}", imgtool::error_text(&err));
             ExitCode::from(imgtool::EXIT_ERROR)
         }
     }

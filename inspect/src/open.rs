@@ -1,23 +1,33 @@
-//! Opening images with an optional key, with messages that name the file.
+//! Opening images with an optional key, with messages that name the file
+//! once.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use memimg::{ErrorKind, Image, Key};
 
 /// The message for a key that does not open an image. It is never damage.
 pub const WRONG_KEY: &str = "the key does not open this image";
 
-/// Opens `path`, unlocking it with `key` when it is encrypted. A key given
-/// for a plain image is not needed and is ignored.
+/// Opens `path`, unlocking it with `key` when it is encrypted.
+///
+/// # Security
+/// A key given for a plain image is refused, never ignored: a user who gives
+/// a key expects an encrypted image, and a plain file in its place may be a
+/// substitute (anyone can write a plain image; only the key holder can write
+/// one that the key opens).
 ///
 /// # Errors
-/// When the file is not a readable image, when `key` does not open it (the
-/// message says so and never calls it damage), and, with `need_unlock`, when it
-/// is encrypted and no key was given.
+/// When the file is not a readable image, when a key is given and the image
+/// is plain, when `key` does not open it (the message says so and never
+/// calls it damage), and, with `need_unlock`, when it is encrypted and no key
+/// was given.
 pub fn open(path: &Path, key: Option<&Key>, need_unlock: bool) -> Result<Image> {
-    let img = Image::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let img = Image::open(path).map_err(|e| lib_error(e, path, "opening"))?;
     if !img.is_encrypted() {
+        if key.is_some() {
+            return Err(not_encrypted(path));
+        }
         return Ok(img);
     }
     match key {
@@ -30,11 +40,34 @@ pub fn open(path: &Path, key: Option<&Key>, need_unlock: bool) -> Result<Image> 
     }
 }
 
+/// The error for a key given for a plain image.
+pub fn not_encrypted(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not encrypted, but a key was given: refusing to read it as if the key had \
+         opened it (a plain file may have replaced an encrypted image); leave the key out \
+         to read a plain image",
+        path.display()
+    )
+}
+
 fn open_with(path: &Path, key: &Key) -> Result<Image> {
     match Image::open_with_key(path, Some(key)) {
         Ok(img) => Ok(img),
         Err(e) if e.kind() == ErrorKind::WrongKey => Err(wrong_key(path, &e)),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("opening {}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotEncrypted => Err(not_encrypted(path)),
+        Err(e) => Err(lib_error(e, path, "opening")),
+    }
+}
+
+/// A library error about `path`, with "`doing` PATH" in front unless the
+/// library's message already names the path (its I/O errors do: `opening
+/// PATH: No such file or directory`), so that each context appears once.
+pub fn lib_error(e: memimg::Error, path: &Path, doing: &str) -> anyhow::Error {
+    let shown = path.display().to_string();
+    if e.to_string().contains(&shown) {
+        anyhow::Error::new(e)
+    } else {
+        anyhow::Error::new(e).context(format!("{doing} {shown}"))
     }
 }
 

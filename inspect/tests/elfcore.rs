@@ -1,8 +1,9 @@
 //! Tests of the ELF core conversion in inspect/src/elfcore: gdb on exported
 //! cores, import of gcore and kernel cores, round trips, and malformed cores.
 //!
-//! The tests that need gdb, gcore or kernel core dumps print why and return
-//! early where those cannot run.
+//! The tests that need gdb, gcore or kernel core dumps skip where those
+//! cannot run, through the skip protocol (support/skip.rs): a skip shows in
+//! scripts/test.sh's summary, and fails on CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 // Test arithmetic is on small known values; the module under test is checked
 // without these allowances.
@@ -12,6 +13,8 @@ use std::process::Command;
 
 #[path = "support/gdb.rs"]
 mod gdb;
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "support/sleeper.rs"]
 mod sleeper;
 use gdb::{gdb_bytes, have};
@@ -19,6 +22,7 @@ use imgtool::elfcore::{self, export_core, import_core, parse_core, CoreError, Ex
 use memimg::{
     Codec, Image, Note, ProcessFacts, Prot, RegionInfo, RegionKind, Writer, WriterOptions,
 };
+use skip::skip;
 use sleeper::{maps_range, Located, Sleeper};
 
 const PS: u64 = 4096;
@@ -158,7 +162,10 @@ mod export {
     #[test]
     fn gdb_reads_known_bytes() {
         if !have("gdb") {
-            eprintln!("SKIP gdb_reads_known_bytes: gdb is not installed");
+            skip(
+                concat!(module_path!(), "::gdb_reads_known_bytes"),
+                "gdb is not installed",
+            );
             return;
         }
         let img = Image::from_bytes(sample_image(), None).unwrap();
@@ -261,7 +268,10 @@ mod export {
     #[test]
     fn readelf_accepts_the_core() {
         if !have("readelf") {
-            eprintln!("SKIP readelf_accepts_the_core: readelf is not installed");
+            skip(
+                concat!(module_path!(), "::readelf_accepts_the_core"),
+                "readelf is not installed",
+            );
             return;
         }
         let img = Image::from_bytes(sample_image(), None).unwrap();
@@ -549,7 +559,10 @@ mod real {
     #[test]
     fn gcore_of_a_live_child() {
         if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
-            eprintln!("SKIP gcore_of_a_live_child: gdb's gcore is not installed");
+            skip(
+                concat!(module_path!(), "::gcore_of_a_live_child"),
+                "gdb's gcore is not installed",
+            );
             return;
         }
         let s = Sleeper::spawn(None);
@@ -564,9 +577,12 @@ mod real {
             .unwrap();
         let path = PathBuf::from(format!("{}.{}", prefix.display(), s.pid()));
         if !path.exists() {
-            eprintln!(
-                "SKIP gcore_of_a_live_child: gcore could not attach (ptrace not permitted?): {}",
-                String::from_utf8_lossy(&out.stderr)
+            skip(
+                concat!(module_path!(), "::gcore_of_a_live_child"),
+                &format!(
+                    "gcore could not attach (ptrace not permitted?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
             );
             return;
         }
@@ -579,9 +595,12 @@ mod real {
     fn kernel_core_dump() {
         let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
         if pattern.trim() != "core" {
-            eprintln!(
-                "SKIP kernel_core_dump: core_pattern is {:?}, not a plain `core` file",
-                pattern.trim()
+            skip(
+                concat!(module_path!(), "::kernel_core_dump"),
+                &format!(
+                    "core_pattern is {:?}, not a plain `core` file",
+                    pattern.trim()
+                ),
             );
             return;
         }
@@ -594,7 +613,10 @@ mod real {
         let st = s.child.wait().unwrap();
         let path = dir.path().join("core");
         if !path.exists() {
-            eprintln!("SKIP kernel_core_dump: no core written (status {st:?}; a core ulimit or filter applies)");
+            skip(
+                concat!(module_path!(), "::kernel_core_dump"),
+                &format!("no core written (status {st:?}; a core ulimit or filter applies)"),
+            );
             return;
         }
         let core = std::fs::read(&path).unwrap();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memimg::{ExtentKind, Image};
+use zeroize::Zeroizing;
 
 use crate::cli::CatArgs;
 use crate::fmt;
@@ -50,7 +51,8 @@ pub fn cat(args: &CatArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
     let img = crate::open::open(&plan.image, key.as_ref(), true)?;
     check_captured(&img, plan.addr, plan.len)?;
-    let mut buf = vec![0u8; usize::try_from(plan.len.min(STEP))?];
+    // Plaintext memory: zeroized on drop.
+    let mut buf = Zeroizing::new(vec![0u8; usize::try_from(plan.len.min(STEP))?]);
     let mut done = 0u64;
     let mut hex = HexDump::default();
     while done < plan.len {
@@ -98,7 +100,8 @@ fn check_captured(img: &Image, addr: u64, len: u64) -> Result<()> {
 /// A hexdump in the style of `hexdump -C`, addressed by virtual address.
 #[derive(Default)]
 struct HexDump {
-    pending: Vec<u8>,
+    /// Bytes of an unfinished line (plaintext memory: zeroized on drop).
+    pending: Zeroizing<Vec<u8>>,
     pending_addr: u64,
 }
 
@@ -119,8 +122,8 @@ impl HexDump {
 
     fn finish(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
         if !self.pending.is_empty() {
-            let p = std::mem::take(&mut self.pending);
-            Self::line(self.pending_addr, &p, out)?;
+            Self::line(self.pending_addr, &self.pending, out)?;
+            self.pending.clear();
         }
         Ok(())
     }

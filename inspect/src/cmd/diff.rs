@@ -2,9 +2,19 @@
 //!
 //! Regions are matched by start address. Within a matched pair the extents of
 //! both sides are walked together; a data extent whose position and
-//! raw-content checksum match its counterpart is skipped without decoding,
+//! raw-content checksum match its counterpart is not decoded and compared,
 //! equal zero or absent runs are equal, and everything else is decoded and
 //! compared page by page, in parallel.
+//!
+//! "Identical" never rests on bytes that were not read: the chunks of the
+//! extents that matched by checksum are read and checked, in parallel. In a
+//! plain image that is their stored checksum (which the chunk map holds in
+//! clear); in an encrypted one they are decrypted, so their authentication
+//! tag, which binds each chunk to its place in its image, is checked, and
+//! then decompressed and checked against their raw-content checksum. A
+//! swapped, replayed or altered chunk thus makes the diff fail (exit 2)
+//! instead of passing for equal. `--index-only` skips this check, and its
+//! output says that the result rests on the index alone.
 //!
 //! Three kinds of difference are kept apart:
 //! - regions found in only one image (`only_in_a`, `only_in_b`), each with a
@@ -27,8 +37,10 @@ use anyhow::{bail, Result};
 use memimg::{Extent, ExtentKind, Image, Region};
 use rayon::prelude::*;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::cli::DiffArgs;
+use crate::cmd::inspect::hex_if_binary;
 use crate::keys::KeySource;
 use crate::{fmt, ui};
 
@@ -41,20 +53,40 @@ struct Plan {
     key_a: Option<KeySource>,
     key_b: Option<KeySource>,
     json: bool,
+    check: Check,
 }
 
 impl Plan {
     fn new(args: &DiffArgs) -> Plan {
         let key_a = args.key.source();
-        let key_b = args.key_b.source().or_else(|| key_a.clone());
+        let key_b = if args.key_b.plain_b {
+            None
+        } else {
+            args.key_b.source().or_else(|| key_a.clone())
+        };
         Plan {
             a: args.a.clone(),
             b: args.b.clone(),
             key_a,
             key_b,
             json: args.json,
+            check: if args.index_only {
+                Check::IndexOnly
+            } else {
+                Check::StoredBytes
+            },
         }
     }
+}
+
+/// What diff reads of the chunks that match by raw-content checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Read and check them: the stored checksum, and in an encrypted image
+    /// the tag and the raw-content checksum. The default.
+    StoredBytes,
+    /// Trust the index: do not read them (`--index-only`).
+    IndexOnly,
 }
 
 /// The JSON document of `diff --json`.
@@ -80,10 +112,22 @@ pub struct DiffDoc {
     pub pages_captured_only_in_a: u64,
     /// Pages of regions in both that only the second image captured.
     pub pages_captured_only_in_b: u64,
-    /// Bytes compared by raw-content checksum alone, without decoding.
+    /// Bytes compared by raw-content checksum, without decoding both sides
+    /// and comparing them.
     pub bytes_skipped_by_checksum: u64,
     /// Bytes decoded and compared.
     pub bytes_decoded: u64,
+    /// True with `--index-only`: the chunks of `bytes_skipped_by_checksum`
+    /// were not read, so the result rests on the index alone.
+    pub index_only: bool,
+    /// Chunks (of both images) that matched by checksum and whose stored
+    /// bytes were read and checked: the stored checksum, and with a key the
+    /// tag and raw content. 0 with `--index-only`.
+    pub chunks_checked: u64,
+    /// Their stored bytes.
+    pub stored_bytes_checked: u64,
+    /// Chunks that matched by checksum and were not read (`--index-only`).
+    pub chunks_not_read: u64,
 }
 
 /// A region, named.
@@ -97,8 +141,14 @@ pub struct RegionRef {
     pub end: String,
     /// Bytes.
     pub size: u64,
-    /// Name.
+    /// Name (invalid UTF-8 replaced).
     pub name: String,
+    /// The name's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// The name's bytes.
+    #[serde(skip)]
+    pub name_raw: Vec<u8>,
     /// Permissions, as in /proc/PID/maps.
     pub perms: String,
     /// Kind.
@@ -120,8 +170,14 @@ pub struct RegionDiff {
     pub start: String,
     /// End in the first image (exclusive), hex.
     pub end: String,
-    /// Name in the first image.
+    /// Name in the first image (invalid UTF-8 replaced).
     pub name: String,
+    /// The name's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// The name's bytes.
+    #[serde(skip)]
+    pub name_raw: Vec<u8>,
     /// Changed attributes.
     pub changes: Vec<Change>,
     /// Page ranges whose content differs.
@@ -145,6 +201,29 @@ pub struct Change {
     pub a: String,
     /// In the second image.
     pub b: String,
+    /// For a name that is not UTF-8: its bytes in the first image, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_hex: Option<String>,
+    /// For a name that is not UTF-8: its bytes in the second image, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_hex: Option<String>,
+    /// For the text output: both values escaped for a terminal.
+    #[serde(skip)]
+    pub shown: (String, String),
+}
+
+impl Change {
+    /// A change of an attribute that is plain text (not from the file's bytes).
+    fn text(field: &'static str, a: String, b: String) -> Change {
+        Change {
+            field,
+            shown: (a.clone(), b.clone()),
+            a,
+            b,
+            a_hex: None,
+            b_hex: None,
+        }
+    }
 }
 
 /// A run of differing pages.
@@ -178,8 +257,19 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
         plan.key_b.as_ref().map(KeySource::load).transpose()?
     };
     let a = crate::open::open(&plan.a, key_a.as_ref(), true)?;
-    let b = crate::open::open(&plan.b, key_b.as_ref(), true)?;
-    let mut doc = compare(&a, &b)?;
+    let b = crate::open::open(&plan.b, key_b.as_ref(), true).map_err(|e| {
+        if args.key_b.source().is_none() && key_b.is_some() && !b_encrypted(&plan.b) {
+            anyhow::anyhow!(
+                "{} is not encrypted, but it was given A's key (no key was given for B): \
+                 refusing to read it as if the key had opened it; give --plain-b to compare \
+                 with a plain image",
+                plan.b.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    let mut doc = compare_with(&a, &b, plan.check).map_err(|e| name_side(e, &plan))?;
     doc.a = plan.a.display().to_string();
     doc.b = plan.b.display().to_string();
     if plan.json {
@@ -194,6 +284,34 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
         crate::EXIT_FOUND
     }))
 }
+
+/// True when the image at `path` opens and is encrypted.
+fn b_encrypted(path: &std::path::Path) -> bool {
+    Image::open(path).is_ok_and(|i| i.is_encrypted())
+}
+
+/// Names the image of a chunk that failed its check.
+fn name_side(e: anyhow::Error, plan: &Plan) -> anyhow::Error {
+    match e.downcast::<SideError>() {
+        Ok(SideError(side, err)) => {
+            let path = if side == 0 { &plan.a } else { &plan.b };
+            crate::open::lib_error(err, path, "checking")
+        }
+        Err(e) => e,
+    }
+}
+
+/// A chunk of image A (0) or B (1) that failed its check.
+#[derive(Debug)]
+struct SideError(usize, memimg::Error);
+
+impl std::fmt::Display for SideError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "image {}: {}", ["A", "B"][self.0], self.1)
+    }
+}
+
+impl std::error::Error for SideError {}
 
 /// A region found in `img` only; `other` is the other image's region table,
 /// named `who` ("A" or "B").
@@ -217,7 +335,7 @@ fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<Re
             "{who}'s region {}-{} {} overlaps it with other bounds",
             fmt::addr(o.info.start),
             fmt::addr(o.info.end()),
-            o.info.name_lossy()
+            fmt::escape(&o.info.name)
         )
     } else if !r.has_data() {
         format!("{who} has no region here; this one is recorded without data")
@@ -236,6 +354,8 @@ fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<Re
         end: fmt::addr(r.info.end()),
         size: r.info.len,
         name: r.info.name_lossy(),
+        name_hex: hex_if_binary(&r.info.name),
+        name_raw: r.info.name.clone(),
         perms: fmt::perms(&r.info),
         kind: r.info.kind.to_string(),
         captured_bytes: captured,
@@ -270,11 +390,22 @@ struct Item<'a> {
     eb: &'a [Extent],
 }
 
-/// Compares the content of `a` and `b`.
+/// Compares the content of `a` and `b`, reading and checking the chunks that
+/// match by checksum ([`Check::StoredBytes`]).
 ///
 /// # Errors
-/// When the page sizes differ or a chunk cannot be decoded.
+/// When the page sizes differ, or a chunk cannot be decoded or fails its
+/// check.
 pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
+    compare_with(a, b, Check::StoredBytes)
+}
+
+/// Compares the content of `a` and `b`, reading what `check` says of the
+/// chunks that match by checksum.
+///
+/// # Errors
+/// As [`compare`].
+pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
     let ps = a.header().page_size;
     if b.header().page_size != ps {
         bail!(
@@ -323,6 +454,8 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
     let mut only_a: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
     let mut only_b: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
     let mut items: Vec<Item<'_>> = Vec::new();
+    // The chunks of extents that matched by checksum, as (image, extent).
+    let mut matched: Vec<(usize, &Extent)> = Vec::new();
     for (p, ((x, y), (ea, eb))) in pairs.iter().zip(&sides).enumerate() {
         let end = x.info.end().min(y.info.end());
         if x.info.end() != y.info.end() {
@@ -355,6 +488,8 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
                         && xa.raw_checksum == xb.raw_checksum =>
                 {
                     doc.bytes_skipped_by_checksum += seg_end - cur;
+                    matched.push((0, xa));
+                    matched.push((1, xb));
                     false
                 }
                 (Zero, Zero) | (Absent, Absent) => false,
@@ -399,6 +534,27 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
         }
     }
     doc.bytes_decoded = items.iter().map(|it| it.end - it.start).sum();
+    doc.index_only = check == Check::IndexOnly;
+    if doc.index_only {
+        doc.chunks_not_read = matched.len() as u64;
+    } else {
+        let imgs = [a, b];
+        let chunk = a.header().chunk_size.max(b.header().chunk_size) as usize;
+        matched
+            .par_iter()
+            .map_init(
+                || Zeroizing::new(Vec::with_capacity(chunk)),
+                |buf, &(side, e)| {
+                    check_chunk(imgs[side], e, buf).map_err(|err| SideError(side, err))
+                },
+            )
+            .collect::<std::result::Result<Vec<()>, SideError>>()?;
+        doc.chunks_checked = matched.len() as u64;
+        doc.stored_bytes_checked = matched
+            .iter()
+            .map(|&(side, e)| stored_len(imgs[side], e))
+            .sum();
+    }
     let results: Vec<Result<(usize, Runs)>> = items
         .par_iter()
         .map(|it| {
@@ -416,32 +572,31 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
         let mut changes = Vec::new();
         let (pa, pb_) = (fmt::perms(&x.info), fmt::perms(&y.info));
         if pa != pb_ {
-            changes.push(Change {
-                field: "perms",
-                a: pa,
-                b: pb_,
-            });
+            changes.push(Change::text("perms", pa, pb_));
         }
         if x.info.kind != y.info.kind {
-            changes.push(Change {
-                field: "kind",
-                a: x.info.kind.to_string(),
-                b: y.info.kind.to_string(),
-            });
+            changes.push(Change::text(
+                "kind",
+                x.info.kind.to_string(),
+                y.info.kind.to_string(),
+            ));
         }
         if x.info.name != y.info.name {
             changes.push(Change {
                 field: "name",
                 a: x.info.name_lossy(),
                 b: y.info.name_lossy(),
+                a_hex: hex_if_binary(&x.info.name),
+                b_hex: hex_if_binary(&y.info.name),
+                shown: (fmt::escape(&x.info.name), fmt::escape(&y.info.name)),
             });
         }
         if x.info.len != y.info.len {
-            changes.push(Change {
-                field: "size",
-                a: x.info.len.to_string(),
-                b: y.info.len.to_string(),
-            });
+            changes.push(Change::text(
+                "size",
+                x.info.len.to_string(),
+                y.info.len.to_string(),
+            ));
         }
         let ranges = merge(std::mem::take(&mut found[p]));
         let cap_a = merge(std::mem::take(&mut only_a[p]));
@@ -471,6 +626,8 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
             start: fmt::addr(x.info.start),
             end: fmt::addr(x.info.end()),
             name: x.info.name_lossy(),
+            name_hex: hex_if_binary(&x.info.name),
+            name_raw: x.info.name.clone(),
             changes,
             ranges: docs(ranges),
             pages,
@@ -482,6 +639,27 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
     doc.bytes_differ = doc.pages_differ * ps64;
     doc.identical = doc.only_in_a.is_empty() && doc.only_in_b.is_empty() && doc.changed.is_empty();
     Ok(doc)
+}
+
+/// Reads and checks the chunk of data extent `e`: its stored checksum in a
+/// plain image; in an encrypted one also its tag (which binds it to its
+/// place) and its raw-content checksum, by decoding it into `buf`.
+fn check_chunk(img: &Image, e: &Extent, buf: &mut Zeroizing<Vec<u8>>) -> memimg::Result<()> {
+    if !img.is_encrypted() {
+        return img.read_stored(e.chunk).map(drop);
+    }
+    let len = usize::try_from(e.len(img.header().page_size)).unwrap_or(usize::MAX);
+    buf.clear();
+    buf.resize(len, 0);
+    img.decode_extent(e, buf)
+}
+
+/// The stored length of the chunk of data extent `e`.
+fn stored_len(img: &Image, e: &Extent) -> u64 {
+    usize::try_from(e.chunk)
+        .ok()
+        .and_then(|i| img.chunk_locs().get(i))
+        .map_or(0, |c| u64::from(c.stored_len))
 }
 
 /// `[start, end)` and, for a range captured in one image only, why.
@@ -506,7 +684,7 @@ type Runs = Vec<(u64, u64)>;
 /// A decoded extent, kept while the walk stays inside it.
 struct Cached {
     addr: u64,
-    bytes: Vec<u8>,
+    bytes: Zeroizing<Vec<u8>>,
 }
 
 /// The bytes of `[s, e)`, which lies inside extent `x`: zeros, or decoded.
@@ -522,8 +700,16 @@ fn bytes_of<'c>(
         return Ok(None);
     }
     if cache.as_ref().map(|c| c.addr) != Some(x.addr) {
-        let mut buf = cache.take().map(|c| c.bytes).unwrap_or_default();
-        buf.resize(usize::try_from(x.len(ps))?, 0);
+        // Plaintext memory: zeroized on drop, and allocated at the chunk size
+        // once, so that growing leaves no copy behind.
+        let len = usize::try_from(x.len(ps))?;
+        let mut buf = cache.take().map(|c| c.bytes).unwrap_or_else(|| {
+            Zeroizing::new(Vec::with_capacity(
+                len.max(img.header().chunk_size as usize),
+            ))
+        });
+        buf.clear();
+        buf.resize(len, 0);
         img.decode_extent(x, &mut buf)?;
         *cache = Some(Cached {
             addr: x.addr,
@@ -613,7 +799,7 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
                 r.end,
                 fmt::size(r.size),
                 r.perms,
-                r.name
+                fmt::escape(&r.name_raw)
             )?;
             writeln!(out, "  {}", r.reason)?;
         }
@@ -622,10 +808,16 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "{}",
-            ui::bold(&format!("region {}-{} {}", d.start, d.end, d.name)).trim_end()
+            ui::bold(&format!(
+                "region {}-{} {}",
+                d.start,
+                d.end,
+                fmt::escape(&d.name_raw)
+            ))
+            .trim_end()
         )?;
         for c in &d.changes {
-            writeln!(out, "  {}: {} -> {}", c.field, c.a, c.b)?;
+            writeln!(out, "  {}: {} -> {}", c.field, c.shown.0, c.shown.1)?;
         }
         if d.pages > 0 {
             writeln!(
@@ -651,7 +843,14 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
             write_ranges(list, out)?;
         }
     }
-    if doc.identical {
+    if doc.identical && doc.index_only {
+        writeln!(
+            out,
+            "{} by the index only: {} compared by raw-content checksum, their stored bytes not read",
+            ui::good("identical"),
+            plural(doc.chunks_not_read, "chunk"),
+        )?;
+    } else if doc.identical {
         writeln!(out, "{}", ui::good("identical"))?;
     } else {
         writeln!(

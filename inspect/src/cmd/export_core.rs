@@ -1,7 +1,6 @@
 //! `imgtool export-core`: an image as an ELF core file that gdb opens.
 
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,10 +14,6 @@ use crate::elfcore::{self, ExportOptions, ExportReport};
 use crate::fmt;
 use crate::keys::KeySource;
 use crate::ui;
-
-/// The core holds the process memory in the clear: only its owner may read
-/// it, as with the cores the kernel writes.
-const CORE_MODE: u32 = 0o600;
 
 struct Plan {
     image: PathBuf,
@@ -78,9 +73,9 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     let img = crate::open::open(&plan.image, key.as_ref(), true)?;
     drop(key);
 
+    // AtomicFile creates the core 0600 (it holds process memory), or with the
+    // mode of the file it replaces.
     let af = AtomicFile::create(&plan.target.path)?;
-    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(CORE_MODE))
-        .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
     let pb = ui::progress(raw_total(&img), "export");
     let mut w = Counting {
         inner: BufWriter::with_capacity(1 << 20, af),
@@ -125,7 +120,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
             fmt::size(doc.file_size),
         )?;
         for m in &doc.messages {
-            writeln!(out, "  {m}")?;
+            writeln!(out, "  {}", fmt::escape_str(m))?;
         }
     }
     Ok(super::code(crate::EXIT_OK))
@@ -135,7 +130,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
 /// wrote; nothing is renamed when it is not.
 fn check_core(path: &Path, report: &ExportReport, target: &Target) -> Result<()> {
     let bytes = memimg::FileBytes::open(path)
-        .with_context(|| format!("reading back {}", path.display()))?;
+        .map_err(|e| crate::open::lib_error(e, path, "reading back"))?;
     let cf = elfcore::parse_core(&bytes).map_err(|e| {
         anyhow!(
             "the new core does not parse ({e}); {} was not changed",

@@ -2,7 +2,6 @@
 //! image.
 
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,7 +95,7 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
     let core = memimg::FileBytes::open(&plan.core)
-        .with_context(|| format!("opening {}", plan.core.display()))?;
+        .map_err(|e| crate::open::lib_error(e, &plan.core, "opening"))?;
     let mut opts = WriterOptions::new()
         .codec(plan.codec)
         .key_opt(key.clone())
@@ -106,15 +105,9 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     }
     let page_size = u64::from(opts.get_page_size());
 
+    // AtomicFile creates the image 0600 (it holds process memory), or with
+    // the mode of the image it replaces.
     let af = create_tmp(&plan.target)?;
-    // The image holds what the core holds: give it the core's permissions.
-    let mode = std::fs::metadata(&plan.core)
-        .with_context(|| format!("reading the permissions of {}", plan.core.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    std::fs::set_permissions(af.tmp_path(), std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the permissions of {}", af.tmp_path().display()))?;
     let w = BufWriter::with_capacity(1 << 20, af);
     let (w, stats, report) = elfcore::import_core(&core, opts, w)
         .map_err(|e| anyhow!(e))
@@ -197,12 +190,14 @@ fn print_text(doc: &ImportCoreDoc, codec: Codec, out: &mut dyn Write) -> Result<
         if doc.kept_notes.is_empty() {
             String::new()
         } else {
-            format!(" ({})", doc.kept_notes.join(", "))
+            // Note names come from the core: escaped for the terminal.
+            let names: Vec<String> = doc.kept_notes.iter().map(|n| fmt::escape_str(n)).collect();
+            format!(" ({})", names.join(", "))
         },
         facts.join("; ")
     )?;
     for m in &doc.messages {
-        writeln!(out, "  {m}")?;
+        writeln!(out, "  {}", fmt::escape_str(m))?;
     }
     Ok(())
 }

@@ -66,6 +66,10 @@ pub struct Doc {
     pub created: String,
     /// The writing program.
     pub producer: String,
+    /// The producer's bytes in hex, present only when they are not UTF-8
+    /// (`producer` then shows them with U+FFFD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer_hex: Option<String>,
     /// The captured machine.
     pub machine: Machine,
     /// Application validation data, if any.
@@ -109,6 +113,12 @@ pub struct Machine {
 pub struct ValidationDoc {
     /// The tag, as text (invalid UTF-8 replaced).
     pub tag: String,
+    /// The tag's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_hex: Option<String>,
+    /// The tag's bytes.
+    #[serde(skip)]
+    pub tag_raw: Vec<u8>,
     /// Bytes of data.
     pub size: usize,
 }
@@ -128,6 +138,14 @@ pub struct ProcessDoc {
     pub build_id: String,
     /// `uname -r`.
     pub kernel_release: String,
+    /// Each of `comm`, `cmdline`, `exe` and `kernel_release` whose bytes are
+    /// not UTF-8, by name, as hex of its bytes (`cmdline`: the whole record,
+    /// NUL-separated). Left out when all are UTF-8.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hex: std::collections::BTreeMap<&'static str, String>,
+    /// The raw bytes, for the text output.
+    #[serde(skip)]
+    pub raw: memimg::ProcessFacts,
 }
 
 /// Encryption facts.
@@ -157,8 +175,14 @@ pub struct RegionDoc {
     pub perms: String,
     /// `heap`, `stack` …
     pub kind: String,
-    /// Name or path.
+    /// Name or path (invalid UTF-8 replaced).
     pub name: String,
+    /// The name's bytes in hex, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// The name's bytes.
+    #[serde(skip)]
+    pub name_raw: Vec<u8>,
     /// Bytes of non-zero pages stored.
     pub data_bytes: u64,
     /// Stored bytes of its chunks.
@@ -219,6 +243,31 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The hex of `b` when it is not UTF-8: how JSON keeps the exact bytes of a
+/// text field read from a file.
+pub fn hex_if_binary(b: &[u8]) -> Option<String> {
+    std::str::from_utf8(b).is_err().then(|| memimg::hex(b))
+}
+
+/// The producer record's bytes as stored in the header page (the library
+/// gives it as text, with invalid UTF-8 replaced): the first type-1 record of
+/// the header's TLV area, see spec.md, *Header TLV records*.
+fn producer_bytes(page: &[u8]) -> Option<&[u8]> {
+    let meta_len =
+        usize::try_from(u32::from_le_bytes(page.get(0x58..0x5c)?.try_into().ok()?)).ok()?;
+    let mut rest = page.get(0x80..0x80usize.checked_add(meta_len)?)?;
+    while rest.len() >= 4 {
+        let ty = u16::from_le_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if ty == 1 {
+            return Some(value);
+        }
+        rest = &rest[4 + len..];
+    }
+    None
+}
+
 impl Doc {
     /// Gathers the facts of `img`.
     ///
@@ -243,6 +292,7 @@ impl Doc {
             image_id: h.image_id_hex(),
             created: fmt::rfc3339(h.created_secs, h.created_nanos),
             producer: h.producer.clone(),
+            producer_hex: producer_bytes(img.header_bytes()).and_then(hex_if_binary),
             machine: Machine {
                 arch: h.machine.arch_name(),
                 e_machine: h.machine.arch,
@@ -255,6 +305,8 @@ impl Doc {
             },
             validation: h.validation.as_ref().map(|v| ValidationDoc {
                 tag: text(&v.tag),
+                tag_hex: hex_if_binary(&v.tag),
+                tag_raw: v.tag.clone(),
                 size: v.data.len(),
             }),
             process: h.process.as_ref().map(|p| ProcessDoc {
@@ -269,6 +321,16 @@ impl Doc {
                 exe: text(&p.exe),
                 build_id: memimg::hex(&p.build_id),
                 kernel_release: text(&p.kernel_release),
+                hex: [
+                    ("comm", &p.comm),
+                    ("cmdline", &p.cmdline),
+                    ("exe", &p.exe),
+                    ("kernel_release", &p.kernel_release),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, hex_if_binary(v)?)))
+                .collect(),
+                raw: p.clone(),
             }),
             encryption: Encryption {
                 cipher: h.cipher.to_string(),
@@ -306,6 +368,8 @@ impl Doc {
                 perms: fmt::perms(&r.info),
                 kind: r.info.kind.to_string(),
                 name: r.info.name_lossy(),
+                name_hex: hex_if_binary(&r.info.name),
+                name_raw: r.info.name.clone(),
                 data_bytes: 0,
                 stored_bytes: 0,
                 ratio: None,
@@ -406,7 +470,11 @@ impl Doc {
             ),
             ("image id", self.image_id.clone()),
             ("created", self.created.clone()),
-            ("producer", self.producer.clone()),
+            (
+                "producer",
+                producer_bytes_of(self)
+                    .map_or_else(|| fmt::escape_str(&self.producer), |b| fmt::escape(&b)),
+            ),
             (
                 "machine",
                 format!(
@@ -422,7 +490,11 @@ impl Doc {
         lines.push((
             "validation",
             match &self.validation {
-                Some(v) => format!("tag {:?}, {} bytes", v.tag, v.size),
+                Some(v) => format!(
+                    "tag \"{}\", {} bytes",
+                    fmt::escape_quoted(&v.tag_raw),
+                    v.size
+                ),
                 None => "none".into(),
             },
         ));
@@ -431,21 +503,28 @@ impl Doc {
             if let Some(pid) = p.pid {
                 parts.push(format!("pid {pid}"));
             }
-            if !p.comm.is_empty() {
-                parts.push(format!("comm {:?}", p.comm));
+            if !p.raw.comm.is_empty() {
+                parts.push(format!("comm \"{}\"", fmt::escape_quoted(&p.raw.comm)));
             }
-            if !p.exe.is_empty() {
-                parts.push(format!("exe {}", p.exe));
+            if !p.raw.exe.is_empty() {
+                parts.push(format!("exe {}", fmt::escape(&p.raw.exe)));
             }
             lines.push(("process", parts.join(", ")));
-            if !p.cmdline.is_empty() {
-                lines.push(("cmdline", p.cmdline.join(" ")));
+            let args: Vec<String> = p
+                .raw
+                .cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(fmt::escape)
+                .collect();
+            if !args.is_empty() {
+                lines.push(("cmdline", args.join(" ")));
             }
             if !p.build_id.is_empty() {
                 lines.push(("build id", p.build_id.clone()));
             }
-            if !p.kernel_release.is_empty() {
-                lines.push(("kernel", p.kernel_release.clone()));
+            if !p.raw.kernel_release.is_empty() {
+                lines.push(("kernel", fmt::escape(&p.raw.kernel_release)));
             }
         }
         let enc = &self.encryption;
@@ -515,7 +594,7 @@ fn write_regions(rows: &[RegionDoc], tot: &Totals, out: &mut dyn Write) -> Resul
             fmt::size(r.size),
             r.perms.clone(),
             r.kind.clone(),
-            r.name.clone(),
+            fmt::escape(&r.name_raw),
             fmt::size(r.stored_bytes),
             fmt::ratio(r.data_bytes, r.stored_bytes),
             r.zero_pages.to_string(),
@@ -565,4 +644,13 @@ fn write_chunks(chunks: &[ChunkDoc], out: &mut dyn Write) -> Result<()> {
     writeln!(out, "{t}")?;
     writeln!(out, "{} chunks", chunks.len())?;
     Ok(())
+}
+
+/// The producer's bytes, from its hex when they are not UTF-8.
+fn producer_bytes_of(doc: &Doc) -> Option<Vec<u8>> {
+    let h = doc.producer_hex.as_ref()?;
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use memimg::{ErrorKind, Key, Problem, Report, Status, VerifyOptions};
 use serde::Serialize;
 
@@ -53,8 +53,13 @@ pub struct VerifyDoc {
     pub bytes_checked: u64,
     /// True when the index could be read.
     pub unlocked: bool,
+    /// `checked`; `encrypted` when no key was given for an encrypted image;
+    /// `unreadable` when damage stopped the reader before the index.
+    pub index: &'static str,
     /// True when chunks were decoded (a key was given, or --deep).
     pub deep: bool,
+    /// True when decoding was asked for (a key was given, or --deep).
+    pub deep_requested: bool,
 }
 
 /// One problem.
@@ -87,7 +92,42 @@ impl From<&Problem> for ProblemDoc {
     }
 }
 
+/// Why the index was not read, when it was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Index {
+    /// Read and checked.
+    Checked,
+    /// The image is encrypted and no key was given.
+    Locked,
+    /// Damage (reported among the problems) stopped the reader before it.
+    Unreadable,
+}
+
+impl Index {
+    /// What the report says, asking the image itself when only it can tell
+    /// a locked index from a damaged one: a report without a key whose index
+    /// was not read is about an encrypted image only when the image opens
+    /// without its key and says it is encrypted.
+    fn of(plan: &Plan, r: &Report) -> Index {
+        if r.unlocked {
+            Index::Checked
+        } else if plan.key.is_some() {
+            // With a key, an index that cannot be read is damaged (a wrong
+            // key is fatal, not a problem).
+            Index::Unreadable
+        } else {
+            match memimg::Image::open(&plan.image) {
+                Ok(img) if img.is_encrypted() => Index::Locked,
+                _ => Index::Unreadable,
+            }
+        }
+    }
+}
+
 /// Verifies `args.image`: exit 0 intact, 1 damaged, 2 unable to check.
+///
+/// A key given for a plain image is refused (exit 2), as every command does:
+/// see [`crate::open::open`].
 ///
 /// # Errors
 /// When the key cannot be read, or (without `--json`) when the image cannot
@@ -101,40 +141,49 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
         decode: plan.decode,
         progress: Some(&tick),
     };
-    let mut report = memimg::verify_path(&plan.image, plan.key.as_ref(), &opts);
-    if report
-        .fatal
-        .as_ref()
-        .is_some_and(|e| e.kind() == ErrorKind::NotEncrypted)
-    {
-        // A key given for a plain image is not needed: check it without one,
-        // decoding every chunk as the key asked for.
-        report = memimg::verify_path(&plan.image, None, &opts);
-    }
+    let report = memimg::verify_path(&plan.image, plan.key.as_ref(), &opts);
     pb.finish_and_clear();
-    // A deep check that could not decode (an encrypted image and no key) did
-    // not do what was asked.
-    let undecoded = plan.decode && !report.unlocked && report.fatal.is_none();
-    let doc = document(&plan, &report, undecoded);
+    let index = Index::of(&plan, &report);
+    // A deep check of an encrypted image without its key could not decode
+    // the chunks: it did not do what was asked. Damage found anyway is still
+    // reported as damage.
+    let undecoded = plan.decode && index == Index::Locked && report.fatal.is_none();
+    let doc = document(&plan, &report, index, undecoded);
+    let code = exit_of(&report, undecoded);
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
-        return Ok(super::code(exit_of(&report, undecoded)));
+        return Ok(super::code(code));
     }
     if let Some(e) = &report.fatal {
-        if e.kind() == ErrorKind::WrongKey {
-            return Err(crate::open::wrong_key(&plan.image, e));
-        }
-        bail!("{}: unable to check: {e}", plan.image.display());
+        return Err(fatal_error(&plan, e));
     }
-    if undecoded {
+    if undecoded && report.problems.is_empty() {
         bail!(
             "{}: unable to check deeply: the image is encrypted and no key was given",
             plan.image.display()
         );
     }
     write_text(&doc, out)?;
-    Ok(super::code(exit_of(&report, false)))
+    Ok(super::code(code))
+}
+
+/// The error for a report that could not check the image, naming the path
+/// once: the library's I/O messages already name it (`opening PATH: …`).
+fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
+    match e.kind() {
+        ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, e),
+        ErrorKind::NotEncrypted => crate::open::not_encrypted(&plan.image),
+        _ => {
+            let text = e.to_string();
+            let path = plan.image.display().to_string();
+            if text.contains(&path) {
+                anyhow!("unable to check: {text}")
+            } else {
+                anyhow!("{path}: unable to check: {text}")
+            }
+        }
+    }
 }
 
 fn exit_of(report: &Report, undecoded: bool) -> u8 {
@@ -146,7 +195,7 @@ fn exit_of(report: &Report, undecoded: bool) -> u8 {
     }
 }
 
-fn document(plan: &Plan, r: &Report, undecoded: bool) -> VerifyDoc {
+fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc {
     let status = match r.status() {
         Status::Intact if undecoded => "unchecked",
         Status::Intact => "intact",
@@ -155,8 +204,13 @@ fn document(plan: &Plan, r: &Report, undecoded: bool) -> VerifyDoc {
     };
     let error = match &r.fatal {
         Some(e) if e.kind() == ErrorKind::WrongKey => Some(crate::open::WRONG_KEY.to_string()),
+        Some(e) if e.kind() == ErrorKind::NotEncrypted => Some(
+            "the image is not encrypted, but a key was given: refusing to check it as if the \
+             key had opened it"
+                .to_string(),
+        ),
         Some(e) => Some(e.to_string()),
-        None if undecoded => {
+        None if undecoded && r.problems.is_empty() => {
             Some("the image is encrypted and no key was given: chunks cannot be decoded".into())
         }
         None => None,
@@ -174,7 +228,13 @@ fn document(plan: &Plan, r: &Report, undecoded: bool) -> VerifyDoc {
         chunks_decoded: r.chunks_decoded,
         bytes_checked: r.bytes_checked,
         unlocked: r.unlocked,
+        index: match index {
+            Index::Checked => "checked",
+            Index::Locked => "encrypted",
+            Index::Unreadable => "unreadable",
+        },
         deep: plan.decode && r.unlocked,
+        deep_requested: plan.decode,
     }
 }
 
@@ -203,9 +263,9 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
             loc.push(format!("address {a}"));
         }
         if loc.is_empty() {
-            writeln!(out, "  {}", p.message)?;
+            writeln!(out, "  {}", fmt::escape_str(&p.message))?;
         } else {
-            writeln!(out, "  {}: {}", loc.join(", "), p.message)?;
+            writeln!(out, "  {}: {}", loc.join(", "), fmt::escape_str(&p.message))?;
         }
     }
     let what = if doc.deep {
@@ -213,10 +273,13 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     } else {
         format!("{} chunks checked", doc.chunks_checked)
     };
-    let index = if doc.unlocked {
-        "index checked"
-    } else {
-        "index encrypted (give a key to check it and decode the chunks)"
+    let index = match (doc.index, doc.deep_requested) {
+        ("checked", _) => "index checked",
+        ("encrypted", false) => "index encrypted (give a key to check it and decode the chunks)",
+        ("encrypted", true) => {
+            "index encrypted: the chunks were not decoded (give a key to check it and decode them)"
+        }
+        _ => "index unreadable: the damage above stops it from being read, and the chunks it locates from being checked",
     };
     writeln!(
         out,

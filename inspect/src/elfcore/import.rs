@@ -266,7 +266,7 @@ pub fn import_core<W: Write>(
             let whole = data.len() - data.len() % (ps as usize);
             w.push_data(&data[..whole])?;
             if whole < data.len() {
-                let mut page = vec![0u8; ps as usize];
+                let mut page = zeroize::Zeroizing::new(vec![0u8; ps as usize]);
                 page[..data.len() - whole].copy_from_slice(&data[whole..]);
                 w.push_data(&page)?;
                 if !pad_warned {

@@ -184,15 +184,9 @@ impl fmt::Display for CoreError {
     }
 }
 
-impl std::error::Error for CoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CoreError::Image(e) => Some(e),
-            CoreError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// No source: the `Image` and `Io` variants print their error in full
+/// already, and a source would make `{:#}` print it a second time.
+impl std::error::Error for CoreError {}
 
 impl From<memimg::Error> for CoreError {
     fn from(e: memimg::Error) -> Self {

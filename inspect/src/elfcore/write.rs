@@ -184,13 +184,17 @@ pub fn export_core(
     head.resize(usize::try_from(data_off).unwrap_or(head.len()), 0);
     out.write_all(&head)?;
 
-    let mut buf = Vec::new();
+    // Decoded memory (plaintext, even from an encrypted image): zeroized on
+    // drop, and allocated at the chunk size once so that growing leaves no
+    // copy behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(header.chunk_size as usize));
     for s in &segs {
         for p in &s.pieces {
             match p {
                 Piece::Data(ext) => {
                     let len = usize::try_from(ext.len(header.page_size))
                         .map_err(|_| CoreError::Unsupported("extent larger than memory".into()))?;
+                    buf.clear();
                     buf.resize(len, 0);
                     img.decode_extent(ext, &mut buf)?;
                     out.write_all(&buf)?;

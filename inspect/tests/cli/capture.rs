@@ -7,8 +7,9 @@
 //! The children are this test binary itself, re-executed with
 //! `IMGTOOL_CAPTURE_ROLE` set: it runs only [`child_role`], which maps a region
 //! at a fixed address, fills it, prints `READY …` and sleeps until killed.
-//! Tests that need gdb or gcore print why and return early where those are
-//! missing or cannot attach.
+//! Tests that need gdb, gcore or ptrace skip where those are missing or
+//! cannot attach, through the skip protocol (support/skip.rs): a skip shows in
+//! scripts/test.sh's summary, and fails on CI.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use memimg::VerifyOptions;
 
 use crate::common::*;
 use crate::gdb::{gdb_bytes, have};
+use crate::skip::skip;
 
 const ROLE: &str = "IMGTOOL_CAPTURE_ROLE";
 const MIB: &str = "IMGTOOL_CAPTURE_MIB";
@@ -222,7 +224,7 @@ fn capture(pid: u32, out: &Path, extra: &[&str]) -> (i32, String, String) {
 fn capture_or_skip(t: &Target, out: &Path, test: &str) -> Option<(String, String)> {
     let (code, o, err) = capture(t.pid(), out, &[]);
     if code == 2 && err.contains("ermission") {
-        eprintln!("SKIP {test}: ptrace is not permitted here: {err}");
+        skip(test, &format!("ptrace is not permitted here: {err}"));
         return None;
     }
     assert_eq!(code, 0, "capture failed:\n{o}{err}");
@@ -234,8 +236,14 @@ fn capture_live_child_then_inspect_cat_verify() {
     let mut t = Target::spawn("pattern", 0);
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("live.mimg");
-    let Some((o, _)) = capture_or_skip(&t, &img, "capture_live_child_then_inspect_cat_verify")
-    else {
+    let Some((o, _)) = capture_or_skip(
+        &t,
+        &img,
+        concat!(
+            module_path!(),
+            "::capture_live_child_then_inspect_cat_verify"
+        ),
+    ) else {
         return;
     };
     assert!(o.contains(&format!("captured pid {}", t.pid())), "{o}");
@@ -287,15 +295,19 @@ fn capture_live_child_then_inspect_cat_verify() {
 
 #[test]
 fn capture_export_core_gdb_prints_known_bytes() {
+    const TEST: &str = concat!(
+        module_path!(),
+        "::capture_export_core_gdb_prints_known_bytes"
+    );
     if !have("gdb") {
-        eprintln!("SKIP capture_export_core_gdb_prints_known_bytes: gdb is not installed");
+        skip(TEST, "gdb is not installed");
         return;
     }
     let mut t = Target::spawn("pattern", 0);
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("live.mimg");
     let core = d.path().join("live.core");
-    if capture_or_skip(&t, &img, "capture_export_core_gdb_prints_known_bytes").is_none() {
+    if capture_or_skip(&t, &img, TEST).is_none() {
         return;
     }
     let (code, o, err) = run(&["export-core", s(&img), "-o", s(&core)]);
@@ -335,9 +347,12 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Option<(i32, String)> {
 
 #[test]
 fn gcore_and_capture_of_a_frozen_child_agree() {
-    const TEST: &str = "gcore_and_capture_of_a_frozen_child_agree";
+    const TEST: &str = concat!(
+        module_path!(),
+        "::gcore_and_capture_of_a_frozen_child_agree"
+    );
     if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
-        eprintln!("SKIP {TEST}: gdb's gcore is not installed");
+        skip(TEST, "gdb's gcore is not installed");
         return;
     }
     let mut t = Target::spawn("pattern", 0);
@@ -368,11 +383,14 @@ fn gcore_and_capture_of_a_frozen_child_agree() {
         panic!("gcore of a stopped child did not finish in 60 s");
     };
     if !gcore_file.exists() {
-        eprintln!("SKIP {TEST}: gcore could not attach (ptrace not permitted?): {gtext}");
+        skip(
+            TEST,
+            &format!("gcore could not attach (ptrace not permitted?): {gtext}"),
+        );
         return;
     }
     if code == 2 && err.contains("ermission") {
-        eprintln!("SKIP {TEST}: ptrace is not permitted here: {err}");
+        skip(TEST, &format!("ptrace is not permitted here: {err}"));
         return;
     }
     assert_eq!(code, 0, "capture of the stopped child failed:\n{o}{err}");
@@ -509,7 +527,7 @@ fn finals(dir: &Path, tmps: &mut usize) -> Vec<PathBuf> {
 
 #[test]
 fn sigkill_capture_at_many_moments() {
-    const TEST: &str = "sigkill_capture_at_many_moments";
+    const TEST: &str = concat!(module_path!(), "::sigkill_capture_at_many_moments");
     let mut t = Target::spawn("big", 256);
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.mimg");
@@ -518,7 +536,7 @@ fn sigkill_capture_at_many_moments() {
     let (code, o, err) = capture(t.pid(), &out, &["--codec", "zstd:1"]);
     let full = started.elapsed();
     if code == 2 && err.contains("ermission") {
-        eprintln!("SKIP {TEST}: ptrace is not permitted here: {err}");
+        skip(TEST, &format!("ptrace is not permitted here: {err}"));
         return;
     }
     assert_eq!(code, 0, "{o}{err}");
@@ -635,7 +653,10 @@ fn errors_no_such_pid_and_existing_output() {
     // With --force it is replaced by a complete image.
     let (code, o, err) = capture(t.pid(), &out, &["--force"]);
     if code == 2 && err.contains("ermission") {
-        eprintln!("SKIP the --force half of errors_no_such_pid_and_existing_output: {err}");
+        skip(
+            concat!(module_path!(), "::errors_no_such_pid_and_existing_output"),
+            &format!("the --force half: ptrace is not permitted here: {err}"),
+        );
         return;
     }
     assert_eq!(code, 0, "{o}{err}");

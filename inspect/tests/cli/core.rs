@@ -2,8 +2,8 @@
 //! gcore of a live child, round trips, malformed cores, and SIGKILL at any
 //! moment never leaving a partial file under the final name.
 //!
-//! The tests that need gdb or gcore print why and return early where those
-//! cannot run.
+//! The tests that need gdb or gcore skip where those cannot run, through the
+//! skip protocol (support/skip.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,7 @@ use memimg::{Codec, VerifyOptions};
 
 use crate::common::*;
 use crate::gdb::{gdb_bytes, have};
+use crate::skip::skip;
 use crate::sleeper::{maps_range, Located, Sleeper};
 
 /// The names in `dir`, with the temporary files of killed runs removed (and
@@ -47,7 +48,10 @@ fn intact(path: &Path) -> bool {
 #[test]
 fn export_core_gdb_reads_known_bytes() {
     if !have("gdb") {
-        eprintln!("SKIP export_core_gdb_reads_known_bytes: gdb is not installed");
+        skip(
+            concat!(module_path!(), "::export_core_gdb_reads_known_bytes"),
+            "gdb is not installed",
+        );
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -86,7 +90,10 @@ fn export_core_gdb_reads_known_bytes() {
 #[test]
 fn import_core_of_a_gcore() {
     if !have("gdb") || Command::new("gcore").arg("-h").output().is_err() {
-        eprintln!("SKIP import_core_of_a_gcore: gdb's gcore is not installed");
+        skip(
+            concat!(module_path!(), "::import_core_of_a_gcore"),
+            "gdb's gcore is not installed",
+        );
         return;
     }
     let child = Sleeper::spawn(None);
@@ -101,9 +108,12 @@ fn import_core_of_a_gcore() {
         .unwrap();
     let core = PathBuf::from(format!("{}.{}", prefix.display(), child.pid()));
     if !core.exists() {
-        eprintln!(
-            "SKIP import_core_of_a_gcore: gcore could not attach (ptrace not permitted?): {}",
-            String::from_utf8_lossy(&out.stderr)
+        skip(
+            concat!(module_path!(), "::import_core_of_a_gcore"),
+            &format!(
+                "gcore could not attach (ptrace not permitted?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         );
         return;
     }

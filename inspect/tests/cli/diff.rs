@@ -180,3 +180,139 @@ fn regions_attributes_and_zero_pages() {
     assert_eq!(code, 2);
     assert!(err.starts_with("imgtool: "), "{err}");
 }
+
+/// Stored offset and length of chunk `n`.
+fn chunk_at(p: &std::path::Path, key: Option<&memimg::Key>, n: usize) -> (usize, usize) {
+    let img = Image::open_with_key(p, key).unwrap();
+    let c = img.chunk_locs()[n];
+    (c.offset as usize, c.stored_len as usize)
+}
+
+/// Two chunks of the same stored length (raw, encrypted chunks of one
+/// heap extent each).
+fn same_len_chunks(p: &std::path::Path, key: Option<&memimg::Key>) -> (usize, usize) {
+    let img = Image::open_with_key(p, key).unwrap();
+    let locs = img.chunk_locs();
+    for i in 0..locs.len() {
+        for j in i + 1..locs.len() {
+            if locs[i].stored_len == locs[j].stored_len {
+                return (i, j);
+            }
+        }
+    }
+    panic!("no two chunks of the same stored length");
+}
+
+/// diff must not answer "identical" on bytes it never read: swapped and
+/// replayed chunks of an encrypted image, and a chunk of a plain image whose
+/// content changed while its index entry kept the old checksum, make it fail
+/// (exit 2, naming the image and chunk). --index-only still skips them, and
+/// says so.
+#[test]
+fn identical_never_rests_on_bytes_not_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (kf, key) = key_file(d.path(), "k", 3);
+    let a = d.path().join("a.mimg");
+    write_image(&a, Codec::None, Some(key.clone()));
+    let pristine = std::fs::read(&a).unwrap();
+
+    // Swapped: two chunks of the same length trade places.
+    let (i, j) = same_len_chunks(&a, Some(&key));
+    let (oi, n) = chunk_at(&a, Some(&key), i);
+    let (oj, _) = chunk_at(&a, Some(&key), j);
+    let mut swapped = pristine.clone();
+    swapped[oi..oi + n].copy_from_slice(&pristine[oj..oj + n]);
+    swapped[oj..oj + n].copy_from_slice(&pristine[oi..oi + n]);
+    let b = d.path().join("swapped.mimg");
+    std::fs::write(&b, &swapped).unwrap();
+    // verify with the key catches it; diff must too.
+    assert_eq!(run(&["verify", "--key-file", s(&kf), s(&b)]).0, 1);
+    let (code, out, err) = run(&["diff", "--key-file", s(&kf), s(&a), s(&b)]);
+    assert_eq!(code, 2, "swapped chunks: {out}{err}");
+    assert!(
+        err.contains(s(&b)) && err.contains(&format!("chunk {i}")),
+        "{err}"
+    );
+
+    // Replayed: chunk 0 of another image of the same content and key.
+    let c = d.path().join("other.mimg");
+    write_image(&c, Codec::None, Some(key.clone()));
+    let other = std::fs::read(&c).unwrap();
+    let (o0, n0) = chunk_at(&a, Some(&key), 0);
+    let (c0, m0) = chunk_at(&c, Some(&key), 0);
+    assert_eq!(n0, m0);
+    let mut replayed = pristine.clone();
+    replayed[o0..o0 + n0].copy_from_slice(&other[c0..c0 + m0]);
+    std::fs::write(&b, &replayed).unwrap();
+    assert_eq!(run(&["verify", "--key-file", s(&kf), s(&b)]).0, 1);
+    let (code, out, err) = run(&["diff", "--key-file", s(&kf), s(&a), s(&b)]);
+    assert_eq!(code, 2, "replayed chunk: {out}{err}");
+    assert!(err.contains("chunk 0"), "{err}");
+    // And with the damaged image as A.
+    let (code, _, err) = run(&["diff", "--key-file", s(&kf), s(&b), s(&a)]);
+    assert_eq!(code, 2, "{err}");
+
+    // Plain: a chunk's content changed, its index entry unchanged.
+    let p = d.path().join("p.mimg");
+    write_image(&p, Codec::Zstd(1), None);
+    let q = d.path().join("q.mimg");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let (o1, _) = chunk_at(&p, None, 1);
+    bytes[o1 + 7] ^= 0x10;
+    std::fs::write(&q, &bytes).unwrap();
+    let (code, out, err) = run(&["diff", s(&p), s(&q)]);
+    assert_eq!(code, 2, "changed chunk: {out}{err}");
+    assert!(
+        err.contains("stored checksum mismatch") && err.contains("chunk 1"),
+        "{err}"
+    );
+    let (code, out, err) = run(&["diff", "--json", s(&p), s(&q)]);
+    assert_eq!(code, 2, "{out}{err}");
+
+    // --index-only trusts the index, and says so.
+    let (code, out, err) = run(&["diff", "--index-only", s(&p), s(&q)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("identical by the index only"), "{out}");
+    assert!(out.contains("stored bytes not read"), "{out}");
+    let (code, out, _) = run(&["diff", "--index-only", "--json", s(&p), s(&q)]);
+    assert_eq!(code, 0, "{out}");
+    let j = json(&out);
+    assert_eq!(j["index_only"], true);
+    assert_eq!(j["chunks_checked"], 0);
+    assert!(j["chunks_not_read"].as_u64().unwrap() > 0, "{out}");
+
+    // Intact copies: every skipped chunk of both sides was read and checked.
+    let (code, out, _) = run(&["diff", "--json", s(&p), s(&p)]);
+    assert_eq!(code, 0, "{out}");
+    let j = json(&out);
+    let chunks = Image::open(&p).unwrap().chunk_locs().len() as u64;
+    assert_eq!(j["index_only"], false);
+    assert_eq!(j["chunks_checked"], 2 * chunks, "{out}");
+    assert_eq!(j["chunks_not_read"], 0);
+    assert!(j["stored_bytes_checked"].as_u64().unwrap() > 0);
+}
+
+/// A key given for a plain image is refused by diff, including A's key
+/// reused for B; --plain-b opens B without it.
+#[test]
+fn keys_for_plain_images_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (kf, key) = key_file(d.path(), "k", 3);
+    let e = d.path().join("e.mimg");
+    let p = d.path().join("p.mimg");
+    write_image(&e, Codec::Zstd(1), Some(key));
+    write_image(&p, Codec::Zstd(1), None);
+    let (code, _, err) = run(&["diff", "--key-file", s(&kf), s(&p), s(&e)]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is not encrypted, but a key was given"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["diff", "--key-file", s(&kf), s(&e), s(&p)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--plain-b"), "{err}");
+    let (code, out, err) = run(&["diff", "--key-file", s(&kf), "--plain-b", s(&e), s(&p)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["diff", "--key-file-b", s(&kf), s(&p), s(&e)]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -190,3 +190,121 @@ fn not_an_image_is_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("missing"), "{err}");
 }
+
+/// Names that would drive a terminal, split a row, or are not UTF-8.
+const HOSTILE: [&[u8]; 4] = [
+    b"evil\x1b[2J\x1b]0;pwned\x07",
+    b"two\nlines",
+    b"bad\xff\xfe",
+    "rtl\u{202e}gpj.exe".as_bytes(),
+];
+const HOSTILE_SHOWN: [&str; 4] = [
+    "evil\\x1b[2J\\x1b]0;pwned\\x07",
+    "two\\nlines",
+    "bad\\xff\\xfe",
+    "rtl\\u{202e}gpj.exe",
+];
+
+/// An image whose region names and header records hold escape sequences,
+/// newlines and bytes that are not UTF-8.
+fn hostile_image(path: &std::path::Path, key: Option<memimg::Key>) {
+    let o = opts(Codec::None, key)
+        .producer("prod\x1b[31mred")
+        .validation(b"tag\x1b\xff".to_vec(), b"v".to_vec())
+        .process(Some(memimg::ProcessFacts {
+            pid: Some(1),
+            comm: b"co\x1bmm\n".to_vec(),
+            cmdline: b"arg\x1b[1m\0two\nlines\0".to_vec(),
+            exe: b"/bin/\xffx\x1b".to_vec(),
+            build_id: vec![1],
+            kernel_release: b"6.1\x1b[K".to_vec(),
+        }));
+    let mut w = memimg::Writer::new(std::fs::File::create(path).unwrap(), o).unwrap();
+    for (i, name) in HOSTILE.iter().enumerate() {
+        w.add_region(
+            memimg::RegionInfo::new(0x10_0000 * (i as u64 + 1), PS).name(name.to_vec()),
+            &bytes(i as u64, PS as usize, 10),
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// True when `out` holds nothing a terminal would act on: no control byte
+/// but the newline, no DEL, only UTF-8, no bidirectional override.
+fn terminal_safe(out: &[u8]) -> bool {
+    let text = std::str::from_utf8(out);
+    !out.iter().any(|&b| (b < 0x20 && b != b'\n') || b == 0x7f)
+        && text.is_ok_and(|t| !t.contains('\u{202e}') && !t.contains('\u{9b}'))
+}
+
+#[test]
+fn names_and_header_records_are_escaped_and_json_is_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("hostile.mimg");
+    hostile_image(&p, None);
+    let o = bin().args(["inspect", "--chunks", s(&p)]).output().unwrap();
+    assert_success(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(terminal_safe(&o.stdout), "{out}");
+    for shown in HOSTILE_SHOWN {
+        assert!(out.contains(shown), "{shown} is not in:\n{out}");
+    }
+    for shown in [
+        "prod\\x1b[31mred",
+        "tag \"tag\\x1b\\xff\"",
+        "comm \"co\\x1bmm\\n\"",
+        "exe /bin/\\xffx\\x1b",
+        "arg\\x1b[1m two\\nlines",
+        "6.1\\x1b[K",
+    ] {
+        assert!(out.contains(shown), "{shown} is not in:\n{out}");
+    }
+    // One table row per region: a newline in a name does not split it.
+    let rows = out.lines().filter(|l| l.contains("0x0000")).count();
+    assert_eq!(rows, 2 * HOSTILE.len(), "{out}");
+
+    // JSON keeps the exact bytes: strings when UTF-8, hex beside them when not.
+    let (code, text, _) = run(&["inspect", "--json", s(&p)]);
+    assert_eq!(code, 0);
+    let j = json(&text);
+    let regions = j["regions"].as_array().unwrap();
+    assert_eq!(regions[0]["name"], "evil\x1b[2J\x1b]0;pwned\x07");
+    assert!(regions[0].get("name_hex").is_none());
+    assert_eq!(regions[1]["name"], "two\nlines");
+    assert_eq!(regions[2]["name_hex"], "626164fffe");
+    assert_eq!(regions[3]["name"], "rtl\u{202e}gpj.exe");
+    assert_eq!(j["producer"], "prod\x1b[31mred");
+    assert_eq!(j["validation"]["tag_hex"], memimg::hex(b"tag\x1b\xff"));
+    assert_eq!(j["process"]["comm"], "co\x1bmm\n");
+    assert_eq!(j["process"]["hex"]["exe"], memimg::hex(b"/bin/\xffx\x1b"));
+    assert!(j["process"]["hex"].get("comm").is_none());
+    assert_eq!(j["process"]["cmdline"][1], "two\nlines");
+
+    // The header of an encrypted image is in clear: escaped without a key.
+    let e = d.path().join("enc.mimg");
+    let (_, key) = key_file(d.path(), "k", 1);
+    hostile_image(&e, Some(key));
+    let o = bin().args(["inspect", s(&e)]).output().unwrap();
+    assert_success(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(terminal_safe(&o.stdout), "{out}");
+    assert!(
+        out.contains("comm \"co\\x1bmm\\n\"") && out.contains("prod\\x1b[31mred"),
+        "{out}"
+    );
+
+    // diff prints the names escaped too.
+    let plain = d.path().join("plain.mimg");
+    write_image(&plain, Codec::None, None);
+    let o = bin().args(["diff", s(&p), s(&plain)]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(terminal_safe(&o.stdout), "{out}");
+    for shown in HOSTILE_SHOWN {
+        assert!(out.contains(shown), "{shown} is not in:\n{out}");
+    }
+    let (_, text, _) = run(&["diff", "--json", s(&p), s(&plain)]);
+    let j = json(&text);
+    assert_eq!(j["only_in_a"][2]["name_hex"], "626164fffe");
+}

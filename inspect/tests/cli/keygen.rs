@@ -32,3 +32,24 @@ fn new_key_mode_0600_never_overwrites() {
     assert_eq!(run(&["verify", "--key-file", s(&k), s(&p)]).0, 0);
     assert_eq!(run(&["verify", "--key-file", s(&k2), s(&p)]).0, 2);
 }
+
+/// A key file that cannot be written whole is removed: here the file size
+/// limit is 0, so the write of the 32 bytes fails after the file was created.
+#[test]
+fn a_partial_key_file_is_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("k");
+    let o = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "trap '' XFSZ && ulimit -f 0 && exec \"$0\" keygen -o \"$1\"",
+            env!("CARGO_BIN_EXE_imgtool"),
+            s(&k),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("partial key file was removed"), "{err}");
+    assert!(!k.exists(), "{err}");
+}

@@ -12,6 +12,8 @@
 mod common;
 #[path = "../support/gdb.rs"]
 mod gdb;
+#[path = "../support/skip.rs"]
+mod skip;
 #[path = "../support/sleeper.rs"]
 mod sleeper;
 
@@ -22,7 +24,9 @@ mod crash;
 mod diff;
 mod inspect;
 mod keygen;
+mod keys;
 mod misc;
+mod modes;
 mod recompress;
 mod reencrypt;
 mod verify;

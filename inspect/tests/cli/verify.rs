@@ -116,3 +116,127 @@ fn keys_and_exit_codes() {
     assert_eq!(code, 2);
     assert!(err.contains("unable to check"), "{err}");
 }
+
+/// Flips one byte of the file at `off`.
+fn flip(p: &std::path::Path, off: u64) {
+    let mut b = std::fs::read(p).unwrap();
+    b[off as usize] ^= 0x40;
+    std::fs::write(p, &b).unwrap();
+}
+
+/// Where to damage an image: a byte of chunk 1, and a byte of the index body
+/// (past the index head and the chunk map).
+fn damage_points(p: &std::path::Path, key: Option<&memimg::Key>) -> (u64, u64) {
+    let img = Image::open_with_key(p, key).unwrap();
+    let chunk = img.chunk_locs()[1].offset + 10;
+    let t = img.trailer();
+    let body = t.index_offset + 64 + 24 * img.chunk_locs().len() as u64;
+    assert!(body + 40 < t.index_offset + t.index_len);
+    (chunk, body + 40)
+}
+
+/// Damaged plain and encrypted images, a chunk byte or an index byte flipped:
+/// every mode (plain, --deep, --key-file, --json) reports the damage it found
+/// with exit 1, and never the false "encrypted and no key was given", nor
+/// "index encrypted" for a plain image.
+#[test]
+fn damage_is_reported_in_every_mode() {
+    let d = tempfile::tempdir().unwrap();
+    let (kf, key) = key_file(d.path(), "k", 6);
+    for (enc, what) in [
+        (false, "chunk"),
+        (false, "index"),
+        (true, "chunk"),
+        (true, "index"),
+    ] {
+        let p = d.path().join(format!("{enc}-{what}.mimg"));
+        let k = enc.then(|| key.clone());
+        write_image(&p, Codec::Zstd(1), k.clone());
+        let (chunk, index) = damage_points(&p, k.as_ref());
+        flip(&p, if what == "chunk" { chunk } else { index });
+        let tag = format!(
+            "{} image, {what} byte flipped",
+            if enc { "encrypted" } else { "plain" }
+        );
+        let mut modes: Vec<Vec<&str>> = vec![vec![], vec!["--deep"]];
+        if enc {
+            modes.push(vec!["--key-file", s(&kf)]);
+            modes.push(vec!["--deep", "--key-file", s(&kf)]);
+        }
+        for mode in &modes {
+            let mut args = vec!["verify"];
+            args.extend(mode);
+            args.push(s(&p));
+            let (code, out, err) = run(&args);
+            assert_eq!(code, 1, "{tag}, {mode:?}: exit {code}\n{out}{err}");
+            assert!(out.contains("DAMAGED"), "{tag}, {mode:?}:\n{out}");
+            let want = if what == "chunk" {
+                "stored checksum mismatch"
+            } else {
+                "index"
+            };
+            assert!(
+                out.contains(want),
+                "{tag}, {mode:?}: the real problem is not printed:\n{out}"
+            );
+            assert!(
+                !(out.clone() + &err).contains("no key was given"),
+                "{tag}, {mode:?}:\n{out}{err}"
+            );
+            if !enc || what == "index" || mode.contains(&"--key-file") {
+                assert!(!out.contains("index encrypted"), "{tag}, {mode:?}:\n{out}");
+            }
+            if what == "index" {
+                assert!(out.contains("index unreadable"), "{tag}, {mode:?}:\n{out}");
+            }
+            // The same in JSON: damaged, with no error text.
+            args.insert(1, "--json");
+            let (code, out, _) = run(&args);
+            assert_eq!(code, 1, "{tag}, --json {mode:?}:\n{out}");
+            let j = json(&out);
+            assert_eq!(j["status"], "damaged", "{tag}, --json {mode:?}:\n{out}");
+            assert!(
+                j["error"].is_null(),
+                "{tag}, --json {mode:?}: {}",
+                j["error"]
+            );
+            assert!(!j["problems"].as_array().unwrap().is_empty());
+            let index = j["index"].as_str().unwrap();
+            match (what, enc && !mode.contains(&"--key-file")) {
+                ("index", _) => assert_eq!(index, "unreadable", "{tag}, {mode:?}"),
+                (_, true) => assert_eq!(index, "encrypted", "{tag}, {mode:?}"),
+                (_, false) => assert_eq!(index, "checked", "{tag}, {mode:?}"),
+            }
+        }
+    }
+}
+
+/// An intact plain image never says "index encrypted"; an encrypted one
+/// opened without a key says so, and --deep without a key is unable to check.
+#[test]
+fn index_line_tells_locked_from_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, key) = key_file(d.path(), "k", 6);
+    let p = d.path().join("p.mimg");
+    let e = d.path().join("e.mimg");
+    write_image(&p, Codec::None, None);
+    write_image(&e, Codec::None, Some(key));
+    let (code, out, _) = run(&["verify", "--deep", s(&p)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("index checked") && !out.contains("encrypted"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["verify", s(&e)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("index encrypted"), "{out}");
+    let (code, out, err) = run(&["verify", "--deep", s(&e)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("encrypted and no key was given"), "{err}");
+    let (code, out, _) = run(&["verify", "--deep", "--json", s(&e)]);
+    assert_eq!(code, 2, "{out}");
+    let j = json(&out);
+    assert_eq!(j["status"], "unchecked");
+    assert_eq!(j["index"], "encrypted");
+    assert!(j["error"].as_str().unwrap().contains("no key was given"));
+}
