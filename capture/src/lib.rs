@@ -4,9 +4,12 @@
 //!
 //! - **Capture of another process** by pid ([`capture_to_path`]): every
 //!   thread is stopped with ptrace for a consistent snapshot, resident pages
-//!   are read with `process_vm_readv` (never-touched pages are skipped using
-//!   `/proc/PID/pagemap`, so the cost follows resident memory, not reserved
-//!   address space), and the threads are resumed, also on error and Ctrl-C.
+//!   are read with `process_vm_readv`, or through `/proc/PID/mem` where the
+//!   process cannot read them itself (`PROT_NONE`, write-only), whatever
+//!   their protection, which the region keeps (never-touched pages are
+//!   skipped using `/proc/PID/pagemap`, so the cost follows resident memory,
+//!   not reserved address space), and the threads are resumed, also on error
+//!   and Ctrl-C.
 //!   Each thread's registers (x86_64 only) and the auxiliary vector are kept
 //!   as image notes laid out as in a kernel core dump (`CORE/1`, `CORE/2`,
 //!   `LINUX/514`, `CORE/6`), so a core exported from the image gives gdb a
@@ -48,4 +51,24 @@ pub use restore::{
 #[allow(clippy::cast_possible_truncation)]
 pub(crate) fn ptr_of(addr: u64) -> *mut libc::c_void {
     addr as usize as *mut libc::c_void
+}
+
+/// The skip protocol for unit tests (as the integration tests'
+/// `common::skip`): a failure when `MEMIMG_REQUIRE_ALL` is set, else a line
+/// `{test}\t{why}` in the file named by `MEMIMG_SKIP_LOG` and a message.
+#[cfg(test)]
+pub(crate) fn test_skip(test: &str, why: &str) {
+    if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+        panic!("would skip: {why}");
+    }
+    if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG") {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| writeln!(f, "{test}\t{why}"))
+            .expect("writing the skip log");
+    }
+    eprintln!("skipped: {why}");
 }

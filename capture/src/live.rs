@@ -13,7 +13,7 @@ use memimg::{Codec, Key, RegionKind, WriteStats, Writer, WriterOptions};
 use crate::bgwrite::Background;
 use crate::error::CaptureError;
 use crate::freeze::{self, Frozen, SignalGuard};
-use crate::memread::{MemReader, ReadError, Run};
+use crate::memread::{MemReader, ReadError, Run, Via};
 use crate::pagemap::{self, Pagemap};
 use crate::procfs::{self, MapsEntry};
 
@@ -169,12 +169,12 @@ pub fn capture_to_writer<W: Write>(
     let maps = procfs::read_maps(pid).map_err(|e| map_proc_err(pid, e))?;
     let total: u64 = maps
         .iter()
-        .filter(|m| readable(m))
+        .filter(|m| captured(m))
         .map(MapsEntry::len)
         .sum();
     let mut done = 0u64;
     for m in &maps {
-        if !readable(m) {
+        if !captured(m) {
             writer.add_empty_region(m.region_info())?;
             continue;
         }
@@ -256,10 +256,13 @@ fn map_proc_err(pid: i32, e: std::io::Error) -> CaptureError {
     }
 }
 
-/// Regions whose bytes are captured; the others are recorded without data:
-/// unreadable or PROT_NONE mappings, and [vvar]/[vsyscall].
-fn readable(m: &MapsEntry) -> bool {
-    m.prot.read() && !m.is_special() && !m.is_empty()
+/// Regions whose bytes are captured, whatever their protection: a page the
+/// process wrote and then made `PROT_NONE`, or a write-only mapping, holds
+/// data (gcore keeps it too). Only `[vvar]` and `[vsyscall]`, which the
+/// kernel fills and which hold nothing of the process, are recorded without
+/// data.
+fn captured(m: &MapsEntry) -> bool {
+    !m.is_special() && !m.is_empty()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +300,7 @@ impl Walker {
             || m.shared
             || !matches!(
                 m.kind(),
-                RegionKind::Anonymous | RegionKind::Heap | RegionKind::Stack
+                RegionKind::Anonymous | RegionKind::Heap | RegionKind::Stack | RegionKind::Guard
             )
         {
             // Shared anonymous memory may hold pages this process has not
@@ -305,7 +308,9 @@ impl Walker {
             // demand by the kernel: read them (the writer drops zero pages).
             PageState::Read
         } else {
-            // Private anonymous memory never touched reads as zeros.
+            // Private anonymous memory never touched reads as zeros, also
+            // behind PROT_NONE (a guard page, or address space reserved
+            // by an allocator or a runtime, often gigabytes).
             PageState::Zero
         }
     }
@@ -390,7 +395,14 @@ impl Walker {
                 self.buf.resize(pages * psz, 0);
             }
             let state = &mut self.state;
-            let res = self.reader.read(&self.runs, &mut self.buf, &mut |a| {
+            // A region the process cannot read itself is read through
+            // /proc/PID/mem, which process_vm_readv would refuse page by page.
+            let via = if m.prot.read() {
+                Via::VmReadv
+            } else {
+                Via::ProcMem
+            };
+            let res = self.reader.read(&self.runs, &mut self.buf, via, &mut |a| {
                 if let Some(s) = usize::try_from((a - addr) / ps)
                     .ok()
                     .and_then(|k| state.get_mut(k))

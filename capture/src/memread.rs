@@ -1,6 +1,12 @@
 //! Reading another process's memory: `process_vm_readv` with large batches
 //! of iovecs, falling back to `pread` on `/proc/PID/mem` for pages that it
 //! refuses. Pages neither can read are reported, not fatal.
+//!
+//! `process_vm_readv` honours the target's protections: a page the process
+//! made `PROT_NONE`, or mapped write-only, cannot be read that way although
+//! it holds data. `/proc/PID/mem` reads such pages (the kernel reads them on
+//! behalf of a tracer, as a debugger does), so [`MemReader::read`] takes
+//! [`Via::ProcMem`] for regions the process cannot read itself.
 
 use std::fs::File;
 use std::io;
@@ -28,6 +34,17 @@ pub struct MemReader {
     mem: Option<File>,
     /// `process_vm_readv` refused the whole process: use `/proc/PID/mem` only.
     pread_only: bool,
+}
+
+/// Which interface reads a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Batched `process_vm_readv`, falling back to `/proc/PID/mem` page by
+    /// page where it fails: the fast way, for readable regions.
+    VmReadv,
+    /// `pread` on `/proc/PID/mem` only: for regions without read permission,
+    /// where `process_vm_readv` would fail on every page.
+    ProcMem,
 }
 
 /// What went wrong when reading could not go on at all.
@@ -58,8 +75,15 @@ impl MemReader {
         &mut self,
         runs: &[Run],
         buf: &mut [u8],
+        via: Via,
         failed: &mut dyn FnMut(u64),
     ) -> Result<(), ReadError> {
+        if via == Via::ProcMem {
+            for r in runs {
+                self.pread_run(r.addr, &mut buf[r.local..r.local + r.len], failed)?;
+            }
+            return Ok(());
+        }
         let mut i = 0;
         // Progress inside runs[i]: bytes already read.
         let mut skip = 0usize;

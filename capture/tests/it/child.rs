@@ -28,7 +28,11 @@ fn role_entry() {
         "patterns" => patterns(),
         "capture-as-nobody" => capture_as_nobody(),
         "threads" => threads(),
+        "prot" => prot(),
         other => {
+            if crate::protect::child_role(other) {
+                return;
+            }
             if !crate::restore::child_role(other) {
                 panic!("unknown role {other}");
             }
@@ -193,6 +197,118 @@ fn sleeper(tx: &std::sync::mpsc::Sender<(i32, usize)>) -> ! {
     let tid = unsafe { libc::gettid() };
     tx.send((tid, std::hint::black_box(&local) as *const u64 as usize))
         .unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Seed of the pages the `prot` role protects against reading.
+pub const PROT_SEED: u64 = 0x0bad_cafe;
+/// Seed of the pages of the file the `prot` role maps privately.
+pub const FILE_SEED: u64 = 0xf11e;
+/// What the `prot` role writes at the start of its private file mapping.
+pub const FILE_WRITTEN: &[u8] = b"written through a private mapping";
+/// Pages of the `prot` role's untouched PROT_NONE reservation.
+pub const RESERVE_LEN: usize = 64 << 20;
+
+/// Fills page `i` of a test pattern: random bytes from `seed ^ i`.
+pub fn pattern_page(seed: u64, i: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 4096];
+    common::fill_random(&mut p, seed ^ (i as u64 + 1));
+    p
+}
+
+/// A quiet process with data its own code cannot read (the pages a capture
+/// used to lose), and a private file mapping. Its READY line gives:
+/// - `noaccess`: 4 pages of random data, the middle two then made PROT_NONE
+///   (pages 0..4 hold `pattern_page(PROT_SEED, i)`);
+/// - `wonly`: 2 pages mapped write-only and written
+///   (`pattern_page(PROT_SEED, 10 + i)`);
+/// - `file`: a private read-write mapping of a 3-page file holding
+///   `pattern_page(FILE_SEED, i)`: page 0 then starts with `FILE_WRITTEN`
+///   (a private copy), page 1 was read (the file's own page), page 2 never
+///   touched;
+/// - `reserve`: `RESERVE_LEN` bytes of PROT_NONE address space never touched.
+fn prot() -> ! {
+    const PS: usize = 4096;
+    let noaccess = common::map_anon(4 * PS);
+    for i in 0..4 {
+        // SAFETY: page i of the fresh 4-page mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                pattern_page(PROT_SEED, i).as_ptr(),
+                noaccess.add(i * PS),
+                PS,
+            )
+        };
+    }
+    // SAFETY: pages 1 and 2 of our own mapping.
+    let r = unsafe { libc::mprotect(noaccess.add(PS).cast(), 2 * PS, libc::PROT_NONE) };
+    assert_eq!(r, 0);
+    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+    let wonly = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * PS,
+            libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(wonly, libc::MAP_FAILED);
+    let wonly: *mut u8 = wonly.cast();
+    for i in 0..2 {
+        // SAFETY: page i of the write-only mapping, written (never read).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                pattern_page(PROT_SEED, 10 + i).as_ptr(),
+                wonly.add(i * PS),
+                PS,
+            )
+        };
+    }
+    let path = std::env::temp_dir().join(format!("memimg-prot-{}", std::process::id()));
+    let content: Vec<u8> = (0..3).flat_map(|i| pattern_page(FILE_SEED, i)).collect();
+    std::fs::write(&path, &content).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    // SAFETY: a private mapping of our own 3-page file; writes stay private.
+    let file = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            3 * PS,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            std::os::unix::io::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(file, libc::MAP_FAILED);
+    drop(f);
+    let file: *mut u8 = file.cast();
+    // SAFETY: inside the 3-page mapping: write to page 0, read page 1.
+    unsafe {
+        std::ptr::copy_nonoverlapping(FILE_WRITTEN.as_ptr(), file, FILE_WRITTEN.len());
+        std::hint::black_box(std::ptr::read_volatile(file.add(PS)));
+    }
+    // SAFETY: a fresh reservation; no existing memory is touched.
+    let reserve = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            RESERVE_LEN,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(reserve, libc::MAP_FAILED);
+    // The mapping keeps the file; its name is no longer needed.
+    std::fs::remove_file(&path).unwrap();
+    println!(
+        "READY noaccess={:#x} wonly={:#x} file={:#x} reserve={:#x}",
+        noaccess as usize, wonly as usize, file as usize, reserve as usize
+    );
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }

@@ -6,6 +6,53 @@ use std::process::{Child, Command, Stdio};
 /// The environment variable that selects a child role.
 pub const ROLE: &str = "MEMIMG_TEST_ROLE";
 
+/// Records that `test` cannot run here, and why; the test then returns.
+///
+/// The skip protocol shared by the project's test crates: with
+/// `MEMIMG_REQUIRE_ALL` set (CI, where every tool is installed and tests run
+/// as root) a skip is a failure, so this panics with `would skip: {why}`.
+/// Otherwise it appends `{test}\t{why}` to the file named by
+/// `MEMIMG_SKIP_LOG`, if set (scripts/test.sh counts those lines as skipped,
+/// not passed), and prints `skipped: {why}` to stderr.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+        panic!("would skip: {why}");
+    }
+    if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("writing the skip log {}: {e}", log.to_string_lossy()));
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// The name libtest gives the test function `name` of the calling module
+/// (`live::captures_patterns_zstd`), for [`skip`].
+macro_rules! test_name {
+    ($name:literal) => {
+        concat!(module_path!(), "::", $name)
+            .split_once("::")
+            .map_or($name, |(_, rest)| rest)
+    };
+}
+pub(crate) use test_name;
+
+/// Why `tool` cannot be run here (it is not on PATH), if it cannot.
+pub fn tool_missing(tool: &str) -> Option<String> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!found).then(|| format!("{tool} is not installed"))
+}
+
 /// Fills `buf` with xorshift64 bytes from `seed`: random-looking, but the
 /// same for the same seed in any process.
 pub fn fill_random(buf: &mut [u8], seed: u64) {

@@ -34,7 +34,7 @@ fn nonexistent_pid() {
 
 #[test]
 fn process_exits_during_capture() {
-    need_ptrace!();
+    need_ptrace!("process_exits_during_capture");
     let child = spawn_role("patterns", &[]);
     let pid = child.pid();
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +58,7 @@ fn process_exits_during_capture() {
 
 #[test]
 fn interrupted_capture_resumes_the_process() {
-    need_ptrace!();
+    need_ptrace!("interrupted_capture_resumes_the_process");
     let child = spawn_role("patterns", &[]);
     let pid = child.pid();
     let dir = tempfile::tempdir().unwrap();
@@ -87,7 +87,10 @@ fn interrupted_capture_resumes_the_process() {
 fn permission_denied_says_what_to_do() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to drop to an unprivileged user");
+        common::skip(
+            common::test_name!("permission_denied_says_what_to_do"),
+            "needs root to drop to an unprivileged user",
+        );
         return;
     }
     let target = spawn_role("patterns", &[]);
@@ -112,7 +115,7 @@ fn permission_denied_says_what_to_do() {
 
 #[test]
 fn already_traced_names_the_tracer() {
-    need_ptrace!();
+    need_ptrace!("already_traced_names_the_tracer");
     let child = spawn_role("patterns", &[]);
     let pid = child.pid();
     // Seize it from this process (without stopping it), as a debugger would.

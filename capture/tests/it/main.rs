@@ -14,5 +14,6 @@ mod child;
 mod common;
 mod failures;
 mod live;
+mod protect;
 mod registers;
 mod restore;

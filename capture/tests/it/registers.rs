@@ -54,7 +54,7 @@ fn capture(dir: &Path) -> (ChildProc, CaptureReport, std::path::PathBuf) {
 
 #[test]
 fn registers_and_auxv_of_every_thread() {
-    need_ptrace!();
+    need_ptrace!("registers_and_auxv_of_every_thread");
     let dir = tempfile::tempdir().unwrap();
     let (child, report, path) = capture(dir.path());
     let pid = child.pid();
@@ -255,9 +255,12 @@ fn export_core(image: &Path, core: &Path) {
 
 #[test]
 fn gdb_backtraces_an_exported_capture() {
-    need_ptrace!();
-    if Command::new("gdb").arg("--version").output().is_err() {
-        eprintln!("skipped: gdb is not installed");
+    need_ptrace!("gdb_backtraces_an_exported_capture");
+    if let Some(why) = crate::common::tool_missing("gdb") {
+        crate::common::skip(
+            crate::common::test_name!("gdb_backtraces_an_exported_capture"),
+            &why,
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
