@@ -11,7 +11,10 @@
 # skipped, and listed above the summary. With MEMIMG_REQUIRE_ALL=1 (CI) such
 # a test fails instead of skipping.
 #
-# Arguments, if any, replace `--workspace` (scripts/test.sh -p imgtool --test
+# Every test binary runs even after one fails (--no-fail-fast), so the
+# summary counts them all.
+#
+# Arguments, if any, replace `--workspace --no-fail-fast` (scripts/test.sh -p imgtool --test
 # cli runs one test binary, with the same summary), and the fuzz check is left
 # out.
 set -euo pipefail
@@ -25,7 +28,7 @@ status=0
 if [ $# -gt 0 ]; then
   cargo test "$@" 2>&1 | tee "$log" || status=$?
 else
-  cargo test --workspace 2>&1 | tee "$log" || status=$?
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 fi
 if [ $# -eq 0 ] && [ -f fuzz/Cargo.toml ]; then
   # The fuzz workspace needs no nightly to type-check; building and running the
