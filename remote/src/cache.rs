@@ -1,21 +1,22 @@
-//! A small cache of recently read blocks of one object, least recently used
+//! A small cache of recently read pieces of one object, least recently used
 //! first out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use bytes::Bytes;
 
-/// Blocks of `block_size` bytes (the last one of an object may be shorter),
-/// keyed by block number, holding at most `capacity` bytes.
-pub(crate) struct BlockCache {
+/// Pieces of an object keyed by `K` (a block number, or an exact range),
+/// holding at most `capacity` bytes.
+pub(crate) struct BlockCache<K = u64> {
     capacity: usize,
     bytes: usize,
     tick: u64,
-    blocks: HashMap<u64, (Bytes, u64)>,
-    by_age: BTreeMap<u64, u64>,
+    blocks: HashMap<K, (Bytes, u64)>,
+    by_age: BTreeMap<u64, K>,
 }
 
-impl BlockCache {
+impl<K: Hash + Eq + Copy> BlockCache<K> {
     pub(crate) fn new(capacity: usize) -> Self {
         BlockCache {
             capacity,
@@ -27,7 +28,7 @@ impl BlockCache {
     }
 
     /// The block, marked as just used.
-    pub(crate) fn get(&mut self, block: u64) -> Option<Bytes> {
+    pub(crate) fn get(&mut self, block: K) -> Option<Bytes> {
         self.tick += 1;
         let tick = self.tick;
         let (data, age) = self.blocks.get_mut(&block)?;
@@ -39,7 +40,7 @@ impl BlockCache {
 
     /// Adds a block, evicting the least recently used ones beyond capacity.
     /// A cache of capacity 0 keeps nothing.
-    pub(crate) fn insert(&mut self, block: u64, data: Bytes) {
+    pub(crate) fn insert(&mut self, block: K, data: Bytes) {
         if data.len() > self.capacity {
             return;
         }
@@ -73,7 +74,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used() {
-        let mut c = BlockCache::new(3 * 4);
+        let mut c: BlockCache = BlockCache::new(3 * 4);
         for b in 0..3 {
             c.insert(b, Bytes::from(vec![u8::try_from(b).unwrap(); 4]));
         }
@@ -91,7 +92,7 @@ mod tests {
         c.insert(7, Bytes::from(vec![0; 13]));
         assert!(c.get(7).is_none());
         assert_eq!(c.bytes(), 12);
-        let mut none = BlockCache::new(0);
+        let mut none: BlockCache = BlockCache::new(0);
         none.insert(0, Bytes::from_static(b"x"));
         assert!(none.get(0).is_none());
     }

@@ -21,10 +21,9 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
-use memimg::raw::{TRAILER_LEN, TRAILER_MAGIC};
-use memimg::{ChunkLoc, Image};
-use xxhash_rust::xxh3::xxh3_64;
+use memimg::Image;
 
+use crate::check::{plan, Checker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::Location;
 use crate::open::{Output, Store};
@@ -103,16 +102,17 @@ pub fn copy(
             "the destination exists (give overwrite to replace it)",
         ));
     }
-    let plan = plan(&img, opts.fetch.max_request);
+    let plan = plan(&img, opts.fetch.max_request, true);
     let mut out = Output::create(dst, s3, opts.upload)?;
-    let mut checker = Checker {
-        img: &img,
-        name: &name,
-        prev_end: 0,
-        chunks_checked: 0,
-    };
+    let mut checker = Checker::new(&img);
+    let mut problems = Vec::new();
     let mut write = |i: usize, bytes: &[u8]| -> Result<()> {
-        checker.check(&plan[i], bytes)?;
+        checker.check(&plan[i], bytes, &mut problems);
+        if let Some(p) = problems.drain(..).next() {
+            // The first problem stops the copy, as damage stops a reader.
+            let e = memimg::Error::new(p.kind, p.location, p.message);
+            return Err(Error::from_memimg(&name, e));
+        }
         out.write_all(bytes).map_err(|e| write_error(dst, e))?;
         if let Some(p) = opts.progress {
             p(bytes.len() as u64);
@@ -179,149 +179,4 @@ fn exists(loc: &Location, s3: &S3Options) -> Result<bool> {
 
 fn usize_of(v: u64) -> Option<usize> {
     usize::try_from(v).ok()
-}
-
-/// A piece of the file, in order: the header page, a run of whole chunks
-/// (with the padding before each), or the index and trailers.
-struct Segment {
-    range: Range<u64>,
-    what: Part,
-}
-
-enum Part {
-    Header,
-    Chunks(Range<usize>),
-    Tail,
-}
-
-/// Cuts the file into segments that cover it exactly, each at most `max`
-/// bytes unless one chunk is larger.
-fn plan(img: &Image, max: u64) -> Vec<Segment> {
-    let chunks = img.chunk_locs();
-    let hp = img.header_bytes().len() as u64;
-    let mut segs = vec![Segment {
-        range: 0..hp,
-        what: Part::Header,
-    }];
-    let mut start = hp;
-    let mut first = 0usize;
-    for (i, c) in chunks.iter().enumerate() {
-        let end = c.offset + u64::from(c.stored_len);
-        if i > first && end - start > max {
-            let prev = &chunks[i - 1];
-            let prev_end = prev.offset + u64::from(prev.stored_len);
-            segs.push(Segment {
-                range: start..prev_end,
-                what: Part::Chunks(first..i),
-            });
-            start = prev_end;
-            first = i;
-        }
-    }
-    if first < chunks.len() {
-        let last = &chunks[chunks.len() - 1];
-        let end = last.offset + u64::from(last.stored_len);
-        segs.push(Segment {
-            range: start..end,
-            what: Part::Chunks(first..chunks.len()),
-        });
-        start = end;
-    }
-    segs.push(Segment {
-        range: start..img.file_len(),
-        what: Part::Tail,
-    });
-    segs
-}
-
-/// Checks each segment's bytes as they stream past.
-struct Checker<'a> {
-    img: &'a Image,
-    name: &'a str,
-    prev_end: u64,
-    chunks_checked: u64,
-}
-
-impl Checker<'_> {
-    fn damage(&self, kind: memimg::ErrorKind, loc: memimg::Location, msg: String) -> Error {
-        Error::from_memimg(self.name, memimg::Error::new(kind, loc, msg))
-    }
-
-    fn check(&mut self, seg: &Segment, bytes: &[u8]) -> Result<()> {
-        use memimg::ErrorKind as K;
-        let base = seg.range.start;
-        let at = |off: u64| usize::try_from(off - base).unwrap_or(usize::MAX);
-        match &seg.what {
-            Part::Header => {
-                if bytes != self.img.header_bytes() {
-                    return Err(self.damage(
-                        K::Checksum,
-                        memimg::Location::at(0),
-                        "the header page differs from the one read when the image was opened: it changed during the copy".into(),
-                    ));
-                }
-                self.prev_end = seg.range.end;
-            }
-            Part::Chunks(idx) => {
-                for n in idx.clone() {
-                    let c: ChunkLoc = self.img.chunk_locs()[n];
-                    let pad = bytes.get(at(self.prev_end)..at(c.offset)).unwrap_or(&[]);
-                    if let Some(p) = pad.iter().position(|&b| b != 0) {
-                        return Err(self.damage(
-                            K::NonZeroPadding,
-                            memimg::Location::at(self.prev_end + p as u64),
-                            format!("padding before chunk {n} is not zero"),
-                        ));
-                    }
-                    let end = c.offset + u64::from(c.stored_len);
-                    let stored = bytes.get(at(c.offset)..at(end)).unwrap_or(&[]);
-                    let sum = xxh3_64(stored);
-                    if sum != c.stored_checksum {
-                        return Err(self.damage(
-                            K::Checksum,
-                            memimg::Location::chunk(n as u64, c.offset),
-                            format!(
-                                "stored checksum mismatch (index says {:016x}, bytes hash to {sum:016x})",
-                                c.stored_checksum
-                            ),
-                        ));
-                    }
-                    self.chunks_checked += 1;
-                    self.prev_end = end;
-                }
-            }
-            Part::Tail => {
-                let t = self.img.trailer();
-                let index = bytes
-                    .get(at(t.index_offset)..at(t.index_offset + t.index_len))
-                    .unwrap_or(&[]);
-                let sum = xxh3_64(index);
-                if sum != t.index_checksum {
-                    return Err(self.damage(
-                        K::Checksum,
-                        memimg::Location::at(t.index_offset),
-                        format!(
-                            "index checksum mismatch (trailer says {:016x}, index hashes to {sum:016x})",
-                            t.index_checksum
-                        ),
-                    ));
-                }
-                let tr = bytes
-                    .get(at(t.offset)..at(t.offset + TRAILER_LEN as u64))
-                    .unwrap_or(&[]);
-                let ok = tr.len() == TRAILER_LEN
-                    && tr[..8] == TRAILER_MAGIC
-                    && tr[248..].try_into().map(u64::from_le_bytes).ok()
-                        == Some(xxh3_64(&tr[..248]));
-                if !ok {
-                    return Err(self.damage(
-                        K::Checksum,
-                        memimg::Location::at(t.offset),
-                        "the trailer differs from the one read when the image was opened: it changed during the copy".into(),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
 }

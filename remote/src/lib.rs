@@ -23,7 +23,8 @@
 //!   way.
 //! - [`copy`] copies an image between any two locations, checking every
 //!   chunk's stored checksum, the header and the index as it streams, and
-//!   gives a byte-identical copy.
+//!   gives a byte-identical copy. [`verify_remote`] checks every stored byte
+//!   of a remote image with parallel ranged GETs.
 //!
 //! The `memimg` crate stays synchronous and small: tokio and object_store
 //! live only here, on one runtime per process (see [`runtime`]).
@@ -31,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod cache;
+mod check;
 mod config;
 mod copy;
 mod error;
@@ -38,6 +40,7 @@ mod location;
 mod open;
 mod reader;
 pub mod runtime;
+mod verify;
 mod writer;
 
 pub use config::{
@@ -52,6 +55,7 @@ pub use reader::{
     global_stats, FetchOptions, ReaderOptions, RemoteReader, Stats, DEFAULT_BLOCK_SIZE,
     DEFAULT_CACHE_BYTES,
 };
+pub use verify::verify_remote;
 pub use writer::{
     Committed, RemoteWriter, UploadOptions, UploadStats, DEFAULT_PARTS_IN_FLIGHT,
     DEFAULT_PART_SIZE, MIN_PART_SIZE,

@@ -2,12 +2,13 @@
 //! an object in S3-compatible storage.
 //!
 //! Opening costs one HEAD (the object's size and ETag), never a download.
-//! Each read then fetches only the blocks it lacks, with one ranged GET per
-//! run of adjacent missing blocks (so a read spanning many blocks is one
-//! request, and the runs of one read are fetched at once), and keeps them in
-//! a small LRU cache: opening an image reads the header page, then the
-//! trailer, then the index, and the block holding the trailer often holds the
-//! end of the index too. [`RemoteReader::fetch_many`] serves bulk reads
+//! A small read then fetches only the blocks it lacks, with one ranged GET
+//! per run of adjacent missing blocks (the runs of one read are fetched at
+//! once), and keeps them in a small LRU cache: opening an image reads 128
+//! bytes and then the page at offset 0, then the trailer, then the index, and
+//! the block holding the trailer often holds the end of the index too. A
+//! read of two blocks or more (a chunk, a large index) is one GET of exactly
+//! its bytes, not cached, so that reading a chunk costs the chunk. [`RemoteReader::fetch_many`] serves bulk reads
 //! (verify, copies, a restore's prefetcher) with several requests in flight,
 //! past the cache.
 //!
@@ -32,17 +33,24 @@ use crate::S3Options;
 /// Size of a cached block. By default 64 KiB: a header page, a trailer and a
 /// small index each fit in one or two; a 512 KiB chunk spans nine.
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
-/// Bytes of blocks kept per reader. By default 4 MiB.
+/// Bytes kept per reader, for small reads (by block) and again for large
+/// ones (by exact range). By default 4 MiB each.
 pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
+
+/// Reads of at least this many blocks are fetched exactly and not cached.
+const LARGE_READ_BLOCKS: u64 = 2;
 
 /// How a [`RemoteReader`] caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReaderOptions {
-    /// Reads fetch whole blocks of this size (the last block of the object
-    /// may be shorter). By default [`DEFAULT_BLOCK_SIZE`]; at least 4 KiB.
+    /// Reads shorter than two blocks fetch whole blocks of this size (the
+    /// last block of the object may be shorter); longer ones fetch exactly
+    /// their bytes. By default [`DEFAULT_BLOCK_SIZE`]; at least 4 KiB.
     pub block_size: u32,
-    /// Bytes of blocks kept, least recently used out first. By default
-    /// [`DEFAULT_CACHE_BYTES`]; 0 keeps none.
+    /// Bytes kept, least recently used out first, by each of the two
+    /// caches: blocks of small reads, and large reads by exact range (a
+    /// large read bigger than this is not kept). By default
+    /// [`DEFAULT_CACHE_BYTES`], so at most 8 MiB per reader; 0 keeps none.
     pub cache_bytes: usize,
 }
 
@@ -91,7 +99,7 @@ pub struct Stats {
     pub get_requests: u64,
     /// Bytes received by GET requests.
     pub bytes_fetched: u64,
-    /// Blocks served from the cache.
+    /// Blocks, and large reads, served from the cache.
     pub cache_hits: u64,
 }
 
@@ -150,6 +158,9 @@ pub struct RemoteReader {
     e_tag: Option<String>,
     block: u64,
     cache: Mutex<BlockCache>,
+    /// Large reads, by exact range: a second open of the same image reads
+    /// the same index, and a restore or cat may read a chunk again.
+    ranges: Mutex<BlockCache<(u64, u64)>>,
     counters: Counters,
 }
 
@@ -211,6 +222,7 @@ impl RemoteReader {
             e_tag: meta.e_tag,
             block: u64::from(opts.block_size.max(4096)),
             cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
             counters,
         })
     }
@@ -230,9 +242,10 @@ impl RemoteReader {
         self.counters.snapshot()
     }
 
-    /// Bytes held in the cache now.
+    /// Bytes held in the caches now.
     pub fn cached_bytes(&self) -> usize {
-        self.cache.lock().map(|c| c.bytes()).unwrap_or(0)
+        let blocks = self.cache.lock().map(|c| c.bytes()).unwrap_or(0);
+        blocks + self.ranges.lock().map(|c| c.bytes()).unwrap_or(0)
     }
 
     fn get_opts(&self, range: Range<u64>) -> GetOptions {
@@ -308,6 +321,37 @@ impl RemoteReader {
         }
         let end = self.check_range(offset, buf.len() as u64)?;
         let bs = self.block;
+        if buf.len() as u64 >= LARGE_READ_BLOCKS * bs {
+            // A large read (a chunk, an index) is fetched exactly, and kept
+            // by its exact range: rounding it out to blocks would fetch up to
+            // two blocks more, and splitting it into blocks would push out
+            // the small, reused ones (header page, trailer).
+            let key = (offset, end);
+            let hit = self
+                .ranges
+                .lock()
+                .map_err(|_| poisoned(&self.name))?
+                .get(key);
+            let data = match hit {
+                Some(d) => {
+                    count(&self.counters, |c| {
+                        c.hits.fetch_add(1, Ordering::Relaxed);
+                    });
+                    d
+                }
+                None => {
+                    let d = block_on(self.fetch_fut(offset..end))??;
+                    self.add_bytes(d.len());
+                    self.ranges
+                        .lock()
+                        .map_err(|_| poisoned(&self.name))?
+                        .insert(key, d.clone());
+                    d
+                }
+            };
+            buf.copy_from_slice(&data);
+            return Ok(());
+        }
         let (first, last) = (offset / bs, (end - 1) / bs);
         let mut have: Vec<Option<Bytes>> = {
             let mut c = self.cache.lock().map_err(|_| poisoned(&self.name))?;

@@ -9,3 +9,4 @@ mod reads;
 mod roundtrip;
 mod support;
 mod upload;
+mod verify;

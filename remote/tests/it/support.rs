@@ -191,15 +191,17 @@ impl Moto {
     }
 
     /// Settings for the store's clients: this endpoint, working credentials,
-    /// and short retries so that failure tests end quickly.
+    /// and few retries so that failure tests end quickly. The request
+    /// timeout is long: on a loaded machine moto (one Python process) can
+    /// take many seconds to answer.
     pub fn options(&self) -> S3Options {
         S3Options::default()
             .with_endpoint(&self.endpoint)
             .with_region("us-east-1")
             .with_credentials(&self.key_id, &self.secret)
             .with_retries(2)
-            .with_retry_timeout(Duration::from_secs(5))
-            .with_request_timeout(Duration::from_secs(30))
+            .with_retry_timeout(Duration::from_secs(10))
+            .with_request_timeout(Duration::from_secs(180))
             .with_connect_timeout(Duration::from_secs(2))
     }
 

@@ -94,6 +94,16 @@ fn faulty(
     fail_part: Option<usize>,
     fail_complete: bool,
 ) -> (RemoteWriter, Arc<AtomicUsize>) {
+    faulty_with(store, key, fail_part, fail_complete, opts())
+}
+
+fn faulty_with(
+    store: &Store,
+    key: &str,
+    fail_part: Option<usize>,
+    fail_complete: bool,
+    o: UploadOptions,
+) -> (RemoteWriter, Arc<AtomicUsize>) {
     let path = object_store::path::Path::from(key);
     let inner = memimg_remote::runtime::block_on(store.object_store().put_multipart(&path))
         .unwrap()
@@ -106,7 +116,7 @@ fn faulty(
         fail_complete,
         aborts: aborts.clone(),
     };
-    (RemoteWriter::from_upload(Box::new(up), key, opts()), aborts)
+    (RemoteWriter::from_upload(Box::new(up), key, o), aborts)
 }
 
 #[test]
@@ -205,13 +215,17 @@ fn writing_after_a_failure_is_refused() {
     let bucket = bucket_for(test);
     moto.create_bucket(&bucket);
     let store = Store::new(&bucket, &moto.options()).unwrap();
-    let (mut w, _) = faulty(&store, "k", Some(1), false);
+    // One part in flight: sending part 2 waits for part 1, and sees it fail.
+    let one = UploadOptions {
+        part_size: MIN_PART_SIZE,
+        parts_in_flight: 1,
+    };
+    let (mut w, aborts) = faulty_with(&store, "k", Some(1), false, one);
     let data = bytes(MIN_PART_SIZE);
     w.write_all(&data).unwrap(); // part 1 leaves, and fails in the background
-    let first = w
-        .write_all(&data)
-        .and_then(|()| w.write_all(&data))
-        .unwrap_err();
+    let first = w.write_all(&data).unwrap_err();
+    assert_eq!(aborts.load(Ordering::SeqCst), 1, "{first}");
+    assert_eq!(moto.open_uploads(&bucket), Vec::<String>::new());
     let again = w.write_all(b"x").unwrap_err();
     let e = memimg_remote::Error::find(&again).unwrap();
     assert_eq!(e.kind(), ErrorKind::Aborted, "{again} after {first}");
