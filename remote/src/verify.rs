@@ -16,7 +16,9 @@ use crate::reader::{FetchOptions, RemoteReader};
 /// `opts.decode`, every chunk's stored bytes (and the padding before it) are
 /// fetched once with [`RemoteReader::fetch_many`], several requests in
 /// flight, and checked against the chunk map as they arrive: no key is
-/// needed, even for an encrypted image. With `opts.decode` (and the key of an
+/// needed, even for an encrypted image. In all, at most the object's bytes
+/// are fetched, plus the two cache blocks opening reads around the header
+/// and the trailer (128 KiB by default). With `opts.decode` (and the key of an
 /// encrypted image), [`Image::verify`] decodes every chunk on a pool of
 /// `fetch.concurrency` threads, each reading its chunks with one exact GET.
 ///
@@ -48,7 +50,11 @@ pub fn verify_remote(
             .thread_name(|i| format!("memimg-verify-{i}"))
             .build();
         return match pool {
-            Ok(pool) => pool.install(|| img.verify(opts)),
+            Ok(pool) => {
+                let mut r = pool.install(|| img.verify(opts));
+                sort(&mut r);
+                r
+            }
             Err(e) => Report {
                 fatal: Some(memimg::Error::plain(
                     memimg::ErrorKind::Io,
@@ -86,9 +92,13 @@ pub fn verify_remote(
         .map(|c| u64::from(c.stored_len))
         .sum();
     report.problems = problems;
+    sort(&mut report);
     report
-        .problems
+}
+
+/// Problems in file order, as `memimg::verify_path` gives them.
+fn sort(r: &mut Report) {
+    r.problems
         .sort_by_key(|p| (p.location.offset.unwrap_or(u64::MAX), p.location.chunk));
-    report.problems.dedup();
-    report
+    r.problems.dedup();
 }

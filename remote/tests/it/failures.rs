@@ -159,6 +159,22 @@ fn an_object_replaced_while_read_is_detected() {
     let e = r.read_exact_at(&mut b, 900 << 10).unwrap_err();
     let cause = memimg_remote::Error::find(&e).expect("typed");
     assert_eq!(cause.kind(), ErrorKind::Changed, "{e}");
+
+    // Replaced between the HEAD and the first GET of an open: the image
+    // error carries the remote cause's kind, and says each thing once.
+    let u = url(&bucket, "obj");
+    let r = Arc::new(RemoteReader::open(&u, &moto.options()).unwrap());
+    moto.put(&bucket, "obj", &vec![3u8; 1 << 20]);
+    let e = Image::from_read_at(r, None).unwrap_err();
+    let e = memimg_remote::Error::from_memimg(&u.to_string(), e);
+    assert_eq!(e.kind(), ErrorKind::Changed, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("{u}: reading header at 0x0: reading bytes 0x0..")),
+        "{msg}"
+    );
+    assert_eq!(msg.matches(&u.to_string()).count(), 1, "{msg}");
+    assert_eq!(msg.matches("changed").count(), 1, "{msg}");
 }
 
 /// Damaged and truncated objects give the error a local file gives: the same
