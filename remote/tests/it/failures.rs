@@ -118,6 +118,32 @@ fn an_unreachable_server_is_a_network_error_after_bounded_retries() {
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
 
+/// Retries are made: a store that starts listening while the client backs
+/// off is reached (its answer, a missing bucket, shows the request got
+/// through), where without retries the same request fails at once.
+#[test]
+fn a_store_that_comes_up_during_the_retries_is_reached() {
+    let test = "a_store_that_comes_up_during_the_retries_is_reached";
+    let port = free_port();
+    let s3 = |retries| {
+        S3Options::default()
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_credentials("testing", "testing")
+            .with_retries(retries)
+            .with_retry_timeout(Duration::from_secs(120))
+    };
+    let u = url("not-created-yet", "k");
+    let e = RemoteReader::open(&u, &s3(0)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    // moto takes seconds to start listening; the client backs off from
+    // 100 ms, doubling up to 2 s between tries.
+    let Some(_moto) = Moto::start_at(test, port) else {
+        return;
+    };
+    let e = RemoteReader::open(&u, &s3(60)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSuchBucket, "{e}");
+}
+
 #[test]
 fn the_server_killed_during_reads() {
     let test = "the_server_killed_during_reads";

@@ -137,9 +137,29 @@ impl Moto {
         Some(m)
     }
 
+    /// Starts a server on `port` without waiting for it to answer (for a
+    /// test of a store that comes up while a client retries), or skips.
+    pub fn start_at(test: &str, port: u16) -> Option<Moto> {
+        if let Some(why) = moto_missing() {
+            skip(test, why);
+            return None;
+        }
+        Some(Moto::launch(port, &[]))
+    }
+
     fn spawn(env: &[(&str, &str)]) -> Moto {
         for _attempt in 0..3 {
-            let port = free_port();
+            let mut m = Moto::launch(free_port(), env);
+            if m.wait_ready(Duration::from_secs(60)) {
+                return m;
+            }
+            m.stop();
+        }
+        panic!("moto_server did not start on a free loopback port in three tries");
+    }
+
+    fn launch(port: u16, env: &[(&str, &str)]) -> Moto {
+        {
             let mut cmd = Command::new("sh");
             cmd.arg("-c")
                 .arg(r#""$1" -H 127.0.0.1 -p "$0" >/dev/null 2>&1 & echo $!; read _; kill -9 $! 2>/dev/null; wait"#)
@@ -158,7 +178,7 @@ impl Moto {
                 .expect("reading moto's pid");
             let pid: u32 = line.trim().parse().expect("moto's pid");
             let stdin = wrapper.stdin.take();
-            let mut m = Moto {
+            Moto {
                 wrapper,
                 stdin,
                 pid,
@@ -166,13 +186,8 @@ impl Moto {
                 endpoint: format!("http://127.0.0.1:{port}"),
                 key_id: ANY_KEY.into(),
                 secret: ANY_KEY.into(),
-            };
-            if m.wait_ready(Duration::from_secs(60)) {
-                return m;
             }
-            m.stop();
         }
-        panic!("moto_server did not start on a free loopback port in three tries");
     }
 
     fn wait_ready(&self, limit: Duration) -> bool {
