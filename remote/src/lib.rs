@@ -65,3 +65,18 @@ pub use writer::{
 /// own store or upload (see [`RemoteReader::open_with`],
 /// [`RemoteWriter::from_upload`]).
 pub use object_store;
+
+/// The reader is shared between threads (a restore's fault handler and its
+/// prefetcher), and the writer and outputs move to a writer thread (capture
+/// writes from a thread of its own).
+#[allow(dead_code)]
+fn _thread_safety() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<RemoteReader>();
+    shared::<Store>();
+    sent::<RemoteWriter>();
+    sent::<Output>();
+    sent::<Error>();
+    shared::<Error>();
+}

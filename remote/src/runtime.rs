@@ -15,7 +15,12 @@
 //!
 //! **Blocking.** [`block_on`] must not be called from inside an asynchronous
 //! task (tokio forbids blocking a worker); every public function of this crate
-//! is synchronous and is called from ordinary threads.
+//! is synchronous and is called from ordinary threads, many at once if need
+//! be (a multi-thread runtime lets each caller block on its own future).
+//!
+//! **Fork.** The runtime's threads do not exist in a child made by `fork`:
+//! a child must not use a runtime its parent started (a child that execs, as
+//! a restored program does, is not affected).
 
 use std::future::Future;
 use std::sync::OnceLock;
