@@ -75,10 +75,13 @@ pub struct Committed {
     pub stats: UploadStats,
 }
 
+/// The parts under way, each answering with its number.
+type Parts = JoinSet<(u64, object_store::Result<()>)>;
+
 enum State {
     Open {
         upload: Box<dyn MultipartUpload>,
-        tasks: JoinSet<object_store::Result<()>>,
+        tasks: Parts,
     },
     /// Failed and aborted (or abandoned): the message says why.
     Failed(String),
@@ -182,13 +185,11 @@ impl RemoteWriter {
         let State::Open { upload, tasks } = &mut self.state else {
             return Err(self.failed_error());
         };
-        let done = block_on(async {
-            while let Some(r) = tasks.join_next().await {
-                flatten(r)?;
-            }
-            upload.complete().await
-        })?;
-        match done {
+        if let Err((part, e)) = block_on(wait_parts(tasks, 0))? {
+            let doing = format!("uploading part {part}");
+            return Err(self.fail(from_store(&self.name.clone(), &doing, &e)));
+        }
+        match block_on(upload.complete())? {
             Ok(put) => {
                 self.state = State::Done;
                 Ok(Committed {
@@ -228,7 +229,7 @@ impl RemoteWriter {
 
     fn failed_error(&self) -> Error {
         let why = match &self.state {
-            State::Failed(why) => format!("the upload failed earlier and was aborted ({why})"),
+            State::Failed(why) => format!("the upload failed earlier ({why})"),
             _ => "the upload is finished".to_string(),
         };
         Error::new(ErrorKind::Aborted, Some(&self.name), why)
@@ -241,27 +242,14 @@ impl RemoteWriter {
         let State::Open { upload, tasks } = &mut self.state else {
             return Err(self.failed_error());
         };
-        let waited = block_on(async {
-            while tasks.len() >= in_flight {
-                match tasks.join_next().await {
-                    Some(r) => flatten(r)?,
-                    None => break,
-                }
-            }
-            Ok::<(), object_store::Error>(())
-        })?;
-        if let Err(e) = waited {
-            let part = self.stats.parts.saturating_sub(tasks.len() as u64);
-            return Err(self.fail(from_store(
-                &self.name.clone(),
-                &format!("uploading part {part}"),
-                &e,
-            )));
+        if let Err((part, e)) = block_on(wait_parts(tasks, in_flight - 1))? {
+            let doing = format!("uploading part {part}");
+            return Err(self.fail(from_store(&self.name.clone(), &doing, &e)));
         }
         let data = std::mem::take(&mut self.buf);
-        let fut = upload.put_part(PutPayload::from(data));
-        tasks.spawn_on(fut, &handle()?);
         self.stats.parts += 1;
+        let (n, fut) = (self.stats.parts, upload.put_part(PutPayload::from(data)));
+        tasks.spawn_on(async move { (n, fut.await) }, &handle()?);
         Ok(())
     }
 
@@ -277,14 +265,33 @@ impl RemoteWriter {
                 "; aborting the upload failed too ({ae}): no object was created, but the store keeps the parts sent until a lifecycle rule removes them"
             ),
         };
-        Error::new(e.kind(), Some(&self.name), format!("{}{note}", e.message()))
+        let message = format!("{}{note}", e.message());
+        self.state = State::Failed(message.clone());
+        Error::new(e.kind(), Some(&self.name), message)
     }
+}
+
+/// Waits until at most `left` parts are under way; the first part that
+/// failed stops the wait, with its number.
+async fn wait_parts(
+    tasks: &mut Parts,
+    left: usize,
+) -> std::result::Result<(), (u64, object_store::Error)> {
+    while tasks.len() > left {
+        match tasks.join_next().await {
+            Some(Ok((_, Ok(())))) => {}
+            Some(Ok((n, Err(e)))) => return Err((n, e)),
+            Some(Err(e)) => return Err((0, object_store::Error::JoinError { source: e })),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Stops the parts under way and tells the store to drop the upload.
 fn abort_upload(
     mut upload: Box<dyn MultipartUpload>,
-    mut tasks: JoinSet<object_store::Result<()>>,
+    mut tasks: Parts,
 ) -> std::result::Result<(), String> {
     block_on(async move {
         tasks.shutdown().await;
@@ -292,12 +299,6 @@ fn abort_upload(
     })
     .map_err(|e| e.to_string())?
     .map_err(|e| crate::error::one_line(&e))
-}
-
-fn flatten(
-    r: std::result::Result<object_store::Result<()>, tokio::task::JoinError>,
-) -> object_store::Result<()> {
-    r.map_err(|e| object_store::Error::JoinError { source: e })?
 }
 
 impl Write for RemoteWriter {

@@ -139,6 +139,7 @@ fn a_failed_part_aborts_the_upload() {
             .unwrap_or_else(|| e.to_string()),
         Ok(()) => w.commit().unwrap_err().to_string(),
     };
+    assert!(err.contains("uploading part 2: "), "{err}");
     assert!(err.contains("injected part failure"), "{err}");
     assert!(err.contains("the upload was aborted"), "{err}");
     assert_eq!(aborts.load(Ordering::SeqCst), 1);
