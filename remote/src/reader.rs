@@ -30,9 +30,11 @@ use crate::location::S3Url;
 use crate::runtime::{block_on, spawn};
 use crate::S3Options;
 
-/// Size of a cached block. By default 64 KiB: a header page, a trailer and a
-/// small index each fit in one or two; a 512 KiB chunk spans nine.
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+/// Size of a cached block. By default 4 KiB: what a reader reads in small
+/// pieces (the first 128 bytes and then the page of the header, the 256-byte
+/// trailer) costs a page each, so opening an image fetches little more than
+/// its header page, index and trailer. Everything large is read exactly.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4 << 10;
 /// Bytes kept per reader, for small reads (by block) and again for large
 /// ones (by exact range). By default 4 MiB each.
 pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;

@@ -18,7 +18,7 @@ use crate::reader::{FetchOptions, RemoteReader};
 /// flight, and checked against the chunk map as they arrive: no key is
 /// needed, even for an encrypted image. In all, at most the object's bytes
 /// are fetched, plus the two cache blocks opening reads around the header
-/// and the trailer (128 KiB by default). With `opts.decode` (and the key of an
+/// and the trailer (8 KiB by default). With `opts.decode` (and the key of an
 /// encrypted image), [`Image::verify`] decodes every chunk on a pool of
 /// `fetch.concurrency` threads, each reading its chunks with one exact GET.
 ///

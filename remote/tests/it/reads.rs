@@ -98,7 +98,7 @@ fn opening_a_large_image_fetches_only_its_ends() {
         read.bytes_fetched
     );
     eprintln!(
-        "object {size} bytes; open fetched {} bytes in {} GETs; a 4096-byte read_at fetched {got} more (chunk {} bytes)",
+        "object {size} bytes; header page {page}, index and trailer {tail}; open fetched {} bytes in {} GETs; a 4096-byte read_at fetched {got} more (chunk {} bytes)",
         opened.bytes_fetched, opened.get_requests, chunk.stored_len
     );
 }
