@@ -1,0 +1,188 @@
+//! Checking an image's stored bytes as they stream past, in file order: the
+//! checks of `imgtool verify` without `--deep`, on bytes fetched in bulk
+//! (by a copy, or a remote verify) rather than read chunk by chunk.
+
+use std::ops::Range;
+
+use memimg::raw::{TRAILER_LEN, TRAILER_MAGIC};
+use memimg::{ChunkLoc, Extent, ExtentKind, Image, Problem};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A piece of the file, in order: the header page, a run of whole chunks
+/// (with the padding before each), or the index and trailers.
+pub(crate) struct Segment {
+    pub(crate) range: Range<u64>,
+    what: Part,
+}
+
+enum Part {
+    Header,
+    Chunks(Range<usize>),
+    Tail,
+}
+
+/// Cuts the file into segments that cover it exactly, each at most `max`
+/// bytes unless one chunk is larger. With `whole` false, only the chunk
+/// segments are returned (what verify fetches; the reader has read and
+/// checked the rest when opening).
+pub(crate) fn plan(img: &Image, max: u64, whole: bool) -> Vec<Segment> {
+    let chunks = img.chunk_locs();
+    let hp = img.header_bytes().len() as u64;
+    let mut segs = Vec::new();
+    if whole {
+        segs.push(Segment {
+            range: 0..hp,
+            what: Part::Header,
+        });
+    }
+    let mut start = hp;
+    let mut first = 0usize;
+    for (i, c) in chunks.iter().enumerate() {
+        let end = c.offset + u64::from(c.stored_len);
+        if i > first && end - start > max {
+            let prev = &chunks[i - 1];
+            let prev_end = prev.offset + u64::from(prev.stored_len);
+            segs.push(Segment {
+                range: start..prev_end,
+                what: Part::Chunks(first..i),
+            });
+            start = prev_end;
+            first = i;
+        }
+    }
+    if first < chunks.len() {
+        let last = &chunks[chunks.len() - 1];
+        let end = last.offset + u64::from(last.stored_len);
+        segs.push(Segment {
+            range: start..end,
+            what: Part::Chunks(first..chunks.len()),
+        });
+        start = end;
+    }
+    if whole {
+        segs.push(Segment {
+            range: start..img.file_len(),
+            what: Part::Tail,
+        });
+    }
+    segs
+}
+
+/// Checks each segment's bytes as they stream past.
+pub(crate) struct Checker<'a> {
+    img: &'a Image,
+    /// The data extent of each chunk, when the index is readable, to name
+    /// the region and address in problems (as verify does).
+    by_chunk: Vec<Option<Extent>>,
+    prev_end: u64,
+    pub(crate) chunks_checked: u64,
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(img: &'a Image) -> Self {
+        let mut by_chunk = vec![None; img.chunk_locs().len()];
+        if let Ok(ex) = img.extents() {
+            for e in ex.iter().filter(|e| e.kind == ExtentKind::Data) {
+                if let Some(slot) = usize::try_from(e.chunk)
+                    .ok()
+                    .and_then(|i| by_chunk.get_mut(i))
+                {
+                    *slot = Some(*e);
+                }
+            }
+        }
+        Checker {
+            img,
+            by_chunk,
+            prev_end: img.header_bytes().len() as u64,
+            chunks_checked: 0,
+        }
+    }
+
+    /// Checks `bytes`, the whole of `seg`, adding each problem to `out`.
+    pub(crate) fn check(&mut self, seg: &Segment, bytes: &[u8], out: &mut Vec<Problem>) {
+        use memimg::ErrorKind as K;
+        let base = seg.range.start;
+        let at = |off: u64| usize::try_from(off - base).unwrap_or(usize::MAX);
+        let problem = |kind, location, message: String| Problem {
+            kind,
+            location,
+            message,
+        };
+        match &seg.what {
+            Part::Header => {
+                if bytes != self.img.header_bytes() {
+                    out.push(problem(
+                        K::Checksum,
+                        memimg::Location::at(0),
+                        "the header page differs from the one read when the image was opened: it changed in the meantime".into(),
+                    ));
+                }
+                self.prev_end = seg.range.end;
+            }
+            Part::Chunks(idx) => {
+                for n in idx.clone() {
+                    let c: ChunkLoc = self.img.chunk_locs()[n];
+                    let pad = bytes.get(at(self.prev_end)..at(c.offset)).unwrap_or(&[]);
+                    if let Some(p) = pad.iter().position(|&b| b != 0) {
+                        out.push(problem(
+                            K::NonZeroPadding,
+                            memimg::Location::at(self.prev_end + p as u64),
+                            format!("padding before chunk {n} is not zero"),
+                        ));
+                    }
+                    let end = c.offset + u64::from(c.stored_len);
+                    let stored = bytes.get(at(c.offset)..at(end)).unwrap_or(&[]);
+                    let sum = xxh3_64(stored);
+                    if sum != c.stored_checksum {
+                        let mut loc = memimg::Location::chunk(n as u64, c.offset);
+                        if let Some(e) = self.by_chunk.get(n).copied().flatten() {
+                            loc = loc.with_region(e.region).with_addr(e.addr);
+                        }
+                        out.push(problem(
+                            K::Checksum,
+                            loc,
+                            format!(
+                                "stored checksum mismatch (index says {:016x}, bytes hash to {sum:016x})",
+                                c.stored_checksum
+                            ),
+                        ));
+                    }
+                    self.chunks_checked += 1;
+                    self.prev_end = end;
+                }
+            }
+            Part::Tail => {
+                let t = self.img.trailer();
+                let index = bytes
+                    .get(at(t.index_offset)..at(t.index_offset + t.index_len))
+                    .unwrap_or(&[]);
+                let sum = xxh3_64(index);
+                if sum != t.index_checksum {
+                    out.push(problem(
+                        K::Checksum,
+                        memimg::Location::at(t.index_offset),
+                        format!(
+                            "index checksum mismatch (trailer says {:016x}, index hashes to {sum:016x})",
+                            t.index_checksum
+                        ),
+                    ));
+                }
+                let tr = bytes
+                    .get(at(t.offset)..at(t.offset + TRAILER_LEN as u64))
+                    .unwrap_or(&[]);
+                let ok = tr.len() == TRAILER_LEN
+                    && tr[..8] == TRAILER_MAGIC
+                    && tr[248..].try_into().map(u64::from_le_bytes).ok()
+                        == Some(xxh3_64(&tr[..248]));
+                if !ok {
+                    out.push(problem(
+                        K::Checksum,
+                        memimg::Location::at(t.offset),
+                        "the trailer differs from the one read when the image was opened: it changed in the meantime".into(),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! Reading an object by ranges: [`RemoteReader`], the [`memimg::ReadAt`] of
+//! an object in S3-compatible storage.
+//!
+//! Opening costs one HEAD (the object's size and ETag), never a download.
+//! A small read then fetches only the blocks it lacks, with one ranged GET
+//! per run of adjacent missing blocks (the runs of one read are fetched at
+//! once), and keeps them in a small LRU cache: opening an image reads 128
+//! bytes and then the page at offset 0, then the trailer, then the index, and
+//! the block holding the trailer often holds the end of the index too. A
+//! read of two blocks or more (a chunk, a large index) is one GET of exactly
+//! its bytes, not cached, so that reading a chunk costs the chunk. [`RemoteReader::fetch_many`] serves bulk reads
+//! (verify, copies, a restore's prefetcher) with several requests in flight,
+//! past the cache.
+//!
+//! Every GET carries `If-Match` with the ETag seen when opening, so an object
+//! replaced while it is read gives [`ErrorKind::Changed`] instead of a mix of
+//! two images.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+
+use crate::cache::BlockCache;
+use crate::error::{from_store, Error, ErrorKind, Result};
+use crate::location::S3Url;
+use crate::runtime::{block_on, spawn};
+use crate::S3Options;
+
+/// Size of a cached block. By default 4 KiB: what a reader reads in small
+/// pieces (the first 128 bytes and then the page of the header, the 256-byte
+/// trailer) costs a page each, so opening an image fetches little more than
+/// its header page, index and trailer. Everything large is read exactly.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4 << 10;
+/// Bytes kept per reader, for small reads (by block) and again for large
+/// ones (by exact range). By default 4 MiB each.
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
+
+/// Reads of at least this many blocks are fetched exactly and not cached.
+const LARGE_READ_BLOCKS: u64 = 2;
+
+/// How a [`RemoteReader`] caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderOptions {
+    /// Reads shorter than two blocks fetch whole blocks of this size (the
+    /// last block of the object may be shorter); longer ones fetch exactly
+    /// their bytes. By default [`DEFAULT_BLOCK_SIZE`]; at least 4 KiB.
+    pub block_size: u32,
+    /// Bytes kept, least recently used out first, by each of the two
+    /// caches: blocks of small reads, and large reads by exact range (a
+    /// large read bigger than this is not kept). By default
+    /// [`DEFAULT_CACHE_BYTES`], so at most 8 MiB per reader; 0 keeps none.
+    pub cache_bytes: usize,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// How [`RemoteReader::fetch_many`] fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Requests in flight at once. By default 4.
+    pub concurrency: usize,
+    /// Ranges next to each other in the list and in the object (at most
+    /// `merge_gap` bytes apart) are fetched in one request of at most this
+    /// many bytes. A single range larger than this is still one request. By
+    /// default 8 MiB.
+    pub max_request: u64,
+    /// The largest gap between two ranges that are merged (the gap's bytes
+    /// are fetched and dropped). By default 64 KiB.
+    pub merge_gap: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            concurrency: 4,
+            max_request: 8 << 20,
+            merge_gap: 64 << 10,
+        }
+    }
+}
+
+/// What a reader (or, from [`global_stats`], the whole process) has asked of
+/// the store. Retries made inside object_store's client are not counted: a
+/// request is counted once, however many attempts it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// HEAD requests (one per open).
+    pub head_requests: u64,
+    /// Ranged GET requests.
+    pub get_requests: u64,
+    /// Bytes received by GET requests.
+    pub bytes_fetched: u64,
+    /// Blocks, and large reads, served from the cache.
+    pub cache_hits: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    head: AtomicU64,
+    get: AtomicU64,
+    bytes: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Counters {
+            head: AtomicU64::new(0),
+            get: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    fn snapshot(&self) -> Stats {
+        Stats {
+            head_requests: self.head.load(Ordering::Relaxed),
+            get_requests: self.get.load(Ordering::Relaxed),
+            bytes_fetched: self.bytes.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+static GLOBAL: Counters = Counters::new();
+
+/// Totals over every reader of this process, for tools that report what a
+/// command fetched (`imgtool` with a statistics option, the benchmark).
+pub fn global_stats() -> Stats {
+    GLOBAL.snapshot()
+}
+
+fn count(local: &Counters, f: impl Fn(&Counters)) {
+    f(local);
+    f(&GLOBAL);
+}
+
+/// An object in S3-compatible storage, read by ranges.
+///
+/// It implements [`memimg::ReadAt`], so `Image::from_read_at(Arc::new(reader),
+/// key)` opens a remote image fetching only the header page, the trailer and
+/// the index, and then one chunk per chunk read. Reads may come from many
+/// threads at once.
+pub struct RemoteReader {
+    store: Arc<dyn ObjectStore>,
+    path: object_store::path::Path,
+    name: String,
+    len: u64,
+    e_tag: Option<String>,
+    block: u64,
+    cache: Mutex<BlockCache>,
+    /// Large reads, by exact range: a second open of the same image reads
+    /// the same index, and a restore or cat may read a chunk again.
+    ranges: Mutex<BlockCache<(u64, u64)>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for RemoteReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteReader")
+            .field("object", &self.name)
+            .field("len", &self.len)
+            .field("e_tag", &self.e_tag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteReader {
+    /// Opens `url` with `s3` settings and default caching: one HEAD request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NoSuchBucket`], [`ErrorKind::NoSuchKey`],
+    /// [`ErrorKind::AccessDenied`], [`ErrorKind::Network`] after the retries,
+    /// [`ErrorKind::Config`] for unusable settings.
+    pub fn open(url: &S3Url, s3: &S3Options) -> Result<RemoteReader> {
+        Self::open_with(s3.store(&url.bucket)?, url, ReaderOptions::default())
+    }
+
+    /// Opens `url` in a store the caller built (for tests that inject faults,
+    /// and for callers that reuse one client for many objects).
+    ///
+    /// # Errors
+    /// As [`RemoteReader::open`].
+    pub fn open_with(
+        store: Arc<dyn ObjectStore>,
+        url: &S3Url,
+        opts: ReaderOptions,
+    ) -> Result<RemoteReader> {
+        let name = url.to_string();
+        let path = url.path();
+        let counters = Counters::default();
+        count(&counters, |c| {
+            c.head.fetch_add(1, Ordering::Relaxed);
+        });
+        let meta = match block_on(store.head(&path))? {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(explain(
+                    &*store,
+                    &path,
+                    &name,
+                    "reading the object's size",
+                    &e,
+                    &counters,
+                ))
+            }
+        };
+        Ok(RemoteReader {
+            store,
+            path,
+            name,
+            len: meta.size,
+            e_tag: meta.e_tag,
+            block: u64::from(opts.block_size.max(4096)),
+            cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            counters,
+        })
+    }
+
+    /// The object's URL.
+    pub fn url(&self) -> &str {
+        &self.name
+    }
+
+    /// The object's ETag when it was opened, if the store gave one.
+    pub fn e_tag(&self) -> Option<&str> {
+        self.e_tag.as_deref()
+    }
+
+    /// What this reader has asked of the store so far.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Bytes held in the caches now.
+    pub fn cached_bytes(&self) -> usize {
+        let blocks = self.cache.lock().map(|c| c.bytes()).unwrap_or(0);
+        blocks + self.ranges.lock().map(|c| c.bytes()).unwrap_or(0)
+    }
+
+    fn get_opts(&self, range: Range<u64>) -> GetOptions {
+        GetOptions {
+            if_match: self.e_tag.clone(),
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        }
+    }
+
+    /// One ranged GET, checked for length. It is counted as a request when
+    /// made; the caller counts its bytes when they arrive.
+    fn fetch_fut(
+        &self,
+        range: Range<u64>,
+    ) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+        let store = Arc::clone(&self.store);
+        let path = self.path.clone();
+        let name = self.name.clone();
+        let opts = self.get_opts(range.clone());
+        count(&self.counters, |c| {
+            c.get.fetch_add(1, Ordering::Relaxed);
+        });
+        async move {
+            let doing = || format!("reading bytes {:#x}..{:#x}", range.start, range.end);
+            let res = store.get_opts(&path, opts).await;
+            let bytes = match res {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| from_store(&name, &doing(), &e))?;
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(Error::new(
+                    ErrorKind::Changed,
+                    Some(&name),
+                    format!(
+                        "{}: the store sent {} bytes instead of {}: the object changed while it was being read",
+                        doing(),
+                        bytes.len(),
+                        range.end - range.start
+                    ),
+                ));
+            }
+            Ok(bytes)
+        }
+    }
+
+    fn add_bytes(&self, n: usize) {
+        count(&self.counters, |c| {
+            c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        });
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Store,
+                    Some(&self.name),
+                    format!(
+                        "reading {len} bytes at {offset:#x}: past the end of the object ({} bytes)",
+                        self.len
+                    ),
+                )
+            })
+    }
+
+    fn read_blocks(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = self.check_range(offset, buf.len() as u64)?;
+        let bs = self.block;
+        if buf.len() as u64 >= LARGE_READ_BLOCKS * bs {
+            // A large read (a chunk, an index) is fetched exactly, and kept
+            // by its exact range: rounding it out to blocks would fetch up to
+            // two blocks more, and splitting it into blocks would push out
+            // the small, reused ones (header page, trailer).
+            let key = (offset, end);
+            let hit = self
+                .ranges
+                .lock()
+                .map_err(|_| poisoned(&self.name))?
+                .get(key);
+            let data = match hit {
+                Some(d) => {
+                    count(&self.counters, |c| {
+                        c.hits.fetch_add(1, Ordering::Relaxed);
+                    });
+                    d
+                }
+                None => {
+                    let d = block_on(self.fetch_fut(offset..end))??;
+                    self.add_bytes(d.len());
+                    self.ranges
+                        .lock()
+                        .map_err(|_| poisoned(&self.name))?
+                        .insert(key, d.clone());
+                    d
+                }
+            };
+            buf.copy_from_slice(&data);
+            return Ok(());
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let mut have: Vec<Option<Bytes>> = {
+            let mut c = self.cache.lock().map_err(|_| poisoned(&self.name))?;
+            (first..=last).map(|b| c.get(b)).collect()
+        };
+        let hits = have.iter().filter(|b| b.is_some()).count() as u64;
+        count(&self.counters, |c| {
+            c.hits.fetch_add(hits, Ordering::Relaxed);
+        });
+        // Runs of adjacent missing blocks: one GET each, all at once.
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        for (i, b) in have.iter().enumerate() {
+            if b.is_none() {
+                let blk = first + i as u64;
+                match runs.last_mut() {
+                    Some(r) if r.end == blk => r.end = blk + 1,
+                    _ => runs.push(blk..blk + 1),
+                }
+            }
+        }
+        if !runs.is_empty() {
+            let futs: Vec<_> = runs
+                .iter()
+                .map(|r| self.fetch_fut(r.start * bs..(r.end * bs).min(self.len)))
+                .collect();
+            let fetched = block_on(futures_util::future::try_join_all(futs))??;
+            let mut c = self.cache.lock().map_err(|_| poisoned(&self.name))?;
+            for (r, data) in runs.iter().zip(fetched) {
+                self.add_bytes(data.len());
+                for blk in r.clone() {
+                    let s = usize_of((blk - r.start) * bs);
+                    let e = usize_of(((blk + 1 - r.start) * bs).min(data.len() as u64));
+                    if s >= e {
+                        continue;
+                    }
+                    let piece = data.slice(s..e);
+                    c.insert(blk, piece.clone());
+                    if let Some(slot) = have.get_mut(usize_of(blk - first)) {
+                        *slot = Some(piece);
+                    }
+                }
+            }
+        }
+        // Copy out: block `first + i` holds the object's bytes from
+        // (first + i) * bs.
+        let mut pos = offset;
+        let mut out = 0usize;
+        for (i, b) in have.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let bstart = (first + i as u64) * bs;
+            let s = usize_of(pos - bstart);
+            let n = (b.len() - s.min(b.len())).min(buf.len() - out);
+            buf[out..out + n].copy_from_slice(&b[s..s + n]);
+            out += n;
+            pos += n as u64;
+        }
+        if out != buf.len() {
+            return Err(Error::new(
+                ErrorKind::Changed,
+                Some(&self.name),
+                format!("reading {} bytes at {offset:#x}: the object is shorter than when it was opened", buf.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fetches `ranges` with up to `opts.concurrency` requests in flight and
+    /// gives each range's bytes to `f(i, bytes)` in the order of `ranges`, on
+    /// the calling thread, while the next requests are under way.
+    ///
+    /// This is for reading much of an object once: verify reading every
+    /// stored byte, a copy, a restore's prefetcher. It bypasses the cache (so
+    /// it neither thrashes it nor is served from it) and is counted in
+    /// [`RemoteReader::stats`].
+    ///
+    /// Memory: at most `concurrency + 1` requests' bytes are held at once,
+    /// each at most `max(opts.max_request, largest range)`.
+    ///
+    /// # Errors
+    /// The first error of a request (after its retries) or of `f`; the
+    /// requests still in flight are then dropped.
+    pub fn fetch_many<E: From<Error>>(
+        &self,
+        ranges: &[Range<u64>],
+        opts: FetchOptions,
+        mut f: impl FnMut(usize, &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        for r in ranges {
+            if r.start > r.end {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    Some(&self.name),
+                    format!("the range {:#x}..{:#x} is reversed", r.start, r.end),
+                )
+                .into());
+            }
+            self.check_range(r.start, r.end - r.start)?;
+        }
+        // Requests: runs of consecutive ranges that sit close in the object.
+        let mut reqs: Vec<(Range<u64>, Range<usize>)> = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            if let Some((span, idx)) = reqs.last_mut() {
+                let near = r.start >= span.end && r.start - span.end <= opts.merge_gap;
+                if near && r.end - span.start <= opts.max_request {
+                    span.end = r.end;
+                    idx.end = i + 1;
+                    continue;
+                }
+            }
+            reqs.push((r.clone(), i..i + 1));
+        }
+        // Each request runs as a task of its own, so bodies keep arriving
+        // while `f` works; `buffered` starts them lazily, so at most
+        // `concurrency` are in flight, and delivers them in order.
+        let futs = reqs.iter().map(|(span, _)| {
+            let span = span.clone();
+            async move {
+                if span.is_empty() {
+                    return Ok(Bytes::new());
+                }
+                let task = AbortOnDrop(spawn(self.fetch_fut(span))?);
+                task.join().await
+            }
+        });
+        let mut results = stream::iter(futs).buffered(opts.concurrency.max(1));
+        // Each result is awaited in a block_on of its own and `f` runs
+        // outside it, so `f` may itself use this crate (write the bytes into
+        // a RemoteWriter, read another object) without nesting runtimes.
+        for (span, idx) in &reqs {
+            let Some(res) = block_on(results.next())? else {
+                break;
+            };
+            let data: Bytes = res?;
+            self.add_bytes(data.len());
+            for i in idx.clone() {
+                let r = &ranges[i];
+                let s = usize_of(r.start - span.start);
+                let e = usize_of(r.end - span.start);
+                let piece = data.get(s..e).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Changed,
+                        Some(&self.name),
+                        "a range came back short",
+                    )
+                })?;
+                f(i, piece)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl memimg::ReadAt for RemoteReader {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_blocks(buf, offset).map_err(Error::into_io)
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A spawned request that is cancelled when dropped: when `fetch_many` stops
+/// on an error, the requests still in flight stop with it.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<Bytes>>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<Bytes> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Store, None, format!("a fetch task failed: {e}")))?
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn poisoned(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Store,
+        Some(name),
+        "the block cache lock was poisoned by a panic",
+    )
+}
+
+/// An offset within one in-memory buffer; buffers are at most a request
+/// long, so this always fits.
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Turns a HEAD failure into a precise error. A HEAD answer has no body, so
+/// a 404 cannot say whether the bucket or the key is missing, and a 403 does
+/// not say why; a one-byte GET does (`NoSuchBucket`, `NoSuchKey`,
+/// `InvalidAccessKeyId`, `SignatureDoesNotMatch`…). The probe is made only on
+/// this error path.
+pub(crate) fn explain(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    name: &str,
+    doing: &str,
+    e: &object_store::Error,
+    counters: &Counters,
+) -> Error {
+    use object_store::Error as E;
+    let first = from_store(name, doing, e);
+    if !matches!(
+        e,
+        E::NotFound { .. } | E::PermissionDenied { .. } | E::Unauthenticated { .. }
+    ) {
+        return first;
+    }
+    match probe(store, path, name, doing, counters) {
+        Some(second)
+            if second.kind() == first.kind() || second.kind() == ErrorKind::NoSuchBucket =>
+        {
+            second
+        }
+        _ => first,
+    }
+}
+
+/// The error of a one-byte GET of `path`, or `None` when it succeeds (or
+/// cannot be made).
+pub(crate) fn probe(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    name: &str,
+    doing: &str,
+    counters: &Counters,
+) -> Option<Error> {
+    count(counters, |c| {
+        c.get.fetch_add(1, Ordering::Relaxed);
+    });
+    let res = block_on(store.get_opts(
+        path,
+        GetOptions {
+            range: Some(GetRange::Bounded(0..1)),
+            ..GetOptions::default()
+        },
+    ))
+    .ok()?;
+    res.err().map(|e| from_store(name, doing, &e))
+}
