@@ -5,6 +5,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
 
 use crate::error::{truncated, Error, Result};
+use std::fs::File;
+use std::path::Path;
 
 /// Anything a reader can be built on, besides a path.
 pub trait ReadSeek: Read + Seek + Send {}
@@ -120,7 +122,7 @@ impl FileBytes {
     /// # Errors
     /// When the file cannot be opened, measured or mapped.
     pub fn open(path: &std::path::Path) -> Result<FileBytes> {
-        Ok(FileBytes(crate::read::map_path(path)?))
+        Ok(FileBytes(map_path(path)?))
     }
 }
 
@@ -130,4 +132,26 @@ impl std::ops::Deref for FileBytes {
     fn deref(&self) -> &[u8] {
         self.0.as_slice().unwrap_or(&[])
     }
+}
+
+/// Maps a file, or reads a tiny one into memory (an empty file cannot be mapped).
+pub(crate) fn map_path(path: &Path) -> Result<Source> {
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?
+        .len();
+    usize_of(len)?;
+    if len < 65536 {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        return Ok(Source::Bytes(bytes));
+    }
+    // SAFETY: the map is read-only and private to this Image; the file is not
+    // modified by this process while mapped. Another process truncating it
+    // would raise SIGBUS, as documented on Image::open.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    Ok(Source::Mapped(map))
 }

@@ -8,8 +8,8 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 use crate::crypt::Key;
 use crate::error::{Error, ErrorKind, Location};
 use crate::model::{ChunkCodec, Extent, ExtentKind};
-use crate::read::{map_path, open_source, Image};
-use crate::source::Source;
+use crate::read::{open_source, Image};
+use crate::source::{map_path, Source};
 
 /// One problem found by verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
