@@ -47,7 +47,7 @@ pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use read::{fuzz_api, Image, TrailerInfo};
 pub use rewrite::{options_from, rewrap_in_place, transcode, RewrapStats};
-pub use source::{FileBytes, ReadAt, ReadSeek};
+pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
 pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
 pub use write::{WriteStats, Writer, WriterOptions};
 

@@ -7,6 +7,37 @@
 
 pub mod fuzz;
 
+/// Records that the test `test` cannot run here, for the reason `why`, so a
+/// skip shows as a skip and never as a pass (the skip protocol shared by the
+/// test crates).
+///
+/// When the environment variable `MEMIMG_REQUIRE_ALL` is set and not empty
+/// (on CI, where every tool is installed), it panics with `would skip: WHY`
+/// instead. Otherwise it appends `TEST<TAB>WHY` to the file named by
+/// `MEMIMG_SKIP_LOG`, when set (scripts/test.sh counts those lines as
+/// skipped), and prints `skipped: WHY` on stderr; the caller then returns.
+///
+/// # Panics
+/// Under `MEMIMG_REQUIRE_ALL`, always.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+        panic!("would skip: {why}");
+    }
+    if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}\t{why}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("cannot log the skip to {}: {e}", log.to_string_lossy());
+        }
+    }
+    eprintln!("skipped: {why}");
+}
+
 use memimg::{Codec, Key, RegionInfo, RegionKind, Writer, WriterOptions};
 
 /// A fast deterministic generator (xorshift64*), so content is reproducible.

@@ -8,6 +8,7 @@
 )]
 
 mod corrupt;
+mod files;
 mod fuzz_regressions;
 mod golden;
 mod nonce;

@@ -1,7 +1,7 @@
 //! The layout rule (spec.md, *Chunk data*): where each chunk must start.
 
 use super::{Image, Sink};
-use crate::error::{malformed, Location, Result};
+use crate::error::{malformed, Error, ErrorKind, Location, Result};
 use crate::model::*;
 
 /// Checks that chunk offsets follow the layout rule (spec.md, *Chunk data*).
@@ -49,4 +49,39 @@ pub(super) fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+impl Image {
+    /// The padding in front of chunk `n`, as (file offset, length): the bytes
+    /// from the end of chunk `n - 1` (or from `P` for chunk 0) up to chunk
+    /// `n`'s start, which the layout rule makes zero. Only a raw chunk of a
+    /// plain image has any; the length is 0 for the others, and for chunks
+    /// whose offsets break the layout rule (which opening reports).
+    pub(crate) fn padding_before(&self, n: usize) -> (u64, u64) {
+        let ps = u64::from(self.header.page_size);
+        let prev_end = match n.checked_sub(1).and_then(|p| self.chunks.get(p)) {
+            Some(p) => p.offset + u64::from(p.stored_len),
+            None => ps,
+        };
+        match self.chunks.get(n) {
+            Some(c) if c.offset > prev_end && c.offset - prev_end < ps => {
+                (prev_end, c.offset - prev_end)
+            }
+            _ => (prev_end, 0),
+        }
+    }
+}
+
+/// Checks that the padding `bytes`, at file offset `start` in front of chunk
+/// `n`, is all zero (spec.md, *Chunk data*: "the bytes skipped by rounding
+/// are padding and must be zero").
+pub(crate) fn check_padding(n: u64, start: u64, bytes: &[u8]) -> Result<()> {
+    match bytes.iter().position(|&b| b != 0) {
+        None => Ok(()),
+        Some(p) => Err(Error::new(
+            ErrorKind::NonZeroPadding,
+            Location::at(start + p as u64).with_chunk(n),
+            format!("padding before chunk {n} is not zero"),
+        )),
+    }
 }

@@ -16,7 +16,7 @@ use crate::crypt::{self, DataKey, Kdf, Key};
 use crate::error::{Error, ErrorKind, Location, Result};
 use crate::model::*;
 use crate::raw::*;
-use crate::source::{map_path, usize_of, ReadAt, ReadSeek, Source};
+use crate::source::{open_path, usize_of, ReadAt, ReadSeek, Source};
 
 mod body;
 mod chunk;
@@ -29,6 +29,7 @@ use body::parse_body;
 use header::parse_header;
 use index::parse_index;
 use layout::check_layout;
+pub(crate) use layout::check_padding;
 use trailer::find_trailer;
 
 /// Facts from the active trailer.
@@ -124,7 +125,11 @@ impl Sink {
 }
 
 impl Image {
-    /// Opens the image at `path` through a memory map, without a key.
+    /// Opens the image at `path`, without a key.
+    ///
+    /// The file is read with positional reads ([`crate::FileAt`]), never
+    /// mapped: opening reads the header page, the trailer and the index, and
+    /// each chunk is read when it is needed.
     ///
     /// # Security
     ///
@@ -136,14 +141,29 @@ impl Image {
     /// arithmetic on file values is checked. Decoding a chunk allocates at
     /// most one chunk (at most 16 MiB).
     ///
-    /// The one thing a map cannot protect against is another process
-    /// truncating the file while it is mapped, which raises SIGBUS; use
-    /// [`Image::from_reader`] on files that others may change.
+    /// Only a regular file is opened: a FIFO, a device (`/dev/zero`) or a
+    /// directory is refused with [`ErrorKind::InvalidInput`] before any byte
+    /// is read, and a FIFO with no writer does not make it wait.
+    ///
+    /// A file that another process truncates or rewrites while the image is
+    /// open gives errors, never a signal: a read past the new end is
+    /// [`ErrorKind::Truncated`] at the offset of the read, and changed bytes
+    /// fail their checksums.
+    ///
+    /// Restoring by mmap (`memimg-capture`'s `Strategy::Mmap`) is the one
+    /// place that maps an image, on purpose: raw chunks are mapped straight
+    /// from the file into the restored program. When the file is truncated
+    /// afterwards, that program gets SIGBUS when it touches a page past the
+    /// new end, as with any file mapping. Restore by mmap only from a file
+    /// that nobody modifies or truncates, or use the eager or lazy strategy,
+    /// which copy the bytes out of the file.
     ///
     /// # Errors
     /// [`ErrorKind::NotAnImage`] when the magic is wrong, `Unsupported` for a
-    /// newer major version or unknown incompatible feature, and damage kinds
-    /// (`Truncated`, `Checksum`, `Malformed`, `NonZeroPadding`) otherwise.
+    /// newer major version or unknown incompatible feature, `InvalidInput`
+    /// for what is not a regular file, `Io` when the file cannot be opened or
+    /// read, and damage kinds (`Truncated`, `Checksum`, `Malformed`,
+    /// `NonZeroPadding`) otherwise.
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
         Image::open_with_key(path, None)
     }
@@ -156,7 +176,7 @@ impl Image {
     /// `Authentication` when the index fails its tag.
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&Key>) -> Result<Image> {
         let path = path.as_ref();
-        let src = map_path(path)?;
+        let src = open_path(path)?;
         let (img, _) = open_source(src, key, true)?;
         Ok(img.with_path(path))
     }
@@ -424,7 +444,12 @@ impl Image {
         self.dek.as_ref()
     }
 
-    /// The whole file as bytes, when it is mapped or in memory.
+    /// Where the image's bytes come from.
+    pub(crate) fn source(&self) -> &Source {
+        &self.src
+    }
+
+    /// The whole file as bytes, when it is in memory ([`Image::from_bytes`]).
     pub fn file_bytes(&self) -> Option<&[u8]> {
         self.src.as_slice()
     }

@@ -25,4 +25,5 @@ mod keygen;
 mod misc;
 mod recompress;
 mod reencrypt;
+mod truncate;
 mod verify;
