@@ -9,6 +9,7 @@
 
 mod corrupt;
 mod files;
+mod forge;
 mod fuzz_regressions;
 mod golden;
 mod nonce;

@@ -134,7 +134,10 @@ fn library_reads_after_a_truncation_are_truncated_errors() {
     let e = img.read_at(0x1000_0000 + (3 << 20), &mut buf).unwrap_err();
     assert_eq!(e.kind(), memimg::ErrorKind::Truncated, "{e}");
     assert!(e.location().offset.is_some(), "{e}");
-    assert!(e.to_string().contains("the file is now 8192 bytes long"), "{e}");
+    assert!(
+        e.to_string().contains("the file is now 8192 bytes long"),
+        "{e}"
+    );
     let r = img.verify(&memimg::VerifyOptions::default());
     assert!(!r.is_intact());
     assert!(
