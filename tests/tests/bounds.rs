@@ -9,6 +9,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use memimg::raw::RegionRaw;
+use memimg::ErrorKind;
 use memimg::{verify_bytes, Codec, Image, RegionInfo, VerifyOptions, Writer, WriterOptions};
 use memimg_tests::Forge;
 
@@ -124,4 +126,37 @@ fn hostile_images_stay_bounded() {
     let n = forged.len();
     // Decoding may hold one chunk (at most the chunk size, 1 MiB here) per thread.
     hostile("zstd bomb", forged, 8 * n + 4 * (1 << 20));
+
+    // 4. Every region names the same bytes of the string table: a 640 KB
+    // image used to make `imgtool inspect` allocate 5.8 GB, and the reader
+    // 1.6 GB (5,000 copies of a 320 KiB name). Names must be packed in region
+    // order (spec.md, *Strings and meta*).
+    let forged = regions_sharing_one_name(5000, 320 << 10);
+    let n = forged.len();
+    assert!((600_000..700_000).contains(&n), "{n} bytes");
+    let e = Image::from_bytes(forged.clone(), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+    assert_eq!(e.location().region, Some(1), "{e}");
+    assert!(e.message().contains("string table"), "{e}");
+    hostile("regions sharing one name", forged, 8 * n);
+}
+
+/// An image built from parts, every checksum right, of `regions` one-page
+/// regions without data whose names are all the whole `name_len`-byte string
+/// table.
+fn regions_sharing_one_name(regions: u64, name_len: u32) -> Vec<u8> {
+    let mut f = Forge::new(4096, 4096, None);
+    f.strings = vec![b'n'; name_len as usize];
+    for i in 0..regions {
+        f.regions.push(RegionRaw {
+            start: 0x10_0000 + i * 4096,
+            len: 4096,
+            name_off: 0,
+            name_len,
+            prot: 3,
+            kind: 4,
+            ..RegionRaw::default()
+        });
+    }
+    f.assemble()
 }

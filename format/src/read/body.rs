@@ -182,6 +182,7 @@ pub(super) fn parse_body(
 
     let mut regions = Vec::with_capacity(h.region_count as usize);
     let mut next_extent = 0u64;
+    let mut next_name = 0u64;
     let mut prev_end = 0u64;
     for (i, b) in body[r_start..e_start].chunks_exact(REGION_LEN).enumerate() {
         let idx = u32::try_from(i).unwrap_or(u32::MAX);
@@ -217,10 +218,30 @@ pub(super) fn parse_body(
             ));
         }
         prev_end = end;
-        let name_end = u64::from(r.name_off) + u64::from(r.name_len);
-        if name_end > strings.len() as u64 {
-            return Err(malformed(rloc, "region name runs past the string table"));
+        // Names are packed in region order (spec.md, *Strings and meta*), so
+        // no two regions name the same bytes and copying every name costs
+        // at most the string table.
+        if u64::from(r.name_off) != next_name {
+            return Err(malformed(
+                rloc,
+                format!(
+                    "region name starts at {} in the string table where {next_name} comes next (names are packed in region order)",
+                    r.name_off
+                ),
+            ));
         }
+        let name_end = next_name + u64::from(r.name_len);
+        if name_end > strings.len() as u64 {
+            return Err(malformed(
+                rloc,
+                format!(
+                    "region name of {} bytes runs past the {}-byte string table",
+                    r.name_len,
+                    strings.len()
+                ),
+            ));
+        }
+        next_name = name_end;
         if u64::from(r.first_extent) != next_extent && r.extent_count > 0 {
             return Err(malformed(
                 rloc,
@@ -294,6 +315,15 @@ pub(super) fn parse_body(
             first_extent: first,
             extent_count: r.extent_count,
         });
+    }
+    if next_name != strings.len() as u64 {
+        return Err(malformed(
+            Location::at(base + s_start as u64),
+            format!(
+                "the string table holds {} bytes but the region names use {next_name}",
+                strings.len()
+            ),
+        ));
     }
     if next_extent != extents.len() as u64 {
         return Err(malformed(
