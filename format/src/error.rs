@@ -193,8 +193,14 @@ impl Error {
         )
     }
 
-    pub(crate) fn with_location(mut self, location: Location) -> Self {
-        self.location = location;
+    /// Fills in what the error's location does not say from `outer` (the
+    /// chunk's region and address around a padding or checksum error).
+    pub(crate) fn within(mut self, outer: Location) -> Self {
+        let l = &mut self.location;
+        l.offset = l.offset.or(outer.offset);
+        l.region = l.region.or(outer.region);
+        l.chunk = l.chunk.or(outer.chunk);
+        l.addr = l.addr.or(outer.addr);
         self
     }
 }

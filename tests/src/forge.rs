@@ -52,6 +52,9 @@ pub struct Forge {
     /// Encrypt with these keys (the header's cipher and encrypted feature are
     /// left as `header` says: [`Forge::new`] sets them).
     pub key: Option<ForgeKey>,
+    /// With a key, seal each chunk (on by default); off, chunks are stored
+    /// exactly as given, to forge chunks without a tag.
+    pub seal_chunks: bool,
 }
 
 /// One page of a region given to [`Forge::push_region`].
@@ -141,6 +144,7 @@ impl Forge {
             keep_counts: false,
             keep_header_checksum: false,
             key,
+            seal_chunks: true,
         }
     }
 
@@ -186,6 +190,7 @@ impl Forge {
             keep_counts: false,
             keep_header_checksum: false,
             key: None,
+            seal_chunks: true,
         }
     }
 
@@ -303,7 +308,7 @@ impl Forge {
                 .iter()
                 .find(|e| e.kind == 0 && e.chunk == i as u64);
             let mut stored = c.clone();
-            if let Some(cipher) = &dek {
+            if let (Some(cipher), true) = (&dek, self.seal_chunks) {
                 let mut aad = [0u8; 48];
                 aad[..8].copy_from_slice(b"MIMGCHNK");
                 aad[8..24].copy_from_slice(&image_id);
@@ -314,7 +319,7 @@ impl Forge {
                     aad[44..48].copy_from_slice(&e.region.to_le_bytes());
                 }
                 seal(cipher, &chunk_nonce(i as u64), &aad, &mut stored);
-            } else if ext.is_some_and(|e| e.codec == 0) {
+            } else if dek.is_none() && ext.is_some_and(|e| e.codec == 0) {
                 let pad = (ps - out.len() as u64 % ps) % ps;
                 out.resize(out.len() + pad as usize, 0);
             }

@@ -12,6 +12,7 @@ mod files;
 mod forge;
 mod fuzz_regressions;
 mod golden;
+mod hostile;
 mod nonce;
 mod roundtrip;
 mod tamper;

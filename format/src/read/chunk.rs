@@ -5,20 +5,33 @@ use std::borrow::Cow;
 
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-use super::Image;
+use super::{check_padding, Image};
 use crate::codec;
 use crate::crypt;
 use crate::error::{malformed, Error, ErrorKind, Location, Result};
 use crate::model::*;
+use crate::source::usize_of;
 
 impl Image {
-    /// The stored bytes of chunk `n`, checked against their stored checksum.
+    /// The stored bytes of chunk `n`, checked against their stored checksum,
+    /// and the padding in front of it checked to be zero.
+    ///
+    /// The padding is checked here, where every command that reads a chunk
+    /// passes, so that a raw chunk with non-zero padding before it is damage
+    /// to `cat`, `export-core` and a transcode as it is to verify; otherwise a
+    /// recompress would copy such an image into one that verifies.
     ///
     /// # Errors
-    /// `Checksum` when the bytes do not match, `Truncated` when they lie past
-    /// the end of the file.
+    /// `Checksum` when the bytes do not match, `NonZeroPadding` when the
+    /// padding is not zero, `Truncated` when they lie past the end of the
+    /// file.
     pub fn read_stored(&self, n: u64) -> Result<Cow<'_, [u8]>> {
         let c = self.chunk_loc(n)?;
+        let (pad_at, pad_len) = self.padding_before(usize_of(n)?);
+        if pad_len > 0 {
+            let pad = self.src.get(pad_at, pad_len, "padding")?;
+            check_padding(n, pad_at, &pad)?;
+        }
         let bytes = self.src.get(c.offset, u64::from(c.stored_len), "chunk")?;
         let sum = xxh3_64(&bytes);
         if sum != c.stored_checksum {
@@ -82,9 +95,7 @@ impl Image {
         let loc = Location::chunk(ext.chunk, c.offset)
             .with_region(ext.region)
             .with_addr(ext.addr);
-        let stored = self
-            .read_stored(ext.chunk)
-            .map_err(|e| e.with_location(loc))?;
+        let stored = self.read_stored(ext.chunk).map_err(|e| e.within(loc))?;
         self.decode_stored(ext, stored, out)
     }
 

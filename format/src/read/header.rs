@@ -215,7 +215,8 @@ struct HeaderMeta {
 /// Parses the header records in `tlv`, which starts at file offset `base`.
 fn parse_header_tlv(tlv: &[u8], base: u64) -> Result<HeaderMeta> {
     let mut m = HeaderMeta::default();
-    let mut seen = Vec::new();
+    // One bit per record type: 8 KiB, whatever the number of records.
+    let mut seen = vec![0u64; 1024];
     let mut tag = None;
     let mut data = None;
     let mut p = ProcessFacts::default();
@@ -244,14 +245,17 @@ fn parse_header_tlv(tlv: &[u8], base: u64) -> Result<HeaderMeta> {
                     ),
                 ));
             }
-            if seen.contains(&ty) {
-                return Err(bad(
-                    off,
-                    format!("header record {} appears twice", meta::header_name(ty)),
-                ));
-            }
-            seen.push(ty);
         }
+        // Each type at most once, known or not (spec.md, *Header TLV records*).
+        let (word, bit) = (usize::from(ty / 64), 1u64 << (ty % 64));
+        if seen[word] & bit != 0 {
+            let name = match meta::header_name(ty) {
+                "unknown" => format!("type {ty}"),
+                n => n.to_string(),
+            };
+            return Err(bad(off, format!("header record {name} appears twice")));
+        }
+        seen[word] |= bit;
         match ty {
             meta::T_PRODUCER => m.producer = String::from_utf8_lossy(value).into_owned(),
             meta::T_VALIDATION_TAG => tag = Some(value.to_vec()),

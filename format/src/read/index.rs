@@ -66,11 +66,8 @@ pub(super) fn parse_index(
             ),
         ));
     }
-    let tag = if header.cipher == Cipher::None {
-        0
-    } else {
-        TAG_LEN as u64
-    };
+    let encrypted = header.cipher != Cipher::None;
+    let tag = if encrypted { TAG_LEN as u64 } else { 0 };
     if h.body_plain_len.checked_add(tag) != Some(h.body_len) {
         return Err(malformed(
             loc,
@@ -96,10 +93,31 @@ pub(super) fn parse_index(
                 "reserved chunk entry bytes are not zero",
             ))?;
         }
-        if c.stored_len == 0 {
+        // A chunk holds at most chunk_size bytes of pages, stored raw or as a
+        // smaller zstd frame, plus the tag when encrypted; an encrypted chunk
+        // holds at least one byte besides its tag.
+        let tag32 = if encrypted { 16u32 } else { 0 };
+        let (min, max) = (tag32 + 1, header.chunk_size + tag32);
+        if c.stored_len < min {
             return Err(malformed(
                 Location::chunk(i as u64, eoff),
-                "chunk has no stored bytes",
+                if encrypted {
+                    format!(
+                        "encrypted chunk of {} bytes is shorter than its {TAG_LEN}-byte tag and one byte of data",
+                        c.stored_len
+                    )
+                } else {
+                    "chunk has no stored bytes".to_string()
+                },
+            ));
+        }
+        if c.stored_len > max {
+            return Err(malformed(
+                Location::chunk(i as u64, eoff),
+                format!(
+                    "chunk stores {} bytes, more than the chunk size {} allows ({max})",
+                    c.stored_len, header.chunk_size
+                ),
             ));
         }
         if c.offset < u64::from(header.page_size)

@@ -60,21 +60,7 @@ pub(super) fn find_trailer(
     let Some((t, tail)) = found else {
         let o = flen - TRAILER_LEN as u64;
         let b = src.get(o, TRAILER_LEN as u64, "trailer")?;
-        let msg = if b[..8] != TRAILER_MAGIC {
-            "no valid trailer at the end of the file (the trailer magic is missing: truncated or damaged)".to_string()
-        } else {
-            let stored = u64::from_le_bytes(b[248..256].try_into().unwrap_or([0; 8]));
-            format!(
-                "trailer checksum mismatch (stored {stored:016x}, trailer hashes to {:016x})",
-                xxh3_64(&b[..248])
-            )
-        };
-        let kind = if b[..8] != TRAILER_MAGIC {
-            ErrorKind::Truncated
-        } else {
-            ErrorKind::Checksum
-        };
-        return Err(Error::new(kind, Location::at(o), msg));
+        return Err(no_trailer(o, &b));
     };
     let o = t.trailer_offset;
     let loc = Location::at(o);
@@ -173,4 +159,35 @@ pub(super) fn find_trailer(
         },
         t.key_slot,
     ))
+}
+
+/// Why the last 256 bytes of the file, at `o`, are not the active trailer.
+fn no_trailer(o: u64, b: &[u8]) -> Error {
+    let loc = Location::at(o);
+    if b.get(..8) != Some(&TRAILER_MAGIC[..]) {
+        return Error::new(
+            ErrorKind::Truncated,
+            loc,
+            "no valid trailer at the end of the file (the trailer magic is missing: truncated or damaged)",
+        );
+    }
+    let stored = u64::from_le_bytes(b[248..256].try_into().unwrap_or([0; 8]));
+    let sum = xxh3_64(&b[..248]);
+    if stored != sum {
+        return Error::new(
+            ErrorKind::Checksum,
+            loc,
+            format!(
+                "trailer checksum mismatch (stored {stored:016x}, trailer hashes to {sum:016x})"
+            ),
+        );
+    }
+    // Magic and checksum are right: the offset it records is not where it is.
+    let said = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    malformed(
+        loc,
+        format!(
+            "the trailer records its offset as {said:#x} but lies at {o:#x}: bytes were added to or removed from the file before it"
+        ),
+    )
 }
