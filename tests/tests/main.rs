@@ -14,5 +14,6 @@ mod fuzz_regressions;
 mod golden;
 mod hostile;
 mod nonce;
+mod rotation;
 mod roundtrip;
 mod tamper;

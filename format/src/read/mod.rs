@@ -51,6 +51,9 @@ pub struct TrailerInfo {
     pub unfinished_tail: u64,
     /// Superseded trailers still in the file (not yet zeroed).
     pub superseded: u32,
+    /// Superseded trailers partly zeroed: a key rotation cut off while it
+    /// zeroed them (spec.md, *Finding the active trailer*).
+    pub partly_zeroed: u32,
 }
 
 /// The decrypted index: regions, extents, names and notes.
@@ -583,6 +586,7 @@ pub mod fuzz_api {
             kdf: None,
             unfinished_tail: 0,
             superseded: 0,
+            partly_zeroed: 0,
         };
         if let Ok((chunks, _, (s, e))) =
             parse_index(&src, &header, &trailer, bytes, &mut Sink::new(false))

@@ -9,12 +9,77 @@ use crate::model::*;
 use crate::raw::{self, *};
 use crate::source::Source;
 
-/// Validates a trailer candidate at `o`; returns it when good.
-fn trailer_at(src: &Source, o: u64) -> Option<TrailerRaw> {
-    let b = src.get(o, TRAILER_LEN as u64, "trailer").ok()?;
-    let t: TrailerRaw = raw::from_bytes(&b)?;
-    let sum = xxh3_64(&b[..TRAILER_LEN - 8]);
+/// The unit a power cut may tear a write at: a disk writes a 512-byte sector
+/// whole (and a 4096-byte page is whole sectors), so a torn 256-byte write is
+/// cut at most once, at a multiple of 512 (spec.md, *Finding the active
+/// trailer*).
+const SECTOR: u64 = 512;
+
+/// Parses `b`, the 256 bytes at file offset `o`, as a trailer; returns it
+/// when its magic and checksum are right and it records its own offset.
+fn valid_trailer(b: &[u8], o: u64) -> Option<TrailerRaw> {
+    let t: TrailerRaw = raw::from_bytes(b)?;
+    let sum = xxh3_64(b.get(..TRAILER_LEN - 8)?);
     (t.magic == TRAILER_MAGIC && t.checksum == sum && t.trailer_offset == o).then_some(t)
+}
+
+/// `b`, the 256 bytes at file offset `at`, cut at the multiple of
+/// [`SECTOR`] that falls inside it (if one does): the first piece and the
+/// rest.
+fn pieces(at: u64, b: &[u8]) -> (&[u8], &[u8]) {
+    let cut = (at / SECTOR + 1) * SECTOR - at;
+    b.split_at(usize::try_from(cut).unwrap_or(usize::MAX).min(b.len()))
+}
+
+/// True when the 256 bytes `b` at `at` are a write torn by a power cut:
+/// their first piece or the rest is all zero (all of them, when they lie in
+/// one sector).
+fn torn(at: u64, b: &[u8]) -> bool {
+    let (first, rest) = pieces(at, b);
+    let zero = |p: &[u8]| p.iter().all(|&x| x == 0);
+    zero(first) || (!rest.is_empty() && zero(rest))
+}
+
+/// What a 256-byte block between the index and the active trailer is.
+enum Block {
+    /// All zero: a superseded trailer that a rotation zeroed.
+    Zero,
+    /// A superseded trailer not zeroed yet.
+    Superseded,
+    /// A superseded trailer partly zeroed: a rotation's zeroing torn by a
+    /// power cut.
+    TornZeroing,
+    /// Anything else.
+    Foreign,
+}
+
+fn block_at(b: &[u8], p: u64, active: &TrailerRaw) -> Block {
+    if b.iter().all(|&x| x == 0) {
+        return Block::Zero;
+    }
+    if let Some(old) = valid_trailer(b, p) {
+        if old.generation < active.generation
+            && old.index_offset == active.index_offset
+            && old.index_len == active.index_len
+            && old.index_checksum == active.index_checksum
+        {
+            return Block::Superseded;
+        }
+        return Block::Foreign;
+    }
+    if !torn(p, b) {
+        return Block::Foreign;
+    }
+    // What is left of a trailer: a first piece long enough to hold the magic
+    // and the offset must hold this trailer's.
+    let (first, _) = pieces(p, b);
+    if first.len() >= 16 && first.iter().any(|&x| x != 0) {
+        let at = first[8..16].try_into().ok().map(u64::from_le_bytes);
+        if first[..8] != TRAILER_MAGIC || at != Some(p) {
+            return Block::Foreign;
+        }
+    }
+    Block::TornZeroing
 }
 
 pub(super) fn find_trailer(
@@ -33,34 +98,31 @@ pub(super) fn find_trailer(
             flen,
         ));
     }
+    // Every candidate lies in the last 512 bytes (after the header): one read.
+    let tl = TRAILER_LEN as u64;
+    let span = (flen - ps).min(2 * tl);
+    let base = flen - span;
+    let end = src.get(base, span, "trailer")?;
+    let at = |o: u64| usize::try_from(o - base).unwrap_or(usize::MAX);
     let mut found = None;
-    for k in 0..=TRAILER_LEN as u64 {
-        let Some(o) = flen.checked_sub(TRAILER_LEN as u64 + k) else {
+    for k in 0..=tl {
+        let Some(o) = flen.checked_sub(tl + k).filter(|&o| o >= base) else {
             break;
         };
-        if o < ps {
+        let Some(t) = end.get(at(o)..at(o + tl)).and_then(|b| valid_trailer(b, o)) else {
+            continue;
+        };
+        // 256 bytes after a valid trailer are a complete trailer, unless a
+        // power cut tore its append: a damaged newest trailer must never
+        // hand the image back to the previous generation's key slot.
+        if k == tl && !torn(o + tl, &end[at(o + tl)..]) {
             break;
         }
-        if let Some(t) = trailer_at(src, o) {
-            if k == TRAILER_LEN as u64 {
-                let tail = src.get(o + TRAILER_LEN as u64, k, "trailer")?;
-                if tail.iter().any(|&b| b != 0) {
-                    break;
-                }
-            }
-            found = Some((t, k));
-            break;
-        }
-        if k == 0 {
-            // A complete but damaged last trailer is damage, not an unfinished
-            // rotation, unless its bytes are a torn prefix; the spec lets the
-            // search go on either way and the k = 256 rule keeps it honest.
-        }
+        found = Some((t, k));
+        break;
     }
     let Some((t, tail)) = found else {
-        let o = flen - TRAILER_LEN as u64;
-        let b = src.get(o, TRAILER_LEN as u64, "trailer")?;
-        return Err(no_trailer(o, &b));
+        return Err(no_trailer(flen - tl, &end[at(flen - tl)..]));
     };
     let o = t.trailer_offset;
     let loc = Location::at(o);
@@ -107,10 +169,11 @@ pub(super) fn find_trailer(
         }
         Some(k)
     };
-    // Between the index and the active trailer: superseded trailers or zeros.
+    // Between the index and the active trailer: superseded trailers, zeroed
+    // or not, or partly zeroed by a torn rotation.
     let gap = o - index_end;
-    let mut superseded = 0;
-    if gap % TRAILER_LEN as u64 != 0 {
+    let (mut superseded, mut torn_zeroing) = (0, 0);
+    if gap % tl != 0 {
         sink.report(malformed(
             Location::at(index_end),
             format!(
@@ -120,30 +183,34 @@ pub(super) fn find_trailer(
     } else {
         let mut p = index_end;
         while p < o {
-            let b = src.get(p, TRAILER_LEN as u64, "superseded trailer")?;
-            if b.iter().any(|&x| x != 0) {
-                match trailer_at(src, p) {
-                    Some(old)
-                        if old.generation < t.generation
-                            && old.index_offset == t.index_offset
-                            && old.index_len == t.index_len
-                            && old.index_checksum == t.index_checksum =>
-                    {
-                        superseded += 1;
-                    }
-                    _ => sink.report(malformed(
+            let b = src.get(p, tl, "superseded trailer")?;
+            match block_at(&b, p, &t) {
+                Block::Zero => {}
+                Block::Superseded => superseded += 1,
+                Block::TornZeroing => {
+                    torn_zeroing += 1;
+                    sink.note(malformed(
                         Location::at(p),
-                        "a block between the index and the trailer is neither zero nor a superseded trailer",
-                    ))?,
+                        "a superseded trailer is partly zeroed: a key rotation was cut off while zeroing it (rotating the key again finishes the job)",
+                    ));
                 }
+                Block::Foreign => sink.report(malformed(
+                    Location::at(p),
+                    "a block between the index and the trailer is neither zero nor a superseded trailer",
+                ))?,
             }
-            p += TRAILER_LEN as u64;
+            p += tl;
         }
     }
     if tail > 0 {
+        let what = if tail == tl {
+            "a torn new trailer"
+        } else {
+            "part of a new trailer"
+        };
         sink.note(malformed(
-            Location::at(o + TRAILER_LEN as u64),
-            format!("{tail} bytes after the trailer: an unfinished key rotation (the previous key slot is in force)"),
+            Location::at(o + tl),
+            format!("{tail} bytes after the trailer, {what}: a key rotation was cut off before its trailer was written (the previous key slot is in force)"),
         ));
     }
     Ok((
@@ -156,6 +223,7 @@ pub(super) fn find_trailer(
             kdf,
             unfinished_tail: tail,
             superseded,
+            partly_zeroed: torn_zeroing,
         },
         t.key_slot,
     ))
