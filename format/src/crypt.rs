@@ -255,12 +255,15 @@ impl DataKey {
     }
 
     /// A fingerprint of the key (not the key): used to audit nonce uniqueness.
+    #[cfg(any(test, feature = "nonce-audit"))]
     pub(crate) fn fingerprint(&self) -> u128 {
         xxhash_rust::xxh3::xxh3_128(&self.bytes[..])
     }
 
     /// Encrypts `buf` in place and appends the tag.
     pub(crate) fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> Result<()> {
+        #[cfg(feature = "nonce-audit")]
+        crate::audit::record(self.fingerprint(), nonce);
         let tag = self
             .cipher
             .encrypt_in_place_detached(nonce.into(), aad, buf)
@@ -395,6 +398,8 @@ pub(crate) fn wrap_slot(dek: &DataKey, key: &Key) -> Result<KeySlotRaw> {
     };
     let kek = key.derive(&kdf, &slot.salt)?;
     fill_random(&mut slot.wrap_nonce)?;
+    #[cfg(feature = "nonce-audit")]
+    crate::audit::record(xxhash_rust::xxh3::xxh3_128(&kek[..]), &slot.wrap_nonce);
     let cipher = XChaCha20Poly1305::new((&*kek).into());
     let mut buf = Zeroizing::new(*dek.bytes);
     let tag = cipher
@@ -406,6 +411,7 @@ pub(crate) fn wrap_slot(dek: &DataKey, key: &Key) -> Result<KeySlotRaw> {
 }
 
 /// A fingerprint of the KEK that `key` derives for `slot`, to audit nonce reuse.
+#[cfg(feature = "nonce-audit")]
 pub(crate) fn kek_fingerprint(slot: &KeySlotRaw, key: &Key) -> Result<u128> {
     let kdf = slot_kdf(slot, Location::default())?;
     let kek = key.derive(&kdf, &slot.salt)?;

@@ -28,6 +28,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod atomic;
+#[cfg(feature = "nonce-audit")]
+#[doc(hidden)]
+pub mod audit;
 mod codec;
 mod crypt;
 mod error;

@@ -13,7 +13,6 @@ mod forge;
 mod fuzz_regressions;
 mod golden;
 mod hostile;
-mod nonce;
 mod rotation;
 mod roundtrip;
 mod tamper;

@@ -75,6 +75,9 @@ pub struct Image {
     header: Header,
     header_page: Vec<u8>,
     trailer: TrailerInfo,
+    /// The active key slot; read only by the nonce audit (feature
+    /// `nonce-audit`).
+    #[cfg_attr(not(feature = "nonce-audit"), allow(dead_code))]
     key_slot: KeySlotRaw,
     chunks: Vec<ChunkLoc>,
     body: Option<Body>,
@@ -417,13 +420,17 @@ impl Image {
         ))
     }
 
-    /// Every (key fingerprint, nonce) pair this image's encryption used: one
+    /// Test only (feature `nonce-audit`): every (key fingerprint, nonce) pair
+    /// this image's encryption should have used, computed from its layout: one
     /// per chunk and one for the index under the data key, and one for the
     /// key slot under the KEK. Fingerprints are XXH3-128 of the key, not the
-    /// key. Used to audit that no pair repeats across images.
+    /// key. The nonce audit checks it against the pairs recorded when
+    /// sealing ([`crate::audit`]).
     ///
     /// # Errors
     /// When the image is not encrypted or `key` does not open it.
+    #[cfg(feature = "nonce-audit")]
+    #[doc(hidden)]
     pub fn nonce_audit(&self, key: &Key) -> Result<Vec<(u128, Vec<u8>)>> {
         let dek = self.dek.as_ref().ok_or_else(|| {
             Error::plain(
