@@ -5,6 +5,7 @@
 // casts cannot truncate; the image tuples are simplest spelled out.
 #![allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 
+pub mod alloc;
 pub mod forge;
 pub mod fuzz;
 

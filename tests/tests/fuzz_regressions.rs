@@ -16,6 +16,7 @@ const TARGETS: &[&str] = &[
     "index",
     "roundtrip",
     "elf_core",
+    "structured",
 ];
 
 /// The (target, input) pairs that fuzz/regressions/README.md's table lists.
@@ -60,6 +61,7 @@ fn fuzz_regression_inputs_replay() {
                 "index" => fuzz::index(&header, &data),
                 "roundtrip" => fuzz::roundtrip(&data),
                 "elf_core" => fuzz::elf_core(&data),
+                "structured" => fuzz::structured(&data),
                 t => unreachable!("{t}"),
             }
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
