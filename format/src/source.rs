@@ -67,9 +67,11 @@ impl FileAt {
     /// Opens the regular file at `path` for positional reads.
     ///
     /// # Errors
-    /// When the file cannot be opened, or is not a regular file (a FIFO, a
-    /// device such as `/dev/zero`, a directory, a socket): it is refused
-    /// before any byte is read (see [`open_regular`] for the message).
+    /// [`ErrorKind::Io`] when the file cannot be opened (`opening PATH: No
+    /// such file or directory (os error 2)`); [`ErrorKind::InvalidInput`]
+    /// when it is not a regular file, before any byte is read (`PATH is a
+    /// FIFO, not a regular file`; or a character device, a block device, a
+    /// directory, a socket).
     pub fn open(path: &Path) -> Result<FileAt> {
         let (file, len) = open_regular(path)?;
         Ok(FileAt {

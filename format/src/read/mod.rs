@@ -144,8 +144,18 @@ impl Image {
     /// panics, never aborts, and allocates no more than a small multiple of
     /// the file size: every count and length read from the file is checked
     /// against the bytes that remain before anything is allocated, and all
-    /// arithmetic on file values is checked. Decoding a chunk allocates at
-    /// most one chunk (at most 16 MiB).
+    /// arithmetic on file values is checked. No field may make the reader
+    /// use the same bytes twice (region names are packed in region order,
+    /// each chunk belongs to one extent), so what it builds from the index is
+    /// bounded by the index. A chunk's stored length is bounded by the chunk
+    /// size, and decoding a chunk allocates at most one chunk (at most 16 MiB).
+    ///
+    /// Every rule that a reader of a chunk depends on is checked by every
+    /// reader of it, not only by verify: the padding in front of a raw chunk
+    /// must be zero, a zstd chunk must be exactly one frame of the chunk's
+    /// length. (Tested on images built from parts with every checksum fixed:
+    /// `tests/tests/hostile.rs`, `tests/tests/bounds.rs`, and the
+    /// `structured` fuzz target.)
     ///
     /// Only a regular file is opened: a FIFO, a device (`/dev/zero`) or a
     /// directory is refused with [`ErrorKind::InvalidInput`] before any byte
@@ -154,7 +164,12 @@ impl Image {
     /// A file that another process truncates or rewrites while the image is
     /// open gives errors, never a signal: a read past the new end is
     /// [`ErrorKind::Truncated`] at the offset of the read, and changed bytes
-    /// fail their checksums.
+    /// fail their checksums (`inspect/tests/cli/truncate.rs`).
+    ///
+    /// A key rotation cut off by a power cut leaves an image that opens under
+    /// the key in force (spec.md, *Finding the active trailer*); a damaged
+    /// complete newest trailer is damage, never a fall-back to an older key
+    /// slot.
     ///
     /// Restoring by mmap (`memimg-capture`'s `Strategy::Mmap`) is the one
     /// place that maps an image, on purpose: raw chunks are mapped straight
