@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(open open_encrypted header trailer index roundtrip elf_core)
+[ ${#targets[@]} -gt 0 ] || targets=(open open_encrypted header trailer index roundtrip elf_core structured)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 # Seed corpora from real images made by the writer.

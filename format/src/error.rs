@@ -50,6 +50,12 @@ impl Location {
         self
     }
 
+    /// Adds the chunk number.
+    pub fn with_chunk(mut self, chunk: u64) -> Self {
+        self.chunk = Some(chunk);
+        self
+    }
+
     /// Adds the virtual address.
     pub fn with_addr(mut self, addr: u64) -> Self {
         self.addr = Some(addr);
@@ -144,7 +150,9 @@ impl Error {
         Error::new(kind, Location::default(), message)
     }
 
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done. The context names the
+    /// file once (`opening PATH`); `Display` adds the I/O error once:
+    /// `opening PATH: No such file or directory (os error 2)`.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error {
             kind: ErrorKind::Io,
@@ -164,9 +172,16 @@ impl Error {
         self.location
     }
 
-    /// The message, without the location.
+    /// The message, without the location (and without the I/O error, for
+    /// an [`ErrorKind::Io`] error: see [`Error::io_error`]).
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The I/O error this error wraps, if any. `Display` prints it after the
+    /// message; `source()` does not return it, so that it is printed once.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
     }
 
     /// True when the error means the image's bytes are damaged or altered (as
@@ -182,8 +197,20 @@ impl Error {
         )
     }
 
+    /// Replaces the error's location.
     pub(crate) fn with_location(mut self, location: Location) -> Self {
         self.location = location;
+        self
+    }
+
+    /// Fills in what the error's location does not say from `outer` (the
+    /// chunk's region and address around a padding or checksum error).
+    pub(crate) fn within(mut self, outer: Location) -> Self {
+        let l = &mut self.location;
+        l.offset = l.offset.or(outer.offset);
+        l.region = l.region.or(outer.region);
+        l.chunk = l.chunk.or(outer.chunk);
+        l.addr = l.addr.or(outer.addr);
         self
     }
 }
@@ -201,13 +228,11 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+/// `source()` is always `None`: `Display` already prints the I/O error an
+/// [`Error::io`] wraps, and an error that did both would have a chain
+/// printer (anyhow's `{:#}`) show the cause twice. The wrapped error is
+/// still there, through [`Error::io_error`].
+impl std::error::Error for Error {}
 
 /// Shorthand for a malformed-field error.
 pub(crate) fn malformed(location: Location, message: impl Into<String>) -> Error {

@@ -28,6 +28,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod atomic;
+#[cfg(feature = "nonce-audit")]
+#[doc(hidden)]
+pub mod audit;
 mod codec;
 mod crypt;
 mod error;
@@ -49,7 +52,7 @@ pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use read::{fuzz_api, Image, TrailerInfo};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
-pub use source::{FileBytes, ReadAt, ReadSeek};
+pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
 pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
 pub use write::{WriteStats, Writer, WriterOptions};
 

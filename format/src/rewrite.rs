@@ -540,13 +540,10 @@ mod tests {
     /// The states a torn write leaves when a 256-byte block straddles a page
     /// boundary and a power cut persists one page of the two: the new trailer
     /// half appended (the size grown, the rest zeros), and the superseded
-    /// trailer half zeroed. The reader refuses both today ("neither zero nor
-    /// a superseded trailer"); the rules that read them are format-reader's
-    /// (issue 10, item 12). This test states what they must give: the old
-    /// key for a torn append, the new key for a torn zeroing, and a later
-    /// rotation that cleans up.
+    /// trailer half zeroed. The reader's rules for torn blocks (spec.md,
+    /// *Finding the active trailer*) give the old key for a torn append, the
+    /// new key for a torn zeroing, and a later rotation cleans up.
     #[test]
-    #[ignore = "needs the reader's rules for torn blocks (format-reader, issue 10 item 12)"]
     fn torn_page_states_read_with_one_key() {
         let dir = tempfile::tempdir().unwrap();
         let [k0, k1, k2] = [(); 3].map(|()| Key::generate().unwrap());
@@ -556,7 +553,14 @@ mod tests {
         let after = rotated(dir.path(), &before, &k0, &k1);
         let l = before.len();
         let split = usize::try_from(page - l as u64 % page).unwrap();
-        let first = [&after[..l + split], &[0u8; TRAILER_LEN][split..]].concat();
+        // A torn append happens before the old trailer is zeroed: the file
+        // is the old image, then the part of the new trailer that landed.
+        let first = [
+            &before[..],
+            &after[l..l + split],
+            &[0u8; TRAILER_LEN][split..],
+        ]
+        .concat();
         let second = [
             &before[..],
             &[0u8; TRAILER_LEN][..split],

@@ -127,7 +127,7 @@ impl<'a> Checker<'a> {
                     if let Some(p) = pad.iter().position(|&b| b != 0) {
                         out.push(problem(
                             K::NonZeroPadding,
-                            memimg::Location::at(self.prev_end + p as u64),
+                            memimg::Location::at(self.prev_end + p as u64).with_chunk(n as u64),
                             format!("padding before chunk {n} is not zero"),
                         ));
                     }

@@ -171,10 +171,17 @@ impl Error {
             if let Some(r) = e.downcast_ref::<Error>() {
                 return Some(r);
             }
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
-                    return Some(r);
-                }
+            // memimg's error prints its I/O cause itself and so does not
+            // return it as its source: look inside it directly.
+            let io = e.downcast_ref::<std::io::Error>().or_else(|| {
+                e.downcast_ref::<memimg::Error>()
+                    .and_then(memimg::Error::io_error)
+            });
+            if let Some(r) = io
+                .and_then(std::io::Error::get_ref)
+                .and_then(|i| i.downcast_ref::<Error>())
+            {
+                return Some(r);
             }
             cur = e.source();
         }

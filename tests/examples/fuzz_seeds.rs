@@ -18,6 +18,7 @@ fn main() {
         "trailer",
         "index",
         "roundtrip",
+        "structured",
     ] {
         std::fs::create_dir_all(dir.join(t)).unwrap();
     }
@@ -50,6 +51,18 @@ fn main() {
             .map(|k| k.wrapping_mul(31).wrapping_add(i))
             .collect();
         std::fs::write(dir.join("roundtrip").join(format!("seed-{i}")), v).unwrap();
+    }
+    // Descriptions for the structured target: plain and encrypted, raw and
+    // compressed, a few regions, no mutation, then the same with a few.
+    let mut rng = memimg_tests::Rng::new(8);
+    for i in 0..16u8 {
+        let mut v = vec![0u8; 40 + usize::from(i) * 8];
+        rng.fill(&mut v);
+        v[0] = i & 0x3c | (i >> 2 & 0x30);
+        if i < 8 {
+            v.truncate(40);
+        }
+        std::fs::write(dir.join("structured").join(format!("seed-{i}")), v).unwrap();
     }
     println!("wrote {} seed images to {}", seeds.len(), dir.display());
 }

@@ -351,3 +351,454 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     out
 }
+
+/// Target `structured`: builds a valid image from a description read from
+/// `data`, fixes every checksum, mutates semantic fields, then opens, reads
+/// and verifies it. See [`structured_with`].
+pub fn structured(data: &[u8]) {
+    structured_with(data, &mut |_, run| run());
+}
+
+/// The most pages the `structured` description gives one region.
+const MAX_PAGES: u8 = 6;
+
+/// The body of target `structured`.
+///
+/// The first bytes of `data` describe an image: page size, chunk size,
+/// encryption, compression, up to 8 regions (gap, pages, name, and for each
+/// page zero, absent or data of one of three contents) and up to 2 notes. It
+/// is built with [`crate::Forge`], which lays it out by spec.md and fixes
+/// every checksum and tag. The rest of `data` is a list of mutations of
+/// semantic fields: region names, extents and counts, extent kinds, codecs,
+/// chunk numbers, addresses, body counts, chunk map offsets and lengths,
+/// index head and trailer fields, string and note bytes, chunk contents. The
+/// mutated image is opened (with its key when encrypted, and without),
+/// walked, and verified with decoding, inside `measure(image_len, run)`,
+/// which the fuzz binary uses to bound allocation by the image's size.
+///
+/// # Panics
+/// When an input holds a description and no mutation, and the image built
+/// from it does not open, read back what was described and verify intact:
+/// then the reader and spec.md (which the builder follows) disagree.
+pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMut())) {
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let ps: u32 = if flags & 3 == 3 { 16384 } else { 4096 };
+    let chunk_pages = usize::from((flags >> 2) & 3) + 1;
+    let key = (flags & 0x10 != 0).then_some(crate::ForgeKey {
+        kek: FUZZ_KEY,
+        dek: [0xd5; 32],
+        wrap_nonce: [0x24; 24],
+    });
+    let zstd = flags & 0x20 != 0;
+    let mut f = crate::Forge::new(ps, ps * chunk_pages as u32, key);
+    let psu = u64::from(ps);
+    let mut addr = 0x10_0000u64;
+    // What each region holds, to check a build with no mutation.
+    let mut want: Vec<(u64, Vec<crate::Page>)> = Vec::new();
+    for _ in 0..=b.u8() % 8 {
+        addr += u64::from(b.u8() % 3) * psu;
+        let npages = b.u8() % (MAX_PAGES + 1);
+        let name_len = usize::from(b.u8() % 17);
+        let name: Vec<u8> = (0..name_len).map(|_| b.u8()).collect();
+        let pages: Vec<crate::Page> = (0..npages)
+            .map(|_| {
+                let p = b.u8();
+                match p % 4 {
+                    0 => crate::Page::Zero,
+                    1 => crate::Page::Absent,
+                    2 => crate::Page::Data(vec![p | 1; ps as usize]),
+                    _ => {
+                        let mut page = vec![0u8; ps as usize];
+                        crate::fill_page(&mut page, crate::PageKind::Random, u64::from(p));
+                        crate::Page::Data(page)
+                    }
+                }
+            })
+            .collect();
+        f.push_region(addr, &name, &pages, chunk_pages, zstd);
+        addr += u64::from(npages.max(1)) * psu;
+        want.push((f.regions[f.regions.len() - 1].start, pages));
+    }
+    for _ in 0..b.u8() % 3 {
+        let name: Vec<u8> = (0..b.u8() % 8).map(|_| b'a' + b.u8() % 26).collect();
+        let data: Vec<u8> = (0..b.u8()).map(|_| b.u8()).collect();
+        push_note(&mut f.meta, &name, &data);
+    }
+    if !f.meta.is_empty() {
+        set_compat(&mut f.header, memimg::Features::NOTES);
+    }
+    let kek = key.map(|k| Key::raw(k.kek));
+    let mutations = b.0;
+    if mutations.is_empty() {
+        // An input that ends with its description checks that the reader
+        // accepts what the builder lays out by spec.md; the fuzzer keeps such
+        // inputs, and checking only those halves the cost of the others.
+        check_unmutated(&f.assemble(), kek.as_ref(), &want, ps);
+        return;
+    }
+    let mut late = Vec::new();
+    let mut m = Bytes(mutations);
+    for _ in 0..16 {
+        if m.0.is_empty() {
+            break;
+        }
+        mutate(&mut f, &mut m, &mut late);
+    }
+    let bytes = f.assemble_with(&mut |a| {
+        for l in &late {
+            l.apply(a);
+        }
+    });
+    let len = bytes.len();
+    measure(len, &mut || {
+        if let Ok(img) = Image::from_bytes(bytes.clone(), kek.as_ref()) {
+            walk(&img);
+        }
+        if kek.is_some() {
+            if let Ok(img) = Image::from_bytes(bytes.clone(), None) {
+                walk(&img);
+            }
+        }
+        let _ = verify_bytes(
+            bytes.clone(),
+            kek.as_ref(),
+            &VerifyOptions {
+                decode: true,
+                progress: None,
+            },
+        );
+    });
+}
+
+/// An image built with no mutation opens, reads back what was described,
+/// and verifies intact.
+fn check_unmutated(bytes: &[u8], key: Option<&Key>, want: &[(u64, Vec<crate::Page>)], ps: u32) {
+    let img = Image::from_bytes(bytes.to_vec(), key)
+        .unwrap_or_else(|e| panic!("a forged image does not open: {e}"));
+    for (start, pages) in want {
+        for (i, p) in pages.iter().enumerate() {
+            let mut buf = vec![0u8; ps as usize];
+            let r = img.read_at(start + (i as u64) * u64::from(ps), &mut buf);
+            match p {
+                crate::Page::Absent => assert!(r.is_err(), "an absent page read"),
+                crate::Page::Zero => {
+                    assert!(r.is_ok(), "{r:?}");
+                    assert!(buf.iter().all(|&x| x == 0));
+                }
+                crate::Page::Data(d) => {
+                    assert!(r.is_ok(), "{r:?}");
+                    assert_eq!(&buf, d);
+                }
+            }
+        }
+    }
+    let r = verify_bytes(
+        bytes.to_vec(),
+        key,
+        &VerifyOptions {
+            decode: true,
+            progress: None,
+        },
+    );
+    assert!(
+        r.is_intact(),
+        "a forged image does not verify: {:?} {:?}",
+        r.fatal,
+        r.problems
+    );
+}
+
+/// Appends a note record (spec.md, *Strings and meta*).
+fn push_note(meta: &mut Vec<u8>, name: &[u8], data: &[u8]) {
+    meta.extend_from_slice(&1u16.to_le_bytes());
+    meta.extend_from_slice(&0u16.to_le_bytes());
+    meta.extend_from_slice(&((2 + name.len() + data.len()) as u32).to_le_bytes());
+    meta.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    meta.extend_from_slice(name);
+    meta.extend_from_slice(data);
+}
+
+fn set_compat(header: &mut [u8], bit: u64) {
+    let mut c = u64::from_le_bytes(header[0x20..0x28].try_into().unwrap_or([0; 8]));
+    c |= bit;
+    header[0x20..0x28].copy_from_slice(&c.to_le_bytes());
+}
+
+impl Bytes<'_> {
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+
+    /// A new value for a field holding `old`: mostly a small step from it
+    /// (where off-by-one bugs live), sometimes anything, or an extreme.
+    fn near(&mut self, old: u64) -> u64 {
+        match self.u8() % 8 {
+            0 => self.u64(),
+            1 => u64::MAX,
+            2 => 0,
+            3 => u64::from(u32::MAX),
+            _ => step(old, self.u8()),
+        }
+    }
+
+    fn index(&mut self, len: usize) -> Option<usize> {
+        (len > 0).then(|| usize::from(self.u8()) % len)
+    }
+}
+
+/// `v` moved by `d` taken as a signed byte: -128 to 127.
+fn step(v: u64, d: u8) -> u64 {
+    let d = i8::from_le_bytes([d]);
+    let by = u64::from(d.unsigned_abs());
+    if d < 0 {
+        v.wrapping_sub(by)
+    } else {
+        v.wrapping_add(by)
+    }
+}
+
+/// A mutation applied while the image is laid out, to the parts the layout
+/// computes.
+enum Late {
+    MapOffset(usize, u8),
+    MapLen(usize, u8),
+    ChunkCount(u8),
+    BodyLen(u8),
+    BodyPlainLen(u8),
+    IndexOffset(u8),
+    IndexLen(u8),
+    Generation(u8),
+    StaleChecksums,
+}
+
+impl Late {
+    fn apply(&self, a: &mut crate::Assembly) {
+        match *self {
+            Late::MapOffset(i, d) => {
+                if let Some(e) = a.map.get_mut(i) {
+                    e.offset = step(e.offset, d);
+                }
+            }
+            Late::MapLen(i, d) => {
+                if let Some(e) = a.map.get_mut(i) {
+                    e.stored_len = step(u64::from(e.stored_len), d) as u32;
+                }
+            }
+            Late::ChunkCount(d) => a.index_head.chunk_count = step(a.index_head.chunk_count, d),
+            Late::BodyLen(d) => a.index_head.body_len = step(a.index_head.body_len, d),
+            Late::BodyPlainLen(d) => {
+                a.index_head.body_plain_len = step(a.index_head.body_plain_len, d);
+            }
+            Late::IndexOffset(d) => a.trailer.index_offset = step(a.trailer.index_offset, d),
+            Late::IndexLen(d) => a.trailer.index_len = step(a.trailer.index_len, d),
+            Late::Generation(d) => a.trailer.generation = u32::from(d),
+            Late::StaleChecksums => a.fix_stored_checksums = false,
+        }
+    }
+}
+
+/// Applies one mutation chosen by `m` to `f`, or records it in `late`.
+fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
+    let which = m.u8();
+    let nr = f.regions.len();
+    let ne = f.extents.len();
+    let nc = f.chunks.len();
+    match which % 24 {
+        0 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].name_off = m.near(u64::from(f.regions[i].name_off)) as u32;
+            }
+        }
+        1 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].name_len = m.near(u64::from(f.regions[i].name_len)) as u32;
+            }
+        }
+        2 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].first_extent = m.near(u64::from(f.regions[i].first_extent)) as u32;
+            }
+        }
+        3 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].extent_count = m.near(u64::from(f.regions[i].extent_count)) as u32;
+            }
+        }
+        4 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].start = m.near(f.regions[i].start);
+            }
+        }
+        5 => {
+            if let Some(i) = m.index(nr) {
+                f.regions[i].len = m.near(f.regions[i].len);
+            }
+        }
+        6 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].kind = m.u8() % 4;
+            }
+        }
+        7 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].codec = m.u8() % 3;
+            }
+        }
+        8 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].chunk = m.near(f.extents[i].chunk);
+            }
+        }
+        9 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].page_count = m.near(u64::from(f.extents[i].page_count)) as u32;
+            }
+        }
+        10 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].addr = m.near(f.extents[i].addr);
+            }
+        }
+        11 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].region = m.near(u64::from(f.extents[i].region)) as u32;
+            }
+        }
+        12 => {
+            f.keep_counts = true;
+            let bh = &mut f.body_head;
+            bh.region_count = f.regions.len() as u32;
+            bh.extent_count = f.extents.len() as u64;
+            bh.strings_len = f.strings.len() as u32;
+            bh.meta_len = f.meta.len() as u32;
+            match m.u8() % 4 {
+                0 => bh.region_count = m.near(u64::from(bh.region_count)) as u32,
+                1 => bh.extent_count = m.near(bh.extent_count),
+                2 => bh.strings_len = m.near(u64::from(bh.strings_len)) as u32,
+                _ => bh.meta_len = m.near(u64::from(bh.meta_len)) as u32,
+            }
+        }
+        13 => {
+            if let Some(i) = m.index(nc) {
+                late.push(Late::MapOffset(i, m.u8()));
+            }
+        }
+        14 => {
+            if let Some(i) = m.index(nc) {
+                late.push(Late::MapLen(i, m.u8()));
+            }
+        }
+        15 => late.push(match m.u8() % 3 {
+            0 => Late::ChunkCount(m.u8()),
+            1 => Late::BodyLen(m.u8()),
+            _ => Late::BodyPlainLen(m.u8()),
+        }),
+        16 => late.push(match m.u8() % 4 {
+            0 => Late::IndexOffset(m.u8()),
+            1 => Late::IndexLen(m.u8()),
+            2 => Late::Generation(m.u8()),
+            _ => Late::StaleChecksums,
+        }),
+        17 => {
+            // The string table: a byte changed, bytes added or cut.
+            match m.u8() % 3 {
+                0 => {
+                    if let Some(i) = m.index(f.strings.len()) {
+                        f.strings[i] = m.u8();
+                    }
+                }
+                1 => {
+                    let n = usize::from(m.u8() % 16);
+                    f.strings.extend(std::iter::repeat_n(b'x', n));
+                }
+                _ => {
+                    let n = usize::from(m.u8()) % (f.strings.len() + 1);
+                    f.strings.truncate(f.strings.len() - n);
+                }
+            }
+        }
+        18 => {
+            // The meta: a byte changed (record lengths, name lengths, types),
+            // or a record of another type added.
+            if m.u8() & 1 == 0 {
+                if let Some(i) = m.index(f.meta.len()) {
+                    f.meta[i] = m.u8();
+                }
+            } else {
+                let ty = u16::from(m.u8());
+                let data: Vec<u8> = (0..m.u8() % 32).map(|_| m.u8()).collect();
+                f.meta.extend_from_slice(&ty.to_le_bytes());
+                f.meta.extend_from_slice(&0u16.to_le_bytes());
+                f.meta.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                f.meta.extend_from_slice(&data);
+            }
+        }
+        19 => {
+            // Header records: one added after the others.
+            let ty = u16::from(m.u8() % 24);
+            let len = usize::from(m.u8());
+            let old = u32::from_le_bytes(f.header[0x58..0x5c].try_into().unwrap_or([0; 4]));
+            let at = 0x80 + old as usize;
+            if at + 4 + len < f.header.len() - 8 {
+                f.header[at..at + 2].copy_from_slice(&ty.to_le_bytes());
+                f.header[at + 2..at + 4].copy_from_slice(&(len as u16).to_le_bytes());
+                for k in 0..len {
+                    f.header[at + 4 + k] = m.u8();
+                }
+                let new = old + 4 + len as u32;
+                f.header[0x58..0x5c].copy_from_slice(&new.to_le_bytes());
+            }
+        }
+        20 => {
+            // Two chunks' bytes swapped.
+            if let (Some(i), Some(j)) = (m.index(nc), m.index(nc)) {
+                f.chunks.swap(i, j);
+            }
+        }
+        21 => {
+            // A chunk's bytes replaced: cut, grown, two zstd frames, a frame
+            // of another size.
+            if let Some(i) = m.index(nc) {
+                let c = &mut f.chunks[i];
+                match m.u8() % 4 {
+                    0 => {
+                        let n = usize::from(m.u8()) % (c.len() + 1);
+                        c.truncate(c.len() - n);
+                    }
+                    1 => c.extend(std::iter::repeat_n(m.u8(), usize::from(m.u8()))),
+                    2 => {
+                        let frame = zstd::bulk::compress(&c[..c.len() / 2], 1).unwrap_or_default();
+                        c.extend_from_slice(&frame);
+                    }
+                    _ => {
+                        let n = usize::from(m.u8()) * 512;
+                        *c = zstd::bulk::compress(&vec![m.u8(); n], 1).unwrap_or_default();
+                    }
+                }
+            }
+        }
+        22 => {
+            if let Some(i) = m.index(ne) {
+                f.extents[i].raw_checksum ^= 1u128 << (m.u8() % 128);
+            }
+        }
+        _ => {
+            // A header field: chunk size, feature bits, cipher.
+            match m.u8() % 3 {
+                0 => {
+                    let v = m.near(u64::from(u32::from_le_bytes(
+                        f.header[0x2c..0x30].try_into().unwrap_or([0; 4]),
+                    ))) as u32;
+                    f.header[0x2c..0x30].copy_from_slice(&v.to_le_bytes());
+                }
+                1 => f.header[0x10] ^= 1 << (m.u8() % 3),
+                _ => f.header[0x54] ^= 1,
+            }
+        }
+    }
+}

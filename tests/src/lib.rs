@@ -5,7 +5,42 @@
 // casts cannot truncate; the image tuples are simplest spelled out.
 #![allow(clippy::cast_possible_truncation, clippy::type_complexity)]
 
+pub mod alloc;
+pub mod forge;
 pub mod fuzz;
+
+pub use forge::{Assembly, Forge, ForgeKey, Page};
+
+/// Records that the test `test` cannot run here, for the reason `why`, so a
+/// skip shows as a skip and never as a pass (the skip protocol shared by the
+/// test crates).
+///
+/// When the environment variable `MEMIMG_REQUIRE_ALL` is set and not empty
+/// (on CI, where every tool is installed), it panics with `would skip: WHY`
+/// instead. Otherwise it appends `TEST<TAB>WHY` to the file named by
+/// `MEMIMG_SKIP_LOG`, when set (scripts/test.sh counts those lines as
+/// skipped), and prints `skipped: WHY` on stderr; the caller then returns.
+///
+/// # Panics
+/// Under `MEMIMG_REQUIRE_ALL`, always.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+        panic!("would skip: {why}");
+    }
+    if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}\t{why}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("cannot log the skip to {}: {e}", log.to_string_lossy());
+        }
+    }
+    eprintln!("skipped: {why}");
+}
 
 use memimg::{Codec, Key, RegionInfo, RegionKind, Writer, WriterOptions};
 
@@ -266,150 +301,6 @@ pub fn parts_of(
         memimg::raw::from_bytes(&bytes[t..]).unwrap_or_else(|| panic!("no trailer"));
     let io = tr.index_offset as usize;
     (0..ps, ps..io, io..t, t..bytes.len())
-}
-
-/// An unencrypted image taken apart into its raw structures, to forge hostile
-/// images that are consistent everywhere except where a test says.
-#[derive(Debug, Clone)]
-pub struct Forge {
-    /// The header page.
-    pub header: Vec<u8>,
-    /// Each chunk's stored bytes.
-    pub chunks: Vec<Vec<u8>>,
-    /// The body head (counts are recomputed by `assemble` unless `keep_counts`).
-    pub body_head: memimg::raw::BodyHeadRaw,
-    /// Region records.
-    pub regions: Vec<memimg::raw::RegionRaw>,
-    /// Extent records.
-    pub extents: Vec<memimg::raw::ExtentRaw>,
-    /// The string table.
-    pub strings: Vec<u8>,
-    /// The body meta.
-    pub meta: Vec<u8>,
-    /// Keep `body_head` counts as set, to forge lying counts.
-    pub keep_counts: bool,
-}
-
-impl Forge {
-    /// Takes a plain image apart.
-    ///
-    /// # Panics
-    /// When the image is encrypted or damaged (a test helper).
-    pub fn disassemble(bytes: &[u8]) -> Forge {
-        use memimg::raw::*;
-        let (h, _, idx, _) = parts_of(bytes);
-        let index = &bytes[idx.clone()];
-        let head: IndexHeadRaw = from_bytes(index).unwrap_or_else(|| panic!("index head"));
-        let n = head.chunk_count as usize;
-        let mut chunks = Vec::new();
-        for i in 0..n {
-            let e: ChunkEntryRaw = from_bytes(&index[INDEX_HEAD_LEN + i * CHUNK_ENTRY_LEN..])
-                .unwrap_or_else(|| panic!("entry"));
-            chunks.push(
-                bytes[e.offset as usize..(e.offset + u64::from(e.stored_len)) as usize].to_vec(),
-            );
-        }
-        let body = &index[INDEX_HEAD_LEN + n * CHUNK_ENTRY_LEN..];
-        let bh: BodyHeadRaw = from_bytes(body).unwrap_or_else(|| panic!("body head"));
-        let mut at = BODY_HEAD_LEN;
-        let regions = (0..bh.region_count as usize)
-            .map(|i| from_bytes(&body[at + i * REGION_LEN..]).unwrap_or_else(|| panic!("region")))
-            .collect();
-        at += REGION_LEN * bh.region_count as usize;
-        let extents = (0..bh.extent_count as usize)
-            .map(|i| from_bytes(&body[at + i * EXTENT_LEN..]).unwrap_or_else(|| panic!("extent")))
-            .collect();
-        at += EXTENT_LEN * bh.extent_count as usize;
-        let strings = body[at..at + bh.strings_len as usize].to_vec();
-        at += bh.strings_len as usize;
-        let meta = body[at..].to_vec();
-        Forge {
-            header: bytes[h].to_vec(),
-            chunks,
-            body_head: bh,
-            regions,
-            extents,
-            strings,
-            meta,
-            keep_counts: false,
-        }
-    }
-
-    /// Puts the image back together with every checksum and the layout right.
-    pub fn assemble(&self) -> Vec<u8> {
-        use memimg::raw::*;
-        use xxhash_rust::xxh3::xxh3_64;
-        let ps = self.header.len() as u64;
-        let mut out = self.header.clone();
-        let mut map = Vec::new();
-        for (i, c) in self.chunks.iter().enumerate() {
-            let raw = self
-                .extents
-                .iter()
-                .any(|e| e.kind == 0 && e.chunk == i as u64 && e.codec == 0);
-            if raw {
-                let pad = (ps - out.len() as u64 % ps) % ps;
-                out.resize(out.len() + pad as usize, 0);
-            }
-            let off = out.len() as u64;
-            out.extend_from_slice(c);
-            map.extend_from_slice(&to_bytes(&ChunkEntryRaw {
-                offset: off,
-                stored_len: c.len() as u32,
-                reserved: 0,
-                stored_checksum: xxh3_64(c),
-            }));
-        }
-        let mut bh = self.body_head.clone();
-        if !self.keep_counts {
-            bh.region_count = self.regions.len() as u32;
-            bh.extent_count = self.extents.len() as u64;
-            bh.strings_len = self.strings.len() as u32;
-            bh.meta_len = self.meta.len() as u32;
-        }
-        bh.body_checksum = 0;
-        let mut body = to_bytes(&bh);
-        for r in &self.regions {
-            body.extend_from_slice(&to_bytes(r));
-        }
-        for e in &self.extents {
-            body.extend_from_slice(&to_bytes(e));
-        }
-        body.extend_from_slice(&self.strings);
-        body.extend_from_slice(&self.meta);
-        let sum = xxh3_64(&body);
-        body[24..32].copy_from_slice(&sum.to_le_bytes());
-        let head = to_bytes(&IndexHeadRaw {
-            magic: INDEX_MAGIC,
-            chunk_count: self.chunks.len() as u64,
-            body_len: body.len() as u64,
-            body_plain_len: body.len() as u64,
-            reserved: [0; 32],
-        });
-        let index_offset = out.len() as u64;
-        let mut index = head;
-        index.extend_from_slice(&map);
-        index.extend_from_slice(&body);
-        out.extend_from_slice(&index);
-        let image_id: [u8; 16] = self.header[0x30..0x40].try_into().unwrap_or([0; 16]);
-        let mut t = to_bytes(&TrailerRaw {
-            magic: TRAILER_MAGIC,
-            trailer_offset: out.len() as u64,
-            index_offset,
-            index_len: index.len() as u64,
-            index_checksum: xxh3_64(&index),
-            generation: 0,
-            reserved0: 0,
-            image_id,
-            key_slot: KeySlotRaw::default(),
-            reserved1: [0; 56],
-            checksum: 0,
-        });
-        let s = xxh3_64(&t[..248]);
-        t[248..].copy_from_slice(&s.to_le_bytes());
-        out.extend_from_slice(&t);
-        out
-    }
 }
 
 /// Fixes the header checksum after a header edit.

@@ -6,41 +6,14 @@
 //! other in this binary's single test so the count is not shared.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use memimg::raw::RegionRaw;
+use memimg::ErrorKind;
 use memimg::{verify_bytes, Codec, Image, RegionInfo, VerifyOptions, Writer, WriterOptions};
+use memimg_tests::alloc::peak_during;
 use memimg_tests::Forge;
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: defers every call to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
-
-/// Peak bytes allocated (above the level at the start) while `f` runs.
-fn peak_during(f: impl FnOnce()) -> usize {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+static A: memimg_tests::alloc::Counting = memimg_tests::alloc::Counting;
 
 fn plain(codec: Codec, fill: u8, pages: usize) -> Vec<u8> {
     let opts = WriterOptions::new()
@@ -124,4 +97,55 @@ fn hostile_images_stay_bounded() {
     let n = forged.len();
     // Decoding may hold one chunk (at most the chunk size, 1 MiB here) per thread.
     hostile("zstd bomb", forged, 8 * n + 4 * (1 << 20));
+
+    // 4. Every region names the same bytes of the string table: a 640 KB
+    // image used to make `imgtool inspect` allocate 5.8 GB, and the reader
+    // 1.6 GB (5,000 copies of a 320 KiB name). Names must be packed in region
+    // order (spec.md, *Strings and meta*).
+    let forged = regions_sharing_one_name(5000, 320 << 10);
+    let n = forged.len();
+    assert!((600_000..700_000).contains(&n), "{n} bytes");
+    let e = Image::from_bytes(forged.clone(), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+    assert_eq!(e.location().region, Some(1), "{e}");
+    assert!(e.message().contains("string table"), "{e}");
+    hostile("regions sharing one name", forged, 8 * n);
+
+    // 5. The structured fuzz target's body on deterministic inputs, with the
+    // bound its fuzz binary applies: 16 times the image plus 4 MiB.
+    let mut rng = memimg_tests::Rng::new(15);
+    let mut worst = 0f64;
+    for i in 0..400 {
+        let mut input = vec![0u8; 24 + (rng.next_u64() % 200) as usize];
+        rng.fill(&mut input);
+        memimg_tests::fuzz::structured_with(&input, &mut |len, run| {
+            let peak = peak_during(run);
+            assert!(
+                peak <= 16 * len + (4 << 20),
+                "structured input {i}: a {len}-byte image made the reader allocate {peak} bytes"
+            );
+            worst = worst.max(peak as f64 / len as f64);
+        });
+    }
+    println!("structured: 400 inputs, worst peak allocation {worst:.1}x the image");
+}
+
+/// An image built from parts, every checksum right, of `regions` one-page
+/// regions without data whose names are all the whole `name_len`-byte string
+/// table.
+fn regions_sharing_one_name(regions: u64, name_len: u32) -> Vec<u8> {
+    let mut f = Forge::new(4096, 4096, None);
+    f.strings = vec![b'n'; name_len as usize];
+    for i in 0..regions {
+        f.regions.push(RegionRaw {
+            start: 0x10_0000 + i * 4096,
+            len: 4096,
+            name_off: 0,
+            name_len,
+            prot: 3,
+            kind: 4,
+            ..RegionRaw::default()
+        });
+    }
+    f.assemble()
 }

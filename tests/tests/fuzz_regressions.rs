@@ -2,49 +2,91 @@
 //! stable `cargo test`, through the same functions the fuzz targets call.
 //! Each input's name says what went wrong; see fuzz/regressions/README.md.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use memimg_tests::fuzz;
+
+/// Every fuzz target whose inputs this test replays.
+const TARGETS: &[&str] = &[
+    "open",
+    "open_encrypted",
+    "header",
+    "trailer",
+    "index",
+    "roundtrip",
+    "elf_core",
+    "structured",
+];
+
+/// The (target, input) pairs that fuzz/regressions/README.md's table lists.
+fn listed(readme: &str) -> BTreeSet<(String, String)> {
+    readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let target = cells.get(1)?;
+            let input = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            TARGETS
+                .contains(target)
+                .then(|| ((*target).to_string(), input.to_string()))
+        })
+        .collect()
+}
 
 #[test]
 fn fuzz_regression_inputs_replay() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
     let header = fuzz::template_header();
-    let mut n = 0;
-    for target in [
-        "open",
-        "open_encrypted",
-        "header",
-        "trailer",
-        "index",
-        "roundtrip",
-        "elf_core",
-    ] {
-        let Ok(entries) = std::fs::read_dir(root.join(target)) else {
-            continue;
-        };
-        for e in entries {
+    let mut replayed = BTreeSet::new();
+    let dirs = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir());
+    for dir in dirs {
+        let target = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            TARGETS.contains(&target.as_str()),
+            "{}: no such fuzz target here; add it to TARGETS and the match below",
+            dir.display()
+        );
+        for e in std::fs::read_dir(&dir).unwrap() {
             let path = e.unwrap().path();
             let data = std::fs::read(&path).unwrap();
-            match target {
+            match target.as_str() {
                 "open" => fuzz::open(&data),
                 "open_encrypted" => fuzz::open_encrypted(&data),
                 "header" => fuzz::header(&data),
                 "trailer" => fuzz::trailer(&header, &data),
                 "index" => fuzz::index(&header, &data),
                 "roundtrip" => fuzz::roundtrip(&data),
-                _ => fuzz::elf_core(&data),
+                "elf_core" => fuzz::elf_core(&data),
+                "structured" => fuzz::structured(&data),
+                t => unreachable!("{t}"),
             }
-            n += 1;
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            replayed.insert((target.clone(), name));
         }
     }
+    // Every input replayed is a row of the README's table, and every row
+    // was replayed: a moved folder, or an input checked in without saying
+    // what it found, fails here instead of replaying nothing.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let want = listed(&readme);
+    assert!(!want.is_empty(), "the README lists no input");
+    assert_eq!(replayed, want, "inputs on disk vs. the README's table");
     // The seeds replay too, so the targets' bodies are exercised here even
     // before any crash has been found.
-    for (_, bytes) in fuzz::seeds() {
-        fuzz::open(&bytes);
-        fuzz::open_encrypted(&bytes);
-        n += 2;
+    let seeds = fuzz::seeds();
+    assert_eq!(seeds.len(), 4, "two plain and two encrypted seed images");
+    for (_, bytes) in &seeds {
+        fuzz::open(bytes);
+        fuzz::open_encrypted(bytes);
     }
     fuzz::roundtrip(&[0, 1, 1, 1, 2, 3, 5, 3, 2, 7, 1, 0, 3, 9, 9]);
-    println!("replayed {n} inputs");
+    println!(
+        "replayed {} regression inputs and {} seed images",
+        replayed.len(),
+        seeds.len()
+    );
 }

@@ -8,8 +8,11 @@
 )]
 
 mod corrupt;
+mod files;
+mod forge;
 mod fuzz_regressions;
 mod golden;
-mod nonce;
+mod hostile;
+mod rotation;
 mod roundtrip;
 mod tamper;

@@ -29,4 +29,5 @@ mod misc;
 mod modes;
 mod recompress;
 mod reencrypt;
+mod truncate;
 mod verify;

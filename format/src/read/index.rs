@@ -1,0 +1,143 @@
+//! The index head and chunk map (spec.md, *Index*, *Index head*, *Chunk map*).
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{Sink, TrailerInfo};
+use crate::error::{malformed, Error, ErrorKind, Location, Result};
+use crate::model::*;
+use crate::raw::{self, *};
+use crate::source::{usize_of, Source};
+
+/// Parses the index head and chunk map; returns them and the body's range
+/// within `index`.
+pub(super) fn parse_index(
+    _src: &Source,
+    header: &Header,
+    trailer: &TrailerInfo,
+    index: &[u8],
+    sink: &mut Sink,
+) -> Result<(Vec<ChunkLoc>, usize, (usize, usize))> {
+    let base = trailer.index_offset;
+    let loc = Location::at(base);
+    let sum = xxh3_64(index);
+    if sum != trailer.index_checksum {
+        sink.report(Error::new(
+            ErrorKind::Checksum,
+            loc,
+            format!(
+                "index checksum mismatch (trailer says {:016x}, index hashes to {sum:016x})",
+                trailer.index_checksum
+            ),
+        ))?;
+    }
+    if index.len() < INDEX_HEAD_LEN {
+        return Err(malformed(
+            loc,
+            format!("index of {} bytes is shorter than its head", index.len()),
+        ));
+    }
+    let h: IndexHeadRaw =
+        raw::from_bytes(index).ok_or_else(|| malformed(loc, "index head does not parse"))?;
+    if h.magic != INDEX_MAGIC {
+        return Err(malformed(loc, "index magic is wrong"));
+    }
+    if h.reserved != [0; 32] {
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            Location::at(base + 32),
+            "reserved index bytes are not zero",
+        ))?;
+    }
+    let map_len = h
+        .chunk_count
+        .checked_mul(CHUNK_ENTRY_LEN as u64)
+        .ok_or_else(|| malformed(loc, format!("chunk count {} overflows", h.chunk_count)))?;
+    let expect = (INDEX_HEAD_LEN as u64)
+        .checked_add(map_len)
+        .and_then(|v| v.checked_add(h.body_len));
+    if expect != Some(index.len() as u64) {
+        return Err(malformed(
+            loc,
+            format!(
+                "index head claims {} chunks and a {}-byte body, which do not add up to the index length {}",
+                h.chunk_count,
+                h.body_len,
+                index.len()
+            ),
+        ));
+    }
+    let encrypted = header.cipher != Cipher::None;
+    let tag = if encrypted { TAG_LEN as u64 } else { 0 };
+    if h.body_plain_len.checked_add(tag) != Some(h.body_len) {
+        return Err(malformed(
+            loc,
+            format!(
+                "index body lengths {} and {} disagree",
+                h.body_len, h.body_plain_len
+            ),
+        ));
+    }
+    let map_end = INDEX_HEAD_LEN + usize_of(map_len)?;
+    let mut chunks = Vec::with_capacity(usize_of(h.chunk_count)?);
+    for (i, e) in index[INDEX_HEAD_LEN..map_end]
+        .chunks_exact(CHUNK_ENTRY_LEN)
+        .enumerate()
+    {
+        let c: ChunkEntryRaw =
+            raw::from_bytes(e).ok_or_else(|| malformed(loc, "chunk entry does not parse"))?;
+        let eoff = base + (INDEX_HEAD_LEN + i * CHUNK_ENTRY_LEN) as u64;
+        if c.reserved != 0 {
+            sink.report(Error::new(
+                ErrorKind::NonZeroPadding,
+                Location::chunk(i as u64, eoff),
+                "reserved chunk entry bytes are not zero",
+            ))?;
+        }
+        // A chunk holds at most chunk_size bytes of pages, stored raw or as a
+        // smaller zstd frame, plus the tag when encrypted; an encrypted chunk
+        // holds at least one byte besides its tag.
+        let tag32 = if encrypted { 16u32 } else { 0 };
+        let (min, max) = (tag32 + 1, header.chunk_size + tag32);
+        if c.stored_len < min {
+            return Err(malformed(
+                Location::chunk(i as u64, eoff),
+                if encrypted {
+                    format!(
+                        "encrypted chunk of {} bytes is shorter than its {TAG_LEN}-byte tag and one byte of data",
+                        c.stored_len
+                    )
+                } else {
+                    "chunk has no stored bytes".to_string()
+                },
+            ));
+        }
+        if c.stored_len > max {
+            return Err(malformed(
+                Location::chunk(i as u64, eoff),
+                format!(
+                    "chunk stores {} bytes, more than the chunk size {} allows ({max})",
+                    c.stored_len, header.chunk_size
+                ),
+            ));
+        }
+        if c.offset < u64::from(header.page_size)
+            || c.offset
+                .checked_add(u64::from(c.stored_len))
+                .is_none_or(|e| e > trailer.index_offset)
+        {
+            return Err(malformed(
+                Location::chunk(i as u64, eoff),
+                format!(
+                    "chunk at {:#x} of {} bytes lies outside the data area",
+                    c.offset, c.stored_len
+                ),
+            ));
+        }
+        chunks.push(ChunkLoc {
+            offset: c.offset,
+            stored_len: c.stored_len,
+            stored_checksum: c.stored_checksum,
+        });
+    }
+    Ok((chunks, map_end, (map_end, index.len())))
+}
