@@ -19,6 +19,8 @@
 //! pages that were not captured cannot be restored.
 
 mod lazy;
+mod pending;
+mod uffd;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
