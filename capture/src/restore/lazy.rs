@@ -358,25 +358,6 @@ impl LazyHandle {
             strategy: "lazy",
             why,
         };
-        let uffd = Uffd::open().map_err(unavailable)?;
-        let features = negotiate(&uffd).map_err(unavailable)?;
-        let mut poison = features & feature::POISON != 0;
-        let mut pending = Pending::default();
-        for &(start, end) in ranges {
-            let (basic, can_poison) = uffd.register_missing(start, end - start).map_err(|e| {
-                RestoreError::io(
-                    format!("registering {start:#x}-{end:#x} with userfaultfd"),
-                    e,
-                )
-            })?;
-            if !basic {
-                return Err(unavailable(
-                    "the kernel does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE here".into(),
-                ));
-            }
-            poison &= can_poison;
-            pending.insert(start, end, start);
-        }
         // SAFETY: eventfd takes an initial value and flags.
         let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if wake < 0 {
@@ -400,6 +381,31 @@ impl LazyHandle {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
+        // Known to the fork hook before any range is registered: a fork from
+        // another thread from now on waits for this restore to finish, and
+        // never reaches the handler as an event while the C library holds
+        // its allocator locks (the handler allocates).
+        track(&shared);
+        let mut starting = Starting(Some(Arc::clone(&shared)));
+        let uffd = Uffd::open().map_err(unavailable)?;
+        let features = negotiate(&uffd).map_err(unavailable)?;
+        let mut poison = features & feature::POISON != 0;
+        let mut pending = Pending::default();
+        for &(start, end) in ranges {
+            let (basic, can_poison) = uffd.register_missing(start, end - start).map_err(|e| {
+                RestoreError::io(
+                    format!("registering {start:#x}-{end:#x} with userfaultfd"),
+                    e,
+                )
+            })?;
+            if !basic {
+                return Err(unavailable(
+                    "the kernel does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE here".into(),
+                ));
+            }
+            poison &= can_poison;
+            pending.insert(start, end, start);
+        }
         let units_total = units.len() as u64;
         let left = units.iter().map(|u| u.len).collect();
         let handler = Handler {
@@ -431,7 +437,8 @@ impl LazyHandle {
             .name("memimg-uffd".into())
             .spawn(move || handler.run())
             .map_err(|e| RestoreError::io("starting the fault handler thread", e))?;
-        track(&shared);
+        // The thread owns the ending now.
+        starting.0 = None;
         Ok(LazyHandle {
             shared,
             units_total,
@@ -559,8 +566,20 @@ struct Handler<S> {
     released: bool,
 }
 
-/// Marks the handler ended when its thread returns, however it returns.
+/// Marks the handler ended when its thread returns, however it returns, so
+/// that nothing waits on it for ever.
 struct Ended(Arc<Shared>);
+
+/// Marks the handler ended if it fails to start.
+struct Starting(Option<Arc<Shared>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.set(|s| s.ended = true);
+        }
+    }
+}
 
 impl Drop for Ended {
     fn drop(&mut self) {
