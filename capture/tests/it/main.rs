@@ -13,6 +13,9 @@
 mod child;
 mod common;
 mod failures;
+mod lazy_alloc;
+mod lazy_events;
+mod lazy_support;
 mod live;
 mod registers;
 mod restore;
