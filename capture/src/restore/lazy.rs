@@ -8,63 +8,57 @@
 //! `UFFDIO_ZEROPAGE`, a chunk-sized piece at a time. Between faults the same
 //! thread can prefetch the rest.
 //!
-//! # What the program may do meanwhile
+//! # Following the program's changes
 //!
-//! The handler asks the kernel to report the program's changes to its own
-//! memory (`UFFD_FEATURE_EVENT_REMAP`, `_REMOVE`, `_UNMAP` and, with
-//! `CAP_SYS_PTRACE`, `_FORK`), and keeps, for each address space, the runs
-//! of pages still waiting for the image's bytes ([`Pending`]), as CRIU's
-//! lazy-pages daemon does. So the program sees what the kernel promises for
-//! ordinary anonymous memory:
+//! What a program sees, and what it costs, is listed in the module docs of
+//! `restore`. How: the handler asks the kernel to report the program's
+//! changes to its own memory (`UFFD_FEATURE_EVENT_REMAP`, `_REMOVE`,
+//! `_UNMAP` and, with `CAP_SYS_PTRACE`, `_FORK`), and keeps, for each
+//! address space, the runs of pages still waiting for the image's bytes
+//! with the image address each comes from ([`Pending`]), as CRIU's
+//! lazy-pages daemon does.
 //!
-//! - **`MADV_DONTNEED`** (and `MADV_FREE`, which the kernel reports the same
-//!   way; `MADV_REMOVE` fails on private memory as it always does): the range
-//!   stops waiting for the image and reads zeros, whether its pages had
-//!   arrived or not. The kernel drops the pages after the handler has read
-//!   the event, and a later touch faults again: the handler answers every
-//!   fault on a page that no longer waits for the image with a zero page,
-//!   never with the image. For `MADV_FREE` the kernel allows either the old
-//!   bytes or zeros; pages that had not arrived read zeros.
-//! - **`mremap`**: waiting pages move with the mapping and still get the
-//!   image's bytes at their new address; the old range reads as the kernel
-//!   says (gone, or zeros after `MREMAP_DONTUNMAP`), and the part a growing
-//!   `mremap` adds reads zeros.
-//! - **`munmap`**, and a new mapping over a restored range: the range stops
-//!   waiting, so nothing is ever written into what is mapped there later
-//!   (the kernel also refuses to fill a mapping that is not registered).
-//! - **`fork`** through the C library (`fork()`, `system()`, `popen()`,
-//!   Rust's `Command` when it cannot use `posix_spawn`) first **waits for the
-//!   rest of the image**: a `pthread_atfork` hook finishes the restore
-//!   (places every page, then lets the userfaultfd go) before the kernel
-//!   copies the address space. The child then shares fully restored memory,
-//!   copy-on-write, and needs nothing from the handler, so it may outlive
-//!   the parent. The cost is that first fork's wait: the decode time of
-//!   what had not arrived yet (about a quarter second for 77 MiB of zstd
-//!   here); later forks cost nothing. Serving the child's own userfaultfd, as
-//!   CRIU does, would keep forks instant, but the handler is a thread of the
-//!   parent: a child that outlives its parent would lose its server, and the
-//!   pages it had not received would read zeros.
-//! - A **raw `fork`/`clone` system call** bypasses that hook. With fork
-//!   events the handler then serves the child's userfaultfd, which the kernel
-//!   hands over with the event, filling the child before anything else; the
-//!   child reads the image on every page while the parent lives, but if the
-//!   parent dies before the child has every page, the rest reads zeros (the
-//!   child's userfaultfd closes with the parent). The child also holds a copy
-//!   of the handler's descriptors, so from then on the handler thread stays
-//!   until every such child is gone, after the handle is dropped. Without
-//!   `CAP_SYS_PTRACE` the kernel refuses fork events, and a raw fork's child
-//!   reads zeros where pages had not arrived. `vfork` and `posix_spawn` share
-//!   the address space and need nothing.
-//! - **Threads**, many faulting at once, `mprotect`, `mlock`, system calls
-//!   reading restored memory, `process_vm_readv` from another process:
-//!   each fault is answered, the first one for a piece fetches it.
+//! - A discarded (`MADV_DONTNEED`, `MADV_FREE`) or unmapped range stops
+//!   waiting. The kernel drops the pages only after the handler has read
+//!   the event, and a page dropped that way faults again: any fault on a
+//!   page that no longer waits is answered with a zero page, never with the
+//!   image (on a page that is present, that is a harmless `EEXIST`).
+//! - `mremap` moves the waiting runs and keeps their image addresses.
+//! - While an event waits to be read, the kernel refuses every fill with
+//!   `EAGAIN`; the handler then reads the event and works out again what to
+//!   place, so nothing is placed by a picture that is out of date. The
+//!   kernel hands out waiting faults before waiting events, so all events
+//!   read are applied before the faults read with them.
+//! - A fill can stop part way (`EAGAIN` with a count), find its first page
+//!   present (`EEXIST`) or span two mappings after an `mprotect` (`ENOENT`):
+//!   it goes on page by page, and wakes whatever it does not fill.
+//!
+//! **Fork.** The handler is a thread of the restored process. Serving a
+//! child's userfaultfd, as CRIU does, would keep forks instant, but a child
+//! that outlives its parent would lose its server with the parent, and the
+//! pages it had not received would read zeros. So a `pthread_atfork` hook
+//! finishes the restore before every fork through the C library: the child
+//! starts with every page and needs nothing from this thread. The hook also
+//! keeps such forks from ever reaching the handler as events: the C library
+//! holds its allocator locks across the fork system call, and the handler
+//! allocates. A raw fork system call bypasses the hook; its fork event hands
+//! over the child's userfaultfd, which the handler serves first. Such a
+//! child also holds copies of the handler's descriptors, so the handler
+//! keeps serving it (and probes now and then whether it is gone).
+//!
+//! **Letting go.** Once this process has every page, the handler unregisters
+//! every mapping of its userfaultfd (in `/proc/self/smaps`, flag `um`, which
+//! also finds what a growing `mremap` added), waits until no event is on its
+//! way, and closes it. Unregistering first matters: a copy of the
+//! descriptor held elsewhere (a raw fork's child, a `vfork` child before its
+//! `exec`) would otherwise keep the ranges armed with nobody reading.
 //!
 //! No thread waits for ever: every fault ends in a copy, a zero page, a wake
 //! or a signal. A chunk that fails to decode (damage) is never served as
 //! wrong bytes: in this process its range is made inaccessible and
 //! unregistered, so the touching thread gets SIGSEGV at that address (in a
-//! raw-forked child, SIGBUS), and [`LazyStats::error`] says why. Dropping the
-//! handle places every page still waiting before it returns.
+//! raw fork's child it is poisoned, SIGBUS), and [`LazyStats::error`] says
+//! why.
 //!
 //! # The seam for other sources
 //!
