@@ -24,6 +24,7 @@ pub fn child_role(role: &str) -> bool {
     match role {
         "lazy-twin" => twin(),
         "lazy-damaged" => damaged(),
+        "skip-probe" => ls::skip("skip_probe", "nothing here"),
         _ => return crate::lazy_alloc::child_role(role),
     }
     true
@@ -805,4 +806,36 @@ fn lazy_damaged_chunk_is_sigsegv_never_wrong_bytes() {
             );
         }
     }
+}
+
+#[test]
+fn skips_are_logged_and_fail_where_everything_must_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("skips");
+    let o = run_limited(
+        "skip-probe",
+        &[
+            ("MEMIMG_SKIP_LOG", log.display().to_string()),
+            // Empty counts as unset (the suite itself may run with it set).
+            ("MEMIMG_REQUIRE_ALL", String::new()),
+        ],
+        ls::limit(),
+    );
+    assert!(o.ok(), "{}", o.out);
+    assert!(o.out.contains("skipped: nothing here"), "{}", o.out);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "skip_probe\tnothing here\n"
+    );
+    let o = run_limited(
+        "skip-probe",
+        &[("MEMIMG_REQUIRE_ALL", "1".into())],
+        ls::limit(),
+    );
+    assert!(
+        !o.ok(),
+        "a skip passed where everything must run:\n{}",
+        o.out
+    );
+    assert!(o.out.contains("would skip: nothing here"), "{}", o.out);
 }
