@@ -617,6 +617,12 @@ impl<S: ChunkSource> Handler<S> {
             if self.released && self.spaces.is_empty() {
                 return;
             }
+            // Faults come before prefetching: a fault that arrived while the
+            // last ones were answered is answered before the next piece.
+            self.read_messages();
+            if self.spaces.iter().any(|s| !s.faults.is_empty()) {
+                continue;
+            }
             let shared = &self.eng.shared;
             let main_too =
                 shared.prefetch.load(Ordering::Relaxed) || shared.finish.load(Ordering::Relaxed);
