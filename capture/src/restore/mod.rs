@@ -24,8 +24,9 @@
 //! as it uses any private anonymous memory, and it sees what the kernel
 //! promises for that memory: the tests run each item below in a lazily
 //! restored process and in an eagerly restored twin, and compare every
-//! page. Figures are from a 192 MiB region (66 MiB of zstd:1) on the 2-core
-//! development machine, under load.
+//! page. Figures are from the `lazy_costs` measurement of the capture
+//! tests (a 192 MiB region, 64 MiB of zstd:1) on the 2-core development
+//! machine, under load; see the README.
 //!
 //! - **Read and write**, from any number of threads, from system calls
 //!   (`read(2)` into restored memory, `process_vm_readv` from another
@@ -35,9 +36,9 @@
 //! - **`MADV_DONTNEED`**: the range reads zeros, whether its pages had
 //!   arrived or not, and the prefetcher never writes the image there
 //!   afterwards. While pages are still arriving, each call waits for the
-//!   handler thread to take note (4 to 8 µs against 2 to 4 µs), and a touch
-//!   of a discarded page is answered with a zero page by the handler (about
-//!   4 µs against 1 µs). `MADV_FREE` is reported the same way: pages that
+//!   handler thread to take note (4 to 21 µs against 2 to 4 µs; mostly the
+//!   time to schedule that thread), and a touch of a discarded page is
+//!   answered with a zero page by the handler (4 to 7 µs against 1 to 3). `MADV_FREE` is reported the same way: pages that
 //!   had not arrived read zeros, which the kernel allows. `MADV_REMOVE`
 //!   fails on private memory, restored or not.
 //! - **`mremap`**: pages move with the mapping, and those still waiting
@@ -51,8 +52,8 @@
 //!   Rust's `Command` do when they cannot use `posix_spawn`): the first fork
 //!   **waits for the rest of the image** to be placed, then the restore is
 //!   over and the child shares fully restored memory, copy-on-write. It may
-//!   outlive its parent. The first fork took 106 to 186 ms, where the
-//!   eager twin's took 9 to 20 ms; later forks cost what forks cost.
+//!   outlive its parent. The first fork took 125 to 161 ms, where the
+//!   eager twin's took 6 to 19 ms; later forks cost what forks cost.
 //!   `vfork` and `posix_spawn` share the address space and cost nothing.
 //! - **A raw `fork`/`clone` system call**, which bypasses the C library's
 //!   fork hooks: the child is served through the userfaultfd the kernel
