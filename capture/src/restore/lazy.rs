@@ -32,6 +32,8 @@
 //! - A fill can stop part way (`EAGAIN` with a count), find its first page
 //!   present (`EEXIST`) or span two mappings after an `mprotect` (`ENOENT`):
 //!   it goes on page by page, and wakes whatever it does not fill.
+//! - Faults come first: the prefetcher takes the next piece only when no
+//!   fault waits.
 //!
 //! **Fork.** The handler is a thread of the restored process. Serving a
 //! child's userfaultfd, as CRIU does, would keep forks instant, but a child
@@ -63,9 +65,13 @@
 //! # The seam for other sources
 //!
 //! Fetching a chunk's bytes and placing them are apart: the handler asks a
-//! [`ChunkSource`] (today the image file, `Image::decode_extent`) for a
+//! [`ChunkSource`] (today the image, `Image::decode_extent`, whose bytes
+//! may already come from any store through `Image::from_read_at`) for a
 //! piece's bytes, then places them. A source for a remote image implements
-//! the same trait; everything above holds for it unchanged.
+//! the same trait; everything above holds for it unchanged. Two things a
+//! source must bear in mind: it runs on the handler thread, so a slow fetch
+//! delays every fault behind it; and a fork waits until every piece has
+//! been fetched (for a remote image, downloaded).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
