@@ -1,173 +1,306 @@
 //! Lazy restore through userfaultfd.
 //!
 //! The regions are registered in "missing" mode: the first touch of a page
-//! that was never filled stops the touching thread and sends an event to
-//! the handler thread, which decodes the whole extent holding it (one chunk,
-//! decrypted and decompressed as needed) and installs it with `UFFDIO_COPY`,
-//! which also wakes the thread; zero extents are installed with
-//! `UFFDIO_ZEROPAGE`, a chunk-sized piece at a time. The same thread can
-//! prefetch the rest in the background between faults.
+//! that was never filled stops the touching thread and sends a message to
+//! the handler thread, which fetches the whole piece holding it (one chunk,
+//! decrypted and decompressed as needed) and places it with `UFFDIO_COPY`,
+//! which also wakes the thread; zero extents are placed with
+//! `UFFDIO_ZEROPAGE`, a chunk-sized piece at a time. Between faults the same
+//! thread can prefetch the rest.
 //!
-//! A chunk that fails to decode (damage) is never served as wrong bytes: its
-//! range is made inaccessible and unregistered, so the touching thread gets
-//! SIGSEGV at that address, and [`LazyStats::error`] says why.
+//! # Following the program's changes
+//!
+//! What a program sees, and what it costs, is listed in the module docs of
+//! `restore`. How: the handler asks the kernel to report the program's
+//! changes to its own memory (`UFFD_FEATURE_EVENT_REMAP`, `_REMOVE`,
+//! `_UNMAP` and, with `CAP_SYS_PTRACE`, `_FORK`), and keeps, for each
+//! address space, the runs of pages still waiting for the image's bytes
+//! with the image address each comes from ([`Pending`]), as CRIU's
+//! lazy-pages daemon does.
+//!
+//! - A discarded (`MADV_DONTNEED`, `MADV_FREE`) or unmapped range stops
+//!   waiting. The kernel drops the pages only after the handler has read
+//!   the event, and a page dropped that way faults again: any fault on a
+//!   page that no longer waits is answered with a zero page, never with the
+//!   image (on a page that is present, that is a harmless `EEXIST`).
+//! - `mremap` moves the waiting runs and keeps their image addresses.
+//! - While an event waits to be read, the kernel refuses every fill with
+//!   `EAGAIN`; the handler then reads the event and works out again what to
+//!   place, so nothing is placed by a picture that is out of date. The
+//!   kernel hands out waiting faults before waiting events, so all events
+//!   read are applied before the faults read with them.
+//! - A fill can stop part way (`EAGAIN` with a count), find its first page
+//!   present (`EEXIST`) or span two mappings after an `mprotect` (`ENOENT`):
+//!   it goes on page by page, and wakes whatever it does not fill.
+//! - Faults come first: the prefetcher takes the next piece only when no
+//!   fault waits.
+//!
+//! **Fork.** The handler is a thread of the restored process. Serving a
+//! child's userfaultfd, as CRIU does, would keep forks instant, but a child
+//! that outlives its parent would lose its server with the parent, and the
+//! pages it had not received would read zeros. So a `pthread_atfork` hook
+//! finishes the restore before every fork through the C library: the child
+//! starts with every page and needs nothing from this thread. The hook also
+//! keeps such forks from ever reaching the handler as events: the C library
+//! holds its allocator locks across the fork system call, and the handler
+//! allocates. A raw fork system call bypasses the hook; its fork event hands
+//! over the child's userfaultfd, which the handler serves first. Such a
+//! child also holds copies of the handler's descriptors, so the handler
+//! keeps serving it (and probes now and then whether it is gone).
+//!
+//! **Letting go.** Once this process has every page, the handler unregisters
+//! every mapping of its userfaultfd (in `/proc/self/smaps`, flag `um`, which
+//! also finds what a growing `mremap` added), waits until no event is on its
+//! way, and closes it. Unregistering first matters: a copy of the
+//! descriptor held elsewhere (a raw fork's child, a `vfork` child before its
+//! `exec`) would otherwise keep the ranges armed with nobody reading.
+//!
+//! No thread waits for ever: every fault ends in a copy, a zero page, a wake
+//! or a signal. A chunk that fails to decode (damage) is never served as
+//! wrong bytes: in this process its range is made inaccessible and
+//! unregistered, so the touching thread gets SIGSEGV at that address (in a
+//! raw fork's child it is poisoned, SIGBUS), and [`LazyStats::error`] says
+//! why.
+//!
+//! # The seam for other sources
+//!
+//! Fetching a chunk's bytes and placing them are apart: the handler asks a
+//! [`ChunkSource`] (today the image, `Image::decode_extent`, whose bytes
+//! may already come from any store through `Image::from_read_at`) for a
+//! piece's bytes, then places them. A source for a remote image implements
+//! the same trait; everything above holds for it unchanged. Two things a
+//! source must bear in mind: it runs on the handler thread, so a slow fetch
+//! delays every fault behind it; and a fork waits until every piece has
+//! been fetched (for a remote image, downloaded).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Once, Weak};
 use std::thread::JoinHandle;
 
-use memimg::{ExtentKind, Image, Region};
+use memimg::{Extent, ExtentKind, Image, Region};
 
+use super::pending::{Pending, Run};
+use super::uffd::{feature, Msg, RawMsg, Uffd};
 use super::usize_of;
 use crate::error::RestoreError;
 
-// From <linux/userfaultfd.h>; the ioctl numbers encode the struct sizes below.
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
-const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
-const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
-const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
-const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
-const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
-const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-/// Bits of `uffdio_register.ioctls`: `_UFFDIO_COPY` and `_UFFDIO_ZEROPAGE`.
-const NEED_IOCTLS: u64 = (1 << 3) | (1 << 4);
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
+/// Where the handler gets a chunk's bytes: the seam between fetching
+/// (reading, decrypting, decompressing; for a remote image, downloading) and
+/// placing (userfaultfd). Only the handler thread uses it.
+pub(crate) trait ChunkSource: Send + 'static {
+    /// Writes the content of the data extent `ext` into `out`, which is
+    /// exactly as long as the extent.
+    ///
+    /// # Errors
+    /// Why the bytes cannot be had (damage, a wrong key, an I/O error): the
+    /// extent's pages are then made inaccessible, never filled with wrong
+    /// bytes.
+    fn fetch(&mut self, ext: &Extent, out: &mut [u8]) -> Result<(), memimg::Error>;
 }
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
+impl ChunkSource for Image {
+    fn fetch(&mut self, ext: &Extent, out: &mut [u8]) -> Result<(), memimg::Error> {
+        self.decode_extent(ext, out)
+    }
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
+/// The events without which a lazily restored program could read wrong
+/// bytes or hang: see the module docs.
+const NEED: u64 = feature::EVENT_REMAP | feature::EVENT_REMOVE | feature::EVENT_UNMAP;
 
-#[repr(C)]
-#[derive(Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioZeropage {
-    range: UffdioRange,
-    mode: u64,
-    zeropage: i64,
-}
-
-/// `struct uffd_msg`: 32 bytes; for a page fault, `arg` holds flags,
-/// address and thread id.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct UffdMsg {
-    event: u8,
-    reserved: [u8; 7],
-    arg: [u64; 3],
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// Opens a userfaultfd, through the system call or `/dev/userfaultfd`.
-fn open_uffd() -> Result<OwnedFd, String> {
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: the userfaultfd system call takes only flags.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if let Ok(fd) = i32::try_from(fd) {
-        if fd >= 0 {
-            // SAFETY: fd is a new descriptor that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+/// Enables the features a lazy restore uses on `uffd`; returns them.
+fn negotiate(uffd: &Uffd) -> Result<u64, String> {
+    let offered = Uffd::open()?
+        .api(0)
+        .map_err(|e| format!("UFFDIO_API: {e}"))?;
+    if offered & NEED != NEED {
+        return Err(
+            "the kernel does not report mremap, madvise and munmap to a userfaultfd (Linux 4.11 or later is needed)"
+                .into(),
+        );
+    }
+    let mut want = NEED | (offered & (feature::EVENT_FORK | feature::THREAD_ID | feature::POISON));
+    loop {
+        match uffd.api(want) {
+            Ok(_) => return Ok(want),
+            // Fork events need CAP_SYS_PTRACE. Forks through the C library
+            // are still right without them (they wait for the whole image).
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && want & feature::EVENT_FORK != 0 => {
+                want &= !feature::EVENT_FORK;
+            }
+            Err(e) => return Err(format!("UFFDIO_API: {e}")),
         }
     }
-    let first = std::io::Error::last_os_error();
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/userfaultfd")
-        .map_err(|e| {
-            format!(
-                "userfaultfd is not available ({first}; /dev/userfaultfd: {e}): run as root, or set vm.unprivileged_userfaultfd=1"
-            )
-        })?;
-    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its integer argument.
-    let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) };
-    if fd < 0 {
-        return Err(format!(
-            "userfaultfd is not available: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Why a lazy restore cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
-    open_uffd().err()
+    match Uffd::open() {
+        Ok(u) => negotiate(&u).err(),
+        Err(e) => Some(e),
+    }
 }
 
-/// A piece of a region the handler fills in one go.
+/// A piece of the image the handler fetches and places in one go: a data
+/// extent (one chunk), or a chunk-sized part of a zero extent.
 #[derive(Debug, Clone, Copy)]
 struct Unit {
+    /// Its image address.
     addr: u64,
     len: u64,
-    /// The data extent to decode; `None` for zeros.
-    extent: Option<memimg::Extent>,
+    /// The data extent to fetch; `None` for zeros.
+    extent: Option<Extent>,
 }
 
 /// What a lazy restore's handler has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LazyStats {
-    /// Page faults served.
+    /// Page faults read (in this process, and in children of raw forks).
     pub faults: u64,
-    /// Pieces (chunks or zero runs) filled, by fault or prefetch.
+    /// Faults answered with a zero page because the page no longer waited
+    /// for the image: the program had discarded it (`MADV_DONTNEED`), the
+    /// kernel had dropped it, or it lies outside the image (the part a
+    /// growing `mremap` adds).
+    pub refaults: u64,
+    /// Pieces (chunks or zero runs) of this process with no page left
+    /// waiting: placed by fault or prefetch, or discarded by the program.
     pub units_done: u64,
     /// Pieces in all.
     pub units_total: u64,
-    /// Bytes decoded and copied in.
+    /// Bytes fetched and copied in.
     pub bytes_copied: u64,
+    /// Forks reported by the kernel: raw fork system calls, whose children
+    /// the handler serves (see the module docs).
+    pub forks: u64,
+    /// `mremap` moves of restored memory.
+    pub remaps: u64,
+    /// `madvise` discards of restored memory.
+    pub removes: u64,
+    /// Unmappings of restored memory.
+    pub unmaps: u64,
+    /// Every page of this process has its bytes and the userfaultfd was
+    /// let go: the regions are ordinary memory now.
+    pub released: bool,
     /// The first chunk that failed to decode, if any.
     pub error: Option<String>,
 }
 
-#[derive(Default)]
+/// Where the handler is, for the threads that wait on it.
+#[derive(Debug, Clone, Copy, Default)]
+struct State {
+    /// This process has every page and the handler let its userfaultfd go.
+    released: bool,
+    /// Children of raw forks still wait for pages.
+    children_waiting: bool,
+    /// The handler thread has ended.
+    ended: bool,
+}
+
 struct Shared {
-    stop: AtomicBool,
+    /// An eventfd that wakes the handler thread.
+    wake: OwnedFd,
+    /// The process the handler thread runs in. A forked child has a copy of
+    /// this value and no thread behind it.
+    pid: u32,
     prefetch: AtomicBool,
+    /// Place every page now (the handle is dropped, or the process forks).
+    finish: AtomicBool,
     faults: AtomicU64,
+    refaults: AtomicU64,
     units_done: AtomicU64,
     bytes_copied: AtomicU64,
+    forks: AtomicU64,
+    remaps: AtomicU64,
+    removes: AtomicU64,
+    unmaps: AtomicU64,
     error: Mutex<Option<String>>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn poke(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    fn state(&self) -> State {
+        self.state.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut State)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds, or the handler thread has ended.
+    fn wait(&self, done: impl Fn(&State) -> bool) {
+        let Ok(mut s) = self.state.lock() else { return };
+        while !done(&s) && !s.ended {
+            s = match self.changed.wait(s) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+    }
+
+    fn note_error(&self, why: String) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(why);
+        }
+    }
+
+    fn count(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The handlers of this process, for the fork hook.
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+static HOOK: Once = Once::new();
+
+fn track(shared: &Arc<Shared>) {
+    HOOK.call_once(|| {
+        // SAFETY: registers a function that takes no arguments, to run in the
+        // forking thread before each fork through the C library.
+        unsafe { libc::pthread_atfork(Some(before_fork), None, None) };
+    });
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(shared));
+    }
+}
+
+/// Runs in the forking thread before every fork through the C library (and
+/// before the C library takes its own locks, so allocating is fine): places
+/// every page still waiting, so that the child starts with fully restored
+/// memory and needs nothing from this process's handler thread.
+extern "C" fn before_fork() {
+    let live: Vec<Arc<Shared>> = match LIVE.lock() {
+        Ok(l) => l.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => return,
+    };
+    let me = std::process::id();
+    let mine: Vec<&Arc<Shared>> = live.iter().filter(|s| s.pid == me).collect();
+    for s in &mine {
+        s.finish.store(true, Ordering::SeqCst);
+        s.poke();
+    }
+    for s in &mine {
+        s.wait(|st| st.released && !st.children_waiting);
+    }
 }
 
 /// The fault handler of a lazy restore. It owns the handler thread; dropping
-/// it fills every page not yet filled, then stops the thread.
+/// it places every page not yet placed, then stops the thread (which stays,
+/// after a raw fork, to serve the children; see the module docs).
 pub struct LazyHandle {
     shared: Arc<Shared>,
-    wake: OwnedFd,
     units_total: u64,
     thread: Option<JoinHandle<()>>,
 }
@@ -182,45 +315,10 @@ impl std::fmt::Debug for LazyHandle {
 
 impl LazyHandle {
     pub(super) fn start(img: Image, regions: &[Region]) -> Result<LazyHandle, RestoreError> {
-        let unavailable = |why: String| RestoreError::StrategyUnavailable {
-            strategy: "lazy",
-            why,
-        };
-        let uffd = open_uffd().map_err(unavailable)?;
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            ..UffdioApi::default()
-        };
-        // SAFETY: api is a valid uffdio_api the kernel reads and writes.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
-            return Err(RestoreError::last_os("UFFDIO_API"));
-        }
         let ps = img.header().page_size;
         let piece = u64::from(img.header().chunk_size);
         let mut units = Vec::new();
         for r in regions {
-            let mut reg = UffdioRegister {
-                range: UffdioRange {
-                    start: r.info.start,
-                    len: r.info.len,
-                },
-                mode: UFFDIO_REGISTER_MODE_MISSING,
-                ioctls: 0,
-            };
-            // SAFETY: reg is a valid uffdio_register; the range is a mapping
-            // this restore made.
-            if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
-                return Err(RestoreError::last_os(format!(
-                    "registering {:#x}-{:#x} with userfaultfd",
-                    r.info.start,
-                    r.info.end()
-                )));
-            }
-            if reg.ioctls & NEED_IOCTLS != NEED_IOCTLS {
-                return Err(unavailable(
-                    "the kernel does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE here".into(),
-                ));
-            }
             for e in img.region_extents(r)? {
                 match e.kind {
                     ExtentKind::Data => units.push(Unit {
@@ -243,64 +341,138 @@ impl LazyHandle {
                 }
             }
         }
+        let ranges: Vec<(u64, u64)> = regions
+            .iter()
+            .map(|r| (r.info.start, r.info.end()))
+            .collect();
+        Self::start_with(img, units, &ranges, u64::from(ps))
+    }
+
+    fn start_with<S: ChunkSource>(
+        src: S,
+        units: Vec<Unit>,
+        ranges: &[(u64, u64)],
+        ps: u64,
+    ) -> Result<LazyHandle, RestoreError> {
+        let unavailable = |why: String| RestoreError::StrategyUnavailable {
+            strategy: "lazy",
+            why,
+        };
         // SAFETY: eventfd takes an initial value and flags.
         let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if wake < 0 {
             return Err(RestoreError::last_os("eventfd"));
         }
-        // SAFETY: wake is a new descriptor that nothing else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        let wake_fd = wake.as_raw_fd();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            // SAFETY: wake is a new descriptor that nothing else owns.
+            wake: unsafe { OwnedFd::from_raw_fd(wake) },
+            pid: std::process::id(),
+            prefetch: AtomicBool::new(false),
+            finish: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+            refaults: AtomicU64::new(0),
+            units_done: AtomicU64::new(0),
+            bytes_copied: AtomicU64::new(0),
+            forks: AtomicU64::new(0),
+            remaps: AtomicU64::new(0),
+            removes: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+            error: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        // Known to the fork hook before any range is registered: a fork from
+        // another thread from now on waits for this restore to finish, and
+        // never reaches the handler as an event while the C library holds
+        // its allocator locks (the handler allocates).
+        track(&shared);
+        let mut starting = Starting(Some(Arc::clone(&shared)));
+        let uffd = Uffd::open().map_err(unavailable)?;
+        let features = negotiate(&uffd).map_err(unavailable)?;
+        let mut poison = features & feature::POISON != 0;
+        let mut pending = Pending::default();
+        for &(start, end) in ranges {
+            let (basic, can_poison) = uffd.register_missing(start, end - start).map_err(|e| {
+                RestoreError::io(
+                    format!("registering {start:#x}-{end:#x} with userfaultfd"),
+                    e,
+                )
+            })?;
+            if !basic {
+                return Err(unavailable(
+                    "the kernel does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE here".into(),
+                ));
+            }
+            poison &= can_poison;
+            pending.insert(start, end, start);
+        }
         let units_total = units.len() as u64;
-        let mut handler = Handler {
-            uffd,
-            wake: wake_fd,
-            img,
-            done: vec![false; units.len()],
-            units,
-            next: 0,
-            buf: Vec::new(),
-            shared: Arc::clone(&shared),
-            ps: u64::from(ps),
+        let left = units.iter().map(|u| u.len).collect();
+        let handler = Handler {
+            eng: Engine {
+                src,
+                shared: Arc::clone(&shared),
+                ps,
+                units,
+                left,
+                poison,
+                buf: Vec::new(),
+                buf_unit: None,
+            },
+            spaces: vec![Space {
+                uffd,
+                pending,
+                faults: VecDeque::new(),
+                known: ranges.to_vec(),
+                damaged: Vec::new(),
+                main: true,
+                probe_at: ranges.first().map_or(0x10000, |r| r.0),
+                dead: false,
+            }],
+            raw: [RawMsg::default(); 16],
+            msgs: Vec::new(),
+            released: false,
         };
         let thread = std::thread::Builder::new()
             .name("memimg-uffd".into())
             .spawn(move || handler.run())
             .map_err(|e| RestoreError::io("starting the fault handler thread", e))?;
+        // The thread owns the ending now.
+        starting.0 = None;
         Ok(LazyHandle {
             shared,
-            wake,
             units_total,
             thread: Some(thread),
         })
-    }
-
-    fn poke(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a valid buffer to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
     }
 
     /// Starts filling every page not yet touched, in the background, between
     /// faults (which are still served first).
     pub fn prefetch(&self) {
         self.shared.prefetch.store(true, Ordering::Relaxed);
-        self.poke();
+        self.shared.poke();
     }
 
     /// What the handler has done so far.
     pub fn stats(&self) -> LazyStats {
+        let s = &self.shared;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         LazyStats {
-            faults: self.shared.faults.load(Ordering::Relaxed),
-            units_done: self.shared.units_done.load(Ordering::Relaxed),
+            faults: get(&s.faults),
+            refaults: get(&s.refaults),
+            units_done: get(&s.units_done),
             units_total: self.units_total,
-            bytes_copied: self.shared.bytes_copied.load(Ordering::Relaxed),
-            error: self.shared.error.lock().ok().and_then(|e| e.clone()),
+            bytes_copied: get(&s.bytes_copied),
+            forks: get(&s.forks),
+            remaps: get(&s.remaps),
+            removes: get(&s.removes),
+            unmaps: get(&s.unmaps),
+            released: s.state().released,
+            error: s.error.lock().ok().and_then(|e| e.clone()),
         }
     }
 
-    /// Fills every page not yet filled, stops the thread and returns the
+    /// Places every page not yet placed, stops the thread and returns the
     /// final statistics.
     pub fn finish(mut self) -> LazyStats {
         self.stop();
@@ -308,11 +480,21 @@ impl LazyHandle {
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.shared.stop.store(true, Ordering::Relaxed);
-            self.poke();
+        let Some(t) = self.thread.take() else { return };
+        if std::process::id() != self.shared.pid {
+            // A forked child's copy of the handle: the thread is the
+            // parent's, and joining it here would wait for ever.
+            std::mem::forget(t);
+            return;
+        }
+        self.shared.finish.store(true, Ordering::SeqCst);
+        self.shared.poke();
+        self.shared.wait(|s| s.released);
+        if self.shared.state().ended {
             let _ = t.join();
         }
+        // Otherwise the thread still serves children of raw forks, and ends
+        // when they are gone: dropping the JoinHandle detaches it.
     }
 }
 
@@ -322,195 +504,565 @@ impl Drop for LazyHandle {
     }
 }
 
-struct Handler {
-    uffd: OwnedFd,
-    wake: i32,
-    img: Image,
-    units: Vec<Unit>,
-    done: Vec<bool>,
-    /// Next unit the prefetch looks at.
-    next: usize,
-    buf: Vec<u8>,
-    shared: Arc<Shared>,
-    ps: u64,
+/// One address space the handler serves: this process, or a child of a raw
+/// fork.
+struct Space {
+    uffd: Uffd,
+    pending: Pending,
+    /// Faults read and not yet answered: (address, thread id).
+    faults: VecDeque<(u64, i32)>,
+    /// The ranges registered with `uffd`, as far as the handler knows: the
+    /// regions, plus where `mremap` moved them, less what was unmapped.
+    known: Vec<(u64, u64)>,
+    /// Damaged ranges of a child, where the kernel cannot poison: a touch
+    /// gets SIGBUS.
+    damaged: Vec<(u64, u64)>,
+    /// This process (its damaged ranges get SIGSEGV; its pieces count in
+    /// the statistics).
+    main: bool,
+    /// A page-aligned user address for [`Space::probe`]: the first region's.
+    probe_at: u64,
+    /// The process is gone.
+    dead: bool,
 }
 
-impl Handler {
-    fn run(&mut self) {
+/// What one step of the handler came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Did what it set out to do.
+    Did,
+    /// Nothing to do.
+    Idle,
+    /// The kernel refused to fill because an event waits to be read: read
+    /// messages, then try again.
+    Blocked,
+    /// The address space is gone.
+    Gone,
+}
+
+/// Fetching and placing, apart from the spaces it works on.
+struct Engine<S> {
+    src: S,
+    shared: Arc<Shared>,
+    ps: u64,
+    /// Sorted by image address.
+    units: Vec<Unit>,
+    /// Bytes of each unit still waiting in this process.
+    left: Vec<u64>,
+    /// The kernel offers UFFDIO_POISON on every region.
+    poison: bool,
+    buf: Vec<u8>,
+    /// The unit whose bytes `buf` holds.
+    buf_unit: Option<usize>,
+}
+
+struct Handler<S> {
+    eng: Engine<S>,
+    /// This process's space first, until released; then children of raw
+    /// forks.
+    spaces: Vec<Space>,
+    raw: [RawMsg; 16],
+    msgs: Vec<Msg>,
+    released: bool,
+}
+
+/// Marks the handler ended when its thread returns, however it returns, so
+/// that nothing waits on it for ever.
+struct Ended(Arc<Shared>);
+
+/// Marks the handler ended if it fails to start.
+struct Starting(Option<Arc<Shared>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.set(|s| s.ended = true);
+        }
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.set(|s| s.ended = true);
+    }
+}
+
+impl<S: ChunkSource> Handler<S> {
+    fn run(mut self) {
+        let _ended = Ended(Arc::clone(&self.eng.shared));
+        let mut told = (false, false);
         loop {
-            let stop = self.shared.stop.load(Ordering::Relaxed);
-            let prefetch = self.shared.prefetch.load(Ordering::Relaxed) || stop;
-            while self.next < self.units.len() && self.done[self.next] {
-                self.next += 1;
+            self.read_messages();
+            let mut blocked = false;
+            for sp in &mut self.spaces {
+                blocked |= self.eng.answer_faults(sp) == Step::Blocked;
             }
-            let more = self.next < self.units.len();
-            if stop && !more {
-                // Every page is in place: closing the uffd is now harmless.
+            self.spaces.retain(|s| !s.dead);
+            if blocked {
+                self.sleep(10);
+                continue;
+            }
+            let placed = self
+                .spaces
+                .first()
+                .is_some_and(|s| s.main && s.pending.is_empty() && s.faults.is_empty());
+            if !self.released && placed && self.release() == Step::Blocked {
+                self.sleep(1);
+                continue;
+            }
+            let now = (
+                self.released,
+                self.spaces.iter().any(|s| !s.main && !s.pending.is_empty()),
+            );
+            if now != told {
+                told = now;
+                self.eng
+                    .shared
+                    .set(|s| (s.released, s.children_waiting) = now);
+            }
+            if self.released && self.spaces.is_empty() {
                 return;
             }
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.uffd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let timeout = if prefetch && more { 0 } else { -1 };
-            // SAFETY: fds is a valid array of two pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-            if n < 0 && last_errno() != libc::EINTR {
-                return;
+            // Faults come before prefetching: a fault that arrived while the
+            // last ones were answered is answered before the next piece.
+            self.read_messages();
+            if self.spaces.iter().any(|s| !s.faults.is_empty()) {
+                continue;
             }
-            if fds[1].revents & libc::POLLIN != 0 {
-                let mut v = [0u8; 8];
-                // SAFETY: reads 8 bytes into a valid buffer from our eventfd.
-                unsafe { libc::read(self.wake, v.as_mut_ptr().cast(), 8) };
+            let shared = &self.eng.shared;
+            let main_too =
+                shared.prefetch.load(Ordering::Relaxed) || shared.finish.load(Ordering::Relaxed);
+            // Children first: they may outlive this process.
+            let target = self
+                .spaces
+                .iter()
+                .position(|s| !s.main && !s.pending.is_empty())
+                .or_else(|| {
+                    self.spaces
+                        .iter()
+                        .position(|s| s.main && !s.pending.is_empty())
+                        .filter(|_| main_too)
+                });
+            if let Some(i) = target {
+                match self.eng.fill_first(&mut self.spaces[i]) {
+                    Step::Blocked => {
+                        self.sleep(10);
+                    }
+                    Step::Gone => self.spaces[i].dead = true,
+                    _ => {}
+                }
+                continue;
             }
-            if fds[0].revents & libc::POLLIN != 0 {
-                self.serve_faults();
-            } else if prefetch && more {
-                self.fill(self.next);
+            // Children that have every page stay registered (a copy of their
+            // userfaultfd may live in another child): probe now and then
+            // whether they are gone.
+            let idle = self.spaces.iter().any(|s| !s.main);
+            if !self.sleep(if idle { 1000 } else { -1 }) {
+                let ps = self.eng.ps;
+                for sp in self.spaces.iter_mut().filter(|s| !s.main) {
+                    sp.dead = sp.probe(ps) == Some(libc::ESRCH);
+                }
             }
         }
     }
 
-    fn serve_faults(&mut self) {
-        let mut msgs = [UffdMsg::default(); 16];
-        loop {
-            // SAFETY: reads whole uffd_msg structs into a valid array.
-            let n = unsafe {
-                libc::read(
-                    self.uffd.as_raw_fd(),
-                    msgs.as_mut_ptr().cast(),
-                    std::mem::size_of_val(&msgs),
-                )
-            };
-            let Ok(n) = usize::try_from(n) else { return };
-            let count = n / std::mem::size_of::<UffdMsg>();
-            if count == 0 {
-                return;
-            }
-            for m in &msgs[..count] {
-                if m.event != UFFD_EVENT_PAGEFAULT {
-                    continue;
+    /// Reads every message waiting, applies the events in the order they
+    /// came, and queues the faults. All events read are applied before any
+    /// fault is answered: the kernel hands out waiting faults before
+    /// waiting events, so a fault may concern a page an event already moved
+    /// or discarded.
+    fn read_messages(&mut self) {
+        let mut born = Vec::new();
+        for sp in &mut self.spaces {
+            loop {
+                self.msgs.clear();
+                let n = sp.uffd.read(&mut self.raw, &mut self.msgs);
+                for &m in &self.msgs {
+                    self.eng.apply(sp, m, &mut born);
                 }
-                self.shared.faults.fetch_add(1, Ordering::Relaxed);
-                let addr = m.arg[1] / self.ps * self.ps;
-                let i = self.units.partition_point(|u| u.addr + u.len <= addr);
-                if i < self.units.len() && self.units[i].addr <= addr {
-                    if self.done[i] {
-                        // Filled between the fault and now: just wake it.
-                        self.ioctl_range(UFFDIO_WAKE, addr, self.ps);
-                    } else {
-                        self.fill(i);
+                if n < self.raw.len() {
+                    break;
+                }
+            }
+        }
+        self.spaces.extend(born);
+    }
+
+    /// Waits up to `ms` (-1: for ever) for a message or a poke; returns
+    /// whether something came.
+    fn sleep(&mut self, ms: i32) -> bool {
+        let mut fds: Vec<libc::pollfd> = self
+            .spaces
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.uffd.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let wake = self.eng.shared.wake.as_raw_fd();
+        fds.push(libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let n = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
+        // SAFETY: fds is a valid array of n pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
+        if fds.last().is_some_and(|f| f.revents & libc::POLLIN != 0) {
+            let mut v = [0u8; 8];
+            // SAFETY: reads 8 bytes into a valid buffer from our eventfd.
+            unsafe { libc::read(wake, v.as_mut_ptr().cast(), 8) };
+        }
+        rc != 0
+    }
+
+    /// This process has every page: let its userfaultfd go, so that the
+    /// program's memory is ordinary memory again and nothing it does waits
+    /// on this thread.
+    fn release(&mut self) -> Step {
+        let Some(sp) = self.spaces.first() else {
+            return Step::Idle;
+        };
+        // Unregister first: a copy of the descriptor (in the child of a raw
+        // fork, or of a vfork before its exec) would otherwise keep the
+        // ranges armed after we close ours, with nobody reading.
+        for (s, e) in registered(&sp.known) {
+            let _ = sp.uffd.unregister(s, e - s);
+        }
+        // An event that started before the unregistering may still be on
+        // its way: the run loop reads it (and answers any fault) first.
+        // Once none is, none can come, and closing is harmless.
+        if sp.probe(self.eng.ps) == Some(libc::EAGAIN) {
+            return Step::Blocked;
+        }
+        self.spaces.remove(0);
+        self.released = true;
+        Step::Did
+    }
+}
+
+impl Space {
+    /// What a fill would fail with now, without filling anything: `EAGAIN`
+    /// while an event is on its way, `ESRCH` once the process is gone.
+    fn probe(&self, ps: u64) -> Option<i32> {
+        self.uffd.probe_copy(self.probe_at, ps)
+    }
+}
+
+impl<S: ChunkSource> Engine<S> {
+    fn apply(&mut self, sp: &mut Space, m: Msg, born: &mut Vec<Space>) {
+        let sh = &self.shared;
+        match m {
+            Msg::Fault { addr, tid } => {
+                sh.count(&sh.faults, 1);
+                sp.faults.push_back((addr, tid));
+            }
+            Msg::Fork { fd } => {
+                sh.count(&sh.forks, 1);
+                if let Some(uffd) = Uffd::from_fork(fd) {
+                    // The child has the pages this space had at the fork, and
+                    // misses the ones it missed.
+                    born.push(Space {
+                        uffd,
+                        pending: sp.pending.clone(),
+                        faults: VecDeque::new(),
+                        known: sp.known.clone(),
+                        damaged: sp.damaged.clone(),
+                        main: false,
+                        probe_at: sp.probe_at,
+                        dead: false,
+                    });
+                }
+            }
+            Msg::Remap { from, to, len } => {
+                sh.count(&sh.remaps, 1);
+                sp.pending.shift(from, to, len);
+                sp.known.push((to, to.saturating_add(len)));
+            }
+            Msg::Remove { start, end } => {
+                sh.count(&sh.removes, 1);
+                let gone = sp.pending.remove(start, end);
+                self.discount(sp.main, &gone);
+            }
+            Msg::Unmap { start, end } => {
+                sh.count(&sh.unmaps, 1);
+                let gone = sp.pending.remove(start, end);
+                self.discount(sp.main, &gone);
+                cut(&mut sp.known, start, end);
+                cut(&mut sp.damaged, start, end);
+            }
+            Msg::Other(_) => {}
+        }
+    }
+
+    /// Pages of this process stopped waiting: count the pieces that have
+    /// none left.
+    fn discount(&mut self, main: bool, gone: &[Run]) {
+        if !main {
+            return;
+        }
+        for r in gone {
+            let end = r.img + (r.end - r.start);
+            let mut i = self.units.partition_point(|u| u.addr + u.len <= r.img);
+            while let Some(u) = self.units.get(i).filter(|u| u.addr < end) {
+                let overlap = (u.addr + u.len).min(end) - u.addr.max(r.img);
+                if let Some(left) = self.left.get_mut(i) {
+                    let was = *left;
+                    *left = left.saturating_sub(overlap);
+                    if was > 0 && *left == 0 {
+                        self.shared.count(&self.shared.units_done, 1);
                     }
                 }
+                i += 1;
             }
         }
     }
 
-    fn ioctl_range(&self, req: libc::c_ulong, start: u64, len: u64) -> i32 {
-        let mut r = UffdioRange { start, len };
-        // SAFETY: r is a valid uffdio_range inside a registered region.
-        unsafe { libc::ioctl(self.uffd.as_raw_fd(), req, &mut r) }
-    }
-
-    fn fill(&mut self, i: usize) {
-        let u = self.units[i];
-        self.done[i] = true;
-        self.shared.units_done.fetch_add(1, Ordering::Relaxed);
-        match u.extent {
-            None => {
-                let mut z = UffdioZeropage {
-                    range: UffdioRange {
-                        start: u.addr,
-                        len: u.len,
-                    },
-                    ..UffdioZeropage::default()
-                };
-                // SAFETY: z is a valid uffdio_zeropage for a registered range.
-                let rc = unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) };
-                if rc != 0 && last_errno() == libc::EEXIST {
-                    self.per_page(u, None);
+    fn answer_faults(&mut self, sp: &mut Space) -> Step {
+        while let Some(&(addr, tid)) = sp.faults.front() {
+            match self.answer(sp, addr, tid) {
+                Step::Blocked => return Step::Blocked,
+                Step::Gone => {
+                    sp.dead = true;
+                    sp.faults.clear();
+                    return Step::Gone;
+                }
+                _ => {
+                    sp.faults.pop_front();
                 }
             }
-            Some(e) => {
+        }
+        Step::Idle
+    }
+
+    fn answer(&mut self, sp: &mut Space, addr: u64, tid: i32) -> Step {
+        let ps = self.ps;
+        let page = addr & !(ps - 1);
+        if let Some(run) = sp.pending.lookup(page) {
+            return self.fill(sp, page, run);
+        }
+        if sp.damaged.iter().any(|&(s, e)| s <= page && page < e) {
+            if tid > 0 {
+                // SAFETY: sends a signal to the process of the thread that
+                // touched a damaged page (a thread id names its process).
+                unsafe { libc::kill(tid, libc::SIGBUS) };
+            }
+            sp.uffd.wake(page, ps);
+            return Step::Did;
+        }
+        // The page does not wait for the image: it was placed or discarded
+        // and the kernel has dropped it since, or it is not the image's.
+        // Ordinary anonymous memory reads zeros there.
+        self.shared.count(&self.shared.refaults, 1);
+        let f = sp.uffd.zeropage(page, ps);
+        match f.errno {
+            Some(libc::EAGAIN) if f.bytes == 0 => Step::Blocked,
+            Some(libc::ESRCH) => Step::Gone,
+            None => Step::Did,
+            // Present already (EEXIST), or no longer a range of ours
+            // (ENOENT): wake the thread, which touches it again.
+            Some(_) => {
+                sp.uffd.wake(page, ps);
+                Step::Did
+            }
+        }
+    }
+
+    /// Prefetch: fills the piece holding the lowest waiting page.
+    fn fill_first(&mut self, sp: &mut Space) -> Step {
+        match sp.pending.first() {
+            Some(run) => self.fill(sp, run.start, run),
+            None => Step::Idle,
+        }
+    }
+
+    /// Fills the unit holding waiting page `page` of `run`: every waiting
+    /// page of it that lies at the same distance from the image.
+    fn fill(&mut self, sp: &mut Space, page: u64, run: Run) -> Step {
+        let delta = run.delta();
+        let img = page.wrapping_sub(delta);
+        let i = self.units.partition_point(|u| u.addr + u.len <= img);
+        let Some(u) = self.units.get(i).copied().filter(|u| u.addr <= img) else {
+            // Waiting pages all come from units; answer rather than wait.
+            let gone = sp.pending.remove(page, page + self.ps);
+            self.discount(sp.main, &gone);
+            return self.answer(sp, page, 0);
+        };
+        let lo = u.addr.wrapping_add(delta);
+        let pieces = sp.pending.pieces(lo, lo + u.len, delta);
+        if let Some(ext) = u.extent {
+            if self.buf_unit != Some(i) {
                 let len = usize_of(u.len);
                 if self.buf.len() < len {
                     self.buf.resize(len, 0);
                 }
-                if let Err(err) = self.img.decode_extent(&e, &mut self.buf[..len]) {
-                    self.poison(u, err.to_string());
-                    return;
+                self.buf_unit = None;
+                if let Err(e) = self.src.fetch(&ext, &mut self.buf[..len]) {
+                    let why = format!("{:#x}-{:#x}: {e}", u.addr, u.addr + u.len);
+                    self.damage(sp, &pieces, why);
+                    return Step::Did;
                 }
-                let mut c = UffdioCopy {
-                    dst: u.addr,
-                    src: self.buf.as_ptr() as usize as u64,
-                    len: u.len,
-                    ..UffdioCopy::default()
-                };
-                // SAFETY: c is a valid uffdio_copy whose source is our buffer
-                // of at least len bytes and whose destination is registered.
-                let rc = unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) };
-                if rc != 0 && last_errno() == libc::EEXIST {
-                    self.per_page(u, Some(len));
-                }
-                self.shared.bytes_copied.fetch_add(u.len, Ordering::Relaxed);
+                self.buf_unit = Some(i);
             }
         }
+        for (s, e) in pieces {
+            match self.place(sp, s, e, &u, delta) {
+                Step::Did => {}
+                other => return other,
+            }
+        }
+        Step::Did
     }
 
-    /// Fills a unit page by page, skipping pages already present.
-    fn per_page(&mut self, u: Unit, data: Option<usize>) {
+    /// Places `s..e` (waiting pages of unit `u`, whose bytes are in `buf`
+    /// when it has data).
+    fn place(&mut self, sp: &mut Space, s: u64, e: u64, u: &Unit, delta: u64) -> Step {
         let ps = self.ps;
-        for off in (0..u.len).step_by(usize_of(ps)) {
-            if data.is_some() {
-                let mut c = UffdioCopy {
-                    dst: u.addr + off,
-                    src: self.buf.as_ptr() as usize as u64 + off,
-                    len: ps,
-                    ..UffdioCopy::default()
+        let mut at = s;
+        // Page by page, after a range that spans two mappings (the program
+        // changed the protection of part of it).
+        let mut one = false;
+        while at < e {
+            let end = if one { at + ps } else { e };
+            let f = if u.extent.is_some() {
+                let off = usize_of(at.wrapping_sub(delta).wrapping_sub(u.addr));
+                let Some(bytes) = self.buf.get(off..off + usize_of(end - at)) else {
+                    self.damage(sp, &[(at, e)], format!("{at:#x}: outside its chunk"));
+                    return Step::Did;
                 };
-                // SAFETY: c is a valid uffdio_copy: its source is one page
-                // inside our buffer (off + ps ≤ u.len ≤ buf.len(), filled by
-                // fill), its destination one page of the registered unit.
-                unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) };
+                sp.uffd.copy(at, bytes)
             } else {
-                let mut z = UffdioZeropage {
-                    range: UffdioRange {
-                        start: u.addr + off,
-                        len: ps,
-                    },
-                    ..UffdioZeropage::default()
-                };
-                // SAFETY: z is a valid uffdio_zeropage for one page of the
-                // registered unit; the kernel reads it and writes its result.
-                unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) };
+                sp.uffd.zeropage(at, end - at)
+            };
+            if f.bytes > 0 {
+                let gone = sp.pending.remove(at, at + f.bytes);
+                self.discount(sp.main, &gone);
+                if u.extent.is_some() {
+                    self.shared.count(&self.shared.bytes_copied, f.bytes);
+                }
+                at += f.bytes;
+            }
+            match f.errno {
+                None => {}
+                Some(libc::EAGAIN) if f.bytes == 0 => return Step::Blocked,
+                // Stopped part way; go on from there.
+                Some(libc::EAGAIN) => {}
+                Some(libc::ENOENT) if !one && end - at > ps => one = true,
+                // Present already (only the first page is reported), or not
+                // ours: nothing to place there.
+                Some(libc::EEXIST) | Some(libc::ENOENT) => {
+                    let gone = sp.pending.remove(at, at + ps);
+                    self.discount(sp.main, &gone);
+                    sp.uffd.wake(at, ps);
+                    at += ps;
+                }
+                Some(libc::ESRCH) => return Step::Gone,
+                Some(err) => {
+                    let why = format!(
+                        "placing {at:#x}-{e:#x}: {}",
+                        std::io::Error::from_raw_os_error(err)
+                    );
+                    self.damage(sp, &[(at, e)], why);
+                    return Step::Did;
+                }
             }
         }
-        self.ioctl_range(UFFDIO_WAKE, u.addr, u.len);
+        Step::Did
     }
 
-    /// A chunk failed to decode: never serve wrong bytes. Make the range
-    /// inaccessible and unregister it, which wakes the waiting thread into
-    /// a SIGSEGV at the damaged address.
-    fn poison(&mut self, u: Unit, why: String) {
-        if let Ok(mut e) = self.shared.error.lock() {
-            e.get_or_insert(format!("{:#x}-{:#x}: {why}", u.addr, u.addr + u.len));
+    /// The bytes of `pieces` cannot be had: never serve wrong bytes. In this
+    /// process, make the range inaccessible and unregister it, which wakes
+    /// the waiting threads into a SIGSEGV at the damaged address; in a child,
+    /// poison it (SIGBUS on touch).
+    fn damage(&mut self, sp: &mut Space, pieces: &[(u64, u64)], why: String) {
+        self.shared.note_error(why);
+        for &(s, e) in pieces {
+            let gone = sp.pending.remove(s, e);
+            self.discount(sp.main, &gone);
+            if sp.main {
+                // SAFETY: s..e is waiting memory of a region this restore
+                // mapped (unmapped ranges stop waiting); only its protection
+                // changes.
+                unsafe {
+                    libc::mprotect(
+                        usize_of(s) as *mut libc::c_void,
+                        usize_of(e - s),
+                        libc::PROT_NONE,
+                    )
+                };
+                let _ = sp.uffd.unregister(s, e - s);
+            } else if !(self.poison && sp.uffd.poison(s, e - s).errno.is_none()) {
+                sp.damaged.push((s, e));
+                sp.uffd.wake(s, e - s);
+            }
         }
-        // SAFETY: the range is part of a region this restore mapped.
-        unsafe {
-            libc::mprotect(
-                usize_of(u.addr) as *mut libc::c_void,
-                usize_of(u.len),
-                libc::PROT_NONE,
-            )
-        };
-        self.ioctl_range(UFFDIO_UNREGISTER, u.addr, u.len);
+    }
+}
+
+/// Removes `start..end` from a list of ranges.
+fn cut(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges.iter() {
+        if e <= start || end <= s {
+            out.push((s, e));
+            continue;
+        }
+        if s < start {
+            out.push((s, start));
+        }
+        if end < e {
+            out.push((end, e));
+        }
+    }
+    *ranges = out;
+}
+
+/// The mappings registered with a userfaultfd that overlap `known`, from
+/// `/proc/self/smaps` (flag `um`): a region that `mremap` grew is one
+/// mapping larger than the handler knows. Without `/proc`, `known` itself.
+fn registered(known: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
+        return known.to_vec();
+    };
+    let overlaps = |s: u64, e: u64| known.iter().any(|&(ks, ke)| s < ke && ks < e);
+    let mut out = Vec::new();
+    let mut cur: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some((s, e)) = cur.take() {
+                if flags.split_whitespace().any(|f| f == "um") && overlaps(s, e) {
+                    out.push((s, e));
+                }
+            }
+        } else if let Some((range, _)) = line.split_once(' ') {
+            if let Some((s, e)) = range.split_once('-') {
+                if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                    cur = Some((s, e));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_splits_ranges() {
+        let mut r = vec![(0, 10), (20, 30)];
+        cut(&mut r, 5, 25);
+        assert_eq!(r, vec![(0, 5), (25, 30)]);
+        cut(&mut r, 0, 100);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn smaps_flags_find_registered_mappings() {
+        // This process has no userfaultfd: nothing is registered.
+        let here = &0u8 as *const u8 as u64;
+        assert!(registered(&[(here & !0xfff, (here & !0xfff) + 0x1000)]).is_empty());
     }
 }

@@ -13,6 +13,10 @@
 mod child;
 mod common;
 mod failures;
+mod lazy_alloc;
+mod lazy_costs;
+mod lazy_events;
+mod lazy_support;
 mod live;
 mod protect;
 mod registers;

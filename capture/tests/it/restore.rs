@@ -6,7 +6,8 @@ use std::path::Path;
 use memimg::{Codec, Key, RegionKind};
 use memimg_capture::{restore, PersistOptions, Persister, RestoreError, RestoreOptions, Strategy};
 
-use crate::common::{self, run_role};
+use crate::common;
+use crate::lazy_support::{lazy_skip, limit, run_limited};
 
 const LEN: usize = 32 << 20;
 const TAG: &[u8] = b"memimg-test";
@@ -71,7 +72,7 @@ fn persist(addr: u64, path: &Path, opts: &PersistOptions, keep: bool) {
 /// The child side: restore and compare every byte.
 pub fn child_role(role: &str) -> bool {
     if role != "restore" {
-        return false;
+        return crate::lazy_events::child_role(role);
     }
     let var = |k: &str| std::env::var(k).unwrap();
     let addr = u64::from_str_radix(&var("ADDR"), 16).unwrap();
@@ -128,14 +129,6 @@ pub fn child_role(role: &str) -> bool {
     true
 }
 
-fn lazy_skip() -> bool {
-    if let Some(why) = memimg_capture::lazy_unavailable() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    false
-}
-
 fn roundtrip(slot: u64, opts: PersistOptions, strategy: Strategy, want: Strategy, prefetch: bool) {
     let addr = 0x3000_0000_0000 + slot * 0x1_0000_0000;
     let dir = tempfile::tempdir().unwrap();
@@ -153,10 +146,12 @@ fn roundtrip(slot: u64, opts: PersistOptions, strategy: Strategy, want: Strategy
     if prefetch {
         env.push(("PREFETCH", "1".into()));
     }
-    let (ok, out) = run_role("restore", &env);
+    // A thread left waiting for a page fails the test at the time limit.
+    let o = run_limited("restore", &env, limit());
     assert!(
-        ok && out.contains(&format!("RESTORED-OK strategy={want}")),
-        "child failed:\n{out}"
+        o.ok() && o.out.contains(&format!("RESTORED-OK strategy={want}")),
+        "child failed:\n{}",
+        o.out
     );
 }
 
@@ -199,7 +194,7 @@ fn restore_eager_encrypted_compressed() {
 
 #[test]
 fn restore_lazy_raw() {
-    if lazy_skip() {
+    if lazy_skip("restore_lazy_raw") {
         return;
     }
     roundtrip(
@@ -213,7 +208,7 @@ fn restore_lazy_raw() {
 
 #[test]
 fn restore_lazy_encrypted_compressed() {
-    if lazy_skip() {
+    if lazy_skip("restore_lazy_encrypted_compressed") {
         return;
     }
     let o = PersistOptions {
