@@ -27,18 +27,23 @@
 mod bgwrite;
 mod elfnote;
 mod error;
+mod fork;
 mod freeze;
+#[cfg(target_arch = "x86_64")]
+mod inject;
 mod live;
 mod memread;
 mod pagemap;
 mod persist;
 pub mod procfs;
 mod restore;
+#[cfg(target_arch = "x86_64")]
+mod seccomp;
 mod threads;
 
 pub use error::{CaptureError, RestoreError};
 pub use live::{
-    capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Progress,
+    capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Method, Progress,
 };
 pub use persist::{PersistError, PersistOptions, Persister};
 pub use restore::{

@@ -13,6 +13,7 @@
 mod child;
 mod common;
 mod failures;
+mod fork;
 mod live;
 mod protect;
 mod registers;
