@@ -262,6 +262,11 @@ impl Snapshot {
         self.fork_time
     }
 
+    /// The copy's pid (0 once it is gone).
+    pub(crate) fn copy_pid(&self) -> i32 {
+        self.child.unwrap_or(0)
+    }
+
     /// Bytes read from the stopped process and held.
     pub(crate) fn held_bytes(&self) -> u64 {
         self.held.bytes

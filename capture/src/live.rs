@@ -120,6 +120,9 @@ pub enum Method {
         /// held until the copy was read (shared mappings, regions a copy
         /// does not inherit).
         held: u64,
+        /// The pid the copy had (it is killed and reaped before the capture
+        /// returns).
+        copy: i32,
     },
     /// From the process, stopped for the whole read.
     Freeze {
@@ -274,6 +277,7 @@ pub fn capture_to_writer<W: Write>(
             let method = Method::Fork {
                 fork: snap.fork_time(),
                 held: snap.held_bytes(),
+                copy: snap.copy_pid(),
             };
             (frozen_time, method, snap.finish())
         }

@@ -31,6 +31,7 @@ fn role_entry() {
         "prot" => prot(),
         "blocked" => blocked(),
         "quiet" => quiet(),
+        "capturer" => capturer(),
         other => {
             if crate::protect::child_role(other) {
                 return;
@@ -591,4 +592,31 @@ fn install_seccomp(which: &str) {
         );
         assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
     }
+}
+
+/// Captures `TARGET_PID` into `OUT`. With `PAUSE=frozen` it prints `PAUSED`
+/// and sleeps while every thread of the target is stopped, before the fork;
+/// with `PAUSE=read` it does so at the first progress report, after the
+/// fork, while the copy is read. Prints `DONE` when the capture returned.
+fn capturer() {
+    let pid: i32 = std::env::var("TARGET_PID").unwrap().parse().unwrap();
+    let out = std::path::PathBuf::from(std::env::var("OUT").unwrap());
+    let pause = std::env::var("PAUSE").unwrap_or_default();
+    let stall = || {
+        println!("PAUSED");
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    };
+    let mut opts = memimg_capture::CaptureOptions::default();
+    if pause == "frozen" {
+        opts.on_frozen = Some(std::sync::Arc::new(move |_| stall()));
+    } else if pause == "read" {
+        let once = std::sync::Once::new();
+        opts.progress = Some(std::sync::Arc::new(move |_, _| once.call_once(stall)));
+    }
+    println!("READY started=1");
+    let r = memimg_capture::capture_to_path(pid, &out, &opts);
+    println!(
+        "DONE {}",
+        r.map_or_else(|e| e.to_string(), |r| r.method.name().to_string())
+    );
 }

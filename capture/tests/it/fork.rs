@@ -36,7 +36,11 @@ fn u64_at(img: &Image, addr: u64) -> u64 {
 fn no_copy_left(pid: i32, report: Option<&CaptureReport>) {
     let kids = common::children_of(pid);
     assert!(kids.is_empty(), "children of {pid} left: {kids:?}");
-    if let Some(Method::Fork { .. }) = report.map(|r| &r.method) {
+    if let Some(Method::Fork { copy, .. }) = report.map(|r| &r.method) {
+        assert!(
+            memimg_capture::procfs::state(*copy).is_none(),
+            "the copy {copy} is still there"
+        );
         assert!(
             report.unwrap().warnings.is_empty(),
             "{:?}",
@@ -385,4 +389,172 @@ fn regions_a_child_does_not_inherit_are_read_while_stopped() {
         running(&child);
         no_copy_left(child.pid(), Some(&report));
     }
+}
+
+/// The processes in a ptrace-stop whose parent is `pid`: a copy left
+/// traced and stopped would be one.
+fn traced_copies(pid: i32) -> Vec<(i32, u8)> {
+    let mut v = common::children_of(pid);
+    v.retain(|&(_, st)| st == b't');
+    v
+}
+
+/// The wait status of zombie `pid` (`exit_code` in /proc/PID/stat).
+fn exit_code(pid: i32) -> Option<i32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = String::from_utf8_lossy(&stat[close + 2..]).into_owned();
+    // Field 52 is the 50th after the comm.
+    rest.split_whitespace().nth(49)?.parse().ok()
+}
+
+/// Process `pid` is gone, or a zombie (dead, holding no memory).
+fn dead(pid: i32) -> bool {
+    matches!(memimg_capture::procfs::state(pid), None | Some(b'Z' | b'X'))
+}
+
+/// The process is killed at several moments of a fork capture: while
+/// stopped (the capture fails, no file) or while the copy is read (the copy
+/// holds the snapshot: the image is complete). Either way no copy is left
+/// traced, and no file is left half-written.
+#[test]
+fn target_killed_at_several_moments_of_a_fork_capture() {
+    need_ptrace!("target_killed_at_several_moments_of_a_fork_capture");
+    for moment in [0usize, 1, 3, 10, 40] {
+        let child = spawn_role("patterns", &[]);
+        let pid = child.pid();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.img");
+        let calls = Arc::new(Mutex::new(0usize));
+        let kill = move |_: i32| {
+            // SAFETY: kill takes integers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        };
+        let c = Arc::clone(&calls);
+        let opts = CaptureOptions {
+            on_frozen: (moment == 0).then(|| Arc::new(kill) as memimg_capture::FrozenHook),
+            progress: Some(Arc::new(move |_, _| {
+                let mut n = c.lock().unwrap();
+                *n += 1;
+                if *n == moment {
+                    kill(0);
+                }
+            })),
+            ..CaptureOptions::default()
+        };
+        let r = capture_to_path(pid, &out, &opts);
+        match (&r, moment) {
+            (Err(e), 0) => {
+                assert!(
+                    matches!(e, memimg_capture::CaptureError::ProcessExited { .. }),
+                    "{e}"
+                );
+                assert!(!out.exists(), "a file was left");
+            }
+            (Ok(rep), m) if m > 0 => {
+                let Method::Fork { copy, .. } = rep.method else {
+                    panic!("{:?}", rep.method);
+                };
+                // Its parent died with it: the copy went to PID 1 (or a
+                // subreaper), which reaps it, or not (this sandbox's).
+                assert!(dead(copy), "moment {m}: the copy {copy} is alive");
+                let report = memimg::verify_path(&out, None, &Default::default());
+                assert!(report.is_intact(), "{report:?}");
+                // The copy held the whole snapshot.
+                let img = Image::open(&out).unwrap();
+                let mut want = vec![0u8; RAND_LEN];
+                common::fill_random(&mut want, RAND_SEED);
+                let mut got = vec![0u8; RAND_LEN];
+                img.read_at(child.var("rand"), &mut got).unwrap();
+                assert!(got == want, "moment {m}: the random pattern differs");
+            }
+            (r, m) => panic!("moment {m}: {r:?}"),
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(r.is_ok() || left.is_empty(), "files left: {left:?}");
+        assert!(dead(pid), "moment {moment}: the target survived SIGKILL");
+    }
+}
+
+/// The capturing process is SIGKILLed at several moments of a fork capture:
+/// while the target is stopped, while the copy is read, and at a few times
+/// from the start. The target is never left stopped nor killed, no copy is
+/// left alive, and no image is left under the output name.
+#[test]
+fn capturer_killed_at_several_moments_of_a_fork_capture() {
+    need_ptrace!("capturer_killed_at_several_moments_of_a_fork_capture");
+    let mut zombies = 0;
+    let moments: Vec<(&str, u64)> = vec![
+        ("frozen", 0),
+        ("read", 0),
+        ("", 0),
+        ("", 5),
+        ("", 20),
+        ("", 60),
+        ("", 150),
+    ];
+    for (pause, delay) in moments {
+        let target = spawn_role("patterns", &[]);
+        let pid = target.pid();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.img");
+        let mut cap = spawn_role_piped(
+            "capturer",
+            &[
+                ("TARGET_PID", pid.to_string()),
+                ("OUT", out.display().to_string()),
+                ("PAUSE", pause.to_string()),
+            ],
+        );
+        if pause.is_empty() {
+            std::thread::sleep(Duration::from_millis(delay));
+        } else {
+            cap.expect("PAUSED", 30);
+        }
+        let _ = cap.proc.child.kill();
+        let _ = cap.proc.child.wait();
+        // The kernel lets the target go when its tracer dies.
+        let t = std::time::Instant::now();
+        while common::state(pid) == b't' && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let what = format!("{pause:?} after {delay} ms");
+        assert!(
+            memimg_capture::procfs::alive(pid),
+            "{what}: the target died"
+        );
+        assert_ne!(
+            common::state(pid),
+            b't',
+            "{what}: the target was left stopped"
+        );
+        assert!(
+            !out.exists(),
+            "{what}: an image was left under the output name"
+        );
+        // A copy killed with the capturer (PTRACE_O_EXITKILL) may stay a
+        // zombie child of the target (see fork.rs): dead, never running.
+        std::thread::sleep(Duration::from_millis(20));
+        for (c, st) in common::children_of(pid) {
+            assert_eq!(
+                st, b'Z',
+                "{what}: child {c} of the target is alive ({})",
+                st as char
+            );
+            // Killed by the kernel with its tracer, before running anything
+            // (a copy let go would run from the middle of the clone and
+            // crash, or worse).
+            assert_eq!(
+                exit_code(c),
+                Some(libc::SIGKILL),
+                "{what}: how copy {c} died"
+            );
+            zombies += 1;
+        }
+        assert!(
+            traced_copies(pid).is_empty(),
+            "{what}: a traced copy is left"
+        );
+    }
+    eprintln!("zombie copies left by killed capturers: {zombies}");
 }
