@@ -70,6 +70,13 @@ pub struct CaptureOptions {
     /// (`MADV_DONTFORK`, `MADV_WIPEONFORK`). Past it, the capture does
     /// without the fork. By default 256 MiB.
     pub fork_hold_limit: u64,
+    /// Makes the image durable before it is renamed into place: writeback
+    /// starts every few MiB while the capture runs, and the file and its
+    /// directory are synced at the end. `false` leaves the bytes in the
+    /// page cache (a crash may then lose the image even under its final
+    /// name); benchmarks use it to compare with tools that do not sync. By
+    /// default on.
+    pub durable: bool,
     /// With a fork snapshot, the thread that runs the `clone` (it must be in
     /// a plain ptrace stop, else the capture does without the fork). By
     /// default the main thread, or the first thread that can.
@@ -87,6 +94,7 @@ impl std::fmt::Debug for CaptureOptions {
             .field("fork", &self.fork)
             .field("fork_hold_limit", &self.fork_hold_limit)
             .field("fork_thread", &self.fork_thread)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +112,7 @@ impl Default for CaptureOptions {
             fork: true,
             fork_hold_limit: 256 << 20,
             fork_thread: None,
+            durable: true,
         }
     }
 }
@@ -183,13 +192,26 @@ pub fn capture_to_path(
         fd,
         pos: 0,
         kicked: 0,
+        kick: opts.durable,
     };
     let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
     // The page-cache copies happen on a thread of their own, overlapping the
     // reading of the process (see bgwrite).
     let (w, report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
     let sink = w.into_inner().map_err(io)?;
-    sink.file.commit()?;
+    if opts.durable {
+        sink.file.commit()?;
+    } else {
+        let tmp = sink.file.tmp_path().to_path_buf();
+        std::fs::rename(&tmp, out).map_err(|e| {
+            CaptureError::io(
+                format!("renaming {} to {}", tmp.display(), out.display()),
+                e,
+            )
+        })?;
+        // The temporary name is gone: the drop finds nothing to remove.
+        drop(sink);
+    }
     Ok(report)
 }
 
@@ -225,14 +247,13 @@ pub fn capture_to_writer<W: Write>(
     let mut frozen = Frozen::freeze(pid)?;
     let threads = frozen.threads();
     // Registers are read while every thread is stopped, so they match the
-    // memory read next. The writer takes its notes when it starts, so it
-    // starts now (its header is buffered, its workers spawn in well under a
-    // millisecond).
+    // memory read next; the writer takes them as notes when it starts.
     let state = crate::threads::read(pid, &frozen.tids());
+    let registers = state.threads;
+    let wo = wo.notes(state.notes);
     if let Some(h) = &opts.on_frozen {
         h(pid);
     }
-    let mut writer = Writer::new(out, wo.notes(state.notes))?;
     let maps = procfs::read_maps(pid).map_err(|e| map_proc_err(pid, e))?;
     let total: u64 = maps
         .iter()
@@ -258,8 +279,11 @@ pub fn capture_to_writer<W: Write>(
             Err(fork::NoFork::Failed(e)) => return Err(e),
         },
     };
-    let (frozen_time, method, warnings) = match snapshot {
+    let (writer, frozen_time, method, warnings) = match snapshot {
         None => {
+            // Its header is buffered, its workers spawn in well under a
+            // millisecond.
+            let mut writer = Writer::new(out, wo)?;
             let mut walker = Walker::new(pid, ps, opts.exclude_file_backed);
             for m in &maps {
                 walker.region(m, &mut writer, &mut progress)?;
@@ -268,18 +292,20 @@ pub fn capture_to_writer<W: Write>(
                 return Err(CaptureError::ProcessExited { pid });
             }
             let why = no_fork.unwrap_or_default();
-            (frozen.resume(), Method::Freeze { why }, Vec::new())
+            (writer, frozen.resume(), Method::Freeze { why }, Vec::new())
         }
         Some(mut snap) => {
-            // The copy holds the memory: the process goes on at once.
+            // The copy holds the memory: the process goes on at once, and
+            // the writer starts (compression contexts, threads) after.
             let frozen_time = frozen.resume();
+            let mut writer = Writer::new(out, wo)?;
             snap.read(&maps, &mut writer, &mut progress)?;
             let method = Method::Fork {
                 fork: snap.fork_time(),
                 held: snap.held_bytes(),
                 copy: snap.copy_pid(),
             };
-            (frozen_time, method, snap.finish())
+            (writer, frozen_time, method, snap.finish())
         }
     };
     drop(guard);
@@ -290,7 +316,7 @@ pub fn capture_to_writer<W: Write>(
             frozen: frozen_time,
             elapsed: t0.elapsed(),
             threads,
-            registers: state.threads,
+            registers,
             stats,
             method,
             warnings,
@@ -309,13 +335,15 @@ struct Writeback {
     fd: std::os::unix::io::RawFd,
     pos: u64,
     kicked: u64,
+    /// Start writeback as we go (a durable capture).
+    kick: bool,
 }
 
 impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.pos += n as u64;
-        if self.pos - self.kicked >= WRITEBACK_STEP {
+        if self.kick && self.pos - self.kicked >= WRITEBACK_STEP {
             let (off, len) = (self.kicked, self.pos - self.kicked);
             if let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len))
             {
