@@ -51,9 +51,11 @@
 //! every thread of the process go on, and kills the copy
 //! (`PTRACE_O_EXITKILL`), which has not run. What cannot be cleaned up: the
 //! dead copy stays a zombie child of the process (hidden from its `wait`
-//! without `__WALL`) until the process exits; and a kill within the few
-//! microseconds to milliseconds of the injected call itself lets the
-//! injected thread go on with the call's registers.
+//! without `__WALL`) until the process exits; and a kill within the
+//! injected call itself (the fork's length) lets the injected thread go on
+//! with the call's registers, which crashes the process. Running the
+//! injection from a helper process that outlives the capturing one would
+//! close that window; it is not done.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -629,15 +631,19 @@ mod imp {
     fn with_one_thread(pid: i32, f: impl Fn(i32) -> Result<(), String>) -> Result<(), String> {
         let mut tids = procfs::tasks(pid).map_err(|e| format!("listing its threads: {e}"))?;
         tids.sort_unstable_by_key(|&t| (t != pid, t));
+        let mut refused = None;
         for tid in tids {
             match freeze::ptrace(libc::PTRACE_SEIZE, tid, 0) {
                 Ok(()) => {}
                 Err(libc::ESRCH) => continue,
+                // An exiting thread (a main thread that returned while the
+                // others run), or a tracer came meanwhile: try the next one.
                 Err(e) => {
-                    return Err(format!(
+                    refused = Some(format!(
                         "cannot trace thread {tid}: {}",
                         std::io::Error::from_raw_os_error(e)
-                    ))
+                    ));
+                    continue;
                 }
             }
             let _ = freeze::ptrace(libc::PTRACE_INTERRUPT, tid, 0);
@@ -664,7 +670,7 @@ mod imp {
                 None => {}
             }
         }
-        Err("no thread could be stopped".into())
+        Err(refused.unwrap_or_else(|| "no thread could be stopped".into()))
     }
 
     /// The address of a `syscall` instruction (`0f 05`) in the process: in

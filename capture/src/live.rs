@@ -627,7 +627,10 @@ impl Walker {
             let state = &mut self.state;
             // A region the process cannot read itself is read through
             // /proc/PID/mem, which process_vm_readv would refuse page by page.
-            let via = if m.prot.read() {
+            // So is a snapshot copy: process_vm_readv pins the pages it reads,
+            // and pinning a page a fork shares makes the kernel copy it first
+            // (it "unshares" it), which would copy the whole process.
+            let via = if m.prot.read() && self.copy_of.is_none() {
                 Via::VmReadv
             } else {
                 Via::ProcMem

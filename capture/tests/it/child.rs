@@ -594,10 +594,15 @@ fn install_seccomp(which: &str) {
     }
 }
 
-/// Captures `TARGET_PID` into `OUT`. With `PAUSE=frozen` it prints `PAUSED`
-/// and sleeps while every thread of the target is stopped, before the fork;
-/// with `PAUSE=read` it does so at the first progress report, after the
-/// fork, while the copy is read. Prints `DONE` when the capture returned.
+/// Captures `TARGET_PID` into `OUT`, with pause points for kill tests:
+/// - `PAUSE=frozen`: prints `PAUSED` and sleeps while every thread of the
+///   target is stopped, before the fork;
+/// - `PAUSE=read:N`: does so at the N-th progress report, after the fork,
+///   while the copy is read;
+/// - `PAUSE=after`: prints `RESUMED` at the first progress report (the
+///   target runs again) and goes on.
+///
+/// Prints `DONE` when the capture returned.
 fn capturer() {
     let pid: i32 = std::env::var("TARGET_PID").unwrap().parse().unwrap();
     let out = std::path::PathBuf::from(std::env::var("OUT").unwrap());
@@ -607,11 +612,22 @@ fn capturer() {
         std::thread::sleep(std::time::Duration::from_secs(30));
     };
     let mut opts = memimg_capture::CaptureOptions::default();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
     if pause == "frozen" {
         opts.on_frozen = Some(std::sync::Arc::new(move |_| stall()));
-    } else if pause == "read" {
-        let once = std::sync::Once::new();
-        opts.progress = Some(std::sync::Arc::new(move |_, _| once.call_once(stall)));
+    } else if let Some(n) = pause.strip_prefix("read:") {
+        let n: usize = n.parse().unwrap();
+        opts.progress = Some(std::sync::Arc::new(move |_, _| {
+            if calls.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                stall();
+            }
+        }));
+    } else if pause == "after" {
+        opts.progress = Some(std::sync::Arc::new(move |_, _| {
+            if calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                println!("RESUMED");
+            }
+        }));
     }
     println!("READY started=1");
     let r = memimg_capture::capture_to_path(pid, &out, &opts);
