@@ -28,6 +28,13 @@ pub enum CaptureError {
         /// The pid asked for.
         pid: i32,
     },
+    /// The traced copy of the process that held a fork snapshot was killed
+    /// by someone else before it was read.
+    #[error("the fork snapshot of pid {pid} was killed during the capture; no image was written")]
+    SnapshotLost {
+        /// The pid asked for.
+        pid: i32,
+    },
     /// SIGINT or SIGTERM arrived during the capture.
     #[error("interrupted; the process was resumed and no image was written")]
     Interrupted,

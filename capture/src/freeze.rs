@@ -24,25 +24,44 @@ struct Task {
     tid: i32,
     /// Waited for: it is in a ptrace-stop.
     stopped: bool,
+    /// What kind of stop, once stopped.
+    stop: Stop,
     /// A signal whose delivery the stop intercepted; re-injected on detach.
     signal: i32,
+}
+
+/// The ptrace-stop a task is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The stop `PTRACE_INTERRUPT` asked for: the thread can be resumed
+    /// (and made to run a system call) with nothing pending.
+    Interrupt,
+    /// A group-stop (SIGSTOP, SIGTSTP …): the process was stopped by job
+    /// control before or during the freeze.
+    Group,
+    /// A signal-delivery-stop: this signal is re-injected on detach.
+    Signal(i32),
+    /// Another ptrace event.
+    Other,
 }
 
 /// A process whose threads are all stopped. Dropping it resumes them.
 #[derive(Debug)]
 pub struct Frozen {
+    pid: i32,
     tasks: Vec<Task>,
     since: Instant,
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn ptrace(req: libc::c_uint, tid: i32, data: usize) -> Result<(), i32> {
-    // SAFETY: the requests used here (SEIZE, INTERRUPT, DETACH) take no
-    // pointers from us: addr is null and data is an integer (options or a
-    // signal number).
+/// A ptrace request that takes no pointer: `Err(errno)` on failure.
+pub(crate) fn ptrace(req: libc::c_uint, tid: i32, data: usize) -> Result<(), i32> {
+    // SAFETY: the requests used with this function (SEIZE, INTERRUPT,
+    // DETACH, CONT, SYSCALL, SETOPTIONS) take no pointers from us: addr is
+    // null and data is an integer (options or a signal number).
     let r = unsafe { libc::ptrace(req, tid, std::ptr::null_mut::<libc::c_void>(), data) };
     if r == -1 {
         Err(errno())
@@ -60,6 +79,7 @@ impl Frozen {
     /// [`SignalGuard`] alive). Threads already stopped are resumed.
     pub fn freeze(pid: i32) -> Result<Frozen, CaptureError> {
         let mut f = Frozen {
+            pid,
             tasks: Vec::new(),
             since: Instant::now(),
         };
@@ -112,6 +132,7 @@ impl Frozen {
                 f.tasks.push(Task {
                     tid,
                     stopped: false,
+                    stop: Stop::Other,
                     signal: 0,
                 });
                 // ESRCH here means it died; waitpid below will say so.
@@ -120,9 +141,12 @@ impl Frozen {
             let mut i = first;
             while i < f.tasks.len() {
                 match wait_stop(f.tasks[i].tid)? {
-                    Some(sig) => {
+                    Some(stop) => {
                         f.tasks[i].stopped = true;
-                        f.tasks[i].signal = sig;
+                        f.tasks[i].stop = stop;
+                        if let Stop::Signal(sig) = stop {
+                            f.tasks[i].signal = sig;
+                        }
                         i += 1;
                     }
                     None => {
@@ -150,6 +174,23 @@ impl Frozen {
             .filter(|t| t.stopped)
             .map(|t| t.tid)
             .collect()
+    }
+
+    /// A thread in a plain interrupt stop, which can be made to run a
+    /// system call: `want` if it can, else none; without `want`, the main
+    /// thread when it can, else the first one.
+    pub(crate) fn injectable(&self, want: Option<i32>) -> Option<i32> {
+        let ok = |t: &&Task| t.stopped && t.stop == Stop::Interrupt;
+        if let Some(w) = want {
+            return self
+                .tasks
+                .iter()
+                .filter(ok)
+                .find(|t| t.tid == w)
+                .map(|t| t.tid);
+        }
+        let main = self.tasks.iter().filter(ok).find(|t| t.tid == self.pid);
+        main.or_else(|| self.tasks.iter().find(ok)).map(|t| t.tid)
     }
 
     /// Resumes every thread and returns how long they were all stopped.
@@ -204,10 +245,9 @@ fn reap(tids: &mut Vec<i32>) {
     }
 }
 
-/// Waits for `tid` to enter a ptrace-stop. `Some(signal)` when it stopped
-/// (0 for the interrupt or a group-stop, else a signal to re-inject), `None`
-/// when the thread exited.
-fn wait_stop(tid: i32) -> Result<Option<i32>, CaptureError> {
+/// Waits for `tid` to enter a ptrace-stop. `Some(stop)` when it stopped,
+/// `None` when the thread exited.
+pub(crate) fn wait_stop(tid: i32) -> Result<Option<Stop>, CaptureError> {
     loop {
         let mut status = 0;
         // SAFETY: status is a valid, writable c_int.
@@ -233,18 +273,26 @@ fn wait_stop(tid: i32) -> Result<Option<i32>, CaptureError> {
             return Ok(None);
         }
         if libc::WIFSTOPPED(status) {
-            let event = status >> 16;
-            let sig = libc::WSTOPSIG(status);
-            // PTRACE_EVENT_STOP: our interrupt or a group-stop; nothing to re-inject.
-            if event == libc::PTRACE_EVENT_STOP {
-                return Ok(Some(0));
-            }
-            return Ok(Some(sig));
+            return Ok(Some(stop_kind(status)));
         }
     }
 }
 
-fn wait_stop_uninterruptible(tid: i32) -> Option<i32> {
+/// What a stopped `waitpid` status says.
+pub(crate) fn stop_kind(status: i32) -> Stop {
+    let event = status >> 16;
+    let sig = libc::WSTOPSIG(status);
+    match event {
+        // PTRACE_EVENT_STOP: our interrupt (SIGTRAP) or a group-stop (the
+        // stopping signal); nothing to re-inject either way.
+        libc::PTRACE_EVENT_STOP if sig == libc::SIGTRAP => Stop::Interrupt,
+        libc::PTRACE_EVENT_STOP => Stop::Group,
+        0 if sig & 0x80 == 0 => Stop::Signal(sig),
+        _ => Stop::Other,
+    }
+}
+
+fn wait_stop_uninterruptible(tid: i32) -> Option<Stop> {
     loop {
         match wait_stop(tid) {
             Ok(s) => return s,

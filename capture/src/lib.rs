@@ -9,7 +9,9 @@
 //!   their protection, which the region keeps (never-touched pages are
 //!   skipped using `/proc/PID/pagemap`, so the cost follows resident memory,
 //!   not reserved address space), and the threads are resumed, also on error
-//!   and Ctrl-C.
+//!   and Ctrl-C. On x86-64 the stopped process first forks a traced copy of
+//!   itself (a fork snapshot, see `fork.rs`), is resumed at once, and the
+//!   copy is read instead: the process stands still for the fork only.
 //!   Each thread's registers (x86_64 only) and the auxiliary vector are kept
 //!   as image notes laid out as in a kernel core dump (`CORE/1`, `CORE/2`,
 //!   `LINUX/514`, `CORE/6`), so a core exported from the image gives gdb a
@@ -27,18 +29,23 @@
 mod bgwrite;
 mod elfnote;
 mod error;
+mod fork;
 mod freeze;
+#[cfg(target_arch = "x86_64")]
+mod inject;
 mod live;
 mod memread;
 mod pagemap;
 mod persist;
 pub mod procfs;
 mod restore;
+#[cfg(target_arch = "x86_64")]
+mod seccomp;
 mod threads;
 
 pub use error::{CaptureError, RestoreError};
 pub use live::{
-    capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Progress,
+    capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Method, Progress,
 };
 pub use persist::{PersistError, PersistOptions, Persister};
 pub use restore::{

@@ -1,5 +1,9 @@
 //! Capture of another live process: freeze, walk the maps, read resident
 //! pages, stream them into a [`memimg::Writer`], resume.
+//!
+//! With a fork snapshot (see [`crate::fork`]), the process is resumed right
+//! after it forked a traced copy of itself, and the pages are read from the
+//! copy.
 
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -8,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memimg::atomic::AtomicFile;
-use memimg::{Codec, Key, RegionKind, WriteStats, Writer, WriterOptions};
+use memimg::{Codec, Key, RegionInfo, RegionKind, WriteStats, Writer, WriterOptions};
 
 use crate::bgwrite::Background;
 use crate::error::CaptureError;
+use crate::fork;
 use crate::freeze::{self, Frozen, SignalGuard};
 use crate::memread::{MemReader, ReadError, Run, Via};
 use crate::pagemap::{self, Pagemap};
@@ -45,10 +50,37 @@ pub struct CaptureOptions {
     pub workers: usize,
     /// Called after each piece of memory is captured. By default none.
     pub progress: Option<Progress>,
-    /// Called with the pid while every thread is still stopped, after the
-    /// memory was read (tests use it to compare the image with
+    /// Called with the pid once every thread is stopped, before any memory
+    /// is read and before a fork snapshot is taken: the image holds what the
+    /// process held at this moment (tests use it to compare the image with
     /// `/proc/PID/mem`). By default none.
     pub on_frozen: Option<FrozenHook>,
+    /// Takes a fork snapshot when it can (x86-64): the stopped process is
+    /// made to fork a traced copy of itself that never runs, the process is
+    /// resumed at once, and its memory is read from the copy, so the process
+    /// stands still for the fork (tens of milliseconds per GiB) rather than
+    /// for the whole capture. When the fork cannot be used the capture
+    /// stops the process for the whole read, as with `false`, and
+    /// [`CaptureReport::method`] says why. By default on.
+    pub fork: bool,
+    /// With a fork snapshot, the most bytes of non-zero pages that are read
+    /// from the stopped process itself and held in memory until the copy is
+    /// read: shared mappings (a copy shares them, so they change once the
+    /// process runs) and regions a copy does not inherit as they are
+    /// (`MADV_DONTFORK`, `MADV_WIPEONFORK`). Past it, the capture does
+    /// without the fork. By default 256 MiB.
+    pub fork_hold_limit: u64,
+    /// Makes the image durable before it is renamed into place: writeback
+    /// starts every few MiB while the capture runs, and the file and its
+    /// directory are synced at the end. `false` leaves the bytes in the
+    /// page cache (a crash may then lose the image even under its final
+    /// name); benchmarks use it to compare with tools that do not sync. By
+    /// default on.
+    pub durable: bool,
+    /// With a fork snapshot, the thread that runs the `clone` (it must be in
+    /// a plain ptrace stop, else the capture does without the fork). By
+    /// default the main thread, or the first thread that can.
+    pub fork_thread: Option<i32>,
 }
 
 impl std::fmt::Debug for CaptureOptions {
@@ -59,6 +91,10 @@ impl std::fmt::Debug for CaptureOptions {
             .field("chunk_size", &self.chunk_size)
             .field("exclude_file_backed", &self.exclude_file_backed)
             .field("workers", &self.workers)
+            .field("fork", &self.fork)
+            .field("fork_hold_limit", &self.fork_hold_limit)
+            .field("fork_thread", &self.fork_thread)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +109,43 @@ impl Default for CaptureOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: None,
             on_frozen: None,
+            fork: true,
+            fork_hold_limit: 256 << 20,
+            fork_thread: None,
+            durable: true,
+        }
+    }
+}
+
+/// How a capture read the memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// From a forked copy of the process (a fork snapshot): the process
+    /// was stopped only until the copy existed.
+    Fork {
+        /// How long the fork took, within [`CaptureReport::frozen`].
+        fork: Duration,
+        /// Bytes of non-zero pages read from the stopped process itself and
+        /// held until the copy was read (shared mappings, regions a copy
+        /// does not inherit).
+        held: u64,
+        /// The pid the copy had (it is killed and reaped before the capture
+        /// returns).
+        copy: i32,
+    },
+    /// From the process, stopped for the whole read.
+    Freeze {
+        /// Why there was no fork snapshot.
+        why: String,
+    },
+}
+
+impl Method {
+    /// `fork` or `freeze`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Fork { .. } => "fork",
+            Method::Freeze { .. } => "freeze",
         }
     }
 }
@@ -91,6 +164,11 @@ pub struct CaptureReport {
     pub registers: usize,
     /// What the writer produced.
     pub stats: WriteStats,
+    /// How the memory was read.
+    pub method: Method,
+    /// Problems that did not fail the capture, for the user to know: the
+    /// snapshot copy could not be reaped, for instance.
+    pub warnings: Vec<String>,
 }
 
 /// Captures process `pid` into a new image file at `out`.
@@ -114,13 +192,26 @@ pub fn capture_to_path(
         fd,
         pos: 0,
         kicked: 0,
+        kick: opts.durable,
     };
     let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
     // The page-cache copies happen on a thread of their own, overlapping the
     // reading of the process (see bgwrite).
     let (w, report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
     let sink = w.into_inner().map_err(io)?;
-    sink.file.commit()?;
+    if opts.durable {
+        sink.file.commit()?;
+    } else {
+        let tmp = sink.file.tmp_path().to_path_buf();
+        std::fs::rename(&tmp, out).map_err(|e| {
+            CaptureError::io(
+                format!("renaming {} to {}", tmp.display(), out.display()),
+                e,
+            )
+        })?;
+        // The temporary name is gone: the drop finds nothing to remove.
+        drop(sink);
+    }
     Ok(report)
 }
 
@@ -147,25 +238,22 @@ pub fn capture_to_writer<W: Write>(
         wo = wo.chunk_size(cs);
     }
     let guard = SignalGuard::install();
-    let frozen = Frozen::freeze(pid)?;
+    // The checks that cost time are made before the process is stopped.
+    let mut no_fork = if opts.fork {
+        fork::precheck(pid)
+    } else {
+        Some("fork snapshots were turned off".to_string())
+    };
+    let mut frozen = Frozen::freeze(pid)?;
     let threads = frozen.threads();
     // Registers are read while every thread is stopped, so they match the
-    // memory read next. The writer takes its notes when it starts, so it
-    // starts now (its header is buffered, its workers spawn in well under a
-    // millisecond).
+    // memory read next; the writer takes them as notes when it starts.
     let state = crate::threads::read(pid, &frozen.tids());
-    let mut writer = Writer::new(out, wo.notes(state.notes))?;
-    let mut walker = Walker {
-        pid,
-        ps: u64::from(ps),
-        pagemap: Pagemap::open(pid, u64::from(ps)),
-        reader: MemReader::new(pid, ps as usize),
-        exclude_file: opts.exclude_file_backed,
-        buf: Vec::new(),
-        entries: Vec::new(),
-        state: Vec::new(),
-        runs: Vec::new(),
-    };
+    let registers = state.threads;
+    let wo = wo.notes(state.notes);
+    if let Some(h) = &opts.on_frozen {
+        h(pid);
+    }
     let maps = procfs::read_maps(pid).map_err(|e| map_proc_err(pid, e))?;
     let total: u64 = maps
         .iter()
@@ -173,25 +261,53 @@ pub fn capture_to_writer<W: Write>(
         .map(MapsEntry::len)
         .sum();
     let mut done = 0u64;
-    for m in &maps {
-        if !captured(m) {
-            writer.add_empty_region(m.region_info())?;
-            continue;
+    let mut progress = |n| {
+        done += n;
+        if let Some(p) = &opts.progress {
+            p(done, total);
         }
-        walker.region(m, &mut writer, &mut |n| {
-            done += n;
-            if let Some(p) = &opts.progress {
-                p(done, total);
+    };
+    let ps = u64::from(ps);
+    let snapshot = match no_fork {
+        Some(_) => None,
+        None => match fork::Snapshot::take(&mut frozen, pid, &maps, opts, ps) {
+            Ok(s) => Some(s),
+            Err(fork::NoFork::Why(why)) => {
+                no_fork = Some(why);
+                None
             }
-        })?;
-    }
-    if let Some(h) = &opts.on_frozen {
-        h(pid);
-    }
-    if !procfs::alive(pid) {
-        return Err(CaptureError::ProcessExited { pid });
-    }
-    let frozen_time = frozen.resume();
+            Err(fork::NoFork::Failed(e)) => return Err(e),
+        },
+    };
+    let (writer, frozen_time, method, warnings) = match snapshot {
+        None => {
+            // Its header is buffered, its workers spawn in well under a
+            // millisecond.
+            let mut writer = Writer::new(out, wo)?;
+            let mut walker = Walker::new(pid, ps, opts.exclude_file_backed);
+            for m in &maps {
+                walker.region(m, &mut writer, &mut progress)?;
+            }
+            if !procfs::alive(pid) {
+                return Err(CaptureError::ProcessExited { pid });
+            }
+            let why = no_fork.unwrap_or_default();
+            (writer, frozen.resume(), Method::Freeze { why }, Vec::new())
+        }
+        Some(mut snap) => {
+            // The copy holds the memory: the process goes on at once, and
+            // the writer starts (compression contexts, threads) after.
+            let frozen_time = frozen.resume();
+            let mut writer = Writer::new(out, wo)?;
+            snap.read(&maps, &mut writer, &mut progress)?;
+            let method = Method::Fork {
+                fork: snap.fork_time(),
+                held: snap.held_bytes(),
+                copy: snap.copy_pid(),
+            };
+            (writer, frozen_time, method, snap.finish())
+        }
+    };
     drop(guard);
     let (w, stats) = writer.finish()?;
     Ok((
@@ -200,8 +316,10 @@ pub fn capture_to_writer<W: Write>(
             frozen: frozen_time,
             elapsed: t0.elapsed(),
             threads,
-            registers: state.threads,
+            registers,
             stats,
+            method,
+            warnings,
         },
     ))
 }
@@ -217,13 +335,15 @@ struct Writeback {
     fd: std::os::unix::io::RawFd,
     pos: u64,
     kicked: u64,
+    /// Start writeback as we go (a durable capture).
+    kick: bool,
 }
 
 impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.pos += n as u64;
-        if self.pos - self.kicked >= WRITEBACK_STEP {
+        if self.kick && self.pos - self.kicked >= WRITEBACK_STEP {
             let (off, len) = (self.kicked, self.pos - self.kicked);
             if let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len))
             {
@@ -261,7 +381,7 @@ fn map_proc_err(pid: i32, e: std::io::Error) -> CaptureError {
 /// data (gcore keeps it too). Only `[vvar]` and `[vsyscall]`, which the
 /// kernel fills and which hold nothing of the process, are recorded without
 /// data.
-fn captured(m: &MapsEntry) -> bool {
+pub(crate) fn captured(m: &MapsEntry) -> bool {
     !m.is_special() && !m.is_empty()
 }
 
@@ -272,12 +392,56 @@ enum PageState {
     Absent,
 }
 
-struct Walker {
+/// Where the walk of the maps goes: the image writer, or memory held for
+/// later (see `fork::Held`).
+pub(crate) trait Sink {
+    fn begin_region(&mut self, info: RegionInfo) -> Result<(), CaptureError>;
+    fn push_data(&mut self, data: &[u8]) -> Result<(), CaptureError>;
+    fn push_zero(&mut self, len: u64) -> Result<(), CaptureError>;
+    fn push_absent(&mut self, len: u64) -> Result<(), CaptureError>;
+    fn end_region(&mut self) -> Result<(), CaptureError>;
+    fn add_empty_region(&mut self, info: RegionInfo) -> Result<(), CaptureError>;
+}
+
+impl<W: Write> Sink for Writer<W> {
+    fn begin_region(&mut self, info: RegionInfo) -> Result<(), CaptureError> {
+        Ok(Writer::begin_region(self, info)?)
+    }
+    fn push_data(&mut self, data: &[u8]) -> Result<(), CaptureError> {
+        Ok(Writer::push_data(self, data)?)
+    }
+    fn push_zero(&mut self, len: u64) -> Result<(), CaptureError> {
+        Ok(Writer::push_zero(self, len)?)
+    }
+    fn push_absent(&mut self, len: u64) -> Result<(), CaptureError> {
+        Ok(Writer::push_absent(self, len)?)
+    }
+    fn end_region(&mut self) -> Result<(), CaptureError> {
+        Ok(Writer::end_region(self)?)
+    }
+    fn add_empty_region(&mut self, info: RegionInfo) -> Result<(), CaptureError> {
+        Ok(Writer::add_empty_region(self, info)?)
+    }
+}
+
+/// Walks regions of a process, page run by page run, into a [`Sink`].
+pub(crate) struct Walker {
+    /// The process read: the target, or its snapshot copy.
     pid: i32,
+    /// The target, when `pid` is its snapshot copy.
+    copy_of: Option<i32>,
     ps: u64,
     pagemap: Pagemap,
     reader: MemReader,
     exclude_file: bool,
+    /// Pagemap entries that stand in for those of `pid`, by region start.
+    /// A fork copies no page table entry of a file mapping the process never
+    /// wrote to, so the copy's pagemap would call all its pages untouched:
+    /// the target's entries, recorded at the fork, say which were loaded.
+    entries_of: std::collections::HashMap<u64, Vec<u64>>,
+    /// Bytes to put in the image in place of what is read: what the fork's
+    /// injection changed, as it was before (see `fork`).
+    patches: Vec<(u64, Vec<u8>)>,
     buf: Vec<u8>,
     entries: Vec<u64>,
     state: Vec<PageState>,
@@ -285,6 +449,56 @@ struct Walker {
 }
 
 impl Walker {
+    /// A walker reading process `pid` (the target, or a snapshot copy).
+    pub(crate) fn new(pid: i32, ps: u64, exclude_file: bool) -> Walker {
+        Walker {
+            pid,
+            copy_of: None,
+            ps,
+            pagemap: Pagemap::open(pid, ps),
+            reader: MemReader::new(pid, usize::try_from(ps).unwrap_or(4096)),
+            exclude_file,
+            entries_of: std::collections::HashMap::new(),
+            patches: Vec::new(),
+            buf: Vec::new(),
+            entries: Vec::new(),
+            state: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Says that `pid` is a snapshot copy of `target`: it going away is
+    /// then [`CaptureError::SnapshotLost`].
+    pub(crate) fn copy_of(mut self, target: i32) -> Walker {
+        self.copy_of = Some(target);
+        self
+    }
+
+    /// Uses `entries` (one pagemap entry per page) for the region starting
+    /// at `start` instead of the process's own pagemap.
+    pub(crate) fn set_entries(&mut self, start: u64, entries: Vec<u64>) {
+        self.entries_of.insert(start, entries);
+    }
+
+    /// Puts `bytes` at `addr` in the image in place of what is read there.
+    pub(crate) fn add_patch(&mut self, addr: u64, bytes: Vec<u8>) {
+        self.patches.push((addr, bytes));
+    }
+
+    /// The first page at or after `addr` (before `end`) that is present or
+    /// swapped, from the stand-in entries of region `m`; `None` without
+    /// stand-in entries.
+    fn next_resident_standin(&self, m: &MapsEntry, addr: u64, end: u64) -> Option<Option<u64>> {
+        let e = self.entries_of.get(&m.start)?;
+        let first = usize::try_from((addr - m.start) / self.ps).ok()?;
+        let last = usize::try_from((end - m.start) / self.ps).ok()?;
+        let found = e
+            .get(first..last.min(e.len()))?
+            .iter()
+            .position(|&x| x & (pagemap::PRESENT | pagemap::SWAPPED) != 0);
+        Some(found.map(|k| addr + k as u64 * self.ps))
+    }
+
     /// What to do with a page, from its pagemap entry.
     fn classify(&self, m: &MapsEntry, e: u64) -> PageState {
         let resident = e & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
@@ -315,12 +529,17 @@ impl Walker {
         }
     }
 
-    fn region<W: Write>(
+    /// Walks region `m` into `w`: a region without data when it is not
+    /// [`captured`].
+    pub(crate) fn region(
         &mut self,
         m: &MapsEntry,
-        w: &mut Writer<W>,
+        w: &mut dyn Sink,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), CaptureError> {
+        if !captured(m) {
+            return w.add_empty_region(m.region_info());
+        }
         w.begin_region(m.region_info())?;
         // What a page that was never touched becomes here.
         let untouched = self.classify(m, 0);
@@ -331,7 +550,10 @@ impl Walker {
             }
             if untouched != PageState::Read {
                 // Jump over untouched address space in one step.
-                if let Some(next) = self.pagemap.next_resident(addr, m.end) {
+                let next = self
+                    .next_resident_standin(m, addr, m.end)
+                    .or_else(|| self.pagemap.next_resident(addr, m.end));
+                if let Some(next) = next {
                     let to = next.unwrap_or(m.end);
                     if to > addr {
                         match untouched {
@@ -353,19 +575,27 @@ impl Walker {
         Ok(())
     }
 
-    fn window<W: Write>(
+    fn window(
         &mut self,
         m: &MapsEntry,
         addr: u64,
         len: u64,
-        w: &mut Writer<W>,
+        w: &mut dyn Sink,
     ) -> Result<(), CaptureError> {
         let ps = self.ps;
         // len ≤ WINDOW, so these fit in usize.
         let pages = usize::try_from(len / ps).unwrap_or(0);
         let psz = usize::try_from(ps).unwrap_or(4096);
         let mut entries = std::mem::take(&mut self.entries);
-        self.pagemap.read(addr, &mut entries, pages);
+        match self.entries_of.get(&m.start) {
+            Some(e) => {
+                let first = usize::try_from((addr - m.start) / ps).unwrap_or(usize::MAX);
+                entries.clear();
+                entries.extend(e.iter().skip(first).take(pages));
+                entries.resize(pages, 0);
+            }
+            None => self.pagemap.read(addr, &mut entries, pages),
+        }
         self.state.clear();
         for &e in &entries {
             let s = self.classify(m, e);
@@ -397,7 +627,10 @@ impl Walker {
             let state = &mut self.state;
             // A region the process cannot read itself is read through
             // /proc/PID/mem, which process_vm_readv would refuse page by page.
-            let via = if m.prot.read() {
+            // So is a snapshot copy: process_vm_readv pins the pages it reads,
+            // and pinning a page a fork shares makes the kernel copy it first
+            // (it "unshares" it), which would copy the whole process.
+            let via = if m.prot.read() && self.copy_of.is_none() {
                 Via::VmReadv
             } else {
                 Via::ProcMem
@@ -411,8 +644,12 @@ impl Walker {
                 }
             });
             if let Err(ReadError::Gone) = res {
-                return Err(CaptureError::ProcessExited { pid: self.pid });
+                return Err(match self.copy_of {
+                    Some(pid) => CaptureError::SnapshotLost { pid },
+                    None => CaptureError::ProcessExited { pid: self.pid },
+                });
             }
+            self.apply_patches(addr, pages);
         }
         // Emit runs of equal state in address order.
         let mut i = 0;
@@ -428,5 +665,25 @@ impl Walker {
             i = j;
         }
         Ok(())
+    }
+}
+
+impl Walker {
+    /// Copies the patches over the bytes just read for the window of
+    /// `pages` pages at `addr`, on the pages that were read.
+    fn apply_patches(&mut self, addr: u64, pages: usize) {
+        let end = addr + pages as u64 * self.ps;
+        let ps = usize::try_from(self.ps).unwrap_or(4096);
+        for (at, bytes) in &self.patches {
+            let (from, to) = ((*at).max(addr), (at + bytes.len() as u64).min(end));
+            for a in from..to {
+                let (Ok(i), Ok(k)) = (usize::try_from(a - addr), usize::try_from(a - at)) else {
+                    continue;
+                };
+                if self.state.get(i / ps) == Some(&PageState::Read) {
+                    self.buf[i] = bytes[k];
+                }
+            }
+        }
     }
 }

@@ -54,6 +54,7 @@ struct PageRegion {
 const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 impl Pagemap {
     /// Opens `/proc/PID/pagemap`.
@@ -70,6 +71,19 @@ impl Pagemap {
     /// `PAGEMAP_SCAN`). It walks page tables, not pages, so a large untouched
     /// range costs next to nothing.
     pub fn next_resident(&self, start: u64, end: u64) -> Option<Option<u64>> {
+        self.scan_first(start, end, 0)
+    }
+
+    /// As [`Pagemap::next_resident`], leaving out pages mapped to the shared
+    /// zero page (a read of memory never written maps it): the first page
+    /// that may hold data.
+    pub fn next_data(&self, start: u64, end: u64) -> Option<Option<u64>> {
+        self.scan_first(start, end, PAGE_IS_PFNZERO)
+    }
+
+    /// The first present or swapped page in `start..end` that has none of
+    /// the categories in `without`.
+    fn scan_first(&self, start: u64, end: u64, without: u64) -> Option<Option<u64>> {
         if self.scan.get() == Some(false) {
             return None;
         }
@@ -82,6 +96,10 @@ impl Pagemap {
             vec: out.as_mut_ptr() as usize as u64,
             vec_len: 1,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            // A page matches when (categories ^ inverted) & mask == mask:
+            // here, when it has none of `without`.
+            category_inverted: without,
+            category_mask: without,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ..PmScanArg::default()
         };

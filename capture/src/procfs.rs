@@ -154,6 +154,38 @@ pub fn parse_maps(bytes: &[u8]) -> Vec<MapsEntry> {
         .collect()
 }
 
+/// Reads `len` bytes at `addr` of process `pid` through `/proc/PID/mem`
+/// (whatever the protection, for a tracer).
+///
+/// # Errors
+/// When the file cannot be opened or the range read.
+pub(crate) fn read_mem(pid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(proc_path(pid, "mem"))?;
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, addr)?;
+    Ok(v)
+}
+
+/// The `VmFlags` line of each mapping in `/proc/PID/smaps`, by start
+/// address (`rd wr mr mw me ac wf …`).
+///
+/// # Errors
+/// When the file cannot be read.
+pub(crate) fn vm_flags(pid: i32) -> io::Result<Vec<(u64, String)>> {
+    let text = fs::read(proc_path(pid, "smaps"))?;
+    let mut out = Vec::new();
+    let mut start = None;
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(m) = MapsEntry::parse(line) {
+            start = Some(m.start);
+        } else if let (Some(rest), Some(s)) = (line.strip_prefix(b"VmFlags:"), start) {
+            out.push((s, String::from_utf8_lossy(rest).trim().to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// The thread ids in `/proc/PID/task`.
 ///
 /// # Errors

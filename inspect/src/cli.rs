@@ -478,15 +478,20 @@ pub struct ManArgs {}
 /// `imgtool capture`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
-Stops every thread of the process (ptrace) for a consistent snapshot, reads its
-resident memory, resumes it, and writes the image under a temporary name that
-is renamed to OUT only when complete. Needs ptrace rights over the process:
-root, CAP_SYS_PTRACE, or kernel.yama.ptrace_scope=0 for your own processes.
+Stops every thread of the process (ptrace) for a consistent snapshot. On x86-64
+the stopped process is made to fork a copy of itself that never runs (a fork
+snapshot), and is resumed at once: it stands still for the fork only, and the
+copy is read, then killed. When the fork cannot be used (--no-fork, a seccomp
+filter refusing clone, a process or memory limit, job control, ...) the process
+stays stopped while its memory is read; the output says which and why. The
+image is written under a temporary name that is renamed to OUT only when
+complete. Needs ptrace rights over the process: root, CAP_SYS_PTRACE, or
+kernel.yama.ptrace_scope=0 for your own processes.
 
 Examples:
   imgtool capture --pid 1234 -o app.mimg
   imgtool capture --pid 1234 -o app.mimg --codec zstd:3 --key-file app.key
-  imgtool capture --pid $$ -o shell.mimg --exclude-file-backed")]
+  imgtool capture --pid $$ -o shell.mimg --exclude-file-backed --no-fork")]
 pub struct CaptureArgs {
     /// The process to capture.
     #[arg(long)]
@@ -507,6 +512,13 @@ pub struct CaptureArgs {
     /// Threads that compress and encrypt (by default one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Keep the process stopped while its memory is read, instead of taking
+    /// a fork snapshot.
+    #[arg(long)]
+    pub no_fork: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Replace OUT if it exists.
     #[arg(long)]
     pub force: bool,

@@ -6,10 +6,18 @@
 //! ```
 //!
 //! The content is the issue's mix: ¼ random, ¼ zero pages, ½ heap-like
-//! records. It prints medians and the ratios the targets are stated in:
-//! - zstd level 1 on 2 workers vs `zstd -1 -T2` of the same bytes (target ≥ 0.9×);
+//! records. It prints **medians** of `MEMIMG_BENCH_RUNS` runs after one
+//! warm-up, with the spread (min–max), and the ratios the targets are stated
+//! in:
+//! - zstd level 1 on 2 workers vs `zstd -1 -T2` of the same bytes, file to
+//!   file (target ≥ 0.9×);
 //! - uncompressed vs writing the same bytes into a file (target ≥ 0.8×);
 //! - and, to choose the default chunk size, throughput and size by chunk size.
+//!
+//! Neither side syncs in those rows (the page cache takes the output); the
+//! same runs ending with an `fsync` of the output, on both sides, are shown
+//! beside them. Each figure is also a `@@BENCH` line for `scripts/bench.sh`
+//! (see `capture/benches/capture.rs`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,9 +33,13 @@ use std::time::{Duration, Instant};
 use memimg::{Codec, RegionInfo, Writer, WriterOptions};
 use memimg_tests::mixed_content;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// Median, min and max wall time.
+type Spread = (Duration, Duration, Duration);
+
+/// Median, min and max.
+fn median(mut v: Vec<Duration>) -> Spread {
     v.sort();
-    v[v.len() / 2]
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn write_image(data: &[u8], path: &Path, codec: Codec, chunk: u32, workers: usize) -> u64 {
@@ -50,17 +62,32 @@ fn write_image(data: &[u8], path: &Path, codec: Codec, chunk: u32, workers: usiz
     w.finish().unwrap().1.file_len
 }
 
-fn time(runs: usize, mut f: impl FnMut()) -> Duration {
-    f(); // warm: page cache of the output file
+/// Median (min, max) wall time of `runs` runs of `f` after a warm-up run
+/// (page cache of the output file); with `sync`, each run ends with an
+/// fsync of `out`.
+fn time(runs: usize, out: &Path, sync: bool, mut f: impl FnMut()) -> Spread {
+    f();
     median(
         (0..runs)
             .map(|_| {
                 let t = Instant::now();
                 f();
+                if sync {
+                    std::fs::File::open(out).unwrap().sync_all().unwrap();
+                }
                 t.elapsed()
             })
             .collect(),
     )
+}
+
+/// One `@@BENCH` line: ratio > 1 is better for memimg.
+fn emit(figure: &str, ours: f64, peer: &str, theirs: f64, target: Option<f64>, work: &str) {
+    let t = target.map_or("-".to_string(), |t| format!("{t}"));
+    println!(
+        "@@BENCH\twriter\t{figure}\t{ours:.3}\tGB/s\t{peer}\t{theirs:.3}\t{:.3}\t{t}\t{work}",
+        ours / theirs
+    );
 }
 
 fn gbs(bytes: usize, d: Duration) -> f64 {
@@ -88,69 +115,102 @@ fn main() {
     let input = dir.path().join("input.raw");
     std::fs::write(&input, &data).unwrap();
     let out = dir.path().join("out");
-    println!("writer benchmark: {mb} MiB of mixed content (1/4 random, 1/4 zero, 1/2 heap records), median of {runs} runs");
+    println!("writer benchmark: {mb} MiB of mixed content (1/4 random, 1/4 zero, 1/2 heap records), medians of {runs} runs after a warm-up");
 
     let has_zstd = Command::new("zstd").arg("--version").output().is_ok();
-    let t_zstd_cli = has_zstd.then(|| {
-        time(runs, || {
-            let s = Command::new("zstd")
-                .args(["-q", "-f", "-1", "-T2"])
-                .arg(&input)
-                .arg("-o")
-                .arg(&out)
-                .status()
-                .unwrap();
-            assert!(s.success());
-        })
-    });
-    let zstd_size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let mut zstd_size = 0;
     let mut ours_size = 0;
-    let t_ours_z = time(runs, || {
-        ours_size = write_image(&data, &out, Codec::Zstd(1), memimg::DEFAULT_CHUNK_SIZE, 2)
-    });
-    let t_copy = time(runs, || std::fs::write(&out, &data).unwrap());
     let mut raw_size = 0;
-    let t_ours_raw = time(runs, || {
-        raw_size = write_image(&data, &out, Codec::None, memimg::DEFAULT_CHUNK_SIZE, 2)
-    });
-
-    println!("{:<44} {:>9} {:>12}", "", "GB/s", "output MiB");
-    if let Some(t) = t_zstd_cli {
+    // [not synced, synced] of each row.
+    let mut rows: Vec<(&str, [Spread; 2], f64)> = Vec::new();
+    for sync in [false, true] {
+        let k = usize::from(sync);
+        let mut put = |name, t, size: u64| {
+            if let Some(r) = rows.iter_mut().find(|r| r.0 == name) {
+                r.1[k] = t;
+            } else {
+                let mut v = [t; 2];
+                v[k] = t;
+                rows.push((name, v, size as f64 / 1048576.0));
+            }
+        };
+        if has_zstd {
+            let t = time(runs, &out, sync, || {
+                let s = Command::new("zstd")
+                    .args(["-q", "-f", "-1", "-T2"])
+                    .arg(&input)
+                    .arg("-o")
+                    .arg(&out)
+                    .status()
+                    .unwrap();
+                assert!(s.success());
+            });
+            zstd_size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            put("zstd -1 -T2 (file to file)", t, zstd_size);
+        }
+        let t = time(runs, &out, sync, || {
+            ours_size = write_image(&data, &out, Codec::Zstd(1), memimg::DEFAULT_CHUNK_SIZE, 2)
+        });
+        put("memimg zstd:1, 2 workers", t, ours_size);
+        let t = time(runs, &out, sync, || std::fs::write(&out, &data).unwrap());
+        put("write the bytes to a file", t, len as u64);
+        let t = time(runs, &out, sync, || {
+            raw_size = write_image(&data, &out, Codec::None, memimg::DEFAULT_CHUNK_SIZE, 2)
+        });
+        put("memimg codec none, 2 workers", t, raw_size);
+    }
+    let _ = (zstd_size, ours_size, raw_size);
+    println!(
+        "{:<34} {:>22} {:>22} {:>11}",
+        "", "GB/s not synced (spread)", "GB/s synced (spread)", "output MiB"
+    );
+    let cell = |t: Spread| {
+        format!(
+            "{:.3} ({:.2}-{:.2})",
+            gbs(len, t.0),
+            gbs(len, t.2),
+            gbs(len, t.1)
+        )
+    };
+    for (name, t, size) in &rows {
         println!(
-            "{:<44} {:>9.3} {:>12.1}",
-            "zstd -1 -T2 (file to file)",
-            gbs(len, t),
-            zstd_size as f64 / 1048576.0
+            "{name:<34} {:>22} {:>22} {size:>11.1}",
+            cell(t[0]),
+            cell(t[1])
         );
     }
-    println!(
-        "{:<44} {:>9.3} {:>12.1}",
-        "memimg zstd:1, 2 workers",
-        gbs(len, t_ours_z),
-        ours_size as f64 / 1048576.0
-    );
-    println!(
-        "{:<44} {:>9.3} {:>12.1}",
-        "write the bytes to a file",
-        gbs(len, t_copy),
-        len as f64 / 1048576.0
-    );
-    println!(
-        "{:<44} {:>9.3} {:>12.1}",
-        "memimg codec none, 2 workers",
-        gbs(len, t_ours_raw),
-        raw_size as f64 / 1048576.0
-    );
-    if let Some(t) = t_zstd_cli {
+    let find = |n: &str| rows.iter().find(|r| r.0 == n).map(|r| r.1);
+    let ours_z = find("memimg zstd:1, 2 workers").unwrap();
+    let copy = find("write the bytes to a file").unwrap();
+    let ours_raw = find("memimg codec none, 2 workers").unwrap();
+    for (k, sync) in [(0, "not synced"), (1, "synced")] {
+        if let Some(z) = find("zstd -1 -T2 (file to file)") {
+            println!(
+                "ratio zstd:1 vs zstd -1 -T2, {sync}: {:.2}x (target >= 0.90x)",
+                z[k].0.as_secs_f64() / ours_z[k].0.as_secs_f64()
+            );
+            emit(
+                &format!("write, {mb} MiB, zstd:1, {sync}"),
+                gbs(len, ours_z[k].0),
+                "zstd -1 -T2, file to file",
+                gbs(len, z[k].0),
+                Some(0.9),
+                "the same bytes, level 1, two threads, each output in the page cache (synced: then fsynced)",
+            );
+        }
         println!(
-            "ratio zstd:1 vs zstd -1 -T2: {:.2}x (target >= 0.90x)",
-            t.as_secs_f64() / t_ours_z.as_secs_f64()
+            "ratio none vs file write, {sync}:    {:.2}x (target >= 0.80x)",
+            copy[k].0.as_secs_f64() / ours_raw[k].0.as_secs_f64()
+        );
+        emit(
+            &format!("write, {mb} MiB, codec none, {sync}"),
+            gbs(len, ours_raw[k].0),
+            "writing the same bytes to a file",
+            gbs(len, copy[k].0),
+            Some(0.8),
+            "memimg stores the non-zero pages with checksums; the peer writes every byte",
         );
     }
-    println!(
-        "ratio none vs file write:    {:.2}x (target >= 0.80x)",
-        t_copy.as_secs_f64() / t_ours_raw.as_secs_f64()
-    );
 
     if std::env::var_os("MEMIMG_BENCH_CHUNKS").is_some()
         || std::env::args().any(|a| a == "--chunks")
@@ -158,13 +218,13 @@ fn main() {
         println!("\nchunk size (zstd:1, 2 workers)      GB/s   output MiB");
         for chunk in [64u32 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20] {
             let mut size = 0;
-            let t = time(runs, || {
+            let t = time(runs, &out, false, || {
                 size = write_image(&data, &out, Codec::Zstd(1), chunk, 2)
             });
             println!(
                 "{:>8} KiB                      {:>9.3} {:>10.1}",
                 chunk >> 10,
-                gbs(len, t),
+                gbs(len, t.0),
                 size as f64 / 1048576.0
             );
         }

@@ -102,6 +102,103 @@ impl Drop for ChildProc {
     }
 }
 
+/// The processes whose parent is `pid`, with their state letter: zombies
+/// included.
+pub fn children_of(pid: i32) -> Vec<(i32, u8)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The fields after the comm (which may hold anything): state, ppid.
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+            continue;
+        };
+        let rest = String::from_utf8_lossy(&stat[close + 2..]).into_owned();
+        let mut f = rest.split(' ');
+        let state = f.next().and_then(|s| s.bytes().next()).unwrap_or(b'?');
+        if f.next().and_then(|s| s.parse::<i32>().ok()) == Some(pid) {
+            out.push((p, state));
+        }
+    }
+    out
+}
+
+/// A child process whose output lines arrive on `lines` and whose stdin is
+/// `stdin`.
+pub struct PipedChild {
+    pub proc: ChildProc,
+    pub stdin: std::process::ChildStdin,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PipedChild {
+    /// Sends one line to the child.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next output line that starts with `prefix`, within `secs`
+    /// seconds; the lines before it are dropped.
+    pub fn expect(&self, prefix: &str, secs: u64) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?} within {secs} s: {e}"),
+            }
+        }
+    }
+}
+
+/// Starts this binary in `role` with a pipe on its stdin, and waits for its
+/// `READY k=v …` line; its later lines go to [`PipedChild::lines`].
+pub fn spawn_role_piped(role: &str, args: &[(&str, String)]) -> PipedChild {
+    let mut child = role_command(role, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut vars = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        if let Some(rest) = line.strip_prefix("READY") {
+            for kv in rest.split_whitespace() {
+                let (k, v) = kv.split_once('=').unwrap();
+                let v = v.strip_prefix("0x").map_or_else(
+                    || v.parse().unwrap(),
+                    |h| u64::from_str_radix(h, 16).unwrap(),
+                );
+                vars.push((k.to_string(), v));
+            }
+            break;
+        }
+    }
+    assert!(!vars.is_empty(), "child {role} did not start");
+    PipedChild {
+        proc: ChildProc { child, vars },
+        stdin,
+        lines: rx,
+    }
+}
+
 fn role_command(role: &str, args: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().unwrap();
     let mut c = Command::new(exe);

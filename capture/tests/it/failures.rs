@@ -32,6 +32,8 @@ fn nonexistent_pid() {
     no_files_left(dir.path());
 }
 
+/// Without a fork snapshot the process is read while stopped: killing it
+/// then fails the capture. (With one, see `fork::target_killed_*`.)
 #[test]
 fn process_exits_during_capture() {
     need_ptrace!("process_exits_during_capture");
@@ -48,6 +50,7 @@ fn process_exits_during_capture() {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         })),
+        fork: false,
         ..CaptureOptions::default()
     };
     let e = capture_to_path(pid, &out, &opts).unwrap_err();

@@ -38,7 +38,7 @@ pub(crate) use need_ptrace;
 
 /// One page as `/proc/PID/mem` read it.
 #[derive(Debug, PartialEq, Eq)]
-enum Seen {
+pub enum Seen {
     /// The read failed.
     Unreadable,
     /// All zeros (kept apart: guard and reserved ranges hold a lot of them).
@@ -49,7 +49,7 @@ enum Seen {
 /// Reads every mapping of `pid` but [vvar]/[vsyscall] from /proc/PID/mem,
 /// which reads whatever the protection, a region at a time, page by page
 /// where that fails.
-fn snapshot(pid: i32) -> BTreeMap<u64, Seen> {
+pub fn snapshot(pid: i32) -> BTreeMap<u64, Seen> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let mut out = BTreeMap::new();
@@ -74,6 +74,69 @@ fn snapshot(pid: i32) -> BTreeMap<u64, Seen> {
         }
     }
     out
+}
+
+/// Checks that every page the image holds equals what `/proc/PID/mem`
+/// showed in `seen`, and that pages it does not hold could not be read or
+/// are file pages; returns how many pages were compared.
+pub fn compare_with_snapshot(img: &Image, seen: &BTreeMap<u64, Seen>) -> u64 {
+    let mut compared = 0u64;
+    let mut buf = Vec::new();
+    for r in img.regions().unwrap() {
+        for e in img.region_extents(r).unwrap() {
+            let len = e.len(4096) as usize;
+            let pages = (e.addr..e.addr + len as u64).step_by(4096);
+            match e.kind {
+                ExtentKind::Absent => {
+                    // Only file pages never loaded, or unreadable pages.
+                    assert!(
+                        r.info.inode != 0
+                            || pages
+                                .clone()
+                                .all(|a| seen.get(&a) == Some(&Seen::Unreadable)),
+                        "absent anonymous extent at {:#x} in {}",
+                        e.addr,
+                        r.info.name_lossy()
+                    );
+                }
+                ExtentKind::Zero => {
+                    for a in pages {
+                        assert_eq!(
+                            seen.get(&a),
+                            Some(&Seen::Zero),
+                            "page {a:#x} of {} is a zero page in the image",
+                            r.info.name_lossy()
+                        );
+                        compared += 1;
+                    }
+                }
+                ExtentKind::Data => {
+                    buf.resize(len, 0);
+                    img.decode_extent(e, &mut buf).unwrap();
+                    for (i, a) in pages.enumerate() {
+                        let page = &buf[i * 4096..(i + 1) * 4096];
+                        match seen.get(&a) {
+                            Some(Seen::Bytes(b)) => assert!(
+                                b[..] == page[..],
+                                "page {a:#x} of {} differs from /proc/PID/mem",
+                                r.info.name_lossy()
+                            ),
+                            Some(Seen::Zero) => assert!(
+                                page.iter().all(|&b| b == 0),
+                                "page {a:#x} of {} differs from /proc/PID/mem (zeros)",
+                                r.info.name_lossy()
+                            ),
+                            other => {
+                                panic!("{a:#x} is in the image but /proc/PID/mem gave {other:?}")
+                            }
+                        }
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    compared
 }
 
 fn check_capture(codec: Codec, key: Option<Key>) {
@@ -140,62 +203,7 @@ fn check_capture(codec: Codec, key: Option<Key>) {
 
     // Every captured byte equals what /proc/PID/mem showed while frozen.
     let seen = seen.lock().unwrap();
-    let mut compared = 0u64;
-    let mut buf = Vec::new();
-    for r in img.regions().unwrap() {
-        for e in img.region_extents(r).unwrap() {
-            let len = e.len(4096) as usize;
-            let pages = (e.addr..e.addr + len as u64).step_by(4096);
-            match e.kind {
-                ExtentKind::Absent => {
-                    // Only file pages never loaded, or unreadable pages.
-                    assert!(
-                        r.info.inode != 0
-                            || pages
-                                .clone()
-                                .all(|a| seen.get(&a) == Some(&Seen::Unreadable)),
-                        "absent anonymous extent at {:#x} in {}",
-                        e.addr,
-                        r.info.name_lossy()
-                    );
-                }
-                ExtentKind::Zero => {
-                    for a in pages {
-                        assert_eq!(
-                            seen.get(&a),
-                            Some(&Seen::Zero),
-                            "page {a:#x} of {} is a zero page in the image",
-                            r.info.name_lossy()
-                        );
-                        compared += 1;
-                    }
-                }
-                ExtentKind::Data => {
-                    buf.resize(len, 0);
-                    img.decode_extent(e, &mut buf).unwrap();
-                    for (i, a) in pages.enumerate() {
-                        let page = &buf[i * 4096..(i + 1) * 4096];
-                        match seen.get(&a) {
-                            Some(Seen::Bytes(b)) => assert!(
-                                b[..] == page[..],
-                                "page {a:#x} of {} differs from /proc/PID/mem",
-                                r.info.name_lossy()
-                            ),
-                            Some(Seen::Zero) => assert!(
-                                page.iter().all(|&b| b == 0),
-                                "page {a:#x} of {} differs from /proc/PID/mem (zeros)",
-                                r.info.name_lossy()
-                            ),
-                            other => {
-                                panic!("{a:#x} is in the image but /proc/PID/mem gave {other:?}")
-                            }
-                        }
-                        compared += 1;
-                    }
-                }
-            }
-        }
-    }
+    let compared = compare_with_snapshot(&img, &seen);
     assert!(compared > 4000, "only {compared} pages compared");
 
     // The known patterns.

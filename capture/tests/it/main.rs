@@ -13,6 +13,7 @@
 mod child;
 mod common;
 mod failures;
+mod fork;
 mod lazy_alloc;
 mod lazy_costs;
 mod lazy_events;

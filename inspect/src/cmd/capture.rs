@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use memimg::Codec;
-use memimg_capture::{capture_to_path, CaptureOptions};
+use memimg_capture::{capture_to_path, CaptureOptions, CaptureReport, Method};
+use serde::Serialize;
 
 use crate::cli::CaptureArgs;
 use crate::fmt;
@@ -19,6 +20,8 @@ struct Plan {
     chunk_size: Option<u32>,
     exclude_file_backed: bool,
     workers: Option<usize>,
+    fork: bool,
+    json: bool,
 }
 
 impl Plan {
@@ -48,6 +51,8 @@ impl Plan {
             chunk_size,
             exclude_file_backed: a.exclude_file_backed,
             workers: a.workers,
+            fork: !a.no_fork,
+            json: a.json,
         })
     }
 }
@@ -68,6 +73,7 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
         key,
         chunk_size: plan.chunk_size,
         exclude_file_backed: plan.exclude_file_backed,
+        fork: plan.fork,
         progress: Some(Arc::new(move |done, total| {
             bar.set_length(total);
             bar.set_position(done);
@@ -80,6 +86,12 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let rep = capture_to_path(plan.pid, &plan.output, &opts);
     pb.finish_and_clear();
     let rep = rep?;
+    let doc = CaptureDoc::new(&plan, &rep);
+    if plan.json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        return Ok(super::code(crate::EXIT_OK));
+    }
     let s = &rep.stats;
     writeln!(
         out,
@@ -95,12 +107,110 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
         s.zero_pages,
         s.absent_pages,
     )?;
-    writeln!(
-        out,
-        "frozen for {:.1} ms; capture took {:.1} ms; file {}",
-        rep.frozen.as_secs_f64() * 1e3,
-        rep.elapsed.as_secs_f64() * 1e3,
-        fmt::size(s.file_len),
-    )?;
+    match &rep.method {
+        Method::Fork { fork, held, .. } => writeln!(
+            out,
+            "fork snapshot: frozen for {:.1} ms (the fork took {:.1} ms{}); capture took {:.1} ms; file {}",
+            doc.stopped_ms,
+            fork.as_secs_f64() * 1e3,
+            if *held > 0 {
+                format!(", {} read while stopped", fmt::size(*held))
+            } else {
+                String::new()
+            },
+            doc.total_ms,
+            fmt::size(s.file_len),
+        )?,
+        Method::Freeze { why } => writeln!(
+            out,
+            "no fork snapshot ({}): frozen for {:.1} ms, the whole read; capture took {:.1} ms; file {}",
+            if plan.fork { why.as_str() } else { "--no-fork" },
+            doc.stopped_ms,
+            doc.total_ms,
+            fmt::size(s.file_len),
+        )?,
+    }
+    for w in &rep.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     Ok(super::code(crate::EXIT_OK))
+}
+
+/// What `capture --json` reports.
+#[derive(Debug, Serialize)]
+pub struct CaptureDoc {
+    /// The image written.
+    pub image: String,
+    /// The process captured.
+    pub pid: i32,
+    /// Threads stopped.
+    pub threads: usize,
+    /// `fork` (a fork snapshot: the process was stopped until its copy
+    /// existed) or `freeze` (stopped for the whole read).
+    pub method: &'static str,
+    /// Why there was no fork snapshot (`--no-fork` when asked), or null.
+    pub fallback_reason: Option<String>,
+    /// How long every thread of the process was stopped, in milliseconds.
+    pub stopped_ms: f64,
+    /// The fork, within the stop, in milliseconds (fork snapshots only).
+    pub fork_ms: Option<f64>,
+    /// Bytes read from the stopped process itself (fork snapshots only:
+    /// shared mappings and regions a copy does not inherit).
+    pub held_bytes: Option<u64>,
+    /// The whole capture, up to the durable image, in milliseconds.
+    pub total_ms: f64,
+    /// Regions recorded.
+    pub regions: u64,
+    /// Bytes of data (non-zero pages).
+    pub data_bytes: u64,
+    /// Chunks written.
+    pub chunks: u64,
+    /// Bytes the chunks take in the file.
+    pub stored_bytes: u64,
+    /// Pages recorded as zero.
+    pub zero_pages: u64,
+    /// Pages recorded as not captured.
+    pub absent_pages: u64,
+    /// The image's size.
+    pub file_size: u64,
+    /// Problems that did not fail the capture.
+    pub warnings: Vec<String>,
+}
+
+impl CaptureDoc {
+    fn new(plan: &Plan, rep: &CaptureReport) -> CaptureDoc {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let s = &rep.stats;
+        let (fallback_reason, fork_ms, held_bytes) = match &rep.method {
+            Method::Fork { fork, held, .. } => (None, Some(ms(*fork)), Some(*held)),
+            Method::Freeze { why } => (
+                Some(if plan.fork {
+                    why.clone()
+                } else {
+                    "--no-fork".to_string()
+                }),
+                None,
+                None,
+            ),
+        };
+        CaptureDoc {
+            image: plan.output.display().to_string(),
+            pid: plan.pid,
+            threads: rep.threads,
+            method: rep.method.name(),
+            fallback_reason,
+            stopped_ms: ms(rep.frozen),
+            fork_ms,
+            held_bytes,
+            total_ms: ms(rep.elapsed),
+            regions: s.regions,
+            data_bytes: s.data_bytes,
+            chunks: s.chunks,
+            stored_bytes: s.stored_bytes,
+            zero_pages: s.zero_pages,
+            absent_pages: s.absent_pages,
+            file_size: s.file_len,
+            warnings: rep.warnings.clone(),
+        }
+    }
 }
