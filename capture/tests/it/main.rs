@@ -16,3 +16,4 @@ mod failures;
 mod live;
 mod registers;
 mod restore;
+mod track;
