@@ -4,8 +4,10 @@
 //! Pieces are `piece` bytes from the start of each range (the last one may
 //! be shorter). Memory is read with `process_vm_readv` on this process into
 //! a piece-sized buffer, not through a pointer: a range the program unmapped
-//! then fails with `EFAULT`, an error, instead of a crash. Pieces are hashed
-//! in parallel on rayon's pool.
+//! then fails with `EFAULT`, an error, instead of a crash. The copy costs:
+//! reading 256 MiB this way and hashing it took 1.6 times as long as hashing
+//! it in place (one thread, on a loaded machine). Pieces are hashed in
+//! parallel on rayon's pool.
 
 use std::ops::Range;
 

@@ -362,6 +362,89 @@ impl Wp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// The skip protocol: a test that cannot run here says so, and fails
+    /// where everything is required (`MEMIMG_REQUIRE_ALL`).
+    fn skip(test: &str, why: &str) {
+        if std::env::var_os("MEMIMG_REQUIRE_ALL").is_some_and(|v| !v.is_empty()) {
+            panic!("would skip: {why}");
+        }
+        if let Some(log) = std::env::var_os("MEMIMG_SKIP_LOG").filter(|v| !v.is_empty()) {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            writeln!(f, "{test}\t{}", why.replace(['\n', '\t'], " ")).unwrap();
+        }
+        eprintln!("skipped: {why}");
+    }
+
+    /// The scan for empty entries finds what `MADV_DONTNEED` dropped (a few
+    /// entries of a page table, and a whole 2 MiB block whose page table
+    /// the kernel may free) and nothing else: not the pages never touched,
+    /// whose protection markers read as swapped. Kernels that report holes
+    /// as written never need it after the written scan, so it is tested
+    /// alone here.
+    #[test]
+    fn the_empty_scan_finds_dropped_pages_only() {
+        const MB2: usize = 2 << 20;
+        let len = 4 * MB2;
+        // SAFETY: a fresh anonymous mapping, unmapped at the end.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len + MB2,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(raw, libc::MAP_FAILED);
+        let base = (raw as usize).next_multiple_of(MB2);
+        let ps = 4096;
+        // The first half populated, the second never touched.
+        for p in 0..len / 2 / ps {
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::write_volatile((base + p * ps) as *mut u8, 1) };
+        }
+        let r = base as u64..(base + len) as u64;
+        let mut w = match Wp::start(std::slice::from_ref(&r), 2).unwrap() {
+            Ok(w) => w,
+            Err(why) => return skip("track::wp::the_empty_scan_finds_dropped_pages_only", &why),
+        };
+        let mut out = Vec::new();
+        w.query(r.clone(), Query::Empty, 0, &mut out).unwrap();
+        assert_eq!(out, vec![], "nothing dropped yet");
+        let drop_pages = |first: usize, n: usize| {
+            // SAFETY: a range of our own mapping.
+            let rc = unsafe {
+                libc::madvise(
+                    (base + first * ps) as *mut libc::c_void,
+                    n * ps,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            assert_eq!(rc, 0);
+        };
+        drop_pages(10, 3);
+        drop_pages(512, 512);
+        w.query(r.clone(), Query::Empty, 0, &mut out).unwrap();
+        let a = base as u64;
+        let p = |n: u64| a + n * 4096;
+        assert_eq!(out, vec![p(10)..p(13), p(512)..p(1024)]);
+        // Re-armed by the full scan, they are not empty any more.
+        let found = w.scan(std::slice::from_ref(&r), true).unwrap();
+        assert!(found.contains(&(p(10)..p(13))), "{found:x?}");
+        out.clear();
+        w.query(r, Query::Empty, 0, &mut out).unwrap();
+        assert_eq!(out, vec![]);
+        drop(w);
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(raw, len + MB2) };
+    }
 
     /// `_IOC(dir, type, nr, size)` of `<asm-generic/ioctl.h>`.
     const fn ioc(dir: u64, ty: u64, nr: u64, size: usize) -> libc::c_ulong {

@@ -844,6 +844,8 @@ fn persist_with_a_parent_reads_only_what_was_written() {
             p.plan_since([0; 16]),
             Err(PersistError::NotParent { base: None, .. })
         ));
+        // Written before the parent: in the parent, not in its child.
+        a.bump(1500, 10);
         let parent_path = dir.path().join("parent.mimg");
         let parent = p
             .write_to_path(&parent_path, &PersistOptions::default())
