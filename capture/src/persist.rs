@@ -19,8 +19,8 @@ use crate::bgwrite::Background;
 use crate::pagemap::{self, Pagemap};
 use crate::procfs;
 use crate::track::{
-    build_plan, coalesce, ChildSink, ChildStats, IncrementalPlan, Run, TrackError, TrackOptions,
-    TrackStats, Tracker,
+    build_plan, coalesce, marker_entry, ChildSink, ChildStats, IncrementalPlan, Run, TrackError,
+    TrackMethod, TrackOptions, TrackStats, Tracker,
 };
 
 /// How to write a persisted image.
@@ -246,7 +246,7 @@ impl<'a> Persister<'a> {
             wo = wo.validation(t.clone(), d.clone());
         }
         let mut w = Writer::new(out, wo)?;
-        let reader = PageReader::new(psu);
+        let reader = PageReader::new(psu, tracking.as_deref());
         for r in &regions {
             w.begin_region(r.clone())?;
             reader.push(r, r.start..r.end(), &mut |p| match p {
@@ -380,7 +380,10 @@ impl<'a> Persister<'a> {
         plan: &IncrementalPlan,
         sink: &mut S,
     ) -> Result<ChildStats, PersistError> {
-        let reader = PageReader::new(u64::from(memimg::page_size()));
+        let reader = PageReader::new(
+            u64::from(memimg::page_size()),
+            self.tracking_lock().as_deref(),
+        );
         let mut st = ChildStats::default();
         for rp in &plan.regions {
             sink.begin_region(rp.info.clone())?;
@@ -454,15 +457,20 @@ struct PageReader {
     page_size: u64,
     maps: Vec<procfs::MapsEntry>,
     pm: Pagemap,
+    /// The pagemap entry of a write-protection marker, when tracking with
+    /// `WpAsync`: a page never touched, not a swapped one.
+    marker: Option<u64>,
 }
 
 impl PageReader {
-    fn new(page_size: u64) -> PageReader {
+    fn new(page_size: u64, tracking: Option<&Tracking>) -> PageReader {
         let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let wp = tracking.is_some_and(|t| t.tracker.method() == TrackMethod::WpAsync);
         PageReader {
             page_size,
             maps: procfs::read_maps(me).unwrap_or_default(),
             pm: Pagemap::open(me, page_size),
+            marker: if wp { marker_entry() } else { None },
         }
     }
 
@@ -495,7 +503,9 @@ impl PageReader {
             }
             let mut i = 0;
             while i < pages {
-                let touched = |e: u64| e & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
+                let touched = |e: u64| {
+                    e & (pagemap::PRESENT | pagemap::SWAPPED) != 0 && Some(e) != self.marker
+                };
                 let t = touched(entries[i]);
                 let j = (i..pages)
                     .find(|&k| touched(entries[k]) != t)

@@ -79,6 +79,7 @@ mod wp;
 
 pub(crate) use plan::{build_plan, coalesce};
 pub use plan::{ChildSink, ChildStats, IncrementalPlan, RegionPlan, Run};
+pub(crate) use wp::marker_entry;
 
 /// How a tracker finds written pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,7 +19,13 @@
 //! protection marker reads as swapped), reports them, and when re-arming
 //! protects them again with `UFFDIO_WRITEPROTECT`. On kernels that already
 //! report holes, that second scan finds nothing after the first re-armed
-//! them.
+//! them. It walks the page tables a second time: on 256 MiB with 1% of the
+//! pages written it took a take from 0.13-0.19 ms to 0.29-0.47 ms (a loaded
+//! 2-core machine), still a thousandth of reading the memory.
+//!
+//! With the range armed, a page never touched holds a protection marker,
+//! which `/proc/self/pagemap` shows as a swapped entry; [`marker_entry`]
+//! learns its exact value so that the persister does not read such pages.
 
 use std::fs::File;
 use std::ops::Range;
@@ -161,6 +167,48 @@ fn open_uffd() -> Result<OwnedFd, String> {
     }
     // SAFETY: fd is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `/proc/self/pagemap` entry of a page never touched in an armed
+/// range: a protection marker, which pagemap shows as a swapped entry with
+/// the uffd-wp bit and a fixed swap type and offset. A reader that skips
+/// untouched pages by their pagemap entry must not take it for a swapped
+/// page (it would read, fault in and store zeros). Learnt once per process
+/// from a probe page, since the encoding depends on the kernel's build;
+/// `None` when write-protection is not available.
+pub(crate) fn marker_entry() -> Option<u64> {
+    static MARKER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MARKER.get_or_init(probe_marker)
+}
+
+fn probe_marker() -> Option<u64> {
+    let ps = usize::try_from(super::page_size()).ok()?;
+    // SAFETY: a fresh anonymous page, never touched, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let a = p as usize as u64;
+    let entry = (|| {
+        let probe = a..a + ps as u64;
+        let w = Wp::start(std::slice::from_ref(&probe), 1).ok()?.ok()?;
+        let mut e = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&w.pagemap, &mut e, a / ps as u64 * 8).ok()?;
+        Some(u64::from_ne_bytes(e))
+    })();
+    // SAFETY: the probe page mapped above; nothing refers to it.
+    unsafe { libc::munmap(p, ps) };
+    // Swapped, not present: anything else is not a marker.
+    entry.filter(|e| e >> 62 & 3 == 1)
 }
 
 impl Wp {
@@ -451,6 +499,18 @@ mod tests {
         (dir << 30 | (size as u64) << 16 | ty << 8 | nr) as libc::c_ulong
     }
     const RW: u64 = 3;
+
+    #[test]
+    fn the_marker_entry_is_swapped_and_write_protected() {
+        let Some(e) = marker_entry() else {
+            return skip(
+                "track::wp::the_marker_entry_is_swapped_and_write_protected",
+                "no userfaultfd write-protection here",
+            );
+        };
+        assert_eq!(e >> 62, 1, "swapped, not present: {e:#x}");
+        assert_eq!(e >> 57 & 1, 1, "uffd-wp bit: {e:#x}");
+    }
 
     #[test]
     fn ioctl_numbers_match_the_struct_sizes() {

@@ -986,6 +986,49 @@ fn uncommitted_plans_lose_nothing() {
     );
 }
 
+/// How many pages of `pages` are present, from /proc/self/pagemap.
+fn present(mem: &Mem, pages: Range<usize>) -> usize {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let mut buf = vec![0u8; (pages.end - pages.start) * 8];
+    f.read_exact_at(&mut buf, (mem.addr() / PS as u64 + pages.start as u64) * 8)
+        .unwrap();
+    buf.chunks_exact(8)
+        .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) >> 63 == 1)
+        .count()
+}
+
+/// With write-protection armed, a never-touched page has a protection
+/// marker, which pagemap shows as swapped. A full persist still skips it:
+/// it does not read it (which would fault it in) but records it as zero.
+#[test]
+fn tracked_full_persist_skips_untouched_pages() {
+    let test = "track::tracked_full_persist_skips_untouched_pages";
+    let dir = tempfile::tempdir().unwrap();
+    let a = Mem::new(4 * MIB);
+    a.populate(0..a.pages() / 2);
+    let p = match persister(&[&a]).track(&options(TrackMethod::WpAsync)) {
+        Ok(p) => p,
+        Err(PersistError::Track(TrackError::Unavailable(why))) => return skip(test, &why),
+        Err(e) => panic!("{e}"),
+    };
+    let half = a.pages() / 2;
+    assert_eq!(present(&a, half..a.pages()), 0);
+    let path = dir.path().join("full.mimg");
+    let st = p.write_to_path(&path, &PersistOptions::default()).unwrap();
+    assert_eq!(
+        present(&a, half..a.pages()),
+        0,
+        "the persist read untouched pages"
+    );
+    assert_eq!(st.zero_pages, half as u64);
+    let img = Image::open(&path).unwrap();
+    let mut buf = vec![1u8; a.len];
+    img.read_at(a.addr(), &mut buf).unwrap();
+    // SAFETY: our own mapping, not written meanwhile.
+    assert!(buf == unsafe { std::slice::from_raw_parts(a.base, a.len) });
+}
+
 /// A region added after tracking started is not tracked: a plan stores it
 /// whole. Without tracking there is no plan at all.
 #[test]
