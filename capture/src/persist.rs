@@ -302,6 +302,9 @@ impl<'a> Persister<'a> {
     /// written since ([`Persister::plan_since`]). Regions added later are
     /// not tracked: a persist with a parent stores them whole.
     ///
+    /// With the checksum method (the fallback, or forced), re-arming reads
+    /// and hashes every region, so each full persist reads the memory twice.
+    ///
     /// # Errors
     /// [`PersistError::BadRegion`], or [`PersistError::Track`] when tracking
     /// cannot start (a region not mapped, or a forced method unavailable).
