@@ -688,6 +688,62 @@ fn default_method_and_fallback_reason() {
     );
 }
 
+/// Where userfaultfd refuses a range, the tracker falls back to checksums
+/// and says why; forced to write-protection, it fails instead. Two real
+/// cases: memory another userfaultfd already tracks (`EBUSY`), and a
+/// `MAP_DROPPABLE` mapping (Linux 6.11+), which userfaultfd never handles.
+#[test]
+fn fallback_when_userfaultfd_refuses_a_range() {
+    let test = "track::fallback_when_userfaultfd_refuses_a_range";
+    let mem = Mem::new(2 * MIB);
+    mem.populate(0..mem.pages());
+    let Some(_first) = start(test, &[mem.range()], TrackMethod::WpAsync) else {
+        return;
+    };
+    let mut second = Tracker::start(&[mem.range()], &TrackOptions::default()).unwrap();
+    assert_eq!(second.method(), TrackMethod::Checksums);
+    let why = second.fallback_reason().unwrap().to_string();
+    assert!(why.contains("refused") && why.contains("busy"), "{why}");
+    assert_eq!(
+        second.stats().fallback_reason.as_deref(),
+        Some(why.as_str())
+    );
+    mem.bump(5, 0);
+    assert_pages(
+        "second tracker",
+        &mem,
+        &second.take_written().unwrap(),
+        piece_pages(&mem, [5], PIECE),
+    );
+    match Tracker::start(&[mem.range()], &options(TrackMethod::WpAsync)) {
+        Err(e @ TrackError::Unavailable(_)) => assert!(e.to_string().contains("refused"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+
+    const MAP_DROPPABLE: libc::c_int = 0x08;
+    // SAFETY: a fresh mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MIB,
+            libc::PROT_READ | libc::PROT_WRITE,
+            MAP_DROPPABLE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return skip(test, "MAP_DROPPABLE is not supported (Linux 6.11+)");
+    }
+    let dropp = p as u64..p as u64 + MIB as u64;
+    let t = Tracker::start(std::slice::from_ref(&dropp), &TrackOptions::default()).unwrap();
+    assert_eq!(t.method(), TrackMethod::Checksums);
+    assert!(t.fallback_reason().unwrap().contains("refused"));
+    drop(t);
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(p, MIB) };
+}
+
 #[test]
 #[allow(clippy::single_range_in_vec_init)] // lists of one range are meant
 fn bad_ranges_are_refused() {
