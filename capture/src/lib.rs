@@ -17,7 +17,10 @@
 //!   `LINUX/514`, `CORE/6`), so a core exported from the image gives gdb a
 //!   backtrace of every thread.
 //! - **Persisting a program's own memory** ([`Persister`]): the program names
-//!   the regions it wants back and its validation data.
+//!   the regions it wants back and its validation data. With
+//!   [`Persister::track`] it tracks writes to them ([`track`]: userfaultfd
+//!   write-protection and `PAGEMAP_SCAN`, or checksums where the kernel lacks
+//!   those), so a persist with a parent reads only the pages written since.
 //! - **Restore** ([`restore()`]): maps the regions back at their recorded
 //!   addresses in a new process, by mmap of the file, eager parallel
 //!   decoding, or lazily through userfaultfd.
@@ -42,6 +45,7 @@ mod restore;
 #[cfg(target_arch = "x86_64")]
 mod seccomp;
 mod threads;
+pub mod track;
 
 pub use error::{CaptureError, RestoreError};
 pub use live::{
@@ -51,6 +55,7 @@ pub use persist::{PersistError, PersistOptions, Persister};
 pub use restore::{
     lazy_unavailable, restore, LazyHandle, LazyStats, RestoreOptions, Restored, Strategy,
 };
+pub use track::{TrackError, TrackMethod, TrackOptions, TrackStats, Tracker};
 
 /// An address as a pointer. Addresses come from this machine's address
 /// space (maps, images checked against this machine's pointer width), so they

@@ -1,9 +1,16 @@
 //! Persisting a program's own memory: the program names the regions it wants
 //! back, and writes them with its validation data into an image.
+//!
+//! With [`Persister::track`], writes to the regions are tracked (see
+//! [`crate::track`]); each full persist re-arms the tracker, and a later
+//! persist given that image as its parent reads only the pages written since
+//! ([`Persister::plan_since`], [`Persister::write_child`]).
 
 use std::io::Write;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use memimg::atomic::AtomicFile;
 use memimg::{Codec, Key, Prot, RegionInfo, RegionKind, WriteStats, Writer, WriterOptions};
@@ -11,6 +18,10 @@ use memimg::{Codec, Key, Prot, RegionInfo, RegionKind, WriteStats, Writer, Write
 use crate::bgwrite::Background;
 use crate::pagemap::{self, Pagemap};
 use crate::procfs;
+use crate::track::{
+    build_plan, coalesce, marker_entry, ChildSink, ChildStats, IncrementalPlan, Run, TrackError,
+    TrackMethod, TrackOptions, TrackStats, Tracker,
+};
 
 /// How to write a persisted image.
 #[derive(Debug, Clone)]
@@ -65,6 +76,49 @@ pub enum PersistError {
         #[source]
         source: std::io::Error,
     },
+    /// Write tracking failed.
+    #[error("tracking writes: {0}")]
+    Track(#[from] TrackError),
+    /// A persist with a parent was asked of a persister that does not track
+    /// writes ([`Persister::track`] was not called).
+    #[error("writes are not tracked: call Persister::track before persisting with a parent")]
+    NotTracking,
+    /// The parent given is not the image the tracker was last armed at, so
+    /// the writes since that parent are not known.
+    #[error("the parent {} is not the last image persisted with tracking ({})", hex(parent), base.as_ref().map_or_else(|| "none yet".to_string(), hex))]
+    NotParent {
+        /// The parent asked for.
+        parent: [u8; 16],
+        /// The image the tracker covers writes since, if any.
+        base: Option<[u8; 16]>,
+    },
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The tracking state of a persister.
+#[derive(Debug)]
+struct Tracking {
+    tracker: Tracker,
+    /// The last image persisted with tracking: `since_base` holds every
+    /// range written since it was read (with what the tracker holds).
+    base: Option<[u8; 16]>,
+    /// Ranges taken from the tracker since `base`, with the take number.
+    since_base: Vec<(u64, Vec<Range<u64>>)>,
+    takes: u64,
+}
+
+impl Tracking {
+    /// Takes the written ranges from the tracker into `since_base`; returns
+    /// the take's number.
+    fn take(&mut self) -> Result<u64, TrackError> {
+        let w = self.tracker.take_written()?;
+        self.takes += 1;
+        self.since_base.push((self.takes, w));
+        Ok(self.takes)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +143,7 @@ struct Entry {
 pub struct Persister<'a> {
     regions: Vec<Entry>,
     validation: Option<(Vec<u8>, Vec<u8>)>,
+    tracking: Option<Mutex<Tracking>>,
     _borrow: PhantomData<&'a [u8]>,
 }
 
@@ -172,11 +227,50 @@ impl<'a> Persister<'a> {
     ) -> Result<(W, WriteStats), PersistError> {
         let ps = memimg::page_size();
         let psu = u64::from(ps);
-        let mut regions = self.regions.clone();
-        regions.sort_by_key(|e| e.info.start);
+        let regions = self.checked_regions()?;
+        let mut tracking = self.tracking_lock();
+        if let Some(t) = tracking.as_mut() {
+            // Re-arm before reading: what is written from now on is what a
+            // child of this image must store.
+            t.take()?;
+        }
+        let mut wo = WriterOptions::new()
+            .page_size(ps)
+            .codec(opts.codec)
+            .key_opt(opts.key.clone())
+            .workers(opts.workers);
+        if let Some(cs) = opts.chunk_size {
+            wo = wo.chunk_size(cs);
+        }
+        if let Some((t, d)) = &self.validation {
+            wo = wo.validation(t.clone(), d.clone());
+        }
+        let mut w = Writer::new(out, wo)?;
+        let reader = PageReader::new(psu, tracking.as_deref());
+        for r in &regions {
+            w.begin_region(r.clone())?;
+            reader.push(r, r.start..r.end(), &mut |p| match p {
+                Pages::Data(s) => w.push_data(s),
+                Pages::Zero(n) => w.push_zero(n),
+            })?;
+            w.end_region()?;
+        }
+        let (out, stats) = w.finish()?;
+        if let Some(t) = tracking.as_mut() {
+            t.base = Some(stats.image_id);
+            t.since_base.clear();
+        }
+        Ok((out, stats))
+    }
+
+    /// The regions sorted by address, checked: whole pages on page
+    /// boundaries, no overlap.
+    fn checked_regions(&self) -> Result<Vec<RegionInfo>, PersistError> {
+        let psu = u64::from(memimg::page_size());
+        let mut regions: Vec<RegionInfo> = self.regions.iter().map(|e| e.info.clone()).collect();
+        regions.sort_by_key(|r| r.start);
         let mut prev_end = 0;
-        for e in &regions {
-            let r = &e.info;
+        for r in &regions {
             let bad = |why| PersistError::BadRegion {
                 name: r.name_lossy(),
                 start: r.start,
@@ -191,70 +285,254 @@ impl<'a> Persister<'a> {
             }
             prev_end = r.end();
         }
-        let mut wo = WriterOptions::new()
-            .page_size(ps)
-            .codec(opts.codec)
-            .key_opt(opts.key.clone())
-            .workers(opts.workers);
-        if let Some(cs) = opts.chunk_size {
-            wo = wo.chunk_size(cs);
+        Ok(regions)
+    }
+
+    fn tracking_lock(&self) -> Option<MutexGuard<'_, Tracking>> {
+        self.tracking
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Starts tracking writes to the regions added so far (see
+    /// [`crate::track`]), replacing any tracking already started. From then
+    /// on each full persist ([`Persister::write_to_path`],
+    /// [`Persister::write_to`]) re-arms the tracker before it reads, so a
+    /// later persist given that image as its parent stores only the pages
+    /// written since ([`Persister::plan_since`]). Regions added later are
+    /// not tracked: a persist with a parent stores them whole.
+    ///
+    /// With the checksum method (the fallback, or forced), re-arming reads
+    /// and hashes every region, so each full persist reads the memory twice.
+    ///
+    /// # Errors
+    /// [`PersistError::BadRegion`], or [`PersistError::Track`] when tracking
+    /// cannot start (a region not mapped, or a forced method unavailable).
+    pub fn track(mut self, opts: &TrackOptions) -> Result<Self, PersistError> {
+        self.tracking = None;
+        let ranges: Vec<Range<u64>> = self
+            .checked_regions()?
+            .iter()
+            .map(|r| r.start..r.end())
+            .collect();
+        let tracker = Tracker::start(&ranges, opts)?;
+        self.tracking = Some(Mutex::new(Tracking {
+            tracker,
+            base: None,
+            since_base: Vec::new(),
+            takes: 0,
+        }));
+        Ok(self)
+    }
+
+    /// The tracker's figures (its method among them), when tracking.
+    pub fn tracking(&self) -> Option<TrackStats> {
+        self.tracking_lock().map(|t| t.tracker.stats())
+    }
+
+    /// The image id of the last image persisted with tracking: the parent a
+    /// persist with a parent may use now.
+    pub fn tracked_base(&self) -> Option<[u8; 16]> {
+        self.tracking_lock().and_then(|t| t.base)
+    }
+
+    /// Plans a persist with `parent` as parent: takes the writes from the
+    /// tracker (re-arming it) and splits each region into runs written since
+    /// `parent` was persisted and runs left unchanged. The tracker keeps
+    /// what it took until [`Persister::child_committed`] says the child is
+    /// written, so a failed child loses nothing: a new plan includes it.
+    ///
+    /// # Errors
+    /// [`PersistError::NotTracking`]; [`PersistError::NotParent`] when
+    /// `parent` is not the last image persisted with tracking (or the last
+    /// committed child); [`PersistError::Track`] when the tracker fails.
+    pub fn plan_since(&self, parent: [u8; 16]) -> Result<IncrementalPlan, PersistError> {
+        let regions = self.checked_regions()?;
+        let mut guard = self.tracking_lock().ok_or(PersistError::NotTracking)?;
+        let t = &mut *guard;
+        if t.base != Some(parent) {
+            return Err(PersistError::NotParent {
+                parent,
+                base: t.base,
+            });
         }
-        if let Some((t, d)) = &self.validation {
-            wo = wo.validation(t.clone(), d.clone());
-        }
-        let mut w = Writer::new(out, wo)?;
-        let me = i32::try_from(std::process::id()).unwrap_or(0);
-        let maps = procfs::read_maps(me).unwrap_or_default();
-        let pm = Pagemap::open(me, psu);
-        let mut entries = Vec::new();
-        for e in &regions {
-            let r = &e.info;
-            // Pages never touched in private anonymous memory are zero: skip
-            // reading (and faulting in) them. Anything else is read.
-            let anon_private = maps
-                .iter()
-                .filter(|m| m.end > r.start && m.start < r.end())
-                .all(|m| !m.is_file() && !m.shared);
-            w.begin_region(r.clone())?;
-            let mut at = r.start;
-            while at < r.end() {
-                let n = (4u64 << 20).min(r.end() - at);
-                let pages = usize::try_from(n / psu).unwrap_or(0);
-                if anon_private {
-                    pm.read(at, &mut entries, pages);
-                } else {
-                    entries.clear();
-                    entries.resize(pages, pagemap::PRESENT);
-                }
-                let mut i = 0;
-                while i < pages {
-                    let touched = |e: u64| e & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
-                    let t = touched(entries[i]);
-                    let j = (i..pages)
-                        .find(|&k| touched(entries[k]) != t)
-                        .unwrap_or(pages);
-                    let a = at + i as u64 * psu;
-                    let len = (j - i) as u64 * psu;
-                    if t {
-                        // SAFETY: a..a+len lies inside a region the caller
-                        // registered as mapped and readable until now (the
-                        // borrow in `region`, or region_raw's contract).
-                        let s = unsafe {
-                            std::slice::from_raw_parts(
-                                crate::ptr_of(a) as *const u8,
-                                usize::try_from(len).unwrap_or(0),
-                            )
-                        };
-                        w.push_data(s)?;
-                    } else {
-                        w.push_zero(len)?;
+        let take = t.take()?;
+        let mut written: Vec<Range<u64>> = t
+            .since_base
+            .iter()
+            .flat_map(|(_, w)| w.iter().cloned())
+            .collect();
+        coalesce(&mut written);
+        Ok(IncrementalPlan {
+            parent,
+            method: t.tracker.method(),
+            regions: build_plan(&regions, t.tracker.ranges(), &written),
+            take,
+        })
+    }
+
+    /// Writes the child that `plan` describes into `sink`: every region,
+    /// its `Written` runs read from memory (pages never touched pushed as
+    /// zero, unread) and its `Unchanged` runs as the parent's pages. The
+    /// caller finishes the sink, then calls [`Persister::child_committed`].
+    ///
+    /// # Errors
+    /// [`PersistError::Format`] from the sink.
+    pub fn write_child<S: ChildSink + ?Sized>(
+        &self,
+        plan: &IncrementalPlan,
+        sink: &mut S,
+    ) -> Result<ChildStats, PersistError> {
+        let reader = PageReader::new(
+            u64::from(memimg::page_size()),
+            self.tracking_lock().as_deref(),
+        );
+        let mut st = ChildStats::default();
+        for rp in &plan.regions {
+            sink.begin_region(rp.info.clone())?;
+            for run in &rp.runs {
+                match run {
+                    Run::Written(r) => {
+                        st.written_bytes += run.len();
+                        let (mut data, mut zero) = (0, 0);
+                        reader.push(&rp.info, r.clone(), &mut |p| match p {
+                            Pages::Data(s) => {
+                                data += s.len() as u64;
+                                sink.push_data(s)
+                            }
+                            Pages::Zero(n) => {
+                                zero += n;
+                                sink.push_zero(n)
+                            }
+                        })?;
+                        st.data_bytes += data;
+                        st.zero_bytes += zero;
                     }
-                    i = j;
+                    Run::Unchanged(_) => {
+                        st.in_parent_bytes += run.len();
+                        sink.push_in_parent(run.len())?;
+                    }
                 }
-                at += n;
             }
-            w.end_region()?;
+            sink.end_region()?;
+            st.regions += 1;
         }
-        Ok(w.finish()?)
+        Ok(st)
+    }
+
+    /// Records that the child written from `plan` is complete, with image id
+    /// `child`: it becomes the parent the next persist with a parent uses,
+    /// and the tracker forgets the writes the child holds.
+    ///
+    /// # Errors
+    /// [`PersistError::NotTracking`]; [`PersistError::NotParent`] when an
+    /// image was persisted with tracking since the plan was made (the plan's
+    /// parent is no longer the base).
+    pub fn child_committed(
+        &self,
+        plan: &IncrementalPlan,
+        child: [u8; 16],
+    ) -> Result<(), PersistError> {
+        let mut guard = self.tracking_lock().ok_or(PersistError::NotTracking)?;
+        let t = &mut *guard;
+        if t.base != Some(plan.parent) {
+            return Err(PersistError::NotParent {
+                parent: plan.parent,
+                base: t.base,
+            });
+        }
+        t.base = Some(child);
+        t.since_base.retain(|(n, _)| *n > plan.take);
+        Ok(())
+    }
+}
+
+/// A run of pages [`PageReader::push`] hands on.
+enum Pages<'a> {
+    /// Touched pages, read.
+    Data(&'a [u8]),
+    /// This many bytes of pages never touched.
+    Zero(u64),
+}
+
+/// Reads pages of the registered regions for a writer.
+struct PageReader {
+    page_size: u64,
+    maps: Vec<procfs::MapsEntry>,
+    pm: Pagemap,
+    /// The pagemap entry of a write-protection marker, when tracking with
+    /// `WpAsync`: a page never touched, not a swapped one.
+    marker: Option<u64>,
+}
+
+impl PageReader {
+    fn new(page_size: u64, tracking: Option<&Tracking>) -> PageReader {
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let wp = tracking.is_some_and(|t| t.tracker.method() == TrackMethod::WpAsync);
+        PageReader {
+            page_size,
+            maps: procfs::read_maps(me).unwrap_or_default(),
+            pm: Pagemap::open(me, page_size),
+            marker: if wp { marker_entry() } else { None },
+        }
+    }
+
+    /// Pushes the pages of `range` (inside region `r`): runs of touched
+    /// pages as data, runs never touched as zero.
+    fn push(
+        &self,
+        r: &RegionInfo,
+        range: Range<u64>,
+        out: &mut dyn FnMut(Pages<'_>) -> memimg::Result<()>,
+    ) -> memimg::Result<()> {
+        let psu = self.page_size;
+        // Pages never touched in private anonymous memory are zero: skip
+        // reading (and faulting in) them. Anything else is read.
+        let anon_private = self
+            .maps
+            .iter()
+            .filter(|m| m.end > r.start && m.start < r.end())
+            .all(|m| !m.is_file() && !m.shared);
+        let mut entries = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let n = (4u64 << 20).min(range.end - at);
+            let pages = usize::try_from(n / psu).unwrap_or(0);
+            if anon_private {
+                self.pm.read(at, &mut entries, pages);
+            } else {
+                entries.clear();
+                entries.resize(pages, pagemap::PRESENT);
+            }
+            let mut i = 0;
+            while i < pages {
+                let touched = |e: u64| {
+                    e & (pagemap::PRESENT | pagemap::SWAPPED) != 0 && Some(e) != self.marker
+                };
+                let t = touched(entries[i]);
+                let j = (i..pages)
+                    .find(|&k| touched(entries[k]) != t)
+                    .unwrap_or(pages);
+                let a = at + i as u64 * psu;
+                let len = (j - i) as u64 * psu;
+                if t {
+                    // SAFETY: a..a+len lies inside a region the caller
+                    // registered as mapped and readable until now (the
+                    // borrow in `region`, or region_raw's contract).
+                    let s = unsafe {
+                        std::slice::from_raw_parts(
+                            crate::ptr_of(a) as *const u8,
+                            usize::try_from(len).unwrap_or(0),
+                        )
+                    };
+                    out(Pages::Data(s))?;
+                } else {
+                    out(Pages::Zero(len))?;
+                }
+                i = j;
+            }
+            at += n;
+        }
+        Ok(())
     }
 }

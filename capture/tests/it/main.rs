@@ -22,3 +22,4 @@ mod live;
 mod protect;
 mod registers;
 mod restore;
+mod track;
