@@ -27,7 +27,7 @@ static void size_is(memimg_struct_id id, size_t header, const char *name) {
     size_t lib = 0;
     memimg_status s = memimg_struct_size(id, &lib);
     EXPECT(s == MEMIMG_OK, "memimg_struct_size(%s): %s", name, memimg_status_name(s));
-    EXPECT(lib == header, "sizeof(struct %s) is %zu in the header, %zu in the library", name, header,
+    EXPECT(lib == header, "sizeof(%s) is %zu in the header, %zu in the library", name, header,
            lib);
 }
 

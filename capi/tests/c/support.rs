@@ -144,7 +144,11 @@ pub fn valgrind_works() -> bool {
 /// the command when it timed out.
 pub fn run(mut cmd: Command, limit: Duration) -> Output {
     let what = format!("{cmd:?}");
+    // Cargo puts target/PROFILE first in LD_LIBRARY_PATH, which the loader
+    // searches before the rpath: a libmemimg.so uplifted there by an
+    // earlier `cargo build` would be loaded instead of this build's.
     let mut child = cmd
+        .env_remove("LD_LIBRARY_PATH")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
