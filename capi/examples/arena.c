@@ -324,7 +324,7 @@ int main(int argc, char **argv) {
     ms = persist(zst, used, n, MEMIMG_CODEC_ZSTD, &len);
     printf("persisted with codec zstd:1: %" PRIu64 " MiB file in %.0f ms\n", len >> 20, ms);
 
-    printf("\n%-8s %-12s %12s %14s %8s %10s\n", "strategy", "image", "restore ms", "walk+check ms",
+    printf("\n%-10s %-8s %12s %14s %8s %10s\n", "strategy", "image", "restore ms", "walk+check ms",
            "faults", "checked");
     static const struct {
         const char *strategy, *image;
@@ -339,14 +339,20 @@ int main(int argc, char **argv) {
         uint64_t faults, checked;
         if (rc == 0 && sscanf(out, "RESULT %15s %lf %lf %" SCNu64 " %" SCNu64, name, &restore_ms,
                               &walk_ms, &faults, &checked) == 5) {
-            printf("%-8s %-12s %12.3f %14.1f %8" PRIu64 " %10" PRIu64 "\n", name, runs[i].image,
+            /* A restore asked for auto shows what it chose: auto=mmap. */
+            char label[32];
+            if (strcmp(runs[i].strategy, name) == 0)
+                snprintf(label, sizeof label, "%s", name);
+            else
+                snprintf(label, sizeof label, "%s=%s", runs[i].strategy, name);
+            printf("%-10s %-8s %12.3f %14.1f %8" PRIu64 " %10" PRIu64 "\n", label, runs[i].image,
                    restore_ms, walk_ms, faults, checked);
             done++;
         } else if (rc == 3 && strncmp(out, "UNAVAILABLE ", 12) == 0) {
             out[strcspn(out, "\n")] = 0;
-            printf("%-8s %-12s unavailable here: %s\n", runs[i].strategy, runs[i].image, out + 12);
+            printf("%-10s %-8s unavailable here: %s\n", runs[i].strategy, runs[i].image, out + 12);
         } else {
-            printf("%-8s %-12s FAILED (exit %d): %s\n", runs[i].strategy, runs[i].image, rc, out);
+            printf("%-10s %-8s FAILED (exit %d): %s\n", runs[i].strategy, runs[i].image, rc, out);
             failed++;
         }
     }
