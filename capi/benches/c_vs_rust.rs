@@ -53,7 +53,11 @@ fn target_dir() -> PathBuf {
 fn build_c(out: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = target_dir();
-    assert!(lib.join("libmemimg.so").exists(), "no libmemimg.so in {}", lib.display());
+    assert!(
+        lib.join("libmemimg.so").exists(),
+        "no libmemimg.so in {}",
+        lib.display()
+    );
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let o = Command::new(&cc)
         .args(["-O2", "-Wall"])
@@ -133,7 +137,11 @@ fn run(exe: &Path, n: u64) -> (Times, Vec<String>) {
         }
     }
     for m in MEASURES {
-        assert!(t.contains_key(m), "{} printed no {m}:\n{text}", exe.display());
+        assert!(
+            t.contains_key(m),
+            "{} printed no {m}:\n{text}",
+            exe.display()
+        );
     }
     (t, sizes)
 }
@@ -165,7 +173,10 @@ fn main() {
     let (_, rust_sizes) = run(&rust_exe, n);
     println!("C:    {}", c_sizes.join(", "));
     println!("Rust: {}", rust_sizes.join(", "));
-    assert_eq!(c_sizes, rust_sizes, "the two programs did not build the same data");
+    assert_eq!(
+        c_sizes, rust_sizes,
+        "the two programs did not build the same data"
+    );
     let mut c: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut r: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for i in 0..runs {
@@ -196,7 +207,11 @@ fn main() {
             "{m:<16} {cm:>12.3} {:>20} {rm:>12.3} {:>20} {ratio:>8.3}  {}",
             spread(cv),
             spread(rv),
-            if ratio <= 1.05 { "met (<= 1.05)" } else { "missed (> 1.05)" }
+            if ratio <= 1.05 {
+                "met (<= 1.05)"
+            } else {
+                "missed (> 1.05)"
+            }
         );
     }
 }

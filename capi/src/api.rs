@@ -38,7 +38,8 @@ pub struct memimg_api {
     /// See `memimg_last_error_message()`.
     pub last_error_message: extern "C" fn() -> *const c_char,
     /// See `memimg_key_from_bytes()`.
-    pub key_from_bytes: unsafe extern "C" fn(*const u8, usize, *mut *mut memimg_key) -> memimg_status,
+    pub key_from_bytes:
+        unsafe extern "C" fn(*const u8, usize, *mut *mut memimg_key) -> memimg_status,
     /// See `memimg_key_from_file()`.
     pub key_from_file: unsafe extern "C" fn(*const c_char, *mut *mut memimg_key) -> memimg_status,
     /// See `memimg_key_from_passphrase_file()`.
@@ -140,7 +141,8 @@ pub struct memimg_api {
     pub report_problem:
         unsafe extern "C" fn(*const memimg_report, usize, *mut memimg_problem) -> memimg_status,
     /// See `memimg_report_text()`.
-    pub report_text: unsafe extern "C" fn(*const memimg_report, *mut *const c_char) -> memimg_status,
+    pub report_text:
+        unsafe extern "C" fn(*const memimg_report, *mut *const c_char) -> memimg_status,
     /// See `memimg_report_free()`.
     pub report_free: unsafe extern "C" fn(*mut memimg_report) -> memimg_status,
 }
@@ -253,7 +255,10 @@ pub extern "C" fn memimg_library_version() -> *const c_char {
 ///
 /// Errors: `MEMIMG_E_INVALID_ARGUMENT` for an unknown id or a NULL `size`.
 #[no_mangle]
-pub unsafe extern "C" fn memimg_struct_size(id: memimg_struct_id, size: *mut usize) -> memimg_status {
+pub unsafe extern "C" fn memimg_struct_size(
+    id: memimg_struct_id,
+    size: *mut usize,
+) -> memimg_status {
     guard("memimg_struct_size", || {
         let n = match id {
             MEMIMG_STRUCT_API => size_of::<memimg_api>(),
@@ -270,11 +275,7 @@ pub unsafe extern "C" fn memimg_struct_size(id: memimg_struct_id, size: *mut usi
             MEMIMG_STRUCT_VERIFY_OPTIONS => size_of::<memimg_verify_options>(),
             MEMIMG_STRUCT_REPORT_INFO => size_of::<memimg_report_info>(),
             MEMIMG_STRUCT_PROBLEM => size_of::<memimg_problem>(),
-            n => {
-                return Err(Failure::invalid(format!(
-                    "{n} is not a MEMIMG_STRUCT_*"
-                )))
-            }
+            n => return Err(Failure::invalid(format!("{n} is not a MEMIMG_STRUCT_*"))),
         };
         // SAFETY: checked for NULL by put; writable by contract.
         unsafe { crate::args::put(size, n, "size") }

@@ -53,10 +53,14 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, arg: &str) -> Result<&'
         return Ok(&[]);
     }
     if p.is_null() {
-        return Err(Failure::invalid(format!("{arg} is NULL but its length is {len}")));
+        return Err(Failure::invalid(format!(
+            "{arg} is NULL but its length is {len}"
+        )));
     }
     if isize::try_from(len).is_err() {
-        return Err(Failure::invalid(format!("{arg}'s length {len} is not a length")));
+        return Err(Failure::invalid(format!(
+            "{arg}'s length {len} is not a length"
+        )));
     }
     // SAFETY: p is not NULL and, by contract, has len readable bytes; len
     // fits isize.
@@ -68,15 +72,23 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, arg: &str) -> Result<&'
 /// # Safety
 /// `p` is NULL or points to `len` writable bytes that no one else uses
 /// during `'a`.
-pub(crate) unsafe fn bytes_mut<'a>(p: *mut u8, len: usize, arg: &str) -> Result<&'a mut [u8], Failure> {
+pub(crate) unsafe fn bytes_mut<'a>(
+    p: *mut u8,
+    len: usize,
+    arg: &str,
+) -> Result<&'a mut [u8], Failure> {
     if len == 0 {
         return Ok(&mut []);
     }
     if p.is_null() {
-        return Err(Failure::invalid(format!("{arg} is NULL but its length is {len}")));
+        return Err(Failure::invalid(format!(
+            "{arg} is NULL but its length is {len}"
+        )));
     }
     if isize::try_from(len).is_err() {
-        return Err(Failure::invalid(format!("{arg}'s length {len} is not a length")));
+        return Err(Failure::invalid(format!(
+            "{arg}'s length {len} is not a length"
+        )));
     }
     // SAFETY: as in bytes, and writable and unaliased by contract.
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })

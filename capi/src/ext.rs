@@ -137,7 +137,11 @@ pub(crate) unsafe fn read_in<T: Extensible>(p: *const T, arg: &str) -> Result<T,
 ///
 /// # Safety
 /// `p` is NULL or points to `struct_size` writable bytes.
-pub(crate) unsafe fn write_out<T: Extensible>(p: *mut T, mut v: T, arg: &str) -> Result<(), Failure> {
+pub(crate) unsafe fn write_out<T: Extensible>(
+    p: *mut T,
+    mut v: T,
+    arg: &str,
+) -> Result<(), Failure> {
     // SAFETY: forwarded contract.
     let size = unsafe { caller_size(p, arg)? };
     let ours = size_of::<T>();
@@ -178,7 +182,10 @@ mod tests {
         // SAFETY: buf has 64 writable bytes, more than struct_size.
         unsafe { write_out(buf.as_mut_ptr().cast::<memimg_verify_options>(), v, "o") }.unwrap();
         assert_eq!(&buf[8..12], &7u32.to_ne_bytes());
-        assert!(buf[size..].iter().all(|&b| b == 0xAA), "wrote past struct_size");
+        assert!(
+            buf[size..].iter().all(|&b| b == 0xAA),
+            "wrote past struct_size"
+        );
     }
 
     #[test]

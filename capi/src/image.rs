@@ -99,7 +99,9 @@ pub unsafe extern "C" fn memimg_image_header(
         if pid.is_some() {
             flags |= MEMIMG_HEADER_HAS_PID;
         }
-        let field = |f: fn(&img::ProcessFacts) -> &[u8]| p.map_or((std::ptr::null(), 0), |p| bytes_of(f(p)));
+        let field = |f: fn(&img::ProcessFacts) -> &[u8]| {
+            p.map_or((std::ptr::null(), 0), |p| bytes_of(f(p)))
+        };
         let (producer, producer_len) = bytes_of(h.producer.as_bytes());
         let (validation_tag, validation_tag_len) = bytes_of(tag);
         let (validation_data, validation_data_len) = bytes_of(data);

@@ -37,12 +37,13 @@ pub unsafe extern "C" fn memimg_key_from_bytes(
             give(out, || {
                 let b = args::bytes(bytes, len, "bytes")?;
                 if b.is_empty() {
-                    return Err(crate::error::Failure::invalid("bytes is empty: a key is 32 bytes"));
+                    return Err(crate::error::Failure::invalid(
+                        "bytes is empty: a key is 32 bytes",
+                    ));
                 }
                 Ok(memimg_key {
-                    key: img::Key::from_key_bytes(b).map_err(|e| {
-                        crate::error::Failure::invalid(e.message().to_string())
-                    })?,
+                    key: img::Key::from_key_bytes(b)
+                        .map_err(|e| crate::error::Failure::invalid(e.message().to_string()))?,
                 })
             })
         }

@@ -59,7 +59,9 @@ pub unsafe extern "C" fn memimg_persister_new(out: *mut *mut memimg_persister) -
 #[no_mangle]
 pub unsafe extern "C" fn memimg_persister_free(p: *mut memimg_persister) -> memimg_status {
     // SAFETY: the handle table checks the pointer before it is freed.
-    guard("memimg_persister_free", || unsafe { free_handle(p, "persister") })
+    guard("memimg_persister_free", || unsafe {
+        free_handle(p, "persister")
+    })
 }
 
 fn kind_of(k: memimg_region_kind) -> Option<RegionKind> {
@@ -85,14 +87,18 @@ pub unsafe extern "C" fn memimg_persister_add_region(
         let per = unsafe { handle_mut(p, "persister")? };
         // SAFETY: the caller's struct, checked by read_in.
         let s = unsafe { read_in(spec, "spec")? };
-        let kind = kind_of(s.kind)
-            .ok_or_else(|| Failure::invalid(format!("spec->kind {} is not a MEMIMG_KIND_*", s.kind)))?;
+        let kind = kind_of(s.kind).ok_or_else(|| {
+            Failure::invalid(format!("spec->kind {} is not a MEMIMG_KIND_*", s.kind))
+        })?;
         let prot = u8::try_from(s.prot)
             .ok()
             .filter(|&b| b & !(Prot::READ | Prot::WRITE | Prot::EXEC) == 0)
             .map(Prot)
             .ok_or_else(|| {
-                Failure::invalid(format!("spec->prot {:#x} has bits other than MEMIMG_PROT_*", s.prot))
+                Failure::invalid(format!(
+                    "spec->prot {:#x} has bits other than MEMIMG_PROT_*",
+                    s.prot
+                ))
             })?;
         // SAFETY: a C string by contract, or NULL.
         let name = unsafe { args::opt_utf8(s.name, "spec->name")? };
@@ -107,9 +113,13 @@ pub unsafe extern "C" fn memimg_persister_add_region(
             return Err(bad("its length is 0"));
         }
         if s.addr % ps != 0 || s.len % ps != 0 {
-            return Err(bad(&format!("not whole {ps}-byte pages on page boundaries")));
+            return Err(bad(&format!(
+                "not whole {ps}-byte pages on page boundaries"
+            )));
         }
-        if s.addr.checked_add(s.len).is_none() || usize::try_from(s.addr.saturating_add(s.len)).is_err() {
+        if s.addr.checked_add(s.len).is_none()
+            || usize::try_from(s.addr.saturating_add(s.len)).is_err()
+        {
             return Err(bad("it runs past the end of the address space"));
         }
         per.regions.push(Spec {
@@ -140,7 +150,12 @@ pub unsafe extern "C" fn memimg_persister_set_validation(
         // SAFETY: checked against the handle table; one thread at a time.
         let per = unsafe { handle_mut(p, "persister")? };
         // SAFETY: the caller's buffers, of the lengths given.
-        let (t, d) = unsafe { (args::bytes(tag, tag_len, "tag")?, args::bytes(data, data_len, "data")?) };
+        let (t, d) = unsafe {
+            (
+                args::bytes(tag, tag_len, "tag")?,
+                args::bytes(data, data_len, "data")?,
+            )
+        };
         per.validation = Some((t.to_vec(), d.to_vec()));
         Ok(())
     })
@@ -161,11 +176,17 @@ pub unsafe extern "C" fn memimg_persister_set_codec(
         per.opts.codec = match (codec, level) {
             (MEMIMG_CODEC_NONE, 0) => Codec::None,
             (MEMIMG_CODEC_NONE, l) => {
-                return Err(Failure::invalid(format!("codec none takes no level (got {l})")))
+                return Err(Failure::invalid(format!(
+                    "codec none takes no level (got {l})"
+                )))
             }
             (MEMIMG_CODEC_ZSTD, 0) => Codec::Zstd(1),
             (MEMIMG_CODEC_ZSTD, l) => format!("zstd:{l}").parse().map_err(Failure::invalid)?,
-            (c, _) => return Err(Failure::invalid(format!("codec {c} is not a MEMIMG_CODEC_*"))),
+            (c, _) => {
+                return Err(Failure::invalid(format!(
+                    "codec {c} is not a MEMIMG_CODEC_*"
+                )))
+            }
         };
         Ok(())
     })
@@ -225,8 +246,12 @@ pub unsafe extern "C" fn memimg_persister_set_workers(
 /// than fail the call).
 fn check_mapped(regions: &[Spec]) -> Result<(), Failure> {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
-    let maps = memimg_capture::procfs::read_maps(me)
-        .map_err(|e| Failure::new(memimg_status::MEMIMG_E_IO, format!("reading /proc/self/maps: {e}")))?;
+    let maps = memimg_capture::procfs::read_maps(me).map_err(|e| {
+        Failure::new(
+            memimg_status::MEMIMG_E_IO,
+            format!("reading /proc/self/maps: {e}"),
+        )
+    })?;
     for r in regions {
         let end = r.addr + r.len;
         let mut at = r.addr;
@@ -247,7 +272,10 @@ fn check_mapped(regions: &[Spec]) -> Result<(), Failure> {
                 break;
             }
             if !m.prot.read() {
-                return Err(bad(format!("{at:#x}-{:#x} is not readable", m.end.min(end))));
+                return Err(bad(format!(
+                    "{at:#x}-{:#x} is not readable",
+                    m.end.min(end)
+                )));
             }
             at = m.end;
         }

@@ -90,8 +90,16 @@ pub unsafe extern "C" fn memimg_restore(
                     )));
                 }
                 let expect_validation = if o.flags & MEMIMG_RESTORE_CHECK_VALIDATION != 0 {
-                    let t = args::bytes(o.validation_tag, o.validation_tag_len, "opts->validation_tag")?;
-                    let d = args::bytes(o.validation_data, o.validation_data_len, "opts->validation_data")?;
+                    let t = args::bytes(
+                        o.validation_tag,
+                        o.validation_tag_len,
+                        "opts->validation_tag",
+                    )?;
+                    let d = args::bytes(
+                        o.validation_data,
+                        o.validation_data_len,
+                        "opts->validation_data",
+                    )?;
                     Some((t.to_vec(), d.to_vec()))
                 } else {
                     None
@@ -262,5 +270,7 @@ pub unsafe extern "C" fn memimg_restored_finish(
 #[no_mangle]
 pub unsafe extern "C" fn memimg_restored_free(r: *mut memimg_restored) -> memimg_status {
     // SAFETY: the handle table checks the pointer before it is freed.
-    guard("memimg_restored_free", || unsafe { free_handle(r, "restored") })
+    guard("memimg_restored_free", || unsafe {
+        free_handle(r, "restored")
+    })
 }

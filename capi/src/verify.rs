@@ -157,10 +157,9 @@ pub unsafe extern "C" fn memimg_report_info(
                 Status::Damaged => MEMIMG_VERIFY_DAMAGED,
                 Status::Unchecked => MEMIMG_VERIFY_UNCHECKED,
             },
-            fatal_status: r
-                .fatal
-                .as_ref()
-                .map_or(memimg_status::MEMIMG_OK, |e| memimg_status::of_kind(e.kind())),
+            fatal_status: r.fatal.as_ref().map_or(memimg_status::MEMIMG_OK, |e| {
+                memimg_status::of_kind(e.kind())
+            }),
             unlocked: u32::from(r.unlocked),
             reserved: 0,
         };
@@ -218,5 +217,7 @@ pub unsafe extern "C" fn memimg_report_text(
 #[no_mangle]
 pub unsafe extern "C" fn memimg_report_free(report: *mut memimg_report) -> memimg_status {
     // SAFETY: the handle table checks the pointer before it is freed.
-    guard("memimg_report_free", || unsafe { free_handle(report, "report") })
+    guard("memimg_report_free", || unsafe {
+        free_handle(report, "report")
+    })
 }

@@ -48,7 +48,10 @@ fn errors_under_sanitizers() {
     let test = "errors_under_sanitizers";
     let Some(cc) = cc_or_skip(test) else { return };
     if !sanitizers_work(cc) {
-        skip(test, &format!("{cc} cannot build with -fsanitize=address,undefined here"));
+        skip(
+            test,
+            &format!("{cc} cannot build with -fsanitize=address,undefined here"),
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -58,14 +61,21 @@ fn errors_under_sanitizers() {
         &[crate_dir().join("tests/c/errors.c")],
         &exe,
         Link::Shared,
-        &["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
+        &[
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ],
     );
     let env = lazy_env(test);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut all = env.clone();
     // Leaks in the library show too: ASan's LeakSanitizer sees every malloc,
     // Rust's included (Rust uses the system allocator).
-    all.push(("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=99"));
+    all.push((
+        "ASAN_OPTIONS",
+        "detect_leaks=1:abort_on_error=0:exitcode=99",
+    ));
     all.push(("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"));
     let out = run_errors(&exe, &[], &all, Duration::from_secs(300));
     assert!(!out.contains("ERROR: AddressSanitizer"), "{out}");
@@ -83,7 +93,13 @@ fn errors_under_valgrind() {
     }
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("errors");
-    compile(cc, &[crate_dir().join("tests/c/errors.c")], &exe, Link::Shared, &[]);
+    compile(
+        cc,
+        &[crate_dir().join("tests/c/errors.c")],
+        &exe,
+        Link::Shared,
+        &[],
+    );
     let out = run_errors(
         &exe,
         &[

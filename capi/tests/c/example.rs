@@ -13,14 +13,23 @@ fn example_restores_with_every_strategy() {
     let Some(cc) = cc_or_skip(test) else { return };
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("arena");
-    compile(cc, &[crate_dir().join("examples/arena.c")], &exe, Link::Shared, &[]);
+    compile(
+        cc,
+        &[crate_dir().join("examples/arena.c")],
+        &exe,
+        Link::Shared,
+        &[],
+    );
     let n = 20_000;
     let mut cmd = Command::new(&exe);
     cmd.env("ARENA_N", n.to_string());
     let o = run(cmd, Duration::from_secs(300));
     assert_ok("the C example", &o);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains(&format!("built a hash map of {n} strings")), "{out}");
+    assert!(
+        out.contains(&format!("built a hash map of {n} strings")),
+        "{out}"
+    );
     assert!(out.contains("persisted with codec none:"), "{out}");
     assert!(out.contains("persisted with codec zstd:1:"), "{out}");
     // strategy used, image, restore ms, walk ms, faults, nodes checked.
@@ -38,12 +47,19 @@ fn example_restores_with_every_strategy() {
         None => {
             let r = row("lazy", "zstd:1").unwrap_or_else(|| panic!("no lazy row:\n{out}"));
             assert_eq!(r[5], n.to_string(), "{out}");
-            assert!(r[4].parse::<u64>().unwrap() > 0, "lazy served no fault:\n{out}");
-            assert!(out.contains(&format!("4 of 4 restores walked and checked all {n} nodes")), "{out}");
+            assert!(
+                r[4].parse::<u64>().unwrap() > 0,
+                "lazy served no fault:\n{out}"
+            );
+            assert!(
+                out.contains(&format!("4 of 4 restores walked and checked all {n} nodes")),
+                "{out}"
+            );
         }
         Some(why) => {
             assert!(
-                out.lines().any(|l| l.starts_with("lazy ") && l.contains("unavailable here")),
+                out.lines()
+                    .any(|l| l.starts_with("lazy ") && l.contains("unavailable here")),
                 "{out}"
             );
             skip(&format!("{test} (lazy)"), &why);

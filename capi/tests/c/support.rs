@@ -83,13 +83,21 @@ pub enum Link {
 pub fn compile(cc: &str, sources: &[PathBuf], out: &Path, link: Link, extra: &[&str]) {
     let lib = lib_dir();
     let mut c = Command::new(cc);
-    c.args(["-std=c11", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"])
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        .args(extra)
-        .args(sources)
-        .arg("-o")
-        .arg(out);
+    c.args([
+        "-std=c11",
+        "-g",
+        "-O1",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-parameter",
+    ])
+    .arg("-I")
+    .arg(crate_dir().join("include"))
+    .args(extra)
+    .args(sources)
+    .arg("-o")
+    .arg(out);
     match link {
         Link::Shared => {
             c.arg(format!("-L{}", lib.display()))
@@ -99,8 +107,15 @@ pub fn compile(cc: &str, sources: &[PathBuf], out: &Path, link: Link, extra: &[&
         Link::Static => {
             // What `rustc --print native-static-libs` lists for a staticlib
             // on Linux.
-            c.arg(lib.join("libmemimg.a"))
-                .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]);
+            c.arg(lib.join("libmemimg.a")).args([
+                "-lgcc_s",
+                "-lutil",
+                "-lrt",
+                "-lpthread",
+                "-lm",
+                "-ldl",
+                "-lc",
+            ]);
         }
     }
     let o = c.output().unwrap();
@@ -128,7 +143,9 @@ pub fn sanitizers_work(cc: &str) -> bool {
             .arg(&exe)
             .output()
             .is_ok_and(|o| o.status.success())
-            && Command::new(&exe).output().is_ok_and(|o| o.status.success())
+            && Command::new(&exe)
+                .output()
+                .is_ok_and(|o| o.status.success())
     })
 }
 
