@@ -295,3 +295,9 @@ pub unsafe extern "C" fn memimg_image_read_at(
         Ok(())
     })
 }
+
+// The header promises that an image may be read from several threads.
+const _: fn() = || {
+    fn sync<T: Sync>() {}
+    sync::<memimg_image>();
+};

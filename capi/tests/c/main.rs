@@ -5,7 +5,8 @@
 //!   the code now (`MEMIMG_UPDATE_HEADER=1` rewrites it).
 //! - `abi`: a C program checks `sizeof` of every structure and the order of
 //!   the function table against what the library reports, linked against
-//!   the shared and against the static library.
+//!   the shared and against the static library; a C++ program uses the
+//!   header and the table.
 //! - `errors`: `errors.c` calls every function with NULL and invalid
 //!   arguments, a wrong key, a damaged image, a missing file and an address
 //!   in use; under ASan and UBSan where the compiler has them, and under
