@@ -24,10 +24,11 @@ pub(crate) const MAX_STRUCT_SIZE: usize = 4096;
 /// A structure of the ABI.
 ///
 /// # Safety
-/// The implementing type is `repr(C)`, its first field is a `usize`
-/// `struct_size`, and every field is an integer, a raw pointer, an array of
-/// these, or a `memimg_location` or `memimg_status` (written by the library
-/// only), so any bytes the caller gives form a valid value.
+/// The implementing type is `repr(C)` with no implicit padding, its first
+/// field is a `usize` `struct_size`, and every field is an integer, a raw
+/// pointer, an array of these, a `memimg_location` or a `memimg_status`, so
+/// that all-zero bytes are a valid value and a value can be copied out byte
+/// for byte.
 pub(crate) unsafe trait Extensible: Copy {
     /// The size of the structure's first version: the smallest
     /// `struct_size` taken. When fields are appended it stays the size of
@@ -57,6 +58,21 @@ macro_rules! extensible {
         }
     )*};
 }
+
+/// A structure the caller fills and the library copies in.
+///
+/// # Safety
+/// Every field is an integer, a raw pointer or an array of these (no
+/// `memimg_status`, whose Rust enum would not take every bit pattern), so
+/// any bytes from C form a valid value.
+pub(crate) unsafe trait FromC: Extensible {}
+
+// SAFETY: these hold only integers and pointers (see types.rs).
+unsafe impl FromC for memimg_region_spec {}
+// SAFETY: as above.
+unsafe impl FromC for memimg_restore_options {}
+// SAFETY: as above.
+unsafe impl FromC for memimg_verify_options {}
 
 extensible!(
     memimg_error_info,
@@ -102,13 +118,13 @@ unsafe fn caller_size<T: Extensible>(p: *const T, arg: &str) -> Result<usize, Fa
 ///
 /// # Safety
 /// `p` is NULL or points to `struct_size` readable bytes.
-pub(crate) unsafe fn read_in<T: Extensible>(p: *const T, arg: &str) -> Result<T, Failure> {
+pub(crate) unsafe fn read_in<T: FromC>(p: *const T, arg: &str) -> Result<T, Failure> {
     // SAFETY: forwarded contract.
     let size = unsafe { caller_size(p, arg)? };
     let ours = size_of::<T>();
     let mut v = T::zeroed();
     // SAFETY: the caller has `size` readable bytes at p; v has `ours`
-    // writable bytes; any bytes form a valid T (Extensible).
+    // writable bytes; any bytes form a valid T (FromC).
     unsafe {
         std::ptr::copy_nonoverlapping(
             p.cast::<u8>(),
