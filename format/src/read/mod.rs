@@ -516,9 +516,14 @@ pub(crate) fn open_source(
             let mut aad = Vec::with_capacity(header_page.len() + ihead_len);
             aad.extend_from_slice(&header_page);
             aad.extend_from_slice(&index[..ihead_len]);
-            let mut plain = body_bytes.to_vec();
-            let n = d
-                .open(&crypt::INDEX_NONCE, &aad, &mut plain)
+            // The index in clear names the regions and their layout: keep it
+            // in a buffer that is zeroed when dropped.
+            let plain = d
+                .open_owned(
+                    &crypt::INDEX_NONCE,
+                    &aad,
+                    std::borrow::Cow::Borrowed(body_bytes),
+                )
                 .map_err(|()| {
                     Error::new(
                         ErrorKind::Authentication,
@@ -526,7 +531,6 @@ pub(crate) fn open_source(
                         "index fails authentication: the header, index or chunk map was altered",
                     )
                 })?;
-            plain.truncate(n);
             body = Some(parse_body(
                 &plain,
                 &header,
