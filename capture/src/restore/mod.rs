@@ -254,7 +254,9 @@ fn restore_image(
                 .num_threads(fetchers)
                 .thread_name(|i| format!("memimg-restore-{i}"))
                 .build()
-                .map_err(|e| RestoreError::io("starting the restore threads", std::io::Error::other(e)))?;
+                .map_err(|e| {
+                    RestoreError::io("starting the restore threads", std::io::Error::other(e))
+                })?;
             pool.install(|| decode_all(&img, &regions))?;
             res.protect(&regions)?;
         }
