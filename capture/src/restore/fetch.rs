@@ -30,7 +30,7 @@
 //! store went away ends, with every thread answered, in the time of one
 //! fetch and its retries.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
 use memimg::{Extent, Image};
@@ -63,6 +63,10 @@ struct State {
     /// The image address of the latest fault.
     hint: u64,
     in_flight: usize,
+    /// Units being fetched, or fetched and not yet taken by the handler: a
+    /// demand for one of them waits for that result instead of fetching
+    /// again (a fault on a chunk the prefetch has under way).
+    coming: HashSet<usize>,
     done: Vec<(usize, Fetched)>,
     /// Why the source stopped working, once it has.
     broken: Option<String>,
@@ -127,7 +131,9 @@ impl Pool {
         self.with(|s| {
             s.hint = fault;
             s.wanted.remove(&at);
-            s.demand.push_back(unit);
+            if !s.coming.contains(&unit) {
+                s.demand.push_back(unit);
+            }
         });
     }
 
@@ -154,7 +160,13 @@ impl Pool {
     /// The results ready since the last call.
     pub(super) fn take(&self) -> Vec<(usize, Fetched)> {
         let out = match self.inner.st.lock() {
-            Ok(mut s) => std::mem::take(&mut s.done),
+            Ok(mut s) => {
+                let out = std::mem::take(&mut s.done);
+                for (u, _) in &out {
+                    s.coming.remove(u);
+                }
+                out
+            }
             Err(_) => Vec::new(),
         };
         if !out.is_empty() {
@@ -175,8 +187,17 @@ impl Drop for Pool {
 /// prefetching, and while fewer than `cap` results wait) the wanted unit
 /// nearest to the last fault.
 fn next(s: &mut State, cap: usize) -> Option<usize> {
-    if let Some(u) = s.demand.pop_front() {
-        return Some(u);
+    let u = pick(s, cap)?;
+    s.coming.insert(u);
+    Some(u)
+}
+
+fn pick(s: &mut State, cap: usize) -> Option<usize> {
+    while let Some(u) = s.demand.pop_front() {
+        // Asked twice before a worker took it: once is enough.
+        if !s.coming.contains(&u) {
+            return Some(u);
+        }
     }
     if !s.prefetch || s.in_flight + s.done.len() >= cap {
         return None;
@@ -271,6 +292,17 @@ mod tests {
         assert_eq!(next(&mut s, 8), Some(1)); // 10
         assert_eq!(next(&mut s, 8), Some(4)); // 40
         assert_eq!(next(&mut s, 8), Some(0));
+        assert_eq!(next(&mut s, 8), None);
+    }
+
+    #[test]
+    fn a_chunk_under_way_is_not_fetched_again() {
+        let mut s = state(&[0, 10]);
+        s.prefetch = true;
+        assert_eq!(next(&mut s, 8), Some(0));
+        // A fault demands it while it is fetched: nothing more to fetch.
+        s.demand.push_back(0);
+        assert_eq!(next(&mut s, 8), Some(1));
         assert_eq!(next(&mut s, 8), None);
     }
 
