@@ -302,13 +302,27 @@ fn http(port: u16, req: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// The `moto_server` command: on the PATH, or where a per-user pip install
+/// puts it (`~/.local/bin`), as scripts/setup.sh may.
+fn moto_command() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let local = format!("{home}/.local/bin/moto_server");
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v moto_server"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty());
+    on_path.unwrap_or(local)
+}
+
 /// Starts moto on a free loopback port, with the bench's bucket.
 fn start_moto() -> Moto {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let child = Command::new("moto_server")
+    let child = Command::new(moto_command())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -342,12 +356,7 @@ fn start_moto() -> Moto {
 /// The version of the moto that `moto_server` runs (from the interpreter
 /// its script names, else `python3`).
 fn moto_version() -> String {
-    let script = Command::new("sh")
-        .args(["-c", "command -v moto_server"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let script = moto_command();
     let mut python = "python3".to_string();
     if let Ok(text) = std::fs::read_to_string(&script) {
         if let Some(interp) = text.lines().next().and_then(|l| l.strip_prefix("#!")) {
