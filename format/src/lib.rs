@@ -8,8 +8,10 @@
 //! ```text
 //!  0            P (page size)                                        EOF
 //!  +------------+--------------------------------+--------+---------+
-//!  | header     | chunk 0 | chunk 1 | … (raw ones | index  | trailer |
-//!  | (one page) |          page-aligned)          |        | (256 B) |
+//!  | header     | chunks, in layout order: by    | index  | trailer |
+//!  | (one page) | number, or the load-order      |        | (256 B) |
+//!  |            | profile first (raw chunks of a |        |         |
+//!  |            | plain image page-aligned)      |        |         |
 //!  +------------+--------------------------------+--------+---------+
 //!                                                 ^ located by the trailer
 //! ```
@@ -19,8 +21,12 @@
 //!   [`Image::read_at`].
 //! - [`verify_path`] walks everything and reports every problem.
 //!
-//! **Versions.** The major version must equal this reader's (1); a newer minor
-//! version is read as long as it sets no unknown incompatible feature.
+//! **Versions.** This crate writes version 1.1 and reads 1.0 and 1.1. The
+//! major version must equal this reader's (1); a newer minor version is read
+//! as long as it sets no unknown incompatible feature. A 1.1 image that sets
+//! none of 1.1's feature bits (`SLOT_BOUND`, `PARENT`, `LOAD_ORDER`) follows
+//! every 1.0 rule, so 1.0 readers read it; every 1.0 image reads here, byte
+//! for byte (the golden files in `tests/golden` freeze both versions).
 //!
 //! **Untrusted input.** Any byte sequence given to [`Image::open`] yields an
 //! image or a typed [`Error`]; see its `# Security` section.
