@@ -65,7 +65,7 @@ pub use write::{WriteStats, Writer, WriterOptions};
 /// Major format version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor format version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Default chunk size: 512 KiB.
 ///
 /// Chosen with `cargo bench -p memimg-tests --bench write -- --chunks`: on the

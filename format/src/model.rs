@@ -18,8 +18,20 @@ impl Features {
     pub const ENCRYPTED: u64 = 1 << 0;
     /// Incompatible: some chunks may be zstd-compressed.
     pub const ZSTD: u64 = 1 << 1;
+    /// Incompatible (1.1): the key slot's wrap is bound to the image (its id,
+    /// KDF and parameters), and the slot holds a KEK check.
+    pub const SLOT_BOUND: u64 = 1 << 2;
+    /// Incompatible (1.1): an incremental image, whose header names its
+    /// parent and whose in-parent extents are the parent's pages.
+    pub const PARENT: u64 = 1 << 3;
+    /// Incompatible (1.1): chunks are laid out in load order, and the index
+    /// body carries the load-order profile.
+    pub const LOAD_ORDER: u64 = 1 << 4;
+    /// The incompatible bits version 1.1 added: an image that sets none of
+    /// them follows every 1.0 rule.
+    pub const V1_1_INCOMPAT: u64 = Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Incompatible bits this reader knows.
-    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD;
+    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND;
     /// Read-only-compatible bits this reader knows.
     pub const KNOWN_RO_COMPAT: u64 = 0;
     /// Compatible: the header carries process facts.
@@ -44,7 +56,13 @@ impl Features {
         };
         named(
             self.incompat,
-            &[(Self::ENCRYPTED, "encrypted"), (Self::ZSTD, "zstd")],
+            &[
+                (Self::ENCRYPTED, "encrypted"),
+                (Self::ZSTD, "zstd"),
+                (Self::SLOT_BOUND, "slot-bound"),
+                (Self::PARENT, "parent"),
+                (Self::LOAD_ORDER, "load-order"),
+            ],
             "incompat",
             &mut out,
         );
@@ -230,6 +248,11 @@ pub struct Header {
 }
 
 impl Header {
+    /// True when the key slot is bound to the image (feature `SLOT_BOUND`).
+    pub fn is_slot_bound(&self) -> bool {
+        self.features.incompat & Features::SLOT_BOUND != 0
+    }
+
     /// The image id as 32 lowercase hex digits.
     pub fn image_id_hex(&self) -> String {
         hex(&self.image_id)

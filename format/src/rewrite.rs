@@ -213,7 +213,13 @@ pub fn rewrap_in_place(path: &Path, old_key: &Key, new_key: &Key) -> Result<Rewr
         .dek()
         .ok_or_else(|| Error::plain(ErrorKind::NotEncrypted, "the image is not encrypted"))?;
     let t = img.trailer().clone();
-    let slot = crypt::wrap_slot(dek, new_key)?;
+    // The header stays, so the binding does: a bound slot is rewrapped
+    // bound, a 1.0 slot as a 1.0 slot.
+    let bound = img
+        .header()
+        .is_slot_bound()
+        .then_some(&img.header().image_id);
+    let slot = crypt::wrap_slot(dek, new_key, bound)?;
     let generation = t
         .generation
         .checked_add(1)
@@ -410,14 +416,14 @@ mod tests {
         let mut aad = b[..4096].to_vec();
         aad.extend_from_slice(&b[io..io + head]);
         let mut body = b[io + head..io + il].to_vec();
-        let n = dek.open(&crypt::INDEX_NONCE, &aad, &mut body).unwrap();
+        let n = dek.open(&crypt::index_nonce(0), &aad, &mut body).unwrap();
         body.truncate(n);
         b[0x18..0x20].copy_from_slice(&(1u64 << bit).to_le_bytes());
         let sum = xxhash_rust::xxh3::xxh3_64(&b[..4096 - 8]);
         b[4096 - 8..4096].copy_from_slice(&sum.to_le_bytes());
         let mut aad = b[..4096].to_vec();
         aad.extend_from_slice(&b[io..io + head]);
-        dek.seal(&crypt::INDEX_NONCE, &aad, &mut body).unwrap();
+        dek.seal(&crypt::index_nonce(0), &aad, &mut body).unwrap();
         b[io + head..io + il].copy_from_slice(&body);
         let isum = xxhash_rust::xxh3::xxh3_64(&b[io..io + il]);
         let to = t.offset as usize;

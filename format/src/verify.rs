@@ -10,7 +10,7 @@ use crate::crypt::Key;
 use crate::error::{Error, ErrorKind, Location};
 use crate::model::{ChunkCodec, Extent, ExtentKind};
 
-use crate::read::{check_padding, open_source, Image};
+use crate::read::{check_padding, open_lenient, Image};
 use crate::source::{open_path, Source};
 
 /// One problem found by verify.
@@ -127,15 +127,18 @@ pub fn verify_bytes(bytes: Vec<u8>, key: Option<&Key>, opts: &VerifyOptions<'_>)
 
 fn verify_source(src: Source, key: Option<&Key>, opts: &VerifyOptions<'_>) -> Report {
     let mut report = Report::default();
-    match open_source(src, key, false) {
+    let (opened, problems) = open_lenient(src, key);
+    report
+        .problems
+        .extend(problems.into_iter().map(Problem::from));
+    match opened {
         Err(e) if e.is_damage() => report.problems.push(e.into()),
+        // Damage found before a fatal error may be its cause (a damaged
+        // header names the key slot's binding): the damage is the verdict,
+        // and the error is reported with it.
+        Err(e) if !report.problems.is_empty() => report.problems.push(e.into()),
         Err(e) => report.fatal = Some(e),
-        Ok((img, problems)) => {
-            report
-                .problems
-                .extend(problems.into_iter().map(Problem::from));
-            img.verify_into(&mut report, opts);
-        }
+        Ok(img) => img.verify_into(&mut report, opts),
     }
     report
         .problems

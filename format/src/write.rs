@@ -391,7 +391,8 @@ impl<W: Write> Writer<W> {
         let (dek, key_slot) = match &opts.key {
             Some(k) => {
                 let dek = DataKey::generate()?;
-                let slot = crypt::wrap_slot(&dek, k)?;
+                // A new data key: the slot is bound to this image (1.1).
+                let slot = crypt::wrap_slot(&dek, k, Some(&image_id))?;
                 (Some(dek), slot)
             }
             None => (None, KeySlotRaw::default()),
@@ -917,36 +918,11 @@ impl<W: Write> Writer<W> {
         }
         body.extend_from_slice(&self.strings);
         body.extend_from_slice(&meta);
-        let sum = xxh3_64(&body);
-        body[24..32].copy_from_slice(&sum.to_le_bytes());
-        let body_plain_len = body.len() as u64;
-        let body_len = body_plain_len + if self.encrypted { TAG_LEN as u64 } else { 0 };
-        let ihead = raw::to_bytes(&IndexHeadRaw {
-            magic: INDEX_MAGIC,
-            chunk_count: self.chunks.len() as u64,
-            body_len,
-            body_plain_len,
-            reserved: [0; 32],
-        });
-        let mut map = Vec::with_capacity(CHUNK_ENTRY_LEN * self.chunks.len());
-        for c in &self.chunks {
-            map.extend_from_slice(&raw::to_bytes(c));
-        }
-        if let Some(dek) = &self.dek {
-            let mut aad = Vec::with_capacity(self.header_page.len() + ihead.len() + map.len());
-            aad.extend_from_slice(&self.header_page);
-            aad.extend_from_slice(&ihead);
-            aad.extend_from_slice(&map);
-            dek.seal(&crypt::INDEX_NONCE, &aad, &mut body)?;
-        }
-        let mut h = Xxh3::new();
-        h.update(&ihead);
-        h.update(&map);
-        h.update(&body);
-        let index_checksum = h.digest();
-        self.out.put(&ihead)?;
-        self.out.put(&map)?;
-        self.out.put(&body)?;
+        // The writer that creates a data key seals its first index with
+        // salt 0 (spec.md, *Nonces and associated data*).
+        let index = build_index(&self.header_page, &self.chunks, body, self.dek.as_ref(), 0)?;
+        self.out.put(&index.bytes)?;
+        let index_checksum = index.checksum;
         let index_len = self.out.pos - index_offset;
         let trailer = build_trailer(
             self.out.pos,
@@ -968,6 +944,59 @@ impl<W: Write> Writer<W> {
         stats.file_len = self.out.pos;
         Ok((self.out.inner, stats))
     }
+}
+
+/// An index, ready to write: head, chunk map and (sealed) body.
+pub(crate) struct BuiltIndex {
+    pub(crate) bytes: Vec<u8>,
+    /// `xxh3_64` of `bytes`: the trailer's `index_checksum`.
+    pub(crate) checksum: u64,
+}
+
+/// Builds the index from the chunk map and the body in clear (its checksum
+/// field is filled in here): with `dek`, the body is sealed with the index
+/// nonce of `salt`, over the header page, the index head and the chunk map
+/// (spec.md, *Nonces and associated data*).
+pub(crate) fn build_index(
+    header_page: &[u8],
+    chunks: &[ChunkEntryRaw],
+    mut body: Vec<u8>,
+    dek: Option<&DataKey>,
+    salt: u64,
+) -> Result<BuiltIndex> {
+    if body.len() < BODY_HEAD_LEN {
+        return Err(invalid("an index body is at least its head"));
+    }
+    body[24..32].fill(0);
+    let sum = xxh3_64(&body);
+    body[24..32].copy_from_slice(&sum.to_le_bytes());
+    let body_plain_len = body.len() as u64;
+    let body_len = body_plain_len + if dek.is_some() { TAG_LEN as u64 } else { 0 };
+    let mut bytes = raw::to_bytes(&IndexHeadRaw {
+        magic: INDEX_MAGIC,
+        chunk_count: chunks.len() as u64,
+        body_len,
+        body_plain_len,
+        index_nonce_salt: salt,
+        reserved: [0; 24],
+    });
+    bytes.reserve(CHUNK_ENTRY_LEN * chunks.len() + body.len() + TAG_LEN);
+    for c in chunks {
+        bytes.extend_from_slice(&raw::to_bytes(c));
+    }
+    if let Some(dek) = dek {
+        let mut aad = Vec::with_capacity(header_page.len() + bytes.len());
+        aad.extend_from_slice(header_page);
+        aad.extend_from_slice(&bytes);
+        dek.seal(&crypt::index_nonce(salt), &aad, &mut body)?;
+    }
+    bytes.extend_from_slice(&body);
+    let mut h = Xxh3::new();
+    h.update(&bytes);
+    Ok(BuiltIndex {
+        checksum: h.digest(),
+        bytes,
+    })
 }
 
 pub(crate) fn build_trailer(
@@ -1001,7 +1030,8 @@ fn build_header(opts: &WriterOptions, image_id: &[u8; 16]) -> Result<Vec<u8>> {
     let ps = opts.page_size as usize;
     let mut incompat = 0;
     if opts.key.is_some() {
-        incompat |= Features::ENCRYPTED;
+        // 1.1: every image with a new data key has its slot bound to it.
+        incompat |= Features::ENCRYPTED | Features::SLOT_BOUND;
     }
     if matches!(opts.codec, Codec::Zstd(_)) {
         incompat |= Features::ZSTD;

@@ -7,6 +7,7 @@
     missing_docs
 )]
 
+mod binding;
 mod corrupt;
 mod files;
 mod forge;

@@ -134,6 +134,12 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
             "the encrypted feature flag and the cipher field disagree",
         ));
     }
+    if f.incompat & crate::Features::SLOT_BOUND != 0 && cipher == Cipher::None {
+        return Err(malformed(
+            loc(0x10),
+            "the slot-bound feature is set in an image that is not encrypted",
+        ));
+    }
     let endian = match f.machine_endian {
         1 => Endian::Little,
         2 => Endian::Big,

@@ -79,6 +79,9 @@ pub struct Image {
     /// `nonce-audit`).
     #[cfg_attr(not(feature = "nonce-audit"), allow(dead_code))]
     key_slot: KeySlotRaw,
+    /// The salt of the index nonce (1.1; 0 for every index sealed first
+    /// under its data key).
+    index_salt: u64,
     chunks: Vec<ChunkLoc>,
     body: Option<Body>,
     dek: Option<DataKey>,
@@ -258,6 +261,14 @@ impl Image {
     /// The active trailer.
     pub fn trailer(&self) -> &TrailerInfo {
         &self.trailer
+    }
+
+    /// The salt of the index nonce (1.1, spec.md *Nonces and associated
+    /// data*): 0 for the first index sealed under a data key (and in every
+    /// plain or 1.0 image), a random non-zero value for an index sealed
+    /// again under the same data key (a relayout, a rebase).
+    pub fn index_nonce_salt(&self) -> u64 {
+        self.index_salt
     }
 
     /// The file length.
@@ -457,7 +468,7 @@ impl Image {
         let mut out: Vec<(u128, Vec<u8>)> = (0..self.chunks.len() as u64)
             .map(|i| (fp, crypt::chunk_nonce(i).to_vec()))
             .collect();
-        out.push((fp, crypt::INDEX_NONCE.to_vec()));
+        out.push((fp, crypt::index_nonce(self.index_salt).to_vec()));
         out.push((
             crypt::kek_fingerprint(&self.key_slot, key)?,
             self.key_slot.wrap_nonce.to_vec(),
@@ -496,29 +507,55 @@ pub(crate) fn open_source(
     strict: bool,
 ) -> Result<(Image, Vec<Error>)> {
     let mut sink = Sink::new(strict);
-    let (header, header_page) = parse_header(&src, &mut sink)?;
+    let img = open_into(src, key, &mut sink)?;
+    Ok((img, sink.problems))
+}
+
+/// Parses and validates an image in lenient mode (verify): the problems
+/// found are returned whether or not the image could be opened, so that
+/// damage found before a fatal error (a header whose checksum fails, then a
+/// key that does not open the slot that header describes) is still reported.
+pub(crate) fn open_lenient(src: Source, key: Option<&Key>) -> (Result<Image>, Vec<Error>) {
+    let mut sink = Sink::new(false);
+    let img = open_into(src, key, &mut sink);
+    (img, sink.problems)
+}
+
+fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
+    let (header, header_page) = parse_header(&src, sink)?;
     if key.is_some() && header.cipher == Cipher::None {
         return Err(Error::plain(
             ErrorKind::NotEncrypted,
             "a key was given, but the image is not encrypted",
         ));
     }
-    let (trailer, key_slot) = find_trailer(&src, &header, &mut sink)?;
+    let (trailer, key_slot) = find_trailer(&src, &header, sink)?;
     let index = src.get(trailer.index_offset, trailer.index_len, "index")?;
-    let (chunks, ihead_len, body_range) = parse_index(&src, &header, &trailer, &index, &mut sink)?;
+    let parts = parse_index(&src, &header, &trailer, &index, sink)?;
+    let (chunks, ihead_len, salt) = (parts.chunks, parts.map_end, parts.salt);
     let encrypted = header.cipher != Cipher::None;
     let mut dek = None;
     let mut body = None;
-    let body_bytes = &index[body_range.0..body_range.1];
+    let body_bytes = &index[ihead_len..];
     if encrypted {
         if let Some(k) = key {
-            let d = crypt::unwrap_slot(&key_slot, k, Location::at(trailer.offset + 64))?;
+            let bound = header.is_slot_bound().then_some(&header.image_id);
+            let slot_at = Location::at(trailer.offset + 64);
+            let d = crypt::unwrap_slot(&key_slot, k, bound, slot_at).map_err(|e| {
+                // After damage (verify goes on past a damaged header), say
+                // where the slot that did not open is.
+                if sink.problems.is_empty() {
+                    e
+                } else {
+                    e.within(slot_at)
+                }
+            })?;
             let mut aad = Vec::with_capacity(header_page.len() + ihead_len);
             aad.extend_from_slice(&header_page);
             aad.extend_from_slice(&index[..ihead_len]);
             let mut plain = body_bytes.to_vec();
             let n = d
-                .open(&crypt::INDEX_NONCE, &aad, &mut plain)
+                .open(&crypt::index_nonce(salt), &aad, &mut plain)
                 .map_err(|()| {
                     Error::new(
                         ErrorKind::Authentication,
@@ -553,13 +590,14 @@ pub(crate) fn open_source(
         header_page,
         trailer,
         key_slot,
+        index_salt: salt,
         chunks,
         body,
         dek,
         check_raw: true,
     };
-    check_layout(&img, &mut sink)?;
-    Ok((img, sink.problems))
+    check_layout(&img, sink)?;
+    Ok(img)
 }
 
 /// Entry points for the fuzz targets: each structure parsed alone.
@@ -610,10 +648,8 @@ pub mod fuzz_api {
             superseded: 0,
             partly_zeroed: 0,
         };
-        if let Ok((chunks, _, (s, e))) =
-            parse_index(&src, &header, &trailer, bytes, &mut Sink::new(false))
-        {
-            let _ = parse_body(&bytes[s..e], &header, &chunks, ps, false);
+        if let Ok(p) = parse_index(&src, &header, &trailer, bytes, &mut Sink::new(false)) {
+            let _ = parse_body(&bytes[p.map_end..], &header, &p.chunks, ps, false);
         }
     }
 }
