@@ -21,5 +21,9 @@ mod lazy_support;
 mod live;
 mod protect;
 mod registers;
+#[cfg(feature = "remote")]
+mod remote;
+#[cfg(not(feature = "remote"))]
+mod remote_off;
 mod restore;
 mod track;

@@ -113,10 +113,11 @@ impl Image {
         let loc = Location::chunk(ext.chunk, c.offset)
             .with_region(ext.region)
             .with_addr(ext.addr);
-        let mut owned;
+        // The decrypted bytes are plaintext process memory: they live in a
+        // buffer that is zeroed when dropped.
+        let owned;
         let plain: &[u8] = match &self.dek {
             Some(dek) => {
-                owned = stored.into_owned();
                 let aad = crypt::chunk_aad(
                     &self.header.image_id,
                     ext.chunk,
@@ -124,8 +125,8 @@ impl Image {
                     ext.page_count,
                     ext.region,
                 );
-                let n = dek
-                    .open(&crypt::chunk_nonce(ext.chunk), &aad, &mut owned)
+                owned = dek
+                    .open_owned(&crypt::chunk_nonce(ext.chunk), &aad, stored)
                     .map_err(|()| {
                         Error::new(
                             ErrorKind::Authentication,
@@ -133,7 +134,6 @@ impl Image {
                             "chunk fails authentication: it was altered, moved or swapped",
                         )
                     })?;
-                owned.truncate(n);
                 &owned
             }
             None if self.is_encrypted() => {

@@ -721,9 +721,14 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
             let mut aad = Vec::with_capacity(header_page.len() + ihead_len);
             aad.extend_from_slice(&header_page);
             aad.extend_from_slice(&index[..ihead_len]);
-            let mut plain = body_bytes.to_vec();
-            let n = d
-                .open(&crypt::index_nonce(salt), &aad, &mut plain)
+            // The index in clear names the regions and their layout: keep it
+            // in a buffer that is zeroed when dropped.
+            let plain = d
+                .open_owned(
+                    &crypt::index_nonce(salt),
+                    &aad,
+                    std::borrow::Cow::Borrowed(body_bytes),
+                )
                 .map_err(|()| {
                     Error::new(
                         ErrorKind::Authentication,
@@ -731,7 +736,6 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
                         "index fails authentication: the header, index or chunk map was altered",
                     )
                 })?;
-            plain.truncate(n);
             body = Some(parse_body(
                 &plain,
                 &header,

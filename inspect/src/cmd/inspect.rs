@@ -37,8 +37,9 @@ impl Plan {
 /// When the image cannot be opened or the key does not open it.
 pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args);
+    let loc = crate::open::location(&args.image)?;
     let key = args.key.load()?;
-    let img = crate::open::open(&args.image, key.as_ref(), false)?;
+    let img = crate::open::open_at(&loc, key.as_ref(), false)?;
     let doc = Doc::build(&img, plan.chunks)?;
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
