@@ -687,6 +687,14 @@ fn in_parent_pages_the_parent_lacks_are_reported() {
     );
     // The child alone verifies (its own bytes are fine).
     assert!(verify_path(&cp, None, &deep()).is_intact());
+    // A range past the end of the address space: its first byte is not
+    // captured, which is what a read says first (as Image::read_at does).
+    for e in [
+        c.read_at(u64::MAX - 2, &mut page[..8]).unwrap_err(),
+        c.image().read_at(u64::MAX - 2, &mut page[..8]).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::NotCaptured, "{e}");
+    }
 }
 
 /// Appends a header record (type, value) to the header page of `bytes`,

@@ -268,9 +268,14 @@ impl Chain {
     /// parent is missing (a partial chain); damage kinds naming the link
     /// when a chunk is damaged.
     pub fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let end = addr
-            .checked_add(buf.len() as u64)
-            .ok_or_else(|| Error::plain(ErrorKind::InvalidInput, "address range wraps"))?;
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            // A range past the end of the address space: what lies before
+            // the end fails first (not captured, as a 1.0 reader said), and
+            // only then the wrap.
+            let n = usize_of(u64::MAX - addr)?;
+            self.read_at(addr, &mut buf[..n])?;
+            return Err(Error::plain(ErrorKind::InvalidInput, "address range wraps"));
+        };
         let mut scratch = Vec::new();
         self.read_link(0, addr, end, buf, &mut scratch)
     }
