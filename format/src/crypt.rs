@@ -523,8 +523,34 @@ pub(crate) fn chunk_nonce(i: u64) -> [u8; 12] {
     n
 }
 
-/// The nonce of the index body.
-pub(crate) const INDEX_NONCE: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+/// The nonce of the index body sealed with `salt` (spec.md, *Nonces and
+/// associated data*): the salt as u64 LE, then `01 00 00 00`. Salt 0 gives
+/// the 1.0 index nonce; chunk nonces end in `00 00 00 00`, so the two never
+/// meet.
+pub(crate) fn index_nonce(salt: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&salt.to_le_bytes());
+    n[8] = 1;
+    n
+}
+
+/// A fresh index nonce salt for an index sealed again under an existing
+/// data key (a relayout, a rebase): random and non-zero, since 0 is the
+/// salt of the first index sealed under every data key. A counter would not
+/// do: two copies made from one source would both take 1.
+///
+/// # Errors
+/// When the system has no randomness to give.
+pub(crate) fn fresh_index_salt() -> Result<u64> {
+    loop {
+        let mut b = [0u8; 8];
+        fill_random(&mut b)?;
+        let salt = u64::from_le_bytes(b);
+        if salt != 0 {
+            return Ok(salt);
+        }
+    }
+}
 
 /// The associated data of chunk `i`.
 pub(crate) fn chunk_aad(
@@ -544,14 +570,51 @@ pub(crate) fn chunk_aad(
     a
 }
 
-/// The associated data of a key slot's wrap.
+/// The associated data of a key slot's wrap (spec.md, *Key slot*).
 ///
-/// Format 1.0: the constant `"memimg key slot v1"`. Every wrap and unwrap
-/// builds it here, from the slot, so that binding the slot to its image (the
-/// planned 1.1 AAD, `"memimg key slot v2" ‖ image_id ‖ kdf ‖ m_cost ‖ t_cost ‖
-/// p_cost ‖ salt`) changes this function and its callers' arguments only.
-fn slot_aad(_slot: &KeySlotRaw) -> Vec<u8> {
-    b"memimg key slot v1".to_vec()
+/// Unbound (`bound_to` is `None`, every 1.0 image): the constant
+/// `"memimg key slot v1"`. Bound to the image with id `bound_to`
+/// (`SLOT_BOUND`): `"memimg key slot v2"` ‖ image id ‖ the slot's first 32
+/// bytes as stored (kdf, reserved, m_cost, t_cost, p_cost, salt) ‖
+/// `kek_check`, 82 bytes. So a slot copied from another image, or one whose
+/// KDF fields were edited, fails to unwrap.
+fn slot_aad(slot: &KeySlotRaw, bound_to: Option<&[u8; 16]>) -> Vec<u8> {
+    let Some(id) = bound_to else {
+        return b"memimg key slot v1".to_vec();
+    };
+    let mut a = Vec::with_capacity(82);
+    a.extend_from_slice(b"memimg key slot v2");
+    a.extend_from_slice(id);
+    let bytes = crate::raw::to_bytes(slot);
+    a.extend_from_slice(bytes.get(..32).unwrap_or(&[0; 32]));
+    a.extend_from_slice(&slot.kek_check);
+    a
+}
+
+/// The message the KEK check hashes (spec.md, *Key slot*).
+const KEK_CHECK_MESSAGE: &[u8] = b"memimg kek check v2";
+
+/// `kek_check` = BLAKE2b-128(key = KEK, message = "memimg kek check v2"),
+/// BLAKE2b in keyed mode with a 16-byte output (RFC 7693).
+fn kek_check(kek: &[u8; 32]) -> [u8; 16] {
+    use blake2::digest::{consts::U16, Mac};
+    // A 32-byte key is within BLAKE2b's 64, so this cannot fail; were it to,
+    // the all-zero check would only make every key look wrong.
+    let Ok(mut mac) = <blake2::Blake2bMac<U16> as Mac>::new_from_slice(kek) else {
+        return [0; 16];
+    };
+    mac.update(KEK_CHECK_MESSAGE);
+    mac.finalize().into_bytes().into()
+}
+
+/// True when `kek` matches a slot's `kek_check`, compared in constant time.
+fn kek_check_matches(kek: &[u8; 32], check: &[u8; 16]) -> bool {
+    use blake2::digest::{consts::U16, Mac};
+    let Ok(mut mac) = <blake2::Blake2bMac<U16> as Mac>::new_from_slice(kek) else {
+        return false;
+    };
+    mac.update(KEK_CHECK_MESSAGE);
+    mac.verify_slice(check).is_ok()
 }
 
 /// The KDF a key slot names.
@@ -593,18 +656,38 @@ pub(crate) fn slot_kdf(slot: &KeySlotRaw, loc: Location) -> Result<Kdf> {
     }
 }
 
-/// Unwraps the DEK from a slot with `key`.
+/// Unwraps the DEK from a slot with `key`. `bound_to` is the image id when
+/// the slot is bound to its image (`SLOT_BOUND`), `None` for a 1.0 slot.
 ///
 /// # Errors
 /// `Malformed` for a slot the format does not allow; `Unsupported` (at `loc`)
 /// for Argon2id parameters beyond the cost bound, before any allocation;
-/// `WrongKey` when `key` does not unwrap the data key.
-pub(crate) fn unwrap_slot(slot: &KeySlotRaw, key: &Key, loc: Location) -> Result<DataKey> {
+/// `WrongKey` when `key` does not unwrap the data key: for a bound slot, when
+/// the KEK check does not match (a wrong key, or altered KDF parameters,
+/// which cannot be told apart); `Authentication` (at `loc`) when a bound
+/// slot's KEK check matches but the wrap does not authenticate: the slot was
+/// copied from another image or altered.
+pub(crate) fn unwrap_slot(
+    slot: &KeySlotRaw,
+    key: &Key,
+    bound_to: Option<&[u8; 16]>,
+    loc: Location,
+) -> Result<DataKey> {
     let kdf = slot_kdf(slot, loc)?;
     if let Kdf::Argon2id(p) = &kdf {
         check_cost(p).map_err(|e| e.with_location(loc))?;
     }
     let kek = key.derive(&kdf, &slot.salt)?;
+    let wrong = || {
+        let msg = match kdf {
+            Kdf::Argon2id(_) if bound_to.is_some() => "the key does not open this image (a wrong passphrase, or altered Argon2id parameters in its key slot: the two cannot be told apart)",
+            _ => "the key does not open this image",
+        };
+        Error::plain(ErrorKind::WrongKey, msg)
+    };
+    if bound_to.is_some() && !kek_check_matches(&kek, &slot.kek_check) {
+        return Err(wrong());
+    }
     let cipher = XChaCha20Poly1305::new((&*kek).into());
     let mut buf = Zeroizing::new(slot.wrapped_dek);
     let (ct, tag) = buf.split_at_mut(32);
@@ -612,24 +695,37 @@ pub(crate) fn unwrap_slot(slot: &KeySlotRaw, key: &Key, loc: Location) -> Result
     cipher
         .decrypt_in_place_detached(
             XNonce::from_slice(&slot.wrap_nonce),
-            &slot_aad(slot),
+            &slot_aad(slot, bound_to),
             ct,
             &tag,
         )
-        .map_err(|_| Error::plain(ErrorKind::WrongKey, "the key does not open this image"))?;
+        .map_err(|_| match bound_to {
+            Some(_) => Error::new(
+                ErrorKind::Authentication,
+                loc,
+                "key slot fails authentication although the key is right (its KEK check matches): the slot was copied from another image or altered",
+            ),
+            None => wrong(),
+        })?;
     let dek: &[u8; 32] = (&*ct)
         .try_into()
         .map_err(|_| Error::plain(ErrorKind::Malformed, "key slot: wrapped key length"))?;
     Ok(DataKey::from_bytes(dek))
 }
 
-/// Wraps `dek` under `key` into a fresh slot (fresh salt and nonce).
+/// Wraps `dek` under `key` into a fresh slot (fresh salt and nonce), bound
+/// to the image with id `bound_to` (`SLOT_BOUND`: the slot gets its KEK
+/// check and the v2 associated data), or unbound, as in 1.0, when `None`.
 ///
 /// # Errors
 /// `Unsupported` when a passphrase's parameters are beyond the cost bound
 /// (which [`Key::passphrase_with_params`] already refuses), so that no image
 /// is written that a reader would refuse; no randomness.
-pub(crate) fn wrap_slot(dek: &DataKey, key: &Key) -> Result<KeySlotRaw> {
+pub(crate) fn wrap_slot(
+    dek: &DataKey,
+    key: &Key,
+    bound_to: Option<&[u8; 16]>,
+) -> Result<KeySlotRaw> {
     let mut slot = KeySlotRaw::default();
     let kdf = match &key.kind {
         KeyKind::Raw(_) => {
@@ -646,6 +742,9 @@ pub(crate) fn wrap_slot(dek: &DataKey, key: &Key) -> Result<KeySlotRaw> {
         }
     };
     let kek = key.derive(&kdf, &slot.salt)?;
+    if bound_to.is_some() {
+        slot.kek_check = kek_check(&kek);
+    }
     fill_random(&mut slot.wrap_nonce)?;
     #[cfg(feature = "nonce-audit")]
     crate::audit::record(xxhash_rust::xxh3::xxh3_128(&kek[..]), &slot.wrap_nonce);
@@ -654,7 +753,7 @@ pub(crate) fn wrap_slot(dek: &DataKey, key: &Key) -> Result<KeySlotRaw> {
     let tag = cipher
         .encrypt_in_place_detached(
             XNonce::from_slice(&slot.wrap_nonce),
-            &slot_aad(&slot),
+            &slot_aad(&slot, bound_to),
             &mut buf[..],
         )
         .map_err(|_| Error::plain(ErrorKind::InvalidInput, "key wrap failed"))?;
@@ -682,11 +781,11 @@ mod tests {
     fn wrap_unwrap_and_wrong_key() {
         let dek = DataKey::generate().unwrap();
         let k = Key::generate().unwrap();
-        let slot = wrap_slot(&dek, &k).unwrap();
-        let back = unwrap_slot(&slot, &k, Location::default()).unwrap();
+        let slot = wrap_slot(&dek, &k, None).unwrap();
+        let back = unwrap_slot(&slot, &k, None, Location::default()).unwrap();
         assert_eq!(back.fingerprint(), dek.fingerprint());
         let other = Key::generate().unwrap();
-        let e = unwrap_slot(&slot, &other, Location::default())
+        let e = unwrap_slot(&slot, &other, None, Location::default())
             .err()
             .unwrap();
         assert_eq!(e.kind(), ErrorKind::WrongKey);
@@ -699,21 +798,91 @@ mod tests {
             },
         )
         .unwrap();
-        let slot = wrap_slot(&dek, &p).unwrap();
+        let slot = wrap_slot(&dek, &p, None).unwrap();
         assert_eq!(
-            unwrap_slot(&slot, &p, Location::default())
+            unwrap_slot(&slot, &p, None, Location::default())
                 .unwrap()
                 .fingerprint(),
             dek.fingerprint()
         );
         let wrong = Key::passphrase("hunter3");
         assert_eq!(
-            unwrap_slot(&slot, &wrong, Location::default())
+            unwrap_slot(&slot, &wrong, None, Location::default())
                 .err()
                 .unwrap()
                 .kind(),
             ErrorKind::WrongKey
         );
+    }
+
+    /// The KEK check is keyed BLAKE2b-128 of the constant (RFC 7693): this
+    /// value is Python's `hashlib.blake2b(b"memimg kek check v2",
+    /// key=bytes(range(32)), digest_size=16)`, an implementation apart.
+    #[test]
+    fn kek_check_is_keyed_blake2b_128() {
+        let mut kek = [0u8; 32];
+        for (b, i) in kek.iter_mut().zip(0u8..) {
+            *b = i;
+        }
+        assert_eq!(
+            crate::model::hex(&kek_check(&kek)),
+            "8b9133e3c496ec3d6d8e3579925ff853"
+        );
+        assert!(kek_check_matches(&kek, &kek_check(&kek)));
+        kek[0] ^= 1;
+        assert!(!kek_check_matches(&kek, &kek_check(&[0; 32])));
+    }
+
+    /// A bound slot: the right key unwraps; a wrong key is WrongKey (its KEK
+    /// check differs); the slot under another image id, or with its wrap
+    /// altered, is Authentication at the slot (the KEK check matches); an
+    /// unbound reading of a bound slot, or a bound reading of an unbound
+    /// one, does not open it.
+    #[test]
+    fn bound_slot_tells_a_wrong_key_from_a_copied_slot() {
+        let dek = DataKey::generate().unwrap();
+        let k = Key::generate().unwrap();
+        let (id, other_id) = ([7u8; 16], [8u8; 16]);
+        let loc = Location::at(0x4321);
+        let slot = wrap_slot(&dek, &k, Some(&id)).unwrap();
+        assert_ne!(slot.kek_check, [0; 16]);
+        let back = unwrap_slot(&slot, &k, Some(&id), loc).unwrap();
+        assert_eq!(back.fingerprint(), dek.fingerprint());
+        let e = unwrap_slot(&slot, &Key::generate().unwrap(), Some(&id), loc).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
+        let e = unwrap_slot(&slot, &k, Some(&other_id), loc).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Authentication, "{e}");
+        assert_eq!(e.location(), loc);
+        assert!(e.message().contains("copied from another image"), "{e}");
+        let mut altered = slot.clone();
+        altered.wrapped_dek[3] ^= 1;
+        let e = unwrap_slot(&altered, &k, Some(&id), loc).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Authentication, "{e}");
+        // v1 and v2 associated data differ.
+        assert!(unwrap_slot(&slot, &k, None, loc).is_err());
+        let v1 = wrap_slot(&dek, &k, None).unwrap();
+        assert_eq!(v1.kek_check, [0; 16]);
+        assert!(unwrap_slot(&v1, &k, Some(&id), loc).is_err());
+        // Edited Argon2id parameters derive another KEK: a wrong key, as
+        // spec.md says, never an open.
+        let p = Key::passphrase_with_params("pw", params(64, 1, 1)).unwrap();
+        let mut slot = wrap_slot(&dek, &p, Some(&id)).unwrap();
+        unwrap_slot(&slot, &p, Some(&id), loc).unwrap();
+        slot.t_cost = 2;
+        let e = unwrap_slot(&slot, &p, Some(&id), loc).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
+        assert!(e.message().contains("altered Argon2id parameters"), "{e}");
+    }
+
+    #[test]
+    fn index_nonces_never_meet_chunk_nonces() {
+        assert_eq!(index_nonce(0), [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        let n = index_nonce(0x0102_0304_0506_0708);
+        assert_eq!(n, [8, 7, 6, 5, 4, 3, 2, 1, 1, 0, 0, 0]);
+        assert_ne!(n[8..], chunk_nonce(u64::MAX)[8..]);
+        for _ in 0..100 {
+            assert_ne!(fresh_index_salt().unwrap(), 0);
+        }
     }
 
     #[test]
@@ -743,6 +912,7 @@ mod tests {
         let mut slot = wrap_slot(
             &DataKey::generate().unwrap(),
             &Key::passphrase_with_params("pw", params(8, 1, 1)).unwrap(),
+            None,
         )
         .unwrap();
         slot.m_cost = p.m_cost;
@@ -797,7 +967,7 @@ mod tests {
             // It is well formed: the image opens without a key.
             assert_eq!(slot_kdf(&slot, loc).unwrap(), Kdf::Argon2id(p));
             let t = std::time::Instant::now();
-            let e = unwrap_slot(&slot, &Key::passphrase("wrong"), loc).unwrap_err();
+            let e = unwrap_slot(&slot, &Key::passphrase("wrong"), None, loc).unwrap_err();
             let took = t.elapsed();
             assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
             assert_eq!(e.location(), loc);
@@ -826,7 +996,7 @@ mod tests {
             },
         };
         let t = std::time::Instant::now();
-        let e = wrap_slot(&DataKey::generate().unwrap(), &k).unwrap_err();
+        let e = wrap_slot(&DataKey::generate().unwrap(), &k, None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(t.elapsed().as_millis() < 100);
     }

@@ -8,8 +8,10 @@
 //! ```text
 //!  0            P (page size)                                        EOF
 //!  +------------+--------------------------------+--------+---------+
-//!  | header     | chunk 0 | chunk 1 | … (raw ones | index  | trailer |
-//!  | (one page) |          page-aligned)          |        | (256 B) |
+//!  | header     | chunks, in layout order: by    | index  | trailer |
+//!  | (one page) | number, or the load-order      |        | (256 B) |
+//!  |            | profile first (raw chunks of a |        |         |
+//!  |            | plain image page-aligned)      |        |         |
 //!  +------------+--------------------------------+--------+---------+
 //!                                                 ^ located by the trailer
 //! ```
@@ -19,8 +21,12 @@
 //!   [`Image::read_at`].
 //! - [`verify_path`] walks everything and reports every problem.
 //!
-//! **Versions.** The major version must equal this reader's (1); a newer minor
-//! version is read as long as it sets no unknown incompatible feature.
+//! **Versions.** This crate writes version 1.1 and reads 1.0 and 1.1. The
+//! major version must equal this reader's (1); a newer minor version is read
+//! as long as it sets no unknown incompatible feature. A 1.1 image that sets
+//! none of 1.1's feature bits (`SLOT_BOUND`, `PARENT`, `LOAD_ORDER`) follows
+//! every 1.0 rule, so 1.0 readers read it; every 1.0 image reads here, byte
+//! for byte (the golden files in `tests/golden` freeze both versions).
 //!
 //! **Untrusted input.** Any byte sequence given to [`Image::open`] yields an
 //! image or a typed [`Error`]; see its `# Security` section.
@@ -31,6 +37,7 @@ pub mod atomic;
 #[cfg(feature = "nonce-audit")]
 #[doc(hidden)]
 pub mod audit;
+mod chain;
 mod codec;
 mod crypt;
 mod error;
@@ -44,6 +51,10 @@ mod source;
 mod verify;
 mod write;
 
+pub use chain::{
+    flatten, hint_path, rebase, rebase_in_place, Chain, ChainOptions, ParentKey, Resolution,
+    Segment, SegmentKind,
+};
 pub use codec::Codec;
 pub use crypt::{
     Argon2Params, Kdf, Key, MAX_ARGON2_M_COST, MAX_ARGON2_WORK, MAX_PASSPHRASE_FILE_LEN,
@@ -53,13 +64,15 @@ pub use model::*;
 pub use read::{fuzz_api, Image, TrailerInfo};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
-pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
+pub use verify::{
+    verify_bytes, verify_chain_path, verify_path, Problem, Report, Status, VerifyOptions,
+};
 pub use write::{WriteStats, Writer, WriterOptions};
 
 /// Major format version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor format version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Default chunk size: 512 KiB.
 ///
 /// Chosen with `cargo bench -p memimg-tests --bench write -- --chunks`: on the
@@ -70,6 +83,10 @@ pub const VERSION_MINOR: u16 = 0;
 pub const DEFAULT_CHUNK_SIZE: u32 = 512 << 10;
 /// Largest chunk size the format allows: 16 MiB.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Deepest chain of incremental images (1.1): a parent record's depth is at
+/// most 64 (spec.md, *Incremental images*). A reader refuses a deeper one
+/// before opening anything.
+pub const MAX_CHAIN_DEPTH: u32 = 64;
 
 /// The page size of this machine (4096 where it cannot be asked).
 pub fn page_size() -> u32 {

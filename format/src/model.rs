@@ -18,8 +18,20 @@ impl Features {
     pub const ENCRYPTED: u64 = 1 << 0;
     /// Incompatible: some chunks may be zstd-compressed.
     pub const ZSTD: u64 = 1 << 1;
+    /// Incompatible (1.1): the key slot's wrap is bound to the image (its id,
+    /// KDF and parameters), and the slot holds a KEK check.
+    pub const SLOT_BOUND: u64 = 1 << 2;
+    /// Incompatible (1.1): an incremental image, whose header names its
+    /// parent and whose in-parent extents are the parent's pages.
+    pub const PARENT: u64 = 1 << 3;
+    /// Incompatible (1.1): chunks are laid out in load order, and the index
+    /// body carries the load-order profile.
+    pub const LOAD_ORDER: u64 = 1 << 4;
+    /// The incompatible bits version 1.1 added: an image that sets none of
+    /// them follows every 1.0 rule.
+    pub const V1_1_INCOMPAT: u64 = Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Incompatible bits this reader knows.
-    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD;
+    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::PARENT;
     /// Read-only-compatible bits this reader knows.
     pub const KNOWN_RO_COMPAT: u64 = 0;
     /// Compatible: the header carries process facts.
@@ -44,7 +56,13 @@ impl Features {
         };
         named(
             self.incompat,
-            &[(Self::ENCRYPTED, "encrypted"), (Self::ZSTD, "zstd")],
+            &[
+                (Self::ENCRYPTED, "encrypted"),
+                (Self::ZSTD, "zstd"),
+                (Self::SLOT_BOUND, "slot-bound"),
+                (Self::PARENT, "parent"),
+                (Self::LOAD_ORDER, "load-order"),
+            ],
             "incompat",
             &mut out,
         );
@@ -227,10 +245,52 @@ pub struct Header {
     pub validation: Option<Validation>,
     /// Process facts, if the writer set any.
     pub process: Option<ProcessFacts>,
+    /// The parent of an incremental image (1.1, feature `PARENT`): `None`
+    /// for a full image.
+    pub parent: Option<ParentRecord>,
+    /// Where the parent was when the image was written (1.1): a path
+    /// relative to the image's directory, an absolute path or a URL. Only a
+    /// hint for finding it: whatever it names is checked against
+    /// [`Header::parent`].
+    pub parent_hint: Option<String>,
 }
 
 impl Header {
+    /// The image's depth in its chain: 0 for a full image, 1 + its
+    /// parent's for an incremental one.
+    pub fn depth(&self) -> u32 {
+        self.parent.as_ref().map_or(0, |p| p.depth)
+    }
+
+    /// True when the key slot is bound to the image (feature `SLOT_BOUND`).
+    pub fn is_slot_bound(&self) -> bool {
+        self.features.incompat & Features::SLOT_BOUND != 0
+    }
+
     /// The image id as 32 lowercase hex digits.
+    pub fn image_id_hex(&self) -> String {
+        hex(&self.image_id)
+    }
+}
+
+/// What an incremental image (1.1) says about its parent: its header's
+/// parent record (spec.md, *Incremental images*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParentRecord {
+    /// The parent's image id.
+    pub image_id: [u8; 16],
+    /// The `index_checksum` of the parent's active trailer: a parent whose
+    /// index was rewritten (recompressed, re-encrypted, relaid out, rebased)
+    /// no longer matches. Key rotation keeps the index, so a rotated parent
+    /// still does.
+    pub index_checksum: u64,
+    /// The child's depth: 1 + the parent's depth, from 1 to
+    /// [`crate::MAX_CHAIN_DEPTH`].
+    pub depth: u32,
+}
+
+impl ParentRecord {
+    /// The parent's image id as 32 lowercase hex digits.
     pub fn image_id_hex(&self) -> String {
         hex(&self.image_id)
     }
@@ -448,6 +508,8 @@ pub enum ExtentKind {
     Zero,
     /// Not captured.
     Absent,
+    /// The parent's pages at the same addresses (1.1, an incremental image).
+    InParent,
 }
 
 /// How a chunk's bytes are encoded before any encryption.

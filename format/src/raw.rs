@@ -70,7 +70,9 @@ pub struct KeySlotRaw {
     pub salt: [u8; 16],
     pub wrap_nonce: [u8; 24],
     pub wrapped_dek: [u8; 48],
-    pub reserved1: [u8; 24],
+    /// 1.1, `SLOT_BOUND` only (reserved, zero, otherwise).
+    pub kek_check: [u8; 16],
+    pub reserved1: [u8; 8],
 }
 
 impl Default for HeaderFixed {
@@ -111,7 +113,8 @@ impl Default for KeySlotRaw {
             salt: [0; 16],
             wrap_nonce: [0; 24],
             wrapped_dek: [0; 48],
-            reserved1: [0; 24],
+            kek_check: [0; 16],
+            reserved1: [0; 8],
         }
     }
 }
@@ -141,7 +144,9 @@ pub struct IndexHeadRaw {
     pub chunk_count: u64,
     pub body_len: u64,
     pub body_plain_len: u64,
-    pub reserved: [u8; 32],
+    /// 1.1: the salt of the index nonce (reserved, zero, in 1.0).
+    pub index_nonce_salt: u64,
+    pub reserved: [u8; 24],
 }
 
 /// One chunk-map entry: where a chunk's stored bytes are.

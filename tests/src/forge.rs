@@ -360,7 +360,8 @@ impl Forge {
                 chunk_count: self.chunks.len() as u64,
                 body_len: body.len() as u64 + tag,
                 body_plain_len: body.len() as u64,
-                reserved: [0; 32],
+                index_nonce_salt: 0,
+                reserved: [0; 24],
             },
             trailer: TrailerRaw {
                 magic: TRAILER_MAGIC,

@@ -7,6 +7,8 @@
     missing_docs
 )]
 
+mod binding;
+mod chain;
 mod corrupt;
 mod files;
 mod forge;

@@ -383,6 +383,21 @@ fn abbreviate(b: &[u8]) -> String {
 }
 
 fn check(img: &Image, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    // An incremental image (format 1.1) takes pages from its parent, which
+    // restore does not read yet: refuse it, with the error that names the
+    // parent it needs, rather than restore those pages as anything else.
+    if img.parent().is_some() {
+        for r in img.regions()? {
+            if let Some(e) = img
+                .region_extents(r)?
+                .iter()
+                .find(|e| e.kind == ExtentKind::InParent)
+            {
+                let mut one = [0u8; 1];
+                img.read_at(e.addr, &mut one)?;
+            }
+        }
+    }
     let here = MachineFacts::current();
     let theirs = img.header().machine;
     if let Some(field) = theirs.first_difference(&here) {

@@ -99,6 +99,7 @@ pub fn compare_with_snapshot(img: &Image, seen: &BTreeMap<u64, Seen>) -> u64 {
                         r.info.name_lossy()
                     );
                 }
+                ExtentKind::InParent => panic!("a full capture has no parent"),
                 ExtentKind::Zero => {
                     for a in pages {
                         assert_eq!(

@@ -60,8 +60,9 @@ impl Image {
     /// decrypted and decompressed.
     ///
     /// # Errors
-    /// `NotCaptured` for an absent extent; damage kinds when the chunk's
-    /// checksums or tag do not match.
+    /// `NotCaptured` for an absent extent; `ParentRequired` for an in-parent
+    /// one (see [`crate::Chain`]); damage kinds when the chunk's checksums or
+    /// tag do not match.
     pub fn decode_extent(&self, ext: &Extent, out: &mut [u8]) -> Result<()> {
         let ps = self.header.page_size;
         if out.len() as u64 != ext.len(ps) {
@@ -86,6 +87,7 @@ impl Image {
                     .with_addr(ext.addr),
                 format!("{:#x}-{:#x} was not captured", ext.addr, ext.end(ps)),
             )),
+            ExtentKind::InParent => Err(self.parent_required(ext.addr)),
             ExtentKind::Data => self.decode_data(ext, out),
         }
     }

@@ -8,15 +8,24 @@ use crate::model::*;
 use crate::raw::{self, *};
 use crate::source::{usize_of, Source};
 
-/// Parses the index head and chunk map; returns them and the body's range
-/// within `index`.
+/// What the index head and chunk map say.
+pub(super) struct IndexParts {
+    /// The chunk map.
+    pub chunks: Vec<ChunkLoc>,
+    /// Length of the index head and chunk map: the body starts here.
+    pub map_end: usize,
+    /// The salt of the index nonce (1.1).
+    pub salt: u64,
+}
+
+/// Parses the index head and chunk map; the body is `index[map_end..]`.
 pub(super) fn parse_index(
     _src: &Source,
     header: &Header,
     trailer: &TrailerInfo,
     index: &[u8],
     sink: &mut Sink,
-) -> Result<(Vec<ChunkLoc>, usize, (usize, usize))> {
+) -> Result<IndexParts> {
     let base = trailer.index_offset;
     let loc = Location::at(base);
     let sum = xxh3_64(index);
@@ -41,11 +50,26 @@ pub(super) fn parse_index(
     if h.magic != INDEX_MAGIC {
         return Err(malformed(loc, "index magic is wrong"));
     }
-    if h.reserved != [0; 32] {
+    if h.reserved != [0; 24] {
+        sink.report(Error::new(
+            ErrorKind::NonZeroPadding,
+            Location::at(base + 40),
+            "reserved index bytes are not zero",
+        ))?;
+    }
+    let encrypted = header.cipher != Cipher::None;
+    // The index nonce salt (1.1): only an encrypted image that sets a 1.1
+    // feature may have one; elsewhere the field is reserved, as in 1.0.
+    let salt_allowed = encrypted && header.features.incompat & Features::V1_1_INCOMPAT != 0;
+    if h.index_nonce_salt != 0 && !salt_allowed {
         sink.report(Error::new(
             ErrorKind::NonZeroPadding,
             Location::at(base + 32),
-            "reserved index bytes are not zero",
+            if encrypted {
+                "the index nonce salt is not zero in an image without 1.1 features (reserved bytes there)"
+            } else {
+                "the index nonce salt is not zero in a plain image"
+            },
         ))?;
     }
     let map_len = h
@@ -66,7 +90,6 @@ pub(super) fn parse_index(
             ),
         ));
     }
-    let encrypted = header.cipher != Cipher::None;
     let tag = if encrypted { TAG_LEN as u64 } else { 0 };
     if h.body_plain_len.checked_add(tag) != Some(h.body_len) {
         return Err(malformed(
@@ -139,5 +162,9 @@ pub(super) fn parse_index(
             stored_checksum: c.stored_checksum,
         });
     }
-    Ok((chunks, map_end, (map_end, index.len())))
+    Ok(IndexParts {
+        chunks,
+        map_end,
+        salt: h.index_nonce_salt,
+    })
 }

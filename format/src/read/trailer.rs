@@ -160,7 +160,9 @@ pub(super) fn find_trailer(
         None
     } else {
         let k = crypt::slot_kdf(&t.key_slot, Location::at(o + 64))?;
-        if t.key_slot.reserved0 != [0; 3] || t.key_slot.reserved1 != [0; 24] {
+        // kek_check is reserved in a slot that is not bound (1.0).
+        let kek_reserved = !header.is_slot_bound() && t.key_slot.kek_check != [0; 16];
+        if t.key_slot.reserved0 != [0; 3] || t.key_slot.reserved1 != [0; 8] || kek_reserved {
             sink.report(Error::new(
                 ErrorKind::NonZeroPadding,
                 Location::at(o + 64),

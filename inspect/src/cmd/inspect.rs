@@ -391,6 +391,9 @@ impl Doc {
                     }
                     ExtentKind::Zero => row.zero_pages += u64::from(e.page_count),
                     ExtentKind::Absent => row.absent_pages += u64::from(e.page_count),
+                    // Format 1.1 children: the parent's pages, not counted
+                    // here until imgtool reads chains.
+                    ExtentKind::InParent => {}
                 }
             }
             row.ratio = fmt::ratio_f64(row.data_bytes, row.stored_bytes);

@@ -51,7 +51,7 @@ fn json_fields() {
     let (code, out, _) = run(&["inspect", "--json", "--chunks", s(&p)]);
     assert_eq!(code, 0);
     let j = json(&out);
-    assert_eq!(j["version"], "1.0");
+    assert_eq!(j["version"], "1.1");
     let feats: Vec<&str> = j["features"]
         .as_array()
         .unwrap()
