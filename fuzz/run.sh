@@ -5,6 +5,9 @@
 #   fuzz/run.sh 60          # one minute per target
 #   fuzz/run.sh 600 open    # ten minutes, one target
 #
+# It runs cargo in fuzz/, so .cargo/config.toml applies: crates from crates.io
+# are built without coverage instrumentation (see rustc-wrapper.sh).
+#
 # Crashes land in fuzz/artifacts/TARGET/. Each one found becomes a named
 # regression input in fuzz/regressions/TARGET/ that `cargo test` replays.
 set -euo pipefail

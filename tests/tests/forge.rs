@@ -66,3 +66,33 @@ fn forged_images_open_read_and_verify() {
         }
     }
 }
+
+/// The forge's reused compression context gives the bytes a fresh one
+/// gives, chunk after chunk (a context that kept state from the previous
+/// chunk would not), and the frames decode to the input.
+#[test]
+fn zstd_frame_matches_a_fresh_context() {
+    let text = b"compressible ".repeat(1000);
+    let random: Vec<u8> = (0..16384u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let inputs: [&[u8]; 5] = [&text, &random, &text[..4096], &[], &random[..100]];
+    for round in 0..2 {
+        for (i, raw) in inputs.iter().enumerate() {
+            let frame = memimg_tests::forge::zstd_frame(raw)
+                .unwrap_or_else(|| panic!("round {round}, input {i}: zstd failed"));
+            let fresh = zstd::bulk::compress(raw, 1).expect("zstd");
+            assert!(
+                frame == fresh,
+                "round {round}, input {i}: a {}-byte frame, a fresh context gives {} bytes",
+                frame.len(),
+                fresh.len()
+            );
+            assert_eq!(
+                zstd::bulk::decompress(&frame, raw.len()).expect("decodes"),
+                *raw,
+                "round {round}, input {i}"
+            );
+        }
+    }
+}
