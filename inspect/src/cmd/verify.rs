@@ -18,6 +18,8 @@ struct Plan {
     key: Option<Key>,
     decode: bool,
     json: bool,
+    parents: Vec<std::path::PathBuf>,
+    no_hints: bool,
 }
 
 impl Plan {
@@ -29,6 +31,8 @@ impl Plan {
             key,
             decode,
             json: a.json,
+            parents: a.chain.parents.clone(),
+            no_hints: a.chain.no_hints,
         })
     }
 }
@@ -61,6 +65,14 @@ pub struct VerifyDoc {
     pub deep: bool,
     /// True when decoding was asked for (a key was given, or --deep).
     pub deep_requested: bool,
+    /// Parents of an incremental image verified with it: each link as an
+    /// image, its identity against its child's parent record, and every
+    /// page a child takes from it found there.
+    pub parents_checked: u32,
+    /// The parent that was not checked (not given, not found where its
+    /// hint says), and why: the bytes the image holds were checked all the
+    /// same.
+    pub parent_unchecked: Option<String>,
 }
 
 /// One problem.
@@ -78,6 +90,9 @@ pub struct ProblemDoc {
     pub chunk: Option<u64>,
     /// Virtual address, hex.
     pub addr: Option<String>,
+    /// The link of a chain of incremental images (0 the image, 1 its
+    /// parent ...).
+    pub link: Option<u32>,
 }
 
 impl From<&Problem> for ProblemDoc {
@@ -89,6 +104,7 @@ impl From<&Problem> for ProblemDoc {
             region: p.location.region,
             chunk: p.location.chunk,
             addr: p.location.addr.map(|a| format!("{a:#x}")),
+            link: p.location.link,
         }
     }
 }
@@ -161,7 +177,16 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
         progress: Some(&tick),
     };
     let report = match (&plan.image, &reader, unreachable) {
-        (Location::Local(p), _, _) => memimg::verify_path(p, plan.key.as_ref(), &opts),
+        (Location::Local(p), _, _) => memimg::verify_chain_path(
+            p,
+            plan.key.as_ref(),
+            &memimg::ChainOptions {
+                parents: plan.parents.clone(),
+                no_hints: plan.no_hints,
+                parent_key: None,
+            },
+            &opts,
+        ),
         (_, Some(r), _) => memimg_remote::verify_remote(
             r.clone(),
             plan.key.as_ref(),
@@ -271,6 +296,8 @@ fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc
         },
         deep: plan.decode && r.unlocked,
         deep_requested: plan.decode,
+        parents_checked: r.parents_checked,
+        parent_unchecked: r.parent_unchecked.clone(),
     }
 }
 
@@ -286,6 +313,13 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "{}: {verdict}", doc.image)?;
     for p in &doc.problems {
         let mut loc = Vec::new();
+        if let Some(l) = p.link {
+            loc.push(match l {
+                0 => "link 0 (the image)".to_string(),
+                1 => "link 1 (its parent)".to_string(),
+                l => format!("link {l} (ancestor {l})"),
+            });
+        }
         if let Some(o) = &p.offset {
             loc.push(format!("offset {o}"));
         }
@@ -322,5 +356,20 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
         "  {what}, {} stored, {index}",
         fmt::size(doc.bytes_checked)
     )?;
+    if doc.parents_checked > 0 {
+        writeln!(
+            out,
+            "  chain: {} parent{} checked, and every page taken from a parent found there",
+            doc.parents_checked,
+            if doc.parents_checked == 1 { "" } else { "s" }
+        )?;
+    }
+    if let Some(why) = &doc.parent_unchecked {
+        writeln!(
+            out,
+            "  note: {}; only the pages this image holds were checked (give it with --parent)",
+            fmt::escape_str(why)
+        )?;
+    }
     Ok(())
 }
