@@ -128,14 +128,14 @@ pub struct ChainArgsB {
     /// The second image's parent, as --parent for the first (repeatable,
     /// nearest first).
     #[arg(long = "parent-b", value_name = "PARENT")]
-    pub parents: Vec<PathBuf>,
+    pub parents_b: Vec<PathBuf>,
 }
 
 impl ChainArgsB {
     /// As chain arguments of their own, following hints unless `no_hints`.
     pub fn chain(&self, no_hints: bool) -> ChainArgs {
         ChainArgs {
-            parents: self.parents.clone(),
+            parents: self.parents_b.clone(),
             no_hints,
         }
     }

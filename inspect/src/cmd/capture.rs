@@ -183,7 +183,7 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
             out,
             "child of {}: {} pages stored, {} pages left to the parent ({} by chunk checksum, {} compared page by page; {} of the parent decoded)",
             args.chain.parents[0].display(),
-            c.stored / u64::from(memimg::page_size()),
+            s.data_bytes / u64::from(memimg::page_size()),
             s.in_parent_pages,
             fmt::size(c.same_by_checksum),
             fmt::size(c.same_by_compare),

@@ -247,7 +247,20 @@ fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
     }
 }
 
+/// True when a parent of an incremental image is missing or is not the
+/// image its child names: the chain cannot be checked (exit 2), which is
+/// not damage of the image.
+fn chain_broken(report: &Report) -> bool {
+    report
+        .problems
+        .iter()
+        .any(|p| matches!(p.kind, ErrorKind::ParentRequired | ErrorKind::ParentMismatch))
+}
+
 fn exit_of(report: &Report, undecoded: bool) -> u8 {
+    if chain_broken(report) {
+        return crate::EXIT_ERROR;
+    }
     match report.status() {
         Status::Intact if undecoded => crate::EXIT_ERROR,
         Status::Intact => crate::EXIT_OK,
@@ -258,6 +271,7 @@ fn exit_of(report: &Report, undecoded: bool) -> u8 {
 
 fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc {
     let status = match r.status() {
+        _ if chain_broken(r) => "unchecked",
         Status::Intact if undecoded => "unchecked",
         Status::Intact => "intact",
         Status::Damaged => "damaged",
@@ -305,6 +319,7 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     let n = doc.problems.len();
     let verdict = match doc.status {
         "intact" => ui::good("intact"),
+        "unchecked" => ui::bad("UNABLE TO CHECK the chain: a parent is missing or is not the image its child names"),
         _ => ui::bad(&format!(
             "DAMAGED, {n} problem{}",
             if n == 1 { "" } else { "s" }
