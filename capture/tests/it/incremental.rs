@@ -184,7 +184,7 @@ fn content(seed: u64, g: u64) -> [Vec<u8>; 2] {
     common::fill_random(&mut r[0], seed ^ 0x11);
     common::fill_random(&mut r[1], seed ^ 0x22);
     for k in 1..=g {
-        let mut x = seed.wrapping_mul(31).wrapping_add(k) | 1;
+        let mut x = ((seed << 8) | k).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         for _ in 0..13 {
             let which = (xorshift(&mut x) % 2) as usize;
             let pg = xorshift(&mut x) as usize % (r[which].len() / PS);
@@ -209,7 +209,9 @@ fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
         let path = dir.join(format!("g{g}.img"));
         let mut o = WriterOptions::new()
             .page_size(PS as u32)
-            .chunk_size(16 * 1024)
+            // Chunk sizes differ between links, so a child's stored pages
+            // cut its parents' chunks: restores then read parts of them.
+            .chunk_size([16u32, 4, 8, 4, 16, 8][g as usize % 6] * 1024)
             .codec(codec)
             .validation("chain", b"v".to_vec());
         let parent = paths
@@ -219,9 +221,25 @@ fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
             o = o.parent_of(c.image()).unwrap().parent_hint(format!("g{}.img", g - 1));
         }
         let mut w = Writer::new(std::fs::File::create(&path).unwrap(), o).unwrap();
-        for (addr, data) in addrs.iter().zip(content(seed, g)) {
+        let before = content(seed, g.saturating_sub(1));
+        for ((addr, data), old) in addrs.iter().zip(content(seed, g)).zip(before) {
             let info = RegionInfo::new(*addr, data.len() as u64);
             match &parent {
+                // The last generation, and every second one before it, as
+                // a capture writes them: page by page, only the pages that
+                // changed (they cut the parents' chunks); the others by
+                // whole chunks of the parent.
+                Some(_) if (depth - g) % 2 == 0 => {
+                    w.begin_region(info).unwrap();
+                    for (new, was) in data.chunks(PS).zip(old.chunks(PS)) {
+                        if new == was {
+                            w.push_in_parent(PS as u64).unwrap();
+                        } else {
+                            w.push_data(new).unwrap();
+                        }
+                    }
+                    w.end_region().unwrap();
+                }
                 Some(c) => w.add_region_against(info, &data, c).unwrap(),
                 None => w.add_region(info, &data).unwrap(),
             }
@@ -276,6 +294,7 @@ pub fn child_role(role: &str) -> bool {
 #[test]
 fn random_chains_read_back_and_restore_with_each_strategy() {
     let lazy_ok = !lazy_skip("incremental::random_chains_read_back_and_restore_with_each_strategy");
+    let mut partial = 0;
     for seed in 0..6u64 {
         let depth = 1 + seed % 5;
         let d = tempfile::tempdir().unwrap();
@@ -289,6 +308,16 @@ fn random_chains_read_back_and_restore_with_each_strategy() {
                 assert!(got == want, "chain {seed} generation {g} at {addr:#x}");
             }
         }
+        // Restores read parts of chunks: a child's pages cut its parents'.
+        let last = Chain::open(paths.last().unwrap(), None, &ChainOptions::default()).unwrap();
+        partial += region_addrs(seed)
+            .iter()
+            .flat_map(|&a| last.segments(a, a + (R1_PAGES * PS) as u64).unwrap())
+            .filter(|s| {
+                matches!(s.kind, memimg::SegmentKind::Data(e)
+                    if e.addr != s.start || e.end(PS as u32) != s.end)
+            })
+            .count();
         let mut strategies = vec![Strategy::Eager];
         if seed % 2 == 0 {
             strategies.push(Strategy::Mmap);
@@ -312,6 +341,7 @@ fn random_chains_read_back_and_restore_with_each_strategy() {
             );
         }
     }
+    assert!(partial > 0, "no restore read a chunk in part");
 }
 
 /// A chain whose parent is missing does not restore: the error names the
