@@ -103,7 +103,11 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             self.stats.decoded += len as u64;
             self.cache = Some((key, buf));
         }
-        Ok(self.cache.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]))
+        Ok(self
+            .cache
+            .as_ref()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[]))
     }
 
     /// Pushes `data`, the next bytes of the open region, storing only what
@@ -145,7 +149,9 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                     let mut i = 0;
                     while i < same.len() {
                         let s = same[i];
-                        let j = (i..same.len()).find(|&k| same[k] != s).unwrap_or(same.len());
+                        let j = (i..same.len())
+                            .find(|&k| same[k] != s)
+                            .unwrap_or(same.len());
                         let run = &piece[i * psz..j * psz];
                         if s {
                             self.stats.same_by_compare += run.len() as u64;

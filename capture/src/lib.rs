@@ -58,7 +58,8 @@ pub use live::{
 pub use memimg_remote;
 pub use persist::{ChildReport, PersistError, PersistOptions, Persister};
 pub use restore::{
-    lazy_unavailable, restore, restore_chain, LazyHandle, LazyStats, RestoreOptions, Restored, Strategy,
+    lazy_unavailable, restore, restore_chain, LazyHandle, LazyStats, RestoreOptions, Restored,
+    Strategy,
 };
 #[cfg(feature = "remote")]
 pub use restore::{restore_from, RemoteOptions, DEFAULT_IN_FLIGHT};

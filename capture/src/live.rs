@@ -107,7 +107,13 @@ impl std::fmt::Debug for CaptureOptions {
             .field("fork_hold_limit", &self.fork_hold_limit)
             .field("fork_thread", &self.fork_thread)
             .field("durable", &self.durable)
-            .field("parent", &self.parent.as_ref().map(|c| c.image().header().image_id_hex()))
+            .field(
+                "parent",
+                &self
+                    .parent
+                    .as_ref()
+                    .map(|c| c.image().header().image_id_hex()),
+            )
             .field("parent_hint", &self.parent_hint)
             .finish_non_exhaustive()
     }
@@ -355,7 +361,10 @@ fn child_options(
     hint: Option<String>,
 ) -> Result<WriterOptions, CaptureError> {
     let ph = chain.image().header();
-    if let Some(d) = ph.machine.first_difference(&memimg::MachineFacts::current()) {
+    if let Some(d) = ph
+        .machine
+        .first_difference(&memimg::MachineFacts::current())
+    {
         return Err(CaptureError::Format(memimg::Error::plain(
             memimg::ErrorKind::InvalidInput,
             format!("the parent was captured on another machine (its {d} differs): capture a full image"),

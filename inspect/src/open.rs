@@ -239,8 +239,8 @@ pub fn open_chain_at(
         Location::S3(_) => {
             let mut c = memimg::Chain::single(img);
             for (i, p) in chain.parents.iter().enumerate() {
-                let parent = memimg::Image::open_with_key(p, key)
-                    .map_err(|e| lib_error(e, p, "opening"))?;
+                let parent =
+                    memimg::Image::open_with_key(p, key).map_err(|e| lib_error(e, p, "opening"))?;
                 c.push_parent(parent)
                     .map_err(|e| lib_error(e, p, &format!("link {} of", i + 1)))?;
             }

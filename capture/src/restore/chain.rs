@@ -189,7 +189,10 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
     };
     let map = |(link, addr, off, len): (usize, u64, u64, u64)| -> Result<(), RestoreError> {
         let off = libc::off_t::try_from(off).map_err(|_| {
-            RestoreError::io("mapping", std::io::Error::from_raw_os_error(libc::EOVERFLOW))
+            RestoreError::io(
+                "mapping",
+                std::io::Error::from_raw_os_error(libc::EOVERFLOW),
+            )
         })?;
         // SAFETY: addr..addr+len lies inside a region this restore reserved
         // (MAP_FIXED only replaces our own fresh mapping).
@@ -211,15 +214,24 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
         }
         Ok(())
     };
-    let region_of = |a: u64| regions.iter().position(|r| r.info.start <= a && a < r.info.end());
+    let region_of = |a: u64| {
+        regions
+            .iter()
+            .position(|r| r.info.start <= a && a < r.info.end())
+    };
     let mut run: Option<(usize, u64, u64, u64)> = None;
     for s in segs {
-        let SegmentKind::Data(e) = s.kind else { continue };
+        let SegmentKind::Data(e) = s.kind else {
+            continue;
+        };
         let img = &chain.links()[s.link];
-        let off = img.raw_file_offset(&e).ok_or_else(|| RestoreError::StrategyUnavailable {
-            strategy: "mmap",
-            why: format!("the chunk at {:#x} is not stored raw", e.addr),
-        })? + (s.start - e.addr);
+        let off = img
+            .raw_file_offset(&e)
+            .ok_or_else(|| RestoreError::StrategyUnavailable {
+                strategy: "mmap",
+                why: format!("the chunk at {:#x} is not stored raw", e.addr),
+            })?
+            + (s.start - e.addr);
         let len = s.end - s.start;
         run = match run {
             Some((l, a, o, n))
@@ -244,11 +256,14 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
     Ok(())
 }
 
+/// Address ranges `[start, end)` of the segments read from one extent.
+type Pieces = Vec<(u64, u64)>;
+
 /// Decodes each extent the segments need once, in parallel, and copies
 /// its segments into place.
 fn decode_segments(chain: &Chain, segs: &[Segment]) -> Result<(), RestoreError> {
     let ps = ps_of(chain.image());
-    let mut groups: HashMap<(usize, u64), (Extent, Vec<(u64, u64)>)> = HashMap::new();
+    let mut groups: HashMap<(usize, u64), (Extent, Pieces)> = HashMap::new();
     for s in segs {
         if let SegmentKind::Data(e) = s.kind {
             groups
@@ -258,7 +273,7 @@ fn decode_segments(chain: &Chain, segs: &[Segment]) -> Result<(), RestoreError> 
                 .push((s.start, s.end));
         }
     }
-    let work: Vec<(usize, Extent, Vec<(u64, u64)>)> = groups
+    let work: Vec<(usize, Extent, Pieces)> = groups
         .into_iter()
         .map(|((link, _), (e, v))| (link, e, v))
         .collect();
@@ -280,9 +295,8 @@ fn decode_segments(chain: &Chain, segs: &[Segment]) -> Result<(), RestoreError> 
         for &(a, b) in pieces {
             // SAFETY: as above: a..b is a segment of a reserved region that
             // no other task writes.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a))
-            };
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a)) };
             let from = usize_of(a - e.addr);
             out.copy_from_slice(&buf[from..from + out.len()]);
         }
@@ -293,7 +307,12 @@ fn decode_segments(chain: &Chain, segs: &[Segment]) -> Result<(), RestoreError> 
 
 /// The pieces a lazy restore of the chain places: each data segment, and
 /// the rest of each region as zeros, in chunk-sized pieces.
-fn units(regions: &[Region], segs: &[Segment], ps: u32, piece: u64) -> Vec<(u64, u64, Option<Extent>)> {
+fn units(
+    regions: &[Region],
+    segs: &[Segment],
+    ps: u32,
+    piece: u64,
+) -> Vec<(u64, u64, Option<Extent>)> {
     let mut out = Vec::new();
     let zeros = |a: u64, b: u64, out: &mut Vec<(u64, u64, Option<Extent>)>| {
         let mut x = a;
@@ -382,7 +401,10 @@ impl ChunkSource for ChainSource {
             .as_ref()
             .and_then(|(_, b)| b.get(from..from + out.len()))
             .ok_or_else(|| {
-                memimg::Error::plain(memimg::ErrorKind::InvalidInput, "a segment outside its extent")
+                memimg::Error::plain(
+                    memimg::ErrorKind::InvalidInput,
+                    "a segment outside its extent",
+                )
             })?;
         out.copy_from_slice(src);
         Ok(())

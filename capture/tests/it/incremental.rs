@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use memimg::{Chain, ChainOptions, Codec, ExtentKind, Image, RegionInfo, RegionKind, Writer, WriterOptions};
+use memimg::{
+    Chain, ChainOptions, Codec, ExtentKind, Image, RegionInfo, RegionKind, Writer, WriterOptions,
+};
 use memimg_capture::{
     restore, PersistOptions, Persister, RestoreOptions, Strategy, TrackError, TrackMethod,
     TrackOptions,
@@ -97,7 +99,11 @@ fn persist_child(method: TrackMethod) {
         Err(e) => panic!("{e}"),
     };
     let d = tempfile::tempdir().unwrap();
-    let (b, c1, c2) = (d.path().join("base.img"), d.path().join("c1.img"), d.path().join("c2.img"));
+    let (b, c1, c2) = (
+        d.path().join("base.img"),
+        d.path().join("c1.img"),
+        d.path().join("c2.img"),
+    );
     let po = PersistOptions {
         codec: Codec::Zstd(1),
         ..PersistOptions::default()
@@ -189,7 +195,7 @@ fn content(seed: u64, g: u64) -> [Vec<u8>; 2] {
             let which = (xorshift(&mut x) % 2) as usize;
             let pg = xorshift(&mut x) as usize % (r[which].len() / PS);
             let page = &mut r[which][pg * PS..(pg + 1) * PS];
-            if xorshift(&mut x) % 4 == 0 {
+            if xorshift(&mut x).is_multiple_of(4) {
                 page.fill(0);
             } else {
                 common::fill_random(page, x);
@@ -203,7 +209,11 @@ fn content(seed: u64, g: u64) -> [Vec<u8>; 2] {
 /// full image first. Codec none (mmap-able) for even seeds, zstd for odd.
 fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
     let addrs = region_addrs(slot);
-    let codec = if seed % 2 == 0 { Codec::None } else { Codec::Zstd(1) };
+    let codec = if seed.is_multiple_of(2) {
+        Codec::None
+    } else {
+        Codec::Zstd(1)
+    };
     let mut paths: Vec<PathBuf> = Vec::new();
     for g in 0..=depth {
         let path = dir.join(format!("g{g}.img"));
@@ -218,7 +228,10 @@ fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
             .last()
             .map(|p| Chain::open(p, None, &ChainOptions::default()).unwrap());
         if let Some(c) = &parent {
-            o = o.parent_of(c.image()).unwrap().parent_hint(format!("g{}.img", g - 1));
+            o = o
+                .parent_of(c.image())
+                .unwrap()
+                .parent_hint(format!("g{}.img", g - 1));
         }
         let mut w = Writer::new(std::fs::File::create(&path).unwrap(), o).unwrap();
         let before = content(seed, g.saturating_sub(1));
@@ -229,7 +242,7 @@ fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
                 // a capture writes them: page by page, only the pages that
                 // changed (they cut the parents' chunks); the others by
                 // whole chunks of the parent.
-                Some(_) if (depth - g) % 2 == 0 => {
+                Some(_) if (depth - g).is_multiple_of(2) => {
                     w.begin_region(info).unwrap();
                     for (new, was) in data.chunks(PS).zip(old.chunks(PS)) {
                         if new == was {
@@ -319,7 +332,7 @@ fn random_chains_read_back_and_restore_with_each_strategy() {
             })
             .count();
         let mut strategies = vec![Strategy::Eager];
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             strategies.push(Strategy::Mmap);
         }
         if lazy_ok {

@@ -98,10 +98,10 @@ fn check_captured(img: &Chain, addr: u64, len: u64) -> Result<()> {
             let a = s.start.max(addr);
             // read_at explains the gap: between regions, a region without
             // data, absent pages, or a parent that is missing.
-            let e = img.read_at(a, &mut [0u8; 1]).err().map_or_else(
-                || format!("{a:#x} was not captured"),
-                |e| e.to_string(),
-            );
+            let e = img
+                .read_at(a, &mut [0u8; 1])
+                .err()
+                .map_or_else(|| format!("{a:#x} was not captured"), |e| e.to_string());
             bail!("{e}");
         }
     }

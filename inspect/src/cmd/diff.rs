@@ -268,7 +268,13 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
         plan.key_b.as_ref().map(KeySource::load).transpose()?
     };
     let a = crate::open::open_chain_at(&plan.a, key_a.as_ref(), true, &args.chain)?;
-    let b = crate::open::open_chain_at(&plan.b, key_b.as_ref(), true, &args.chain_b.chain(args.chain.no_hints)).map_err(|e| {
+    let b = crate::open::open_chain_at(
+        &plan.b,
+        key_b.as_ref(),
+        true,
+        &args.chain_b.chain(args.chain.no_hints),
+    )
+    .map_err(|e| {
         if args.key_b.source().is_none() && key_b.is_some() && !b_encrypted(&plan.b) {
             anyhow::anyhow!(
                 "{} is not encrypted, but it was given A's key (no key was given for B): \

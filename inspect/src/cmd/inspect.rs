@@ -217,7 +217,13 @@ impl ChainDoc {
                 .map(|h| format!(", hint \"{}\"", fmt::escape_str(h)))
                 .unwrap_or_default()
         )?;
-        writeln!(out, "{:<15} depth {}, {} links open", "chain", self.depth, self.links.len())?;
+        writeln!(
+            out,
+            "{:<15} depth {}, {} links open",
+            "chain",
+            self.depth,
+            self.links.len()
+        )?;
         for l in &self.links {
             let pages = match (l.stored_pages, l.in_parent_pages, l.answers_pages) {
                 (Some(s), Some(p), Some(a)) => {
@@ -230,7 +236,9 @@ impl ChainDoc {
                 out,
                 "  link {}  {}  image {} depth {}: {pages}",
                 l.link,
-                l.path.as_deref().map_or_else(|| "-".to_string(), fmt::escape_str),
+                l.path
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), fmt::escape_str),
                 l.image_id,
                 l.depth
             )?;

@@ -251,10 +251,12 @@ fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
 /// image its child names: the chain cannot be checked (exit 2), which is
 /// not damage of the image.
 fn chain_broken(report: &Report) -> bool {
-    report
-        .problems
-        .iter()
-        .any(|p| matches!(p.kind, ErrorKind::ParentRequired | ErrorKind::ParentMismatch))
+    report.problems.iter().any(|p| {
+        matches!(
+            p.kind,
+            ErrorKind::ParentRequired | ErrorKind::ParentMismatch
+        )
+    })
 }
 
 fn exit_of(report: &Report, undecoded: bool) -> u8 {
@@ -319,7 +321,9 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     let n = doc.problems.len();
     let verdict = match doc.status {
         "intact" => ui::good("intact"),
-        "unchecked" => ui::bad("UNABLE TO CHECK the chain: a parent is missing or is not the image its child names"),
+        "unchecked" => ui::bad(
+            "UNABLE TO CHECK the chain: a parent is missing or is not the image its child names",
+        ),
         _ => ui::bad(&format!(
             "DAMAGED, {n} problem{}",
             if n == 1 { "" } else { "s" }

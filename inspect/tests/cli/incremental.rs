@@ -148,7 +148,10 @@ fn hexnum(v: &serde_json::Value) -> u64 {
 /// flatten of the child and a fresh full capture are identical.
 #[test]
 fn live_child_holds_exactly_the_changed_pages() {
-    let test = concat!(module_path!(), "::live_child_holds_exactly_the_changed_pages");
+    let test = concat!(
+        module_path!(),
+        "::live_child_holds_exactly_the_changed_pages"
+    );
     let live = Live::spawn();
     let d = tempfile::tempdir().unwrap();
     let (base, child, flat, full) = (
@@ -173,7 +176,7 @@ fn live_child_holds_exactly_the_changed_pages() {
         x ^= x << 17;
         let p = x % n as u64;
         changed.insert(p);
-        if x % 5 == 0 && p + 1 < n as u64 {
+        if x.is_multiple_of(5) && p + 1 < n as u64 {
             changed.insert(p + 1);
         }
     }
@@ -183,7 +186,13 @@ fn live_child_holds_exactly_the_changed_pages() {
     // process: a running process changes its stack between captures.
     live.stop();
     let (code, o, e) = run(&[
-        "capture", "--pid", &live.pid(), "--parent", s(&base), "-o", s(&child),
+        "capture",
+        "--pid",
+        &live.pid(),
+        "--parent",
+        s(&base),
+        "-o",
+        s(&child),
     ]);
     assert_eq!(code, 0, "{o}{e}");
     assert!(o.contains("child of"), "{o}");
@@ -209,7 +218,10 @@ fn live_child_holds_exactly_the_changed_pages() {
             k => panic!("extent of kind {k:?} at {:#x} in the region", e.addr),
         }
     }
-    assert_eq!(stored, changed, "the child must store exactly the changed pages");
+    assert_eq!(
+        stored, changed,
+        "the child must store exactly the changed pages"
+    );
     let child_len = std::fs::metadata(&child).unwrap().len();
     let base_len = std::fs::metadata(&base).unwrap().len();
     assert!(
@@ -240,7 +252,10 @@ fn live_child_holds_exactly_the_changed_pages() {
         .collect();
     assert_eq!(got, runs(&changed));
     // Shared pages were neither decoded nor read.
-    assert!(doc["bytes_shared"].as_u64().unwrap() >= (LEN as u64) * 98 / 100, "{o}");
+    assert!(
+        doc["bytes_shared"].as_u64().unwrap() >= (LEN as u64) * 98 / 100,
+        "{o}"
+    );
 
     // flatten = a fresh full capture.
     let (code, o, e) = run(&["flatten", s(&child), "-o", s(&flat)]);
@@ -257,7 +272,14 @@ fn live_child_holds_exactly_the_changed_pages() {
     let mut want = vec![0u8; PS as usize];
     page(p, 1, &mut want);
     let o = bin()
-        .args(["cat", "--addr", &format!("{:#x}", ADDR + p * PS), "--len", "4096", s(&child)])
+        .args([
+            "cat",
+            "--addr",
+            &format!("{:#x}", ADDR + p * PS),
+            "--len",
+            "4096",
+            s(&child),
+        ])
         .output()
         .unwrap();
     assert_success(&o);
@@ -265,7 +287,14 @@ fn live_child_holds_exactly_the_changed_pages() {
     let q = (0..n as u64).find(|q| !changed.contains(q)).unwrap();
     page(q, 0, &mut want);
     let o = bin()
-        .args(["cat", "--addr", &format!("{:#x}", ADDR + q * PS), "--len", "4096", s(&child)])
+        .args([
+            "cat",
+            "--addr",
+            &format!("{:#x}", ADDR + q * PS),
+            "--len",
+            "4096",
+            s(&child),
+        ])
         .output()
         .unwrap();
     assert_success(&o);
@@ -322,7 +351,11 @@ fn write_gen(path: &Path, g: u64, parent: Option<&Path>, codec: Codec, key: Opti
 
 /// A chain of three: gen0 <- gen1 <- gen2, in `dir`.
 fn chain3(dir: &Path, codec: Codec, key: Option<memimg::Key>) -> [std::path::PathBuf; 3] {
-    let p = [dir.join("g0.mimg"), dir.join("g1.mimg"), dir.join("g2.mimg")];
+    let p = [
+        dir.join("g0.mimg"),
+        dir.join("g1.mimg"),
+        dir.join("g2.mimg"),
+    ];
     write_gen(&p[0], 0, None, codec, key.clone());
     write_gen(&p[1], 1, Some(&p[0]), codec, key.clone());
     write_gen(&p[2], 2, Some(&p[1]), codec, key);
@@ -402,7 +435,10 @@ fn chain_reads_through_cat_diff_flatten_and_export_core() {
         .position(|w| w == &a[..64])
         .expect("the core holds the first region");
     assert_eq!(&bytes[at..at + a.len()], &a[..]);
-    assert!(!d.path().join("g2.flat").exists(), "the temporary flat image is left");
+    assert!(
+        !d.path().join("g2.flat").exists(),
+        "the temporary flat image is left"
+    );
     // verify of the chain.
     let (code, o, e) = run(&["verify", s(&p[2])]);
     assert_eq!(code, 0, "{o}{e}");
@@ -423,7 +459,12 @@ fn explicit_parents_and_no_hints() {
     assert!(e.contains("its parent") && e.contains("is needed"), "{e}");
     // Given: it reads (g0 is found through g1's hint? no: g1 moved, so its
     // hint "g0.mimg" resolves beside it; give both).
-    let (code, got, e) = cat_bytes(&p[2], R1, a.len(), &["--parent", s(&moved), "--parent", s(&p[0])]);
+    let (code, got, e) = cat_bytes(
+        &p[2],
+        R1,
+        a.len(),
+        &["--parent", s(&moved), "--parent", s(&p[0])],
+    );
     assert_eq!(code, 0, "{e}");
     assert_eq!(got, a);
     // --no-hints: only what is given.
@@ -453,8 +494,15 @@ fn damaged_parent_is_a_clear_error_naming_the_link() {
                 let (nk, _) = key_file(d.path(), "k2", 9);
                 let out = d.path().join("re.mimg");
                 let (code, o, e) = run(&[
-                    "reencrypt", "--full", "--key-file", s(&kp), "--new-key-file", s(&nk), "-o",
-                    s(&out), s(&p[1]),
+                    "reencrypt",
+                    "--full",
+                    "--key-file",
+                    s(&kp),
+                    "--new-key-file",
+                    s(&nk),
+                    "-o",
+                    s(&out),
+                    s(&p[1]),
                 ]);
                 assert_eq!(code, 0, "{o}{e}");
                 std::fs::rename(&out, &p[1]).unwrap();
@@ -468,7 +516,10 @@ fn damaged_parent_is_a_clear_error_naming_the_link() {
         // A removed parent is named as the parent the image needs; any
         // other case as link 1, which is not the image its child names.
         if case == "removed" {
-            assert!(e.contains("its parent, image") && e.contains("is needed"), "{case}: {e}");
+            assert!(
+                e.contains("its parent, image") && e.contains("is needed"),
+                "{case}: {e}"
+            );
         } else {
             assert!(e.contains("link 1 (its parent)"), "{case}: {e}");
         }
@@ -477,10 +528,16 @@ fn damaged_parent_is_a_clear_error_naming_the_link() {
         // not the one named leaves it unchecked (2).
         let want = if case == "truncated" { 1 } else { 2 };
         assert_eq!(code, want, "{case}: verify exit\n{o}{e}");
-        assert!(o.contains("link 1") || e.contains("link 1"), "{case}: {o}{e}");
+        assert!(
+            o.contains("link 1") || e.contains("link 1"),
+            "{case}: {o}{e}"
+        );
         let (code, _, e) = run(&["diff", "--key-file", s(&kp), s(&p[0]), s(&p[2])]);
         assert_eq!(code, 2, "{case}: diff exit");
-        assert!(e.contains("link 1 (its parent)") || e.contains("its parent, image"), "{case}: {e}");
+        assert!(
+            e.contains("link 1 (its parent)") || e.contains("its parent, image"),
+            "{case}: {e}"
+        );
         let flat = d.path().join("flat.mimg");
         let (code, _, e) = run(&["flatten", "--key-file", s(&kp), s(&p[2]), "-o", s(&flat)]);
         assert_eq!(code, 2, "{case}: flatten exit");
