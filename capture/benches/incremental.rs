@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use memimg::{Chain, ChainOptions, Codec, RegionKind};
 use memimg_capture::{
-    capture_to_path, restore, CaptureOptions, PersistOptions, Persister, RestoreOptions,
-    Strategy, TrackOptions,
+    capture_to_path, restore, CaptureOptions, PersistOptions, Persister, RestoreOptions, Strategy,
+    TrackOptions,
 };
 
 const PS: usize = 4096;
@@ -50,13 +50,20 @@ const ROLE: &str = "MEMIMG_INCR_BENCH_ROLE";
 const ADDR: u64 = 0x3c00_0000_0000;
 
 fn env_num(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn map_at(addr: u64, len: usize) -> *mut u8 {
     let flags = libc::MAP_PRIVATE
         | libc::MAP_ANONYMOUS
-        | if addr != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+        | if addr != 0 {
+            libc::MAP_FIXED_NOREPLACE
+        } else {
+            0
+        };
     // SAFETY: a fresh anonymous mapping; MAP_FIXED_NOREPLACE never replaces
     // an existing one.
     let p = unsafe {
@@ -317,7 +324,9 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
             let path = dir.join(format!("p{g}.img"));
             let hint = format!("p{}.img", g - 1);
             let t = Instant::now();
-            persister.write_child_to_path(&path, Some(&hint), &po).unwrap();
+            persister
+                .write_child_to_path(&path, Some(&hint), &po)
+                .unwrap();
             if g == 1 {
                 incr = incr.min(t.elapsed());
             }
@@ -338,7 +347,9 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
     assert_eq!(chain.links().len(), 6);
     let flat = dir.join("flat.img");
     let f = std::fs::File::create(&flat).unwrap();
-    let opts = memimg::options_from(chain.image()).unwrap();
+    let opts = memimg::options_from(chain.image())
+        .unwrap()
+        .codec(Codec::None);
     memimg::flatten(&chain, std::io::BufWriter::new(f), opts, &|_| {}).unwrap();
     drop(chain);
     drop(persister);
@@ -347,10 +358,7 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
         let time = |img: &Path| {
             best(runs, || {
                 let mut c = Command::new(&exe);
-                c.env(
-                    ROLE,
-                    format!("restore:{}:{strategy}:{len}", img.display()),
-                );
+                c.env(ROLE, format!("restore:{}:{strategy}:{len}", img.display()));
                 let out = sh(c);
                 let line = out.lines().find(|l| l.starts_with("TIME ")).unwrap();
                 let all: u64 = line.split(' ').nth(2).unwrap().parse().unwrap();
