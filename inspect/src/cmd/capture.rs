@@ -88,8 +88,12 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
                     rec.image_id_hex()
                 );
             }
-            let hint = match (&plan.output, args.no_parent_hint) {
-                (Location::Local(out), false) => memimg_capture::hint_for(out, base),
+            // A hint is a local path: none for a parent or child in object
+            // storage (give the parent with --parent when reading).
+            let hint = match (&plan.output, &loc, args.no_parent_hint) {
+                (Location::Local(out), Location::Local(p), false) => {
+                    memimg_capture::hint_for(out, p)
+                }
                 _ => None,
             };
             (Some(Arc::new(chain)), hint)

@@ -18,8 +18,9 @@
 //!
 //! Incremental images (format 1.1) are compared through their chains: each
 //! side's pages come from whichever link holds them. Pages both sides take
-//! from the same image (the same chunk of the same image id and index) are
-//! the same bytes and are neither decoded nor read: a child against its
+//! from the same chunk of the same file (one file, opened by both chains:
+//! a child and its parent) are the same bytes and are neither decoded nor
+//! read (a copy of an image, even with the same id and index, is read): a child against its
 //! parent decodes only the pages the child stores, and lists exactly those
 //! of them that differ (`bytes_shared`).
 //!
@@ -400,9 +401,10 @@ struct Piece {
     real: Extent,
     /// True when the run is all of `real`.
     whole: bool,
-    /// The image id and index checksum of the link: two pieces of the same
-    /// owner and real extent are the same bytes.
-    owner: ([u8; 16], u64),
+    /// The file of the link (device, inode) and its image id: two pieces of
+    /// the same owner and real extent are the same bytes of the same file.
+    /// `None` when the link is not a local file: never shared.
+    owner: Option<(u64, u64, [u8; 16])>,
 }
 
 impl std::ops::Deref for Piece {
@@ -428,9 +430,13 @@ fn side_extents(chain: &Chain, r: &Region, ps: u32) -> Result<Vec<Piece>> {
         chunk: 0,
         raw_checksum: 0,
     };
+    // The same file, not only the same id and index: a tampered copy of an
+    // image keeps both, and must be read.
     let owner = |link: usize| {
+        use std::os::unix::fs::MetadataExt;
         let l = &chain.links()[link];
-        (l.header().image_id, l.trailer().index_checksum)
+        let m = std::fs::metadata(l.path()?).ok()?;
+        Some((m.dev(), m.ino(), l.header().image_id))
     };
     if !r.has_data() {
         let e = absent(r.info.start, r.info.end());
@@ -588,7 +594,14 @@ pub fn compare_with(ca: &Chain, cb: &Chain, check: Check) -> Result<DiffDoc> {
             let work = match (xa.kind, xb.kind) {
                 // The same chunk of the same image on both sides: the same
                 // bytes.
-                (Data, Data) if xa.owner == xb.owner && xa.real.addr == xb.real.addr => {
+                // (Only through a chain: an image diffed with itself is
+                // still read, as any two images are.)
+                (Data, Data)
+                    if xa.owner.is_some()
+                        && xa.owner == xb.owner
+                        && xa.real.addr == xb.real.addr
+                        && (xa.link > 0 || xb.link > 0) =>
+                {
                     doc.bytes_shared += seg_end - cur;
                     false
                 }
