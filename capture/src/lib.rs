@@ -30,6 +30,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod bgwrite;
+mod child;
 mod elfnote;
 mod error;
 mod fork;
@@ -47,6 +48,7 @@ mod seccomp;
 mod threads;
 pub mod track;
 
+pub use child::{hint_for, CompareStats};
 pub use error::{CaptureError, RestoreError};
 pub use live::{
     capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Method, Progress,
@@ -54,9 +56,10 @@ pub use live::{
 /// Locations and store settings, for [`restore_from`].
 #[cfg(feature = "remote")]
 pub use memimg_remote;
-pub use persist::{PersistError, PersistOptions, Persister};
+pub use persist::{ChildReport, PersistError, PersistOptions, Persister};
 pub use restore::{
-    lazy_unavailable, restore, LazyHandle, LazyStats, RestoreOptions, Restored, Strategy,
+    lazy_unavailable, restore, restore_chain, LazyHandle, LazyStats, RestoreOptions, Restored,
+    Strategy,
 };
 #[cfg(feature = "remote")]
 pub use restore::{restore_from, RemoteOptions, DEFAULT_IN_FLIGHT};

@@ -81,6 +81,18 @@ pub struct CaptureOptions {
     /// a plain ptrace stop, else the capture does without the fork). By
     /// default the main thread, or the first thread that can.
     pub fork_thread: Option<i32>,
+    /// Writes a child of this chain (format 1.1, an incremental image):
+    /// every resident page is still read, but only the pages that differ
+    /// from the chain's at the same addresses are stored, the rest recorded
+    /// as the parent's (see `child.rs`). The parent must have been captured
+    /// on a machine like this one (page size, architecture). By default
+    /// none: a full image.
+    pub parent: Option<Arc<memimg::Chain>>,
+    /// The parent hint the child stores, with [`CaptureOptions::parent`]
+    /// (a path relative to the child's directory, or absolute; see
+    /// [`crate::hint_for`]). By default none: readers must be given the
+    /// parent.
+    pub parent_hint: Option<String>,
 }
 
 impl std::fmt::Debug for CaptureOptions {
@@ -95,6 +107,14 @@ impl std::fmt::Debug for CaptureOptions {
             .field("fork_hold_limit", &self.fork_hold_limit)
             .field("fork_thread", &self.fork_thread)
             .field("durable", &self.durable)
+            .field(
+                "parent",
+                &self
+                    .parent
+                    .as_ref()
+                    .map(|c| c.image().header().image_id_hex()),
+            )
+            .field("parent_hint", &self.parent_hint)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +133,8 @@ impl Default for CaptureOptions {
             fork_hold_limit: 256 << 20,
             fork_thread: None,
             durable: true,
+            parent: None,
+            parent_hint: None,
         }
     }
 }
@@ -169,6 +191,8 @@ pub struct CaptureReport {
     /// Problems that did not fail the capture, for the user to know: the
     /// snapshot copy could not be reaped, for instance.
     pub warnings: Vec<String>,
+    /// With a parent: how the pages read compared with the parent's.
+    pub compare: Option<crate::CompareStats>,
 }
 
 /// Captures process `pid` into a new image file at `out`.
@@ -237,6 +261,9 @@ pub fn capture_to_writer<W: Write>(
     if let Some(cs) = opts.chunk_size {
         wo = wo.chunk_size(cs);
     }
+    if let Some(chain) = &opts.parent {
+        wo = child_options(wo, chain, opts.parent_hint.clone())?;
+    }
     let guard = SignalGuard::install();
     // The checks that cost time are made before the process is stopped.
     let mut no_fork = if opts.fork {
@@ -283,10 +310,10 @@ pub fn capture_to_writer<W: Write>(
         None => {
             // Its header is buffered, its workers spawn in well under a
             // millisecond.
-            let mut writer = Writer::new(out, wo)?;
+            let mut writer = Out::new(out, wo, opts)?;
             let mut walker = Walker::new(pid, ps, opts.exclude_file_backed);
             for m in &maps {
-                walker.region(m, &mut writer, &mut progress)?;
+                walker.region(m, writer.sink(), &mut progress)?;
             }
             if !procfs::alive(pid) {
                 return Err(CaptureError::ProcessExited { pid });
@@ -298,8 +325,8 @@ pub fn capture_to_writer<W: Write>(
             // The copy holds the memory: the process goes on at once, and
             // the writer starts (compression contexts, threads) after.
             let frozen_time = frozen.resume();
-            let mut writer = Writer::new(out, wo)?;
-            snap.read(&maps, &mut writer, &mut progress)?;
+            let mut writer = Out::new(out, wo, opts)?;
+            snap.read(&maps, writer.sink(), &mut progress)?;
             let method = Method::Fork {
                 fork: snap.fork_time(),
                 held: snap.held_bytes(),
@@ -309,7 +336,7 @@ pub fn capture_to_writer<W: Write>(
         }
     };
     drop(guard);
-    let (w, stats) = writer.finish()?;
+    let (w, stats, compare) = writer.finish()?;
     Ok((
         w,
         CaptureReport {
@@ -320,8 +347,72 @@ pub fn capture_to_writer<W: Write>(
             stats,
             method,
             warnings,
+            compare,
         },
     ))
+}
+
+/// The writer options of a child of `chain`: its parent record and page
+/// size, after checking that the parent was captured on a machine like
+/// this one (a child records the parent's machine facts).
+fn child_options(
+    wo: WriterOptions,
+    chain: &memimg::Chain,
+    hint: Option<String>,
+) -> Result<WriterOptions, CaptureError> {
+    let ph = chain.image().header();
+    if let Some(d) = ph
+        .machine
+        .first_difference(&memimg::MachineFacts::current())
+    {
+        return Err(CaptureError::Format(memimg::Error::plain(
+            memimg::ErrorKind::InvalidInput,
+            format!("the parent was captured on another machine (its {d} differs): capture a full image"),
+        )));
+    }
+    let wo = wo.parent_of(chain.image())?;
+    Ok(match hint {
+        Some(h) => wo.parent_hint(h),
+        None => wo,
+    })
+}
+
+/// The image being written: a full image, or a child compared with its
+/// parent chain.
+enum Out<'c, W: Write> {
+    Full(Writer<W>),
+    Child(crate::child::ChildWriter<'c, W>),
+}
+
+impl<'c, W: Write> Out<'c, W> {
+    fn new(out: W, wo: WriterOptions, opts: &'c CaptureOptions) -> Result<Self, CaptureError> {
+        let w = Writer::new(out, wo)?;
+        Ok(match &opts.parent {
+            Some(chain) => Out::Child(crate::child::ChildWriter::new(w, chain)),
+            None => Out::Full(w),
+        })
+    }
+
+    fn sink(&mut self) -> &mut dyn Sink {
+        match self {
+            Out::Full(w) => w,
+            Out::Child(c) => c,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn finish(self) -> Result<(W, WriteStats, Option<crate::CompareStats>), CaptureError> {
+        Ok(match self {
+            Out::Full(w) => {
+                let (w, s) = w.finish()?;
+                (w, s, None)
+            }
+            Out::Child(c) => {
+                let (w, s, c) = c.finish()?;
+                (w, s, Some(c))
+            }
+        })
+    }
 }
 
 /// Bytes written between two requests to start writeback.

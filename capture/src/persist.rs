@@ -105,6 +105,9 @@ struct Tracking {
     /// The last image persisted with tracking: `since_base` holds every
     /// range written since it was read (with what the tracker holds).
     base: Option<[u8; 16]>,
+    /// The index checksum and depth of `base`: with its id, the parent
+    /// record of a child of it.
+    base_facts: (u64, u32),
     /// Ranges taken from the tracker since `base`, with the take number.
     since_base: Vec<(u64, Vec<Range<u64>>)>,
     takes: u64,
@@ -258,6 +261,7 @@ impl<'a> Persister<'a> {
         let (out, stats) = w.finish()?;
         if let Some(t) = tracking.as_mut() {
             t.base = Some(stats.image_id);
+            t.base_facts = (stats.index_checksum, 0);
             t.since_base.clear();
         }
         Ok((out, stats))
@@ -319,6 +323,7 @@ impl<'a> Persister<'a> {
         self.tracking = Some(Mutex::new(Tracking {
             tracker,
             base: None,
+            base_facts: (0, 0),
             since_base: Vec::new(),
             takes: 0,
         }));
@@ -445,6 +450,113 @@ impl<'a> Persister<'a> {
         t.since_base.retain(|(n, _)| *n > plan.take);
         Ok(())
     }
+
+    /// The parent record a child of the last image persisted with tracking
+    /// (or the last committed child) carries: its id, its index checksum
+    /// and depth, as the persist that wrote it knew them.
+    pub fn tracked_parent(&self) -> Option<memimg::ParentRecord> {
+        self.tracking_lock().and_then(|t| {
+            t.base.map(|id| memimg::ParentRecord {
+                image_id: id,
+                index_checksum: t.base_facts.0,
+                depth: t.base_facts.1 + 1,
+            })
+        })
+    }
+
+    /// Persists a child of the last image persisted with tracking (or of
+    /// the last child) to `path`, through a temporary file renamed into
+    /// place when complete: only the pages written since are read and
+    /// stored ([`Persister::plan_since`], [`Persister::write_child`]), and
+    /// the child becomes the parent of the next one. `hint` is the parent
+    /// hint the child stores (see [`crate::hint_for`]); by default none.
+    ///
+    /// # Errors
+    /// [`PersistError::NotTracking`]; [`PersistError::NotParent`] when
+    /// nothing was persisted with tracking yet; writing errors. A failed
+    /// child loses no write: the next one stores them.
+    pub fn write_child_to_path(
+        &self,
+        path: &Path,
+        hint: Option<&str>,
+        opts: &PersistOptions,
+    ) -> Result<ChildReport, PersistError> {
+        let io = |source| PersistError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = AtomicFile::create(path)?;
+        let (w, report) = self.write_child_to(Background::new(file).map_err(io)?, hint, opts)?;
+        let file = w.into_inner().map_err(io)?;
+        file.commit()?;
+        Ok(report)
+    }
+
+    /// Persists a child of the last image persisted with tracking into
+    /// `out` (see [`Persister::write_child_to_path`]). The child counts as
+    /// committed when this returns: `out` must keep it.
+    ///
+    /// # Errors
+    /// As [`Persister::write_child_to_path`].
+    pub fn write_child_to<W: Write>(
+        &self,
+        out: W,
+        hint: Option<&str>,
+        opts: &PersistOptions,
+    ) -> Result<(W, ChildReport), PersistError> {
+        let t0 = std::time::Instant::now();
+        let record = self.tracked_parent().ok_or(PersistError::NotParent {
+            parent: [0; 16],
+            base: None,
+        })?;
+        let plan = self.plan_since(record.image_id)?;
+        let mut wo = WriterOptions::new()
+            .page_size(memimg::page_size())
+            .codec(opts.codec)
+            .key_opt(opts.key.clone())
+            .workers(opts.workers)
+            .parent(record);
+        if let Some(h) = hint {
+            wo = wo.parent_hint(h);
+        }
+        if let Some(cs) = opts.chunk_size {
+            wo = wo.chunk_size(cs);
+        }
+        if let Some((t, d)) = &self.validation {
+            wo = wo.validation(t.clone(), d.clone());
+        }
+        let mut w = Writer::new(out, wo)?;
+        let child = self.write_child(&plan, &mut w)?;
+        let (out, stats) = w.finish()?;
+        self.child_committed(&plan, stats.image_id)?;
+        if let Some(mut t) = self.tracking_lock() {
+            t.base_facts = (stats.index_checksum, record.depth);
+        }
+        Ok((
+            out,
+            ChildReport {
+                stats,
+                child,
+                method: plan.method,
+                elapsed: t0.elapsed(),
+            },
+        ))
+    }
+}
+
+/// What [`Persister::write_child_to_path`] did.
+#[derive(Debug, Clone)]
+pub struct ChildReport {
+    /// What the writer produced.
+    pub stats: WriteStats,
+    /// What the child holds: bytes written since the parent, read and
+    /// stored, and bytes left to the parent.
+    pub child: ChildStats,
+    /// How the written pages were found: write-protection tracking, or
+    /// the checksum fallback.
+    pub method: TrackMethod,
+    /// How long it took.
+    pub elapsed: std::time::Duration,
 }
 
 /// A run of pages [`PageReader::push`] hands on.

@@ -85,6 +85,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page.
     Man(ManArgs),
+    /// Write an incremental image and its parents as one full image.
+    Flatten(FlattenArgs),
+    /// Point an incremental image at another parent with the same content.
+    Rebase(RebaseArgs),
 }
 
 /// Where a key comes from: one of a key file, a passphrase file or a descriptor.
@@ -99,6 +103,42 @@ pub struct KeyArgs {
     /// Read the 32-byte key from this inherited file descriptor.
     #[arg(long, value_name = "FD", group = "key_a")]
     pub key_fd: Option<u32>,
+}
+
+/// The parents of an incremental image (format 1.1), when their hints do
+/// not find them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChainArgs {
+    /// The image's parent, for an incremental image (a child): repeat it for
+    /// the parent's parent, and so on, nearest first. Links not given are
+    /// found through the hint each child stores (a path relative to the
+    /// child). A parent that is not the image its child names (replaced,
+    /// rewritten, truncated, re-keyed) is refused, naming the link.
+    #[arg(long = "parent", value_name = "PARENT")]
+    pub parents: Vec<PathBuf>,
+    /// Do not follow parent hints: only the parents given with --parent are
+    /// used.
+    #[arg(long)]
+    pub no_hints: bool,
+}
+
+/// The parents of the second image of a diff.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChainArgsB {
+    /// The second image's parent, as --parent for the first (repeatable,
+    /// nearest first).
+    #[arg(long = "parent-b", value_name = "PARENT")]
+    pub parents_b: Vec<PathBuf>,
+}
+
+impl ChainArgsB {
+    /// As chain arguments of their own, following hints unless `no_hints`.
+    pub fn chain(&self, no_hints: bool) -> ChainArgs {
+        ChainArgs {
+            parents: self.parents_b.clone(),
+            no_hints,
+        }
+    }
 }
 
 /// The key of the second image of a diff.
@@ -176,6 +216,9 @@ pub struct InspectArgs {
     /// The key, to show the regions of an encrypted image.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The parents of an incremental image.
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// `imgtool verify`.
@@ -206,6 +249,10 @@ pub struct VerifyArgs {
     /// The key: decrypt and check every chunk.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The parents of an incremental image: each link is verified, and
+    /// every page the child takes from its parent must be there.
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// `imgtool diff`.
@@ -244,6 +291,12 @@ pub struct DiffArgs {
     /// The second image's key.
     #[command(flatten)]
     pub key_b: KeyArgsB,
+    /// The first image's parents, when it is an incremental image.
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// The second image's parents.
+    #[command(flatten)]
+    pub chain_b: ChainArgsB,
     /// Trust the index for chunks whose raw-content checksums match: do not
     /// read their stored bytes (faster; the output says the result rests on
     /// the index only). By default they are read and checked.
@@ -347,6 +400,9 @@ pub struct CatArgs {
     /// The key, when the image is encrypted.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The parents of an incremental image.
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// `imgtool export-core`.
@@ -389,6 +445,85 @@ pub struct ExportCoreArgs {
     /// The image's key, when it is encrypted.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The parents of an incremental image.
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+/// `imgtool flatten`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Writes one self-contained image with the content of an incremental image and
+its parents: every page from whichever link holds it. `imgtool diff CHILD
+FULL` then says identical. The codec is the image's (zstd where it is
+compressed) unless --codec is given; an encrypted chain needs its key, and
+the full image is encrypted under it. It is written to a temporary file
+beside OUT, verified, synced and renamed.
+
+Examples:
+  imgtool flatten app.2.mimg -o app.full.mimg
+  imgtool flatten --parent /backup/app.0.mimg app.1.mimg -o app.full.mimg
+
+Exit codes: 0 written, 2 error (OUT is left as it was).")]
+pub struct FlattenArgs {
+    /// The incremental image (or a full one: it is copied).
+    pub image: PathBuf,
+    /// The full image to write.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// The codec: none, zstd (level 1) or zstd:LEVEL (by default the image's).
+    #[arg(long, value_name = "CODEC")]
+    pub codec: Option<String>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The key of the chain, when it is encrypted.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The parents, when their hints do not find them.
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+/// `imgtool rebase`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Points an incremental image at NEWPARENT instead of its parent, after checking
+that NEWPARENT holds the same content wherever the child takes pages from its
+parent: typically a flattened, recompressed or relaid-out copy of the parent,
+which the child otherwise refuses (the parent's index changed). The child's
+chunks are copied unchanged; its new parent record names NEWPARENT, and its
+hint NEWPARENT's path relative to the child. The old parent is needed for the
+check. Written to a temporary file, synced and renamed (--in-place replaces
+the child itself).
+
+Examples:
+  imgtool flatten app.1.mimg -o app.1.full.mimg
+  imgtool rebase app.2.mimg --onto app.1.full.mimg --in-place
+
+Exit codes: 0 done, 2 error (NEWPARENT differs, a parent is missing; the
+child is left as it was).")]
+pub struct RebaseArgs {
+    /// The incremental image.
+    pub image: PathBuf,
+    /// The new parent.
+    #[arg(long, value_name = "NEWPARENT")]
+    pub onto: PathBuf,
+    /// Where to write.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The key of the chain, when it is encrypted.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The child's current parents, when their hints do not find them.
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// `imgtool import-core`.
@@ -510,6 +645,8 @@ impl Command {
             Command::Keygen(_) => "keygen",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
+            Command::Flatten(_) => "flatten",
+            Command::Rebase(_) => "rebase",
         }
     }
 }
@@ -537,7 +674,16 @@ kernel.yama.ptrace_scope=0 for your own processes.
 Examples:
   imgtool capture --pid 1234 -o app.mimg
   imgtool capture --pid 1234 -o app.mimg --codec zstd:3 --key-file app.key
-  imgtool capture --pid $$ -o shell.mimg --exclude-file-backed --no-fork")]
+  imgtool capture --pid $$ -o shell.mimg --exclude-file-backed --no-fork
+  imgtool capture --pid 1234 --parent app.mimg -o app.1.mimg
+
+With --parent BASE the image is a child of BASE (an incremental image): every
+resident page is still read, and each chunk's XXH3-128 is compared with
+BASE's raw checksum at the same place; a chunk that differs is compared page
+by page with BASE's, so the child stores exactly the pages that changed. The
+rest are recorded as BASE's pages. Reading the child needs BASE (found
+through the hint, or given with --parent): keep the chain together, or
+flatten it.")]
 pub struct CaptureArgs {
     /// The process to capture.
     #[arg(long)]
@@ -571,4 +717,15 @@ pub struct CaptureArgs {
     /// The key to encrypt with.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// Write an incremental image, a child of this one (the first
+    /// --parent; more --parent give its own parents, nearest first, where
+    /// hints do not find them): only the pages that differ from the
+    /// parent's are stored. OUT stores a hint to find it: its path relative
+    /// to OUT's directory, or absolute.
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// With --parent: store no parent hint in the child (readers must then
+    /// be given --parent).
+    #[arg(long)]
+    pub no_parent_hint: bool,
 }

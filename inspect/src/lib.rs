@@ -60,6 +60,8 @@ pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCo
         C::Keygen(a) => keygen(a, out),
         C::Completions(a) => cmd::completions::completions(a, out),
         C::Man(_) => cmd::completions::man(out),
+        C::Flatten(a) => cmd::chain::flatten(a, out),
+        C::Rebase(a) => cmd::chain::rebase(a, out),
     }
 }
 

@@ -199,3 +199,52 @@ pub fn wrong_key(path: &(impl Named + ?Sized), e: &memimg::Error) -> anyhow::Err
         anyhow::anyhow!("{}: {WRONG_KEY}: {why}", path.shown())
     }
 }
+
+/// Opens the image at `loc` with its chain (format 1.1): a full image is a
+/// chain of one; a child's parents are those given in `chain.parents`
+/// (nearest first), then those its hints find, unless `chain.no_hints`.
+/// Each parent is opened with `key` too. A parent neither given nor found
+/// leaves the chain partial: what the child holds reads, and the rest fails
+/// naming the parent it needs. An image in object storage is read alone
+/// (its parents' hints are not followed there; give them with `--parent`
+/// as local files).
+///
+/// # Errors
+/// As [`open_at`]; for a parent, what is wrong with it naming its link
+/// (`link 1 (its parent)`): missing when given, replaced, rewritten,
+/// truncated, damaged, a wrong key.
+pub fn open_chain_at(
+    loc: &Location,
+    key: Option<&Key>,
+    need_unlock: bool,
+    chain: &crate::cli::ChainArgs,
+) -> Result<memimg::Chain> {
+    let img = open_at(loc, key, need_unlock)?;
+    if img.parent().is_none() {
+        if !chain.parents.is_empty() {
+            bail!("{loc} is a full image: it has no parent, so --parent does not apply");
+        }
+        return Ok(memimg::Chain::single(img));
+    }
+    let key = key.filter(|_| img.is_encrypted());
+    let opts = memimg::ChainOptions {
+        parents: chain.parents.clone(),
+        no_hints: chain.no_hints,
+        parent_key: None,
+    };
+    match loc {
+        Location::Local(p) => {
+            memimg::Chain::open(p, key, &opts).map_err(|e| lib_error(e, p, "opening the chain of"))
+        }
+        Location::S3(_) => {
+            let mut c = memimg::Chain::single(img);
+            for (i, p) in chain.parents.iter().enumerate() {
+                let parent =
+                    memimg::Image::open_with_key(p, key).map_err(|e| lib_error(e, p, "opening"))?;
+                c.push_parent(parent)
+                    .map_err(|e| lib_error(e, p, &format!("link {} of", i + 1)))?;
+            }
+            Ok(c)
+        }
+    }
+}

@@ -367,6 +367,27 @@ impl LazyHandle {
         Self::start_with(via, units, &ranges, u64::from(ps))
     }
 
+    /// Starts the handler of `regions` with the pieces `units` (address,
+    /// length, the extent `src` fetches, or `None` for zeros), each
+    /// fetched from `src` on the handler thread: a chain of images
+    /// (`chain.rs`), whose pieces are not one image's extents.
+    pub(super) fn start_source<S: ChunkSource>(
+        src: S,
+        units: &[(u64, u64, Option<Extent>)],
+        regions: &[Region],
+        ps: u64,
+    ) -> Result<LazyHandle, RestoreError> {
+        let units = units
+            .iter()
+            .map(|&(addr, len, extent)| Unit { addr, len, extent })
+            .collect();
+        let ranges: Vec<(u64, u64)> = regions
+            .iter()
+            .map(|r| (r.info.start, r.info.end()))
+            .collect();
+        Self::start_with(Via::Inline(src), units, &ranges, ps)
+    }
+
     fn start_with<S: ChunkSource>(
         via: Via<S>,
         units: Vec<Unit>,

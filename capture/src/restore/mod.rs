@@ -73,6 +73,7 @@
 //! the program does waits on the handler any more. How the handler does
 //! all this is in `lazy.rs`.
 
+mod chain;
 mod fetch;
 mod lazy;
 mod pending;
@@ -85,6 +86,7 @@ use memimg::{ExtentKind, Image, Key, MachineFacts, Region, RegionInfo};
 use rayon::prelude::*;
 
 use crate::error::RestoreError;
+pub use chain::restore_chain;
 pub use lazy::{unavailable as lazy_unavailable, LazyHandle, LazyStats};
 
 /// How to fill the restored regions.
@@ -178,6 +180,10 @@ pub struct Restored {
 pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
     let img = Image::open_with_key(path, opts.key.as_ref())?;
+    if img.parent().is_some() {
+        // A child: its parents found through their hints, under the same key.
+        return chain::restore_path(path, opts);
+    }
     restore_image(img, Some(path), opts, 0, t0)
 }
 

@@ -33,6 +33,9 @@ fn role_entry() {
         "quiet" => quiet(),
         "capturer" => capturer(),
         other => {
+            if crate::incremental::child_role(other) {
+                return;
+            }
             if crate::protect::child_role(other) {
                 return;
             }

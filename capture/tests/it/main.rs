@@ -14,6 +14,7 @@ mod child;
 mod common;
 mod failures;
 mod fork;
+mod incremental;
 mod lazy_alloc;
 mod lazy_costs;
 mod lazy_events;

@@ -70,6 +70,35 @@ impl Plan {
 pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
     let key = args.key.load()?;
+    // A child: its parent chain, opened (and checked) before the process is
+    // stopped.
+    let (parent, parent_hint) = match args.chain.parents.split_first() {
+        None => (None, None),
+        Some((base, rest)) => {
+            let loc = crate::open::location(base)?;
+            let up = crate::cli::ChainArgs {
+                parents: rest.to_vec(),
+                no_hints: args.chain.no_hints,
+            };
+            let chain = crate::open::open_chain_at(&loc, key.as_ref(), true, &up)?;
+            if let Some((rec, _)) = chain.missing_parent() {
+                anyhow::bail!(
+                    "{}: its parent (image {}) was not found: give it with a second --parent",
+                    base.display(),
+                    rec.image_id_hex()
+                );
+            }
+            // A hint is a local path: none for a parent or child in object
+            // storage (give the parent with --parent when reading).
+            let hint = match (&plan.output, &loc, args.no_parent_hint) {
+                (Location::Local(out), Location::Local(p), false) => {
+                    memimg_capture::hint_for(out, p)
+                }
+                _ => None,
+            };
+            (Some(Arc::new(chain)), hint)
+        }
+    };
     let pb = crate::ui::progress(0, "capture");
     let bar = pb.clone();
     let mut opts = CaptureOptions {
@@ -82,6 +111,8 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
             bar.set_length(total);
             bar.set_position(done);
         })),
+        parent,
+        parent_hint,
         ..CaptureOptions::default()
     };
     if let Some(w) = plan.workers {
@@ -103,7 +134,11 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     };
     pb.finish_and_clear();
     let rep = rep?;
-    let doc = CaptureDoc::new(&plan, &rep);
+    let mut doc = CaptureDoc::new(&plan, &rep);
+    doc.parent = opts
+        .parent
+        .as_ref()
+        .map(|c| c.image().header().image_id_hex());
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
@@ -146,6 +181,18 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
             doc.total_ms,
             fmt::size(s.file_len),
         )?,
+    }
+    if let Some(c) = &rep.compare {
+        writeln!(
+            out,
+            "child of {}: {} pages stored, {} pages left to the parent ({} by chunk checksum, {} compared page by page; {} of the parent decoded)",
+            args.chain.parents[0].display(),
+            s.data_bytes / u64::from(memimg::page_size()),
+            s.in_parent_pages,
+            fmt::size(c.same_by_checksum),
+            fmt::size(c.same_by_compare),
+            fmt::size(c.decoded),
+        )?;
     }
     for w in &rep.warnings {
         writeln!(out, "warning: {w}")?;
@@ -192,6 +239,13 @@ pub struct CaptureDoc {
     pub file_size: u64,
     /// Problems that did not fail the capture.
     pub warnings: Vec<String>,
+    /// With --parent: the parent's image id.
+    pub parent: Option<String>,
+    /// With --parent: pages recorded as the parent's.
+    pub in_parent_pages: u64,
+    /// With --parent: bytes of pages stored because they differ from the
+    /// parent's (or it has none there).
+    pub stored_changed_bytes: Option<u64>,
 }
 
 impl CaptureDoc {
@@ -228,6 +282,9 @@ impl CaptureDoc {
             absent_pages: s.absent_pages,
             file_size: s.file_len,
             warnings: rep.warnings.clone(),
+            parent: None,
+            in_parent_pages: s.in_parent_pages,
+            stored_changed_bytes: rep.compare.map(|c| c.stored),
         }
     }
 }

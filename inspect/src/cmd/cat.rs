@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
-use memimg::{ExtentKind, Image};
+use memimg::{Chain, SegmentKind};
 use memimg_remote::Location;
 use zeroize::Zeroizing;
 
@@ -49,7 +49,7 @@ impl Plan {
 pub fn cat(args: &CatArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
-    let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
+    let img = crate::open::open_chain_at(&plan.image, key.as_ref(), true, &args.chain)?;
     check_captured(&img, plan.addr, plan.len)?;
     // Plaintext memory: zeroized on drop.
     let mut buf = Zeroizing::new(vec![0u8; usize::try_from(plan.len.min(STEP))?]);
@@ -85,24 +85,24 @@ fn read_error(e: memimg::Error, at: u64, loc: &Location) -> anyhow::Error {
     }
 }
 
-/// Fails, naming the gap, when any byte of the range was not captured, so
-/// that nothing is written for a range that cannot be read whole.
-fn check_captured(img: &Image, addr: u64, len: u64) -> Result<()> {
-    let ps = img.header().page_size;
+/// Fails, naming the gap, when any byte of the range was not captured (or,
+/// in an incremental image, is its missing parent's), so that nothing is
+/// written for a range that cannot be read whole.
+fn check_captured(img: &Chain, addr: u64, len: u64) -> Result<()> {
     let end = addr + len;
-    let mut a = addr;
-    while a < end {
-        match img.extent_at(a)? {
-            Some(e) if e.kind != ExtentKind::Absent => a = e.end(ps),
-            _ => {
-                // read_at explains the gap: between regions, a region without
-                // data, or absent pages.
-                let e = img.read_at(a, &mut [0u8; 1]).err().map_or_else(
-                    || format!("{a:#x} was not captured"),
-                    |e| e.message().to_string(),
-                );
-                bail!("{e}");
-            }
+    // Pages are whole: widen to them, segments are page runs.
+    let ps = u64::from(img.image().header().page_size);
+    let (lo, hi) = (addr / ps * ps, end.div_ceil(ps).saturating_mul(ps));
+    for s in img.segments(lo, hi.max(lo))? {
+        if s.kind.is_not_captured() || s.kind == SegmentKind::ParentMissing {
+            let a = s.start.max(addr);
+            // read_at explains the gap: between regions, a region without
+            // data, absent pages, or a parent that is missing.
+            let e = img
+                .read_at(a, &mut [0u8; 1])
+                .err()
+                .map_or_else(|| format!("{a:#x} was not captured"), |e| e.to_string());
+            bail!("{e}");
         }
     }
     Ok(())

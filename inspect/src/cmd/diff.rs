@@ -16,6 +16,14 @@
 //! instead of passing for equal. `--index-only` skips this check, and its
 //! output says that the result rests on the index alone.
 //!
+//! Incremental images (format 1.1) are compared through their chains: each
+//! side's pages come from whichever link holds them. Pages both sides take
+//! from the same chunk of the same file (one file, opened by both chains:
+//! a child and its parent) are the same bytes and are neither decoded nor
+//! read (a copy of an image, even with the same id and index, is read): a child against its
+//! parent decodes only the pages the child stores, and lists exactly those
+//! of them that differ (`bytes_shared`).
+//!
 //! Three kinds of difference are kept apart:
 //! - regions found in only one image (`only_in_a`, `only_in_b`), each with a
 //!   reason: another region overlaps it with other bounds, it was recorded
@@ -33,7 +41,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use memimg::{Extent, ExtentKind, Image, Region};
+use memimg::{Chain, Extent, ExtentKind, Image, Region, SegmentKind};
 use memimg_remote::Location;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -117,6 +125,10 @@ pub struct DiffDoc {
     pub bytes_skipped_by_checksum: u64,
     /// Bytes decoded and compared.
     pub bytes_decoded: u64,
+    /// Bytes both images take from the same chunk of the same image (a
+    /// child and its parent, two children of one parent): the same bytes,
+    /// neither decoded nor read.
+    pub bytes_shared: u64,
     /// True with `--index-only`: the chunks of `bytes_skipped_by_checksum`
     /// were not read, so the result rests on the index alone.
     pub index_only: bool,
@@ -256,8 +268,14 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
     } else {
         plan.key_b.as_ref().map(KeySource::load).transpose()?
     };
-    let a = crate::open::open_at(&plan.a, key_a.as_ref(), true)?;
-    let b = crate::open::open_at(&plan.b, key_b.as_ref(), true).map_err(|e| {
+    let a = crate::open::open_chain_at(&plan.a, key_a.as_ref(), true, &args.chain)?;
+    let b = crate::open::open_chain_at(
+        &plan.b,
+        key_b.as_ref(),
+        true,
+        &args.chain_b.chain(args.chain.no_hints),
+    )
+    .map_err(|e| {
         if args.key_b.source().is_none() && key_b.is_some() && !b_encrypted(&plan.b) {
             anyhow::anyhow!(
                 "{} is not encrypted, but it was given A's key (no key was given for B): \
@@ -276,7 +294,7 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
     } else {
-        write_text(&doc, a.header().page_size, out)?;
+        write_text(&doc, a.image().header().page_size, out)?;
     }
     Ok(super::code(if doc.identical {
         crate::EXIT_OK
@@ -369,22 +387,107 @@ fn region_ref(img: &Image, r: &Region, other: &[Region], who: &str) -> Result<Re
     })
 }
 
-/// One side of a segment walk: the extents of a region, or one synthetic
-/// absent extent for a region recorded without data.
-fn side_extents<'a>(img: &'a Image, r: &Region, ps: u32) -> Result<std::borrow::Cow<'a, [Extent]>> {
-    if r.has_data() {
-        return Ok(std::borrow::Cow::Borrowed(img.region_extents(r)?));
+/// A run of one side of a diff, held in one way by one link of its chain:
+/// as an extent of its own (`addr`, `page_count`, `kind`; through `Deref`),
+/// with the link's extent it is part of.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    /// The run, as an extent: its checksum is the real extent's, and means
+    /// something only when `whole`.
+    ext: Extent,
+    /// The link that holds it (0: the image itself).
+    link: usize,
+    /// The link's extent it is part of (data runs).
+    real: Extent,
+    /// True when the run is all of `real`.
+    whole: bool,
+    /// The file of the link (device, inode) and its image id: two pieces of
+    /// the same owner and real extent are the same bytes of the same file.
+    /// `None` when the link is not a local file: never shared.
+    owner: Option<(u64, u64, [u8; 16])>,
+}
+
+impl std::ops::Deref for Piece {
+    type Target = Extent;
+    fn deref(&self) -> &Extent {
+        &self.ext
     }
-    let pages = u32::try_from(r.info.len / u64::from(ps)).unwrap_or(u32::MAX);
-    Ok(std::borrow::Cow::Owned(vec![Extent {
-        addr: r.info.start,
-        page_count: pages,
+}
+
+/// One side of a segment walk: the runs of a region through the chain, or
+/// one absent run for a region recorded without data.
+///
+/// # Errors
+/// `ParentRequired` naming the link when the chain lacks a parent it needs.
+fn side_extents(chain: &Chain, r: &Region, ps: u32) -> Result<Vec<Piece>> {
+    let pages = |a: u64, b: u64| u32::try_from((b - a) / u64::from(ps)).unwrap_or(u32::MAX);
+    let absent = |a: u64, b: u64| Extent {
+        addr: a,
+        page_count: pages(a, b),
         region: r.index,
         kind: ExtentKind::Absent,
         codec: memimg::ChunkCodec::None,
         chunk: 0,
         raw_checksum: 0,
-    }]))
+    };
+    // The same file, not only the same id and index: a tampered copy of an
+    // image keeps both, and must be read.
+    let owner = |link: usize| {
+        use std::os::unix::fs::MetadataExt;
+        let l = &chain.links()[link];
+        let m = std::fs::metadata(l.path()?).ok()?;
+        Some((m.dev(), m.ino(), l.header().image_id))
+    };
+    if !r.has_data() {
+        let e = absent(r.info.start, r.info.end());
+        return Ok(vec![Piece {
+            ext: e,
+            link: 0,
+            real: e,
+            whole: true,
+            owner: owner(0),
+        }]);
+    }
+    let mut out = Vec::new();
+    for s in chain.segments(r.info.start, r.info.end())? {
+        let (ext, real, whole) = match s.kind {
+            SegmentKind::Data(e) => (
+                Extent {
+                    addr: s.start,
+                    page_count: pages(s.start, s.end),
+                    ..e
+                },
+                e,
+                e.addr == s.start && e.end(ps) == s.end,
+            ),
+            SegmentKind::Zero => {
+                let z = Extent {
+                    kind: ExtentKind::Zero,
+                    ..absent(s.start, s.end)
+                };
+                (z, z, true)
+            }
+            SegmentKind::ParentMissing => {
+                let mut b = [0u8; 1];
+                return Err(match chain.read_at(s.start, &mut b) {
+                    Err(e) => anyhow::Error::new(e),
+                    Ok(()) => anyhow::anyhow!("{:#x}: the parent is missing", s.start),
+                });
+            }
+            _ => {
+                let a = absent(s.start, s.end);
+                (a, a, true)
+            }
+        };
+        out.push(Piece {
+            ext,
+            link: s.link,
+            real,
+            whole,
+            owner: owner(s.link),
+        });
+    }
+    Ok(out)
 }
 
 /// A range of a region pair to decode and compare.
@@ -392,8 +495,8 @@ struct Item<'a> {
     pair: usize,
     start: u64,
     end: u64,
-    ea: &'a [Extent],
-    eb: &'a [Extent],
+    ea: &'a [Piece],
+    eb: &'a [Piece],
 }
 
 /// Compares the content of `a` and `b`, reading and checking the chunks that
@@ -402,7 +505,7 @@ struct Item<'a> {
 /// # Errors
 /// When the page sizes differ, or a chunk cannot be decoded or fails its
 /// check.
-pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
+pub fn compare(a: &Chain, b: &Chain) -> Result<DiffDoc> {
     compare_with(a, b, Check::StoredBytes)
 }
 
@@ -411,7 +514,8 @@ pub fn compare(a: &Image, b: &Image) -> Result<DiffDoc> {
 ///
 /// # Errors
 /// As [`compare`].
-pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
+pub fn compare_with(ca: &Chain, cb: &Chain, check: Check) -> Result<DiffDoc> {
+    let (a, b) = (ca.image(), cb.image());
     let ps = a.header().page_size;
     if b.header().page_size != ps {
         bail!(
@@ -450,7 +554,7 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
     }
     let sides: Vec<_> = pairs
         .iter()
-        .map(|(x, y)| Ok((side_extents(a, x, ps)?, side_extents(b, y, ps)?)))
+        .map(|(x, y)| Ok((side_extents(ca, x, ps)?, side_extents(cb, y, ps)?)))
         .collect::<Result<_>>()?;
     let total: u64 = pairs.iter().map(|(x, y)| x.info.len.min(y.info.len)).sum();
     let pb = ui::progress(total, "diff");
@@ -461,7 +565,7 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
     let mut only_b: Vec<Vec<Range>> = vec![Vec::new(); pairs.len()];
     let mut items: Vec<Item<'_>> = Vec::new();
     // The chunks of extents that matched by checksum, as (image, extent).
-    let mut matched: Vec<(usize, &Extent)> = Vec::new();
+    let mut matched: Vec<(usize, &Piece)> = Vec::new();
     for (p, ((x, y), (ea, eb))) in pairs.iter().zip(&sides).enumerate() {
         let end = x.info.end().min(y.info.end());
         if x.info.end() != y.info.end() {
@@ -488,8 +592,23 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
             let seg_end = xa.end(ps).min(xb.end(ps)).min(end);
             use ExtentKind::{Absent, Data, Zero};
             let work = match (xa.kind, xb.kind) {
+                // The same chunk of the same image on both sides: the same
+                // bytes.
+                // (Only through a chain: an image diffed with itself is
+                // still read, as any two images are.)
                 (Data, Data)
-                    if xa.addr == xb.addr
+                    if xa.owner.is_some()
+                        && xa.owner == xb.owner
+                        && xa.real.addr == xb.real.addr
+                        && (xa.link > 0 || xb.link > 0) =>
+                {
+                    doc.bytes_shared += seg_end - cur;
+                    false
+                }
+                (Data, Data)
+                    if xa.whole
+                        && xb.whole
+                        && xa.addr == xb.addr
                         && xa.page_count == xb.page_count
                         && xa.raw_checksum == xb.raw_checksum =>
                 {
@@ -544,27 +663,28 @@ pub fn compare_with(a: &Image, b: &Image, check: Check) -> Result<DiffDoc> {
     if doc.index_only {
         doc.chunks_not_read = matched.len() as u64;
     } else {
-        let imgs = [a, b];
+        let chains = [ca, cb];
         let chunk = a.header().chunk_size.max(b.header().chunk_size) as usize;
         matched
             .par_iter()
             .map_init(
                 || Zeroizing::new(Vec::with_capacity(chunk)),
                 |buf, &(side, e)| {
-                    check_chunk(imgs[side], e, buf).map_err(|err| SideError(side, err))
+                    check_chunk(&chains[side].links()[e.link], &e.real, buf)
+                        .map_err(|err| SideError(side, err))
                 },
             )
             .collect::<std::result::Result<Vec<()>, SideError>>()?;
         doc.chunks_checked = matched.len() as u64;
         doc.stored_bytes_checked = matched
             .iter()
-            .map(|&(side, e)| stored_len(imgs[side], e))
+            .map(|&(side, e)| stored_len(&chains[side].links()[e.link], &e.real))
             .sum();
     }
     let results: Vec<Result<(usize, Runs)>> = items
         .par_iter()
         .map(|it| {
-            let r = compare_item(a, b, it, ps)?;
+            let r = compare_item(ca, cb, it, ps)?;
             pb.inc(it.end - it.start);
             Ok((it.pair, r))
         })
@@ -689,23 +809,25 @@ type Runs = Vec<(u64, u64)>;
 
 /// A decoded extent, kept while the walk stays inside it.
 struct Cached {
-    addr: u64,
+    at: (usize, u64),
     bytes: Zeroizing<Vec<u8>>,
 }
 
-/// The bytes of `[s, e)`, which lies inside extent `x`: zeros, or decoded.
+/// The bytes of `[s, e)`, which lies inside piece `p`: zeros, or decoded
+/// (the whole extent of its link it is part of, once).
 fn bytes_of<'c>(
-    img: &Image,
-    x: &Extent,
+    chain: &Chain,
+    p: &Piece,
     s: u64,
     e: u64,
     ps: u32,
     cache: &'c mut Option<Cached>,
 ) -> Result<Option<&'c [u8]>> {
-    if x.kind != ExtentKind::Data {
+    if p.kind != ExtentKind::Data {
         return Ok(None);
     }
-    if cache.as_ref().map(|c| c.addr) != Some(x.addr) {
+    let (img, x) = (&chain.links()[p.link], &p.real);
+    if cache.as_ref().map(|c| c.at) != Some((p.link, x.addr)) {
         // Plaintext memory: zeroized on drop, and allocated at the chunk size
         // once, so that growing leaves no copy behind.
         let len = usize::try_from(x.len(ps))?;
@@ -716,9 +838,9 @@ fn bytes_of<'c>(
         });
         buf.clear();
         buf.resize(len, 0);
-        img.decode_extent(x, &mut buf)?;
+        chain.decode(p.link, x, &mut buf)?;
         *cache = Some(Cached {
-            addr: x.addr,
+            at: (p.link, x.addr),
             bytes: buf,
         });
     }
@@ -729,7 +851,7 @@ fn bytes_of<'c>(
 }
 
 /// Decodes and compares one item; returns the differing page runs.
-fn compare_item(a: &Image, b: &Image, it: &Item<'_>, ps: u32) -> Result<Runs> {
+fn compare_item(a: &Chain, b: &Chain, it: &Item<'_>, ps: u32) -> Result<Runs> {
     let psz = ps as usize;
     let (mut ca, mut cb) = (None, None);
     let mut runs: Runs = Vec::new();
@@ -884,7 +1006,7 @@ fn write_text(doc: &DiffDoc, _ps: u32, out: &mut dyn Write) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use memimg::{Codec, Image, RegionInfo, Writer, WriterOptions};
+    use memimg::{Chain, Codec, Image, RegionInfo, Writer, WriterOptions};
 
     use super::compare;
 
@@ -893,7 +1015,7 @@ mod tests {
 
     /// A region of 8 pages at 0x10000: pages 0–3 data (byte 5 is `byte`),
     /// pages 4–5 data or, when `mid_absent`, not captured; pages 6–7 absent.
-    fn image(dir: &std::path::Path, name: &str, mid_absent: bool, byte: u8) -> Image {
+    fn image(dir: &std::path::Path, name: &str, mid_absent: bool, byte: u8) -> Chain {
         let p = dir.join(name);
         let opts = WriterOptions::new()
             .page_size(4096)
@@ -912,7 +1034,7 @@ mod tests {
         w.push_absent(2 * PS).unwrap();
         w.end_region().unwrap();
         w.finish().unwrap();
-        Image::open(&p).unwrap()
+        Chain::single(Image::open(&p).unwrap())
     }
 
     #[test]

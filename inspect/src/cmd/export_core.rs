@@ -80,6 +80,17 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
     let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
+    // An incremental image: its chain is flattened into a temporary image
+    // beside the core (removed when done), which is exported.
+    let (img, _flat) = if img.parent().is_some() {
+        drop(img);
+        let chain = crate::open::open_chain_at(&plan.image, key.as_ref(), true, &args.chain)?;
+        let (img, flat) = flatten_tmp(&chain, &plan.core, key.as_ref())
+            .with_context(|| format!("reading the chain of {}", plan.image))?;
+        (img, Some(flat))
+    } else {
+        (img, None)
+    };
     drop(key);
 
     // AtomicFile creates the core 0600 (it holds process memory), or with the
@@ -133,6 +144,28 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
         }
     }
     Ok(super::code(crate::EXIT_OK))
+}
+
+/// Flattens `chain` into a temporary file beside `core` (plain chunks, under
+/// `key` when the chain is encrypted) and opens it; the file is removed
+/// when the returned guard is dropped.
+fn flatten_tmp(
+    chain: &memimg::Chain,
+    core: &Path,
+    key: Option<&memimg::Key>,
+) -> Result<(memimg::Image, AtomicFile)> {
+    let key = key.filter(|_| chain.image().is_encrypted());
+    let opts = memimg::options_from(chain.image())?
+        .codec(memimg::Codec::None)
+        .key_opt(key.cloned());
+    let flat = AtomicFile::create(&core.with_extension("flat"))?;
+    let (w, _) = memimg::flatten(chain, BufWriter::new(flat), opts, &|_| {})?;
+    let flat = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing the flattened chain")?;
+    let img = memimg::Image::open_with_key(flat.tmp_path(), key)?;
+    Ok((img, flat))
 }
 
 /// Parses the core just written and checks that it is what the export says it

@@ -39,8 +39,9 @@ pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args);
     let loc = crate::open::location(&args.image)?;
     let key = args.key.load()?;
-    let img = crate::open::open_at(&loc, key.as_ref(), false)?;
-    let doc = Doc::build(&img, plan.chunks)?;
+    let chain = crate::open::open_chain_at(&loc, key.as_ref(), false, &args.chain)?;
+    let mut doc = Doc::build(chain.image(), plan.chunks)?;
+    doc.chain = ChainDoc::build(&chain)?;
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
@@ -92,6 +93,161 @@ pub struct Doc {
     /// Every chunk, with `--chunks` and when unlocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<ChunkDoc>>,
+    /// An incremental image (format 1.1): its parent and its chain. Left
+    /// out for a full image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainDoc>,
+}
+
+/// The chain of an incremental image, as `inspect` shows it.
+#[derive(Debug, Serialize)]
+pub struct ChainDoc {
+    /// The image's depth: 1 for a child of a full image.
+    pub depth: u32,
+    /// The parent its record names: image id, hex.
+    pub parent_id: String,
+    /// The checksum of the parent's index the record names, hex.
+    pub parent_index_checksum: String,
+    /// Where the parent was, when the image was written (a hint only).
+    pub parent_hint: Option<String>,
+    /// The links opened, the image first.
+    pub links: Vec<LinkDoc>,
+    /// The parent the chain lacks, when a link's parent was neither given
+    /// nor found: what its child names.
+    pub missing: Option<String>,
+}
+
+/// One link of a chain.
+#[derive(Debug, Serialize)]
+pub struct LinkDoc {
+    /// 0 for the image, 1 for its parent ...
+    pub link: usize,
+    /// Its path, when known.
+    pub path: Option<String>,
+    /// Its image id, hex.
+    pub image_id: String,
+    /// Its depth.
+    pub depth: u32,
+    /// Pages it stores (data), when it could be read.
+    pub stored_pages: Option<u64>,
+    /// Pages it takes from its parent, when it could be read.
+    pub in_parent_pages: Option<u64>,
+    /// Pages of the image's content this link answers: stored or zero
+    /// pages of its own that no nearer link overrides.
+    pub answers_pages: Option<u64>,
+}
+
+impl ChainDoc {
+    /// The chain of `chain`'s image, or `None` for a full image.
+    ///
+    /// # Errors
+    /// Only on inconsistencies the reader should have caught.
+    pub fn build(chain: &memimg::Chain) -> Result<Option<ChainDoc>> {
+        let img = chain.image();
+        let Some(rec) = img.parent() else {
+            return Ok(None);
+        };
+        let ps = img.header().page_size;
+        let unlocked = chain.links().iter().all(Image::is_unlocked);
+        let mut answers = vec![0u64; chain.links().len()];
+        if unlocked {
+            for r in img.regions()?.iter().filter(|r| r.has_data()) {
+                for s in chain.segments(r.info.start, r.info.end())? {
+                    if matches!(
+                        s.kind,
+                        memimg::SegmentKind::Data(_) | memimg::SegmentKind::Zero
+                    ) {
+                        answers[s.link] += (s.end - s.start) / u64::from(ps);
+                    }
+                }
+            }
+        }
+        let mut links = Vec::new();
+        for (i, l) in chain.links().iter().enumerate() {
+            let counts = if l.is_unlocked() {
+                let (mut data, mut inp) = (0u64, 0u64);
+                for e in l.extents()? {
+                    match e.kind {
+                        ExtentKind::Data => data += u64::from(e.page_count),
+                        ExtentKind::InParent => inp += u64::from(e.page_count),
+                        _ => {}
+                    }
+                }
+                Some((data, inp))
+            } else {
+                None
+            };
+            links.push(LinkDoc {
+                link: i,
+                path: l.path().map(|p| p.display().to_string()),
+                image_id: l.header().image_id_hex(),
+                depth: l.depth(),
+                stored_pages: counts.map(|c| c.0),
+                in_parent_pages: counts.map(|c| c.1),
+                answers_pages: unlocked.then(|| answers[i]),
+            });
+        }
+        let missing = chain.missing_parent().map(|(r, hint)| {
+            format!(
+                "image {} (depth {}{}) was not given or found: give it with --parent",
+                r.image_id_hex(),
+                r.depth - 1,
+                hint.map(|h| format!(", hint {h:?}")).unwrap_or_default()
+            )
+        });
+        Ok(Some(ChainDoc {
+            depth: rec.depth,
+            parent_id: rec.image_id_hex(),
+            parent_index_checksum: format!("{:016x}", rec.index_checksum),
+            parent_hint: img.header().parent_hint.clone(),
+            links,
+            missing,
+        }))
+    }
+
+    fn write_text(&self, out: &mut dyn Write) -> Result<()> {
+        writeln!(
+            out,
+            "{:<15} image {}, index {}{}",
+            "parent",
+            self.parent_id,
+            self.parent_index_checksum,
+            self.parent_hint
+                .as_ref()
+                .map(|h| format!(", hint \"{}\"", fmt::escape_str(h)))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            out,
+            "{:<15} depth {}, {} links open",
+            "chain",
+            self.depth,
+            self.links.len()
+        )?;
+        for l in &self.links {
+            let pages = match (l.stored_pages, l.in_parent_pages, l.answers_pages) {
+                (Some(s), Some(p), Some(a)) => {
+                    format!("{s} pages stored, {p} from its parent; answers {a} pages")
+                }
+                (Some(s), Some(p), None) => format!("{s} pages stored, {p} from its parent"),
+                _ => "encrypted (give the key to count its pages)".to_string(),
+            };
+            writeln!(
+                out,
+                "  link {}  {}  image {} depth {}: {pages}",
+                l.link,
+                l.path
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), fmt::escape_str),
+                l.image_id,
+                l.depth
+            )?;
+        }
+        if let Some(m) = &self.missing {
+            writeln!(out, "  missing: {}", fmt::escape_str(m))?;
+        }
+        Ok(())
+    }
 }
 
 /// Machine facts.
@@ -194,8 +350,16 @@ pub struct RegionDoc {
     pub zero_pages: u64,
     /// Pages not captured (including a region recorded without data).
     pub absent_pages: u64,
+    /// Pages recorded as the parent's (an incremental image); left out
+    /// when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub parent_pages: u64,
     /// Chunks.
     pub chunks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Totals over all regions.
@@ -215,6 +379,9 @@ pub struct Totals {
     pub zero_pages: u64,
     /// Pages not captured.
     pub absent_pages: u64,
+    /// Pages recorded as the parent's; left out when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub parent_pages: u64,
     /// Chunks.
     pub chunks: u64,
     /// File size.
@@ -344,6 +511,7 @@ impl Doc {
             regions: None,
             totals: None,
             chunks: None,
+            chain: None,
         };
         if !img.is_unlocked() {
             return Ok(doc);
@@ -380,6 +548,7 @@ impl Doc {
                 } else {
                     r.info.len / u64::from(ps)
                 },
+                parent_pages: 0,
                 chunks: 0,
             };
             for e in img.region_extents(r)? {
@@ -391,9 +560,7 @@ impl Doc {
                     }
                     ExtentKind::Zero => row.zero_pages += u64::from(e.page_count),
                     ExtentKind::Absent => row.absent_pages += u64::from(e.page_count),
-                    // Format 1.1 children: the parent's pages, not counted
-                    // here until imgtool reads chains.
-                    ExtentKind::InParent => {}
+                    ExtentKind::InParent => row.parent_pages += u64::from(e.page_count),
                 }
             }
             row.ratio = fmt::ratio_f64(row.data_bytes, row.stored_bytes);
@@ -403,6 +570,7 @@ impl Doc {
             tot.stored_bytes += row.stored_bytes;
             tot.zero_pages += row.zero_pages;
             tot.absent_pages += row.absent_pages;
+            tot.parent_pages += row.parent_pages;
             tot.chunks += row.chunks;
             rows.push(row);
         }
@@ -431,6 +599,9 @@ impl Doc {
     fn write_text(&self, plan: Plan, out: &mut dyn Write) -> Result<()> {
         if plan.header {
             self.write_header(out)?;
+            if let Some(c) = &self.chain {
+                c.write_text(out)?;
+            }
         }
         let (Some(rows), Some(tot)) = (&self.regions, &self.totals) else {
             writeln!(
@@ -618,6 +789,13 @@ fn write_regions(rows: &[RegionDoc], tot: &Totals, out: &mut dyn Write) -> Resul
         tot.absent_pages,
         fmt::size(tot.file_size),
     )?;
+    if tot.parent_pages > 0 {
+        writeln!(
+            out,
+            "       {} pages are the parent's (an incremental image)",
+            tot.parent_pages
+        )?;
+    }
     Ok(())
 }
 

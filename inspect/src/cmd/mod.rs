@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod cat;
+pub mod chain;
 pub mod completions;
 pub mod cp;
 pub mod diff;

@@ -18,6 +18,8 @@ struct Plan {
     key: Option<Key>,
     decode: bool,
     json: bool,
+    parents: Vec<std::path::PathBuf>,
+    no_hints: bool,
 }
 
 impl Plan {
@@ -29,6 +31,8 @@ impl Plan {
             key,
             decode,
             json: a.json,
+            parents: a.chain.parents.clone(),
+            no_hints: a.chain.no_hints,
         })
     }
 }
@@ -61,6 +65,14 @@ pub struct VerifyDoc {
     pub deep: bool,
     /// True when decoding was asked for (a key was given, or --deep).
     pub deep_requested: bool,
+    /// Parents of an incremental image verified with it: each link as an
+    /// image, its identity against its child's parent record, and every
+    /// page a child takes from it found there.
+    pub parents_checked: u32,
+    /// The parent that was not checked (not given, not found where its
+    /// hint says), and why: the bytes the image holds were checked all the
+    /// same.
+    pub parent_unchecked: Option<String>,
 }
 
 /// One problem.
@@ -78,6 +90,9 @@ pub struct ProblemDoc {
     pub chunk: Option<u64>,
     /// Virtual address, hex.
     pub addr: Option<String>,
+    /// The link of a chain of incremental images (0 the image, 1 its
+    /// parent ...).
+    pub link: Option<u32>,
 }
 
 impl From<&Problem> for ProblemDoc {
@@ -89,6 +104,7 @@ impl From<&Problem> for ProblemDoc {
             region: p.location.region,
             chunk: p.location.chunk,
             addr: p.location.addr.map(|a| format!("{a:#x}")),
+            link: p.location.link,
         }
     }
 }
@@ -161,7 +177,16 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
         progress: Some(&tick),
     };
     let report = match (&plan.image, &reader, unreachable) {
-        (Location::Local(p), _, _) => memimg::verify_path(p, plan.key.as_ref(), &opts),
+        (Location::Local(p), _, _) => memimg::verify_chain_path(
+            p,
+            plan.key.as_ref(),
+            &memimg::ChainOptions {
+                parents: plan.parents.clone(),
+                no_hints: plan.no_hints,
+                parent_key: None,
+            },
+            &opts,
+        ),
         (_, Some(r), _) => memimg_remote::verify_remote(
             r.clone(),
             plan.key.as_ref(),
@@ -222,7 +247,22 @@ fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
     }
 }
 
+/// True when a parent of an incremental image is missing or is not the
+/// image its child names: the chain cannot be checked (exit 2), which is
+/// not damage of the image.
+fn chain_broken(report: &Report) -> bool {
+    report.problems.iter().any(|p| {
+        matches!(
+            p.kind,
+            ErrorKind::ParentRequired | ErrorKind::ParentMismatch
+        )
+    })
+}
+
 fn exit_of(report: &Report, undecoded: bool) -> u8 {
+    if chain_broken(report) {
+        return crate::EXIT_ERROR;
+    }
     match report.status() {
         Status::Intact if undecoded => crate::EXIT_ERROR,
         Status::Intact => crate::EXIT_OK,
@@ -233,6 +273,7 @@ fn exit_of(report: &Report, undecoded: bool) -> u8 {
 
 fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc {
     let status = match r.status() {
+        _ if chain_broken(r) => "unchecked",
         Status::Intact if undecoded => "unchecked",
         Status::Intact => "intact",
         Status::Damaged => "damaged",
@@ -271,6 +312,8 @@ fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc
         },
         deep: plan.decode && r.unlocked,
         deep_requested: plan.decode,
+        parents_checked: r.parents_checked,
+        parent_unchecked: r.parent_unchecked.clone(),
     }
 }
 
@@ -278,6 +321,9 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     let n = doc.problems.len();
     let verdict = match doc.status {
         "intact" => ui::good("intact"),
+        "unchecked" => ui::bad(
+            "UNABLE TO CHECK the chain: a parent is missing or is not the image its child names",
+        ),
         _ => ui::bad(&format!(
             "DAMAGED, {n} problem{}",
             if n == 1 { "" } else { "s" }
@@ -286,6 +332,13 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "{}: {verdict}", doc.image)?;
     for p in &doc.problems {
         let mut loc = Vec::new();
+        if let Some(l) = p.link {
+            loc.push(match l {
+                0 => "link 0 (the image)".to_string(),
+                1 => "link 1 (its parent)".to_string(),
+                l => format!("link {l} (ancestor {l})"),
+            });
+        }
         if let Some(o) = &p.offset {
             loc.push(format!("offset {o}"));
         }
@@ -322,5 +375,20 @@ fn write_text(doc: &VerifyDoc, out: &mut dyn Write) -> Result<()> {
         "  {what}, {} stored, {index}",
         fmt::size(doc.bytes_checked)
     )?;
+    if doc.parents_checked > 0 {
+        writeln!(
+            out,
+            "  chain: {} parent{} checked, and every page taken from a parent found there",
+            doc.parents_checked,
+            if doc.parents_checked == 1 { "" } else { "s" }
+        )?;
+    }
+    if let Some(why) = &doc.parent_unchecked {
+        writeln!(
+            out,
+            "  note: {}; only the pages this image holds were checked (give it with --parent)",
+            fmt::escape_str(why)
+        )?;
+    }
     Ok(())
 }

@@ -27,6 +27,7 @@ mod cat;
 mod core;
 mod crash;
 mod diff;
+mod incremental;
 mod inspect;
 mod keygen;
 mod keys;
