@@ -120,6 +120,9 @@ pub enum ErrorKind {
     /// in-place recompress or re-encryption) and holds its lock; try again
     /// when it is done.
     Busy,
+    /// A file that belongs to one image (a load-order profile) was given
+    /// for another: their image ids differ.
+    WrongImage,
 }
 
 /// The error type of this crate.

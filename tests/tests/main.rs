@@ -14,6 +14,7 @@ mod forge;
 mod fuzz_regressions;
 mod golden;
 mod hostile;
+mod loadorder;
 mod rotation;
 mod roundtrip;
 mod tamper;

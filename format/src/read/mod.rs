@@ -23,6 +23,7 @@ mod chunk;
 mod header;
 mod index;
 mod layout;
+mod order;
 mod trailer;
 
 use body::parse_body;
@@ -62,6 +63,8 @@ pub(crate) struct Body {
     pub regions: Vec<Region>,
     pub extents: Vec<Extent>,
     pub notes: Vec<Note>,
+    /// The load-order record (1.1, `LOAD_ORDER` only).
+    pub load_order: Option<order::LoadOrder>,
 }
 
 /// An open, validated image.
