@@ -79,8 +79,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, Weak};
 use std::thread::JoinHandle;
 
-use memimg::{Extent, ExtentKind, Image, Region};
+use memimg::{Extent, ExtentKind, Image, Profile, Region};
 
+use super::order::{Ordered, Recorder};
 use super::pending::{Pending, Run};
 use super::uffd::{feature, Msg, RawMsg, Uffd};
 use super::usize_of;
@@ -185,6 +186,23 @@ pub struct LazyStats {
     pub released: bool,
     /// The first chunk that failed to decode, if any.
     pub error: Option<String>,
+    /// Faults that had to wait for the image's bytes: the page still waited
+    /// when it was touched, so the handler fetched (or took from a buffer)
+    /// and placed its piece while the thread waited. The other faults are
+    /// [`LazyStats::refaults`].
+    pub faults_waited: u64,
+    /// Pieces placed by the prefetcher before anything touched them (the
+    /// working set of an image with a load order, then the rest when asked
+    /// by [`LazyHandle::prefetch`]): touches of those never fault.
+    pub units_prefetched: u64,
+    /// Reads made to fetch the working set of an image with a load order
+    /// in one go: 1 once it was needed, else 0.
+    pub working_set_reads: u64,
+    /// Bytes of those reads.
+    pub working_set_bytes: u64,
+    /// Recording a load-order profile
+    /// ([`super::RestoreOptions::record_profile`]) is still on.
+    pub recording: bool,
 }
 
 /// Where the handler is, for the threads that wait on it.
@@ -215,6 +233,11 @@ struct Shared {
     remaps: AtomicU64,
     removes: AtomicU64,
     unmaps: AtomicU64,
+    faults_waited: AtomicU64,
+    units_prefetched: AtomicU64,
+    /// The working set's reads and bytes (see `order::Ordered`).
+    ws: Arc<[AtomicU64; 2]>,
+    recorder: Option<Arc<Recorder>>,
     error: Mutex<Option<String>>,
     state: Mutex<State>,
     changed: Condvar,
@@ -314,7 +337,11 @@ impl std::fmt::Debug for LazyHandle {
 }
 
 impl LazyHandle {
-    pub(super) fn start(img: Image, regions: &[Region]) -> Result<LazyHandle, RestoreError> {
+    pub(super) fn start(
+        img: Image,
+        regions: &[Region],
+        record: Option<std::time::Duration>,
+    ) -> Result<LazyHandle, RestoreError> {
         let ps = img.header().page_size;
         let piece = u64::from(img.header().chunk_size);
         let mut units = Vec::new();
@@ -345,7 +372,32 @@ impl LazyHandle {
             .iter()
             .map(|r| (r.info.start, r.info.end()))
             .collect();
-        Self::start_with(img, units, &ranges, u64::from(ps))
+        // The working set of an image with a load order is placed first,
+        // in profile order (see order.rs).
+        let mut unit_of = std::collections::HashMap::new();
+        for (i, u) in units.iter().enumerate() {
+            if let Some(e) = &u.extent {
+                unit_of.insert(e.chunk, i);
+            }
+        }
+        let plan: VecDeque<usize> = img
+            .load_order()
+            .ok()
+            .flatten()
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|c| unit_of.get(c).copied())
+            .collect();
+        let recorder = record.map(|d| {
+            Arc::new(Recorder::new(
+                img.header().image_id,
+                img.chunk_locs().len(),
+                d,
+            ))
+        });
+        let ws = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let src = Ordered::new(img, Arc::clone(&ws));
+        Self::start_with(src, units, &ranges, u64::from(ps), (plan, recorder, ws))
     }
 
     fn start_with<S: ChunkSource>(
@@ -353,6 +405,7 @@ impl LazyHandle {
         units: Vec<Unit>,
         ranges: &[(u64, u64)],
         ps: u64,
+        (plan, recorder, ws): (VecDeque<usize>, Option<Arc<Recorder>>, Arc<[AtomicU64; 2]>),
     ) -> Result<LazyHandle, RestoreError> {
         let unavailable = |why: String| RestoreError::StrategyUnavailable {
             strategy: "lazy",
@@ -377,6 +430,10 @@ impl LazyHandle {
             remaps: AtomicU64::new(0),
             removes: AtomicU64::new(0),
             unmaps: AtomicU64::new(0),
+            faults_waited: AtomicU64::new(0),
+            units_prefetched: AtomicU64::new(0),
+            ws,
+            recorder,
             error: Mutex::new(None),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -418,6 +475,7 @@ impl LazyHandle {
                 poison,
                 buf: Vec::new(),
                 buf_unit: None,
+                plan,
             },
             spaces: vec![Space {
                 uffd,
@@ -469,7 +527,31 @@ impl LazyHandle {
             unmaps: get(&s.unmaps),
             released: s.state().released,
             error: s.error.lock().ok().and_then(|e| e.clone()),
+            faults_waited: get(&s.faults_waited),
+            units_prefetched: get(&s.units_prefetched),
+            working_set_reads: get(&s.ws[0]),
+            working_set_bytes: get(&s.ws[1]),
+            recording: s.recorder.as_ref().is_some_and(|r| r.recording()),
         }
+    }
+
+    /// Ends the recording of the load-order profile: the program is ready
+    /// (what it touched from now on is not its startup), and the prefetcher
+    /// may run again. Nothing happens when the restore does not record.
+    pub fn profile_ready(&self) {
+        if let Some(r) = &self.shared.recorder {
+            r.stop();
+            self.shared.poke();
+        }
+    }
+
+    /// The load-order profile recorded so far: the chunks first touched by
+    /// faults, in order, with the image id. `None` when the restore does not
+    /// record ([`super::RestoreOptions::record_profile`]) or nothing was
+    /// touched yet. Write it with [`Profile::write`] and give it to
+    /// `imgtool optimize`.
+    pub fn profile(&self) -> Option<Profile> {
+        self.shared.recorder.as_ref().and_then(|r| r.profile())
     }
 
     /// Places every page not yet placed, stops the thread and returns the
@@ -554,6 +636,9 @@ struct Engine<S> {
     buf: Vec<u8>,
     /// The unit whose bytes `buf` holds.
     buf_unit: Option<usize>,
+    /// Units to place first, in this order: the working set of an image
+    /// with a load order.
+    plan: VecDeque<usize>,
 }
 
 struct Handler<S> {
@@ -630,8 +715,30 @@ impl<S: ChunkSource> Handler<S> {
                 continue;
             }
             let shared = &self.eng.shared;
-            let main_too =
-                shared.prefetch.load(Ordering::Relaxed) || shared.finish.load(Ordering::Relaxed);
+            // While a profile is recorded, nothing is prefetched, so that
+            // every first touch is a fault (unless every page must be placed
+            // now).
+            let recording = shared.recorder.as_ref().is_some_and(|r| r.recording());
+            let finish = shared.finish.load(Ordering::Relaxed);
+            let children = self.spaces.iter().any(|s| !s.main && !s.pending.is_empty());
+            if (!recording || finish) && !children {
+                if let Some(sp) = self.spaces.first_mut().filter(|s| s.main) {
+                    match self.eng.fill_planned(sp) {
+                        Step::Idle => {}
+                        Step::Blocked => {
+                            self.sleep(10);
+                            continue;
+                        }
+                        Step::Gone => {
+                            sp.dead = true;
+                            continue;
+                        }
+                        Step::Did => continue,
+                    }
+                }
+            }
+            let shared = &self.eng.shared;
+            let main_too = (shared.prefetch.load(Ordering::Relaxed) && !recording) || finish;
             // Children first: they may outlive this process.
             let target = self
                 .spaces
@@ -644,7 +751,16 @@ impl<S: ChunkSource> Handler<S> {
                         .filter(|_| main_too)
                 });
             if let Some(i) = target {
-                match self.eng.fill_first(&mut self.spaces[i]) {
+                let main = self.spaces[i].main;
+                let before = self.eng.shared.units_done.load(Ordering::Relaxed);
+                let step = self.eng.fill_first(&mut self.spaces[i]);
+                if main && step == Step::Did {
+                    let done = self.eng.shared.units_done.load(Ordering::Relaxed);
+                    self.eng
+                        .shared
+                        .count(&self.eng.shared.units_prefetched, done - before);
+                }
+                match step {
                     Step::Blocked => {
                         self.sleep(10);
                     }
@@ -840,6 +956,9 @@ impl<S: ChunkSource> Engine<S> {
         let ps = self.ps;
         let page = addr & !(ps - 1);
         if let Some(run) = sp.pending.lookup(page) {
+            if sp.main {
+                self.note_fault(page.wrapping_sub(run.delta()));
+            }
             return self.fill(sp, page, run);
         }
         if sp.damaged.iter().any(|&(s, e)| s <= page && page < e) {
@@ -867,6 +986,56 @@ impl<S: ChunkSource> Engine<S> {
                 Step::Did
             }
         }
+    }
+
+    /// A fault in this process touched a page that waits for the image at
+    /// image address `img`: count it, and record its chunk's first touch
+    /// when a profile is recorded. (A fault retried after `EAGAIN` counts
+    /// once more; the recorder keeps each chunk's first touch only.)
+    fn note_fault(&mut self, img: u64) {
+        let sh = &self.shared;
+        sh.count(&sh.faults_waited, 1);
+        let Some(rec) = &sh.recorder else { return };
+        let i = self.units.partition_point(|u| u.addr + u.len <= img);
+        if let Some(e) = self
+            .units
+            .get(i)
+            .filter(|u| u.addr <= img)
+            .and_then(|u| u.extent)
+        {
+            rec.touch(e.chunk);
+        }
+    }
+
+    /// Places the next unit of the plan (the working set, in profile order)
+    /// that still waits at its own address; `Idle` once none does. Units
+    /// the program moved (`mremap`) are left to the general prefetch.
+    fn fill_planned(&mut self, sp: &mut Space) -> Step {
+        while let Some(&i) = self.plan.front() {
+            let Some(u) = self.units.get(i).copied() else {
+                self.plan.pop_front();
+                continue;
+            };
+            let first = sp
+                .pending
+                .pieces(u.addr, u.addr + u.len, 0)
+                .first()
+                .copied();
+            match first.and_then(|(s, _)| sp.pending.lookup(s).map(|r| (s, r))) {
+                Some((s, run)) if run.delta() == 0 => {
+                    let before = self.shared.units_done.load(Ordering::Relaxed);
+                    let step = self.fill(sp, s, run);
+                    let done = self.shared.units_done.load(Ordering::Relaxed);
+                    self.shared
+                        .count(&self.shared.units_prefetched, done - before);
+                    return step;
+                }
+                _ => {
+                    self.plan.pop_front();
+                }
+            }
+        }
+        Step::Idle
     }
 
     /// Prefetch: fills the piece holding the lowest waiting page.

@@ -14,6 +14,14 @@
 //!   once; a handler thread decodes each chunk on its first touch. See
 //!   [`LazyHandle`].
 //!
+//! An image with a load order (spec.md, *Load order*; `imgtool optimize`)
+//! stores the chunks a program touched first at the front of its data.
+//! Eager restore decodes in file order; lazy restore reads that working set
+//! with one read and places it, in profile order, between faults and
+//! before anything else. A lazy restore can also record such a profile
+//! ([`RestoreOptions::record_profile`], [`LazyHandle::profile`]). See
+//! `order.rs`.
+//!
 //! Finally the recorded protections are applied. Regions recorded without
 //! data (`[vvar]`, guard pages of a capture) are not mapped; a region with
 //! pages that were not captured cannot be restored.
@@ -74,6 +82,7 @@
 //! all this is in `lazy.rs`.
 
 mod lazy;
+mod order;
 mod pending;
 mod uffd;
 
@@ -147,6 +156,12 @@ pub struct RestoreOptions {
     pub expect_validation: Option<(Vec<u8>, Vec<u8>)>,
     /// The key of an encrypted image. By default none.
     pub key: Option<Key>,
+    /// Lazy restore only: record the load-order profile, the chunks the
+    /// program first touches (by faults) in order, for at most this long or
+    /// until [`LazyHandle::profile_ready`]; [`LazyHandle::profile`] returns
+    /// it. While it records, nothing is prefetched, so that every first
+    /// touch is seen. By default nothing is recorded.
+    pub record_profile: Option<Duration>,
 }
 
 /// Regions restored into this process.
@@ -231,7 +246,7 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
         _ => {
             // Lazy: UFFDIO_COPY fills pages whatever their protection.
             res.protect(&regions)?;
-            lazy = Some(LazyHandle::start(img, &regions)?);
+            lazy = Some(LazyHandle::start(img, &regions, opts.record_profile)?);
         }
     }
     res.keep();
@@ -500,6 +515,15 @@ fn decode_all(img: &Image, regions: &[Region]) -> Result<(), RestoreError> {
                 .copied(),
         );
     }
+    // In layout order (the order of the chunks in the file): by address, or
+    // the load-order profile's chunks first.
+    let locs = img.chunk_locs();
+    work.sort_by_key(|e| {
+        usize::try_from(e.chunk)
+            .ok()
+            .and_then(|k| locs.get(k))
+            .map_or(u64::MAX, |c| c.offset)
+    });
     work.par_iter().try_for_each(|e| {
         // SAFETY: the extent lies inside a region reserved read-write by this
         // restore; extents do not overlap, so each task writes its own bytes.

@@ -7,9 +7,11 @@
 //! encrypted image opened without a key) the profile is unknown, and the
 //! chunks are taken in ascending offset: they must still tile the data area.
 
-use super::Image;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{check_padding, Image};
 use crate::error::{malformed, Error, ErrorKind, Location, Result};
-use crate::model::{Features, Header};
+use crate::model::{Extent, ExtentKind, Features, Header};
 
 /// Body record type 2: the load-order record.
 pub(crate) const B_LOAD_ORDER: u16 = 2;
@@ -225,5 +227,65 @@ impl Image {
         let last = loc(last)?;
         // The first chunk in layout order starts at P: no padding before it.
         Ok(Some(first.offset..last.offset + u64::from(last.stored_len)))
+    }
+}
+
+impl Image {
+    /// Decodes the data extent `ext` into `out`, as [`Image::decode_extent`],
+    /// taking its chunk's stored bytes from `bytes` (the file's bytes from
+    /// offset `at`, such as the working set read in one go, see
+    /// [`Image::working_set_range`]) when they hold the chunk, and from the
+    /// file otherwise. Bytes given here are checked exactly as bytes read
+    /// from the file: the stored checksum, the padding in front of the chunk
+    /// (when `bytes` holds it), the tag, the raw checksum when on. So wrong
+    /// bytes given here are damage, never content.
+    ///
+    /// # Errors
+    /// As [`Image::decode_extent`].
+    pub fn decode_extent_with(
+        &self,
+        at: u64,
+        bytes: &[u8],
+        ext: &Extent,
+        out: &mut [u8],
+    ) -> Result<()> {
+        if ext.kind != ExtentKind::Data || out.len() as u64 != ext.len(self.header.page_size) {
+            return self.decode_extent(ext, out);
+        }
+        let c = self.chunk_loc(ext.chunk)?;
+        let held = |off: u64, len: u64| {
+            let s = usize::try_from(off.checked_sub(at)?).ok()?;
+            let e = s.checked_add(usize::try_from(len).ok()?)?;
+            bytes.get(s..e)
+        };
+        let Some(stored) = held(c.offset, u64::from(c.stored_len)) else {
+            return self.decode_extent(ext, out);
+        };
+        let loc = Location::chunk(ext.chunk, c.offset)
+            .with_region(ext.region)
+            .with_addr(ext.addr);
+        let n = usize::try_from(ext.chunk).unwrap_or(usize::MAX);
+        let (pad_at, pad_len) = self.padding_before(n);
+        if pad_len > 0 {
+            match held(pad_at, pad_len) {
+                Some(pad) => check_padding(ext.chunk, pad_at, pad)?,
+                None => {
+                    let pad = self.src.get(pad_at, pad_len, "padding")?;
+                    check_padding(ext.chunk, pad_at, &pad)?;
+                }
+            }
+        }
+        let sum = xxh3_64(stored);
+        if sum != c.stored_checksum {
+            return Err(Error::new(
+                ErrorKind::Checksum,
+                loc,
+                format!(
+                    "stored checksum mismatch (index says {:016x}, bytes hash to {sum:016x})",
+                    c.stored_checksum
+                ),
+            ));
+        }
+        self.decode_stored(ext, std::borrow::Cow::Borrowed(stored), out)
     }
 }
