@@ -27,6 +27,7 @@ mod keygen;
 mod keys;
 mod misc;
 mod modes;
+mod optimize;
 mod recompress;
 mod reencrypt;
 mod truncate;
