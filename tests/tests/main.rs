@@ -13,6 +13,7 @@ mod files;
 mod forge;
 mod fuzz_regressions;
 mod golden;
+mod golden_load_order;
 mod hostile;
 mod loadorder;
 mod rotation;
