@@ -214,6 +214,9 @@ struct State {
     children_waiting: bool,
     /// The handler thread has ended.
     ended: bool,
+    /// The working set of an image with a load order has been placed (or
+    /// there is none).
+    planned: bool,
 }
 
 struct Shared {
@@ -341,6 +344,7 @@ impl LazyHandle {
         img: Image,
         regions: &[Region],
         record: Option<std::time::Duration>,
+        background: bool,
     ) -> Result<LazyHandle, RestoreError> {
         let ps = img.header().page_size;
         let piece = u64::from(img.header().chunk_size);
@@ -396,8 +400,21 @@ impl LazyHandle {
             ))
         });
         let ws = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        let src = Ordered::new(img, Arc::clone(&ws));
-        Self::start_with(src, units, &ranges, u64::from(ps), (plan, recorder, ws))
+        // Before returning: one read. In the background: read-ahead of the
+        // whole range, then chunk by chunk, so the first touches need not
+        // wait for the whole working set.
+        if background {
+            super::order::read_ahead(&img);
+        }
+        let src = Ordered::new(img, Arc::clone(&ws), !background);
+        let wait = !plan.is_empty() && !background && recorder.is_none();
+        let h = Self::start_with(src, units, &ranges, u64::from(ps), (plan, recorder, ws))?;
+        if wait {
+            // The working set is placed before the program goes on (faults
+            // meanwhile are answered first, as always).
+            h.shared.wait(|s| s.planned || s.released);
+        }
+        Ok(h)
     }
 
     fn start_with<S: ChunkSource>(
@@ -724,7 +741,11 @@ impl<S: ChunkSource> Handler<S> {
             if (!recording || finish) && !children {
                 if let Some(sp) = self.spaces.first_mut().filter(|s| s.main) {
                     match self.eng.fill_planned(sp) {
-                        Step::Idle => {}
+                        Step::Idle => {
+                            if !self.eng.shared.state().planned {
+                                self.eng.shared.set(|s| s.planned = true);
+                            }
+                        }
                         Step::Blocked => {
                             self.sleep(10);
                             continue;

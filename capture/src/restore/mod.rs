@@ -162,6 +162,12 @@ pub struct RestoreOptions {
     /// it. While it records, nothing is prefetched, so that every first
     /// touch is seen. By default nothing is recorded.
     pub record_profile: Option<Duration>,
+    /// Lazy restore of an image with a load order: return at once and place
+    /// the working set while the program runs (between its faults), instead
+    /// of placing it before returning. By default the restore returns once
+    /// the working set is in place (one read, then decoding), so that the
+    /// program's first touches of it do not wait.
+    pub working_set_in_background: bool,
 }
 
 /// Regions restored into this process.
@@ -246,7 +252,12 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
         _ => {
             // Lazy: UFFDIO_COPY fills pages whatever their protection.
             res.protect(&regions)?;
-            lazy = Some(LazyHandle::start(img, &regions, opts.record_profile)?);
+            lazy = Some(LazyHandle::start(
+                img,
+                &regions,
+                opts.record_profile,
+                opts.working_set_in_background,
+            )?);
         }
     }
     res.keep();

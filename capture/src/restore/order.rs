@@ -112,8 +112,11 @@ pub(crate) struct Ordered {
 }
 
 impl Ordered {
-    pub(crate) fn new(img: Image, counts: Arc<[AtomicU64; 2]>) -> Ordered {
-        let range = img.working_set_range().ok().flatten();
+    /// With `one_read`, the working set is read with one read when first
+    /// needed; without, each chunk is read on its own (from the page cache,
+    /// once the read-ahead asked for by [`read_ahead`] has brought it in).
+    pub(crate) fn new(img: Image, counts: Arc<[AtomicU64; 2]>, one_read: bool) -> Ordered {
+        let range = img.working_set_range().ok().flatten().filter(|_| one_read);
         let profile = img
             .load_order()
             .ok()
@@ -172,4 +175,28 @@ impl ChunkSource for Ordered {
         }
         r
     }
+}
+
+/// Asks the kernel to read the working set of an image with a load order
+/// (one sequential range) into the page cache in the background, at once,
+/// so that whatever reads it next (the one read, or chunk by chunk) finds it
+/// there or on its way. Best effort: nothing happens when the file cannot be
+/// opened or has no load order.
+pub(crate) fn read_ahead(img: &Image) {
+    use std::os::fd::AsRawFd;
+    let (Some(path), Ok(Some(r))) = (img.path(), img.working_set_range()) else {
+        return;
+    };
+    let Ok(f) = std::fs::File::open(path) else {
+        return;
+    };
+    let (Ok(off), Ok(len)) = (
+        libc::off_t::try_from(r.start),
+        libc::off_t::try_from(r.end - r.start),
+    ) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is
+    // open for the call's duration.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
 }

@@ -1,7 +1,6 @@
 //! Load order in restore: a lazy restore records the chunks a program
 //! touches first, in order; an image laid out by that profile has its
-//! working set fetched in one read and placed before the program touches
-//! it; eager restore reads it right; damage in the working set is never
+//! working set fetched in one read and placed before the restore returns; eager restore reads it right; damage in the working set is never
 //! served as content.
 //!
 //! Each restore runs in a fresh child process (the image's addresses must
@@ -9,7 +8,7 @@
 //! see, which the test compares with the image's content page by page.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memimg::{ExtentKind, Image, Key, Profile};
 use memimg_capture::{restore, RestoreOptions, Strategy};
@@ -65,13 +64,10 @@ fn run() {
     let mut restored = restore(Path::new(&env("IMG")), &opts).unwrap();
     let lazy = restored.lazy.take();
     if let (Some(h), "use") = (&lazy, mode.as_str()) {
-        // The working set is placed without being asked; wait for it.
+        // The working set was placed before the restore returned, without
+        // being asked.
         let want: u64 = env("WS").parse().unwrap();
-        let t0 = Instant::now();
-        while h.stats().units_prefetched < want {
-            assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", h.stats());
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(h.stats().units_prefetched >= want, "{:?}", h.stats());
     }
     for p in pages_env("TOUCH") {
         touch(base + (p * PS) as u64);
