@@ -78,7 +78,11 @@ fn fuzz_regression_inputs_replay() {
     // The seeds replay too, so the targets' bodies are exercised here even
     // before any crash has been found.
     let seeds = fuzz::seeds();
-    assert_eq!(seeds.len(), 4, "two plain and two encrypted seed images");
+    assert_eq!(
+        seeds.len(),
+        6,
+        "two plain and two encrypted seed images, and one of each laid out in load order"
+    );
     for (_, bytes) in &seeds {
         fuzz::open(bytes);
         fuzz::open_encrypted(bytes);
