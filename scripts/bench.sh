@@ -30,6 +30,8 @@ if [ -n "${BENCH_SMALL:-}" ]; then
   export IMGTOOL_BENCH_RUNS=${IMGTOOL_BENCH_RUNS:-2}
   export MEMIMG_BENCH_MIB=${MEMIMG_BENCH_MIB:-64}
   export MEMIMG_BENCH_STOP_MIB=${MEMIMG_BENCH_STOP_MIB:-64,128}
+  export MEMIMG_REMOTE_BENCH_MIB=${MEMIMG_REMOTE_BENCH_MIB:-64}
+  export MEMIMG_REMOTE_BENCH_RUNS=${MEMIMG_REMOTE_BENCH_RUNS:-2}
 fi
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"

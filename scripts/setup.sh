@@ -9,6 +9,9 @@ command -v gcore >/dev/null 2>&1 || need_apt+=(gdb)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# The C ABI's tests run their C programs under valgrind (cc and its sanitizer
+# runtimes come with build-essential).
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   SUDO=""
@@ -17,8 +20,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The local S3-compatible server of the object-storage tests (memimg-remote)
-# and the demo: moto's server, from PyPI. It needs Python 3 and pip.
 # The local S3-compatible server of the object-storage tests (memimg-remote)
 # and the demo: moto's server, from PyPI. The tests also look for it in
 # ~/.local/bin, where a per-user install puts it.

@@ -20,15 +20,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# The C ABI's tests (capi/tests/c) also run their C program under valgrind
-# (cc and its sanitizer runtime come with build-essential, from setup.sh).
-if ! command -v valgrind >/dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  { $SUDO apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind >/dev/null; } ||
-    echo "test: could not install valgrind; the C ABI's valgrind test will skip" >&2
-fi
 log=$(mktemp)
 skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT

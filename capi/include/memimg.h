@@ -1220,6 +1220,12 @@ struct memimg_api {
 #define MEMIMG_EXTENT_ABSENT 2
 
 /**
+ * The parent's pages at the same addresses (format 1.1, an incremental
+ * image): they are read through the image's parent.
+ */
+#define MEMIMG_EXTENT_IN_PARENT 3
+
+/**
  * Every check passed.
  */
 #define MEMIMG_VERIFY_INTACT 0

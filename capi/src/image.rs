@@ -262,6 +262,7 @@ pub unsafe extern "C" fn memimg_image_extent(
                 ExtentKind::Data => MEMIMG_EXTENT_DATA,
                 ExtentKind::Zero => MEMIMG_EXTENT_ZERO,
                 ExtentKind::Absent => MEMIMG_EXTENT_ABSENT,
+                ExtentKind::InParent => MEMIMG_EXTENT_IN_PARENT,
             },
             codec: match e.codec {
                 ChunkCodec::None => MEMIMG_CODEC_NONE,

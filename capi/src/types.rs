@@ -66,6 +66,9 @@ pub const MEMIMG_EXTENT_DATA: memimg_extent_kind = 0;
 pub const MEMIMG_EXTENT_ZERO: memimg_extent_kind = 1;
 /// Pages that were not captured.
 pub const MEMIMG_EXTENT_ABSENT: memimg_extent_kind = 2;
+/// The parent's pages at the same addresses (format 1.1, an incremental
+/// image): they are read through the image's parent.
+pub const MEMIMG_EXTENT_IN_PARENT: memimg_extent_kind = 3;
 
 /// The verdict of a verify: one of the `MEMIMG_VERIFY_*` constants.
 pub type memimg_verdict = u32;

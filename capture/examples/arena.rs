@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p memimg-capture --example arena            # both phases
 //! ARENA_N=500000 cargo run --release -p memimg-capture --example arena
+//! cargo run --release -p memimg-capture --features remote --example arena   # and from S3
 //! ```
 //!
 //! The first phase builds a hash map of a few million short strings in an
@@ -11,6 +12,16 @@
 //! a new process once per restore strategy. Each child restores the arena,
 //! walks every bucket, looks every key up and checks every value, then
 //! reports its times.
+//!
+//! **The remote run** (feature `remote`): the compressed image is copied to
+//! object storage and restored from its URL, lazily and eagerly. The store
+//! is `MEMIMG_ARENA_S3=s3://BUCKET/KEY` when set, reached with the AWS
+//! environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …);
+//! otherwise the example starts a local moto server (`moto_server`, which
+//! `scripts/setup.sh` installs) on a free loopback port, and stops it at
+//! the end. Without either, the remote run is skipped, and says why. Each
+//! line gives the time to return, the time to walk the structure, the
+//! faults served, and the bytes fetched from the store (opening included).
 //!
 //! The second phase is about load order (spec.md, *Load order*): a program
 //! that starts by looking up a sample of keys (a startup-like working set, a
@@ -33,7 +44,8 @@
 // A 64-bit-only demo: addresses and sizes are u64 and fit usize there.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -193,17 +205,21 @@ fn walk(n: u64) {
     }
 }
 
-fn child(strategy: &str, img: &Path, n: u64) {
+fn child(strategy: &str, img: &str, n: u64) {
     let strategy: Strategy = strategy.parse().unwrap();
+    let opts = RestoreOptions {
+        strategy,
+        ..RestoreOptions::default()
+    };
     let t = Instant::now();
-    let r = restore(
-        img,
-        &RestoreOptions {
-            strategy,
-            ..RestoreOptions::default()
-        },
-    )
-    .unwrap();
+    #[cfg(feature = "remote")]
+    let r = {
+        let loc: memimg_capture::memimg_remote::Location = img.parse().unwrap();
+        memimg_capture::restore_from(&loc, &memimg_capture::RemoteOptions::default(), &opts)
+            .unwrap()
+    };
+    #[cfg(not(feature = "remote"))]
+    let r = restore(Path::new(img), &opts).unwrap();
     let restore_time = t.elapsed();
     if let Some(l) = &r.lazy {
         l.prefetch();
@@ -212,12 +228,17 @@ fn child(strategy: &str, img: &Path, n: u64) {
     walk(n);
     let walk_time = t.elapsed();
     let faults = r.lazy.as_ref().map(|l| l.stats().faults).unwrap_or(0);
+    #[cfg(feature = "remote")]
+    let fetched = memimg_capture::memimg_remote::global_stats().bytes_fetched;
+    #[cfg(not(feature = "remote"))]
+    let fetched = 0u64;
     println!(
-        "RESULT {} {:.3} {:.1} {}",
+        "RESULT {} {:.3} {:.1} {} {}",
         r.strategy,
         restore_time.as_secs_f64() * 1e3,
         walk_time.as_secs_f64() * 1e3,
-        faults
+        faults,
+        fetched
     );
 }
 
@@ -513,7 +534,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3_000_000);
     if args.len() == 4 && args[1] == "restore" {
-        child(&args[2], Path::new(&args[3]), n);
+        child(&args[2], &args[3], n);
         return;
     }
     if args.len() == 5 && args[1] == "startup" {
@@ -577,34 +598,173 @@ fn main() {
     }
     println!();
     println!(
-        "{:<8} {:<12} {:>12} {:>14} {:>8}",
-        "strategy", "image", "restore ms", "walk+check ms", "faults"
+        "{:<8} {:<12} {:>12} {:>14} {:>8} {:>12}",
+        "strategy", "image", "restore ms", "walk+check ms", "faults", "fetched"
     );
-    let exe = std::env::current_exe().unwrap();
-    for (strategy, img) in [("mmap", &raw), ("eager", &zst), ("lazy", &zst)] {
-        let out = Command::new(&exe)
-            .args(["restore", strategy, img.to_str().unwrap()])
-            .env("ARENA_N", n.to_string())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
-            eprintln!(
-                "{strategy} failed: {}{}",
-                text,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::process::exit(1);
-        };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let image = if strategy == "mmap" { "raw" } else { "zstd:1" };
-        println!(
-            "{:<8} {:<12} {:>12} {:>14} {:>8}",
-            f[0], image, f[1], f[2], f[3]
-        );
+    let runs: Vec<(&str, String, &str)> = vec![
+        ("mmap", raw.display().to_string(), "raw"),
+        ("eager", zst.display().to_string(), "zstd:1"),
+        ("lazy", zst.display().to_string(), "zstd:1"),
+    ];
+    for (strategy, img, image) in runs {
+        run_child(strategy, &img, image, n, &[]);
     }
+    #[cfg(feature = "remote")]
+    remote::run(&zst, n);
     if phase != "strategies" {
         load_order_phase(used, n, &dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs this program again to restore `img` with `strategy`, and prints its
+/// line of the table.
+fn run_child(strategy: &str, img: &str, image: &str, n: u64, env: &[(String, String)]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args(["restore", strategy, img])
+        .env("ARENA_N", n.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+        eprintln!(
+            "{strategy} of {img} failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::process::exit(1);
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let fetched: u64 = f[4].parse().unwrap_or(0);
+    let fetched = if fetched == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1} MiB", fetched as f64 / (1 << 20) as f64)
+    };
+    println!(
+        "{:<8} {:<12} {:>12} {:>14} {:>8} {:>12}",
+        f[0], image, f[1], f[2], f[3], fetched
+    );
+}
+
+/// The remote run: the zstd image in object storage, restored from its URL.
+#[cfg(feature = "remote")]
+mod remote {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use memimg_capture::memimg_remote::{self as remote, CopyOptions, Location, S3Options};
+
+    /// A moto server this example started; stopped on drop.
+    struct Moto(Child);
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// One plain HTTP request to a local moto (creating a bucket needs no
+    /// signature there).
+    fn http(port: u16, req: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(req.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// Starts moto on a free loopback port with a bucket `arena`; returns
+    /// it and its endpoint, or why it cannot.
+    fn start_moto() -> Result<(Moto, String), String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("moto_server cannot be started ({e}); scripts/setup.sh installs it")
+            })?;
+        let moto = Moto(child);
+        let t = Instant::now();
+        let host = format!("Host: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        loop {
+            if let Ok(r) = http(port, &format!("GET /moto-api/ HTTP/1.1\r\n{host}\r\n")) {
+                if r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200") {
+                    break;
+                }
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("moto_server did not answer within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let auth = "Authorization: AWS4-HMAC-SHA256 Credential=arena/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n";
+        let r = http(
+            port,
+            &format!("PUT /arena HTTP/1.1\r\n{host}{auth}Content-Length: 0\r\n\r\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(format!(
+                "creating the bucket: {}",
+                r.lines().next().unwrap_or("")
+            ));
+        }
+        Ok((moto, format!("http://127.0.0.1:{port}")))
+    }
+
+    pub fn run(zst: &Path, n: u64) {
+        println!();
+        // Where: the caller's store, or a moto of our own.
+        let (url, env, _moto) = match std::env::var("MEMIMG_ARENA_S3") {
+            Ok(u) => (u, Vec::new(), None),
+            Err(_) => match start_moto() {
+                Ok((m, endpoint)) => {
+                    let env = vec![
+                        ("AWS_ENDPOINT_URL".to_string(), endpoint),
+                        ("AWS_ACCESS_KEY_ID".to_string(), "arena".to_string()),
+                        ("AWS_SECRET_ACCESS_KEY".to_string(), "arena".to_string()),
+                        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+                    ];
+                    ("s3://arena/arena-zstd.img".to_string(), env, Some(m))
+                }
+                Err(why) => {
+                    println!("remote run skipped: set MEMIMG_ARENA_S3=s3://BUCKET/KEY, or install moto_server: {why}");
+                    return;
+                }
+            },
+        };
+        let loc: Location = url.parse().unwrap();
+        let s3 = S3Options::from_vars(
+            std::env::vars()
+                .filter(|(k, _)| !env.iter().any(|(e, _)| e == k))
+                .chain(env.iter().cloned()),
+        );
+        let t = Instant::now();
+        let opts = CopyOptions {
+            overwrite: true,
+            ..CopyOptions::default()
+        };
+        let rep = remote::copy(&Location::Local(zst.to_path_buf()), &loc, &s3, &opts).unwrap();
+        println!(
+            "uploaded the zstd:1 image to {url} ({} MiB) in {:.0} ms",
+            rep.bytes >> 20,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        for strategy in ["lazy", "eager"] {
+            super::run_child(strategy, &url, "s3 zstd:1", n, &env);
+        }
+    }
 }

@@ -122,6 +122,13 @@ pub enum RestoreError {
         #[source]
         source: io::Error,
     },
+    /// The image in object storage could not be reached or read: a missing
+    /// bucket or key, refused credentials, the network after the retries
+    /// (its kind says which). Damage is [`RestoreError::Format`], as for a
+    /// local file.
+    #[cfg(feature = "remote")]
+    #[error("{0}")]
+    Remote(memimg_remote::Error),
 }
 
 impl RestoreError {

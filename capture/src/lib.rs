@@ -51,10 +51,15 @@ pub use error::{CaptureError, RestoreError};
 pub use live::{
     capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, FrozenHook, Method, Progress,
 };
+/// Locations and store settings, for [`restore_from`].
+#[cfg(feature = "remote")]
+pub use memimg_remote;
 pub use persist::{PersistError, PersistOptions, Persister};
 pub use restore::{
     lazy_unavailable, restore, LazyHandle, LazyStats, RestoreOptions, Restored, Strategy,
 };
+#[cfg(feature = "remote")]
+pub use restore::{restore_from, RemoteOptions, DEFAULT_IN_FLIGHT};
 pub use track::{TrackError, TrackMethod, TrackOptions, TrackStats, Tracker};
 
 /// An address as a pointer. Addresses come from this machine's address

@@ -24,6 +24,10 @@ pub struct Location {
     pub chunk: Option<u64>,
     /// Virtual address involved, if any.
     pub addr: Option<u64>,
+    /// The link of a chain of incremental images the problem lies in (1.1):
+    /// 0 is the image opened, 1 its parent, 2 the parent's parent …; `None`
+    /// when no chain is involved.
+    pub link: Option<u32>,
 }
 
 impl Location {
@@ -62,6 +66,12 @@ impl Location {
         self
     }
 
+    /// Adds the link of a chain (0 the image opened, 1 its parent …).
+    pub fn with_link(mut self, link: u32) -> Self {
+        self.link = Some(link);
+        self
+    }
+
     fn is_empty(&self) -> bool {
         *self == Location::default()
     }
@@ -70,6 +80,13 @@ impl Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
+        if let Some(l) = self.link {
+            parts.push(match l {
+                0 => "link 0 (the image)".to_string(),
+                1 => "link 1 (its parent)".to_string(),
+                l => format!("link {l} (ancestor {l})"),
+            });
+        }
         if let Some(o) = self.offset {
             parts.push(format!("offset {o:#x}"));
         }
@@ -123,6 +140,15 @@ pub enum ErrorKind {
     /// A file that belongs to one image (a load-order profile) was given
     /// for another: their image ids differ.
     WrongImage,
+    /// The pages asked for are the parent's (an incremental image, 1.1), and
+    /// the parent was not given nor found: the message names its id and
+    /// where it was (the hint).
+    ParentRequired,
+    /// The image given or found as a parent is not the one the child names:
+    /// another id, another index (rewritten), another depth, page size or
+    /// machine, or a chain that repeats an image (a cycle). The location
+    /// names the link.
+    ParentMismatch,
 }
 
 /// The error type of this crate.
@@ -214,6 +240,20 @@ impl Error {
         l.region = l.region.or(outer.region);
         l.chunk = l.chunk.or(outer.chunk);
         l.addr = l.addr.or(outer.addr);
+        l.link = l.link.or(outer.link);
+        self
+    }
+
+    /// Puts `prefix` (what was being done) in front of the message, once:
+    /// `prefix: message`.
+    pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
+    /// Names the link of a chain the error lies in, unless it names one.
+    pub(crate) fn in_link(mut self, link: u32) -> Self {
+        self.location.link = self.location.link.or(Some(link));
         self
     }
 }

@@ -37,6 +37,7 @@ pub mod atomic;
 #[cfg(feature = "nonce-audit")]
 #[doc(hidden)]
 pub mod audit;
+mod chain;
 mod codec;
 mod crypt;
 mod error;
@@ -52,6 +53,10 @@ mod source;
 mod verify;
 mod write;
 
+pub use chain::{
+    flatten, hint_path, rebase, rebase_in_place, Chain, ChainOptions, ParentKey, Resolution,
+    Segment, SegmentKind,
+};
 pub use codec::Codec;
 pub use crypt::{
     Argon2Params, Kdf, Key, MAX_ARGON2_M_COST, MAX_ARGON2_WORK, MAX_PASSPHRASE_FILE_LEN,
@@ -63,7 +68,9 @@ pub use read::{fuzz_api, Image, TrailerInfo};
 pub use relayout::{relayout, relayout_in_place, RelayoutStats};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
-pub use verify::{verify_bytes, verify_path, Problem, Report, Status, VerifyOptions};
+pub use verify::{
+    verify_bytes, verify_chain_path, verify_path, Problem, Report, Status, VerifyOptions,
+};
 pub use write::{WriteStats, Writer, WriterOptions};
 
 /// Major format version this crate reads and writes.
@@ -80,6 +87,10 @@ pub const VERSION_MINOR: u16 = 1;
 pub const DEFAULT_CHUNK_SIZE: u32 = 512 << 10;
 /// Largest chunk size the format allows: 16 MiB.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Deepest chain of incremental images (1.1): a parent record's depth is at
+/// most 64 (spec.md, *Incremental images*). A reader refuses a deeper one
+/// before opening anything.
+pub const MAX_CHAIN_DEPTH: u32 = 64;
 
 /// The page size of this machine (4096 where it cannot be asked).
 pub fn page_size() -> u32 {

@@ -14,6 +14,14 @@ pub(crate) const T_CMDLINE: u16 = 18;
 pub(crate) const T_EXE: u16 = 19;
 pub(crate) const T_BUILD_ID: u16 = 20;
 pub(crate) const T_KERNEL: u16 = 21;
+/// 1.1, with `PARENT` only: the parent record (exactly 32 bytes).
+pub(crate) const T_PARENT: u16 = 32;
+/// 1.1, with `PARENT` only: the parent hint (1 to 1024 bytes of UTF-8).
+pub(crate) const T_PARENT_HINT: u16 = 33;
+/// Longest parent hint, in bytes.
+pub(crate) const MAX_PARENT_HINT: usize = 1024;
+/// Length of a parent record.
+pub(crate) const PARENT_RECORD_LEN: usize = 32;
 
 /// Body TLV type of a note.
 pub(crate) const B_NOTE: u16 = 1;
@@ -75,8 +83,63 @@ pub(crate) fn header_name(ty: u16) -> &'static str {
         T_EXE => "exe",
         T_BUILD_ID => "build id",
         T_KERNEL => "kernel release",
+        T_PARENT => "parent",
+        T_PARENT_HINT => "parent hint",
         _ => "unknown",
     }
+}
+
+/// Appends the parent record (spec.md, *Incremental images*).
+pub(crate) fn push_parent(out: &mut Vec<u8>, p: &crate::model::ParentRecord) {
+    out.extend_from_slice(&T_PARENT.to_le_bytes());
+    out.extend_from_slice(&32u16.to_le_bytes());
+    out.extend_from_slice(&p.image_id);
+    out.extend_from_slice(&p.index_checksum.to_le_bytes());
+    out.extend_from_slice(&p.depth.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+}
+
+/// Parses a parent record's value (exactly [`PARENT_RECORD_LEN`] bytes):
+/// the record, and whether its reserved bytes are zero.
+pub(crate) fn parse_parent(v: &[u8]) -> Option<(crate::model::ParentRecord, bool)> {
+    if v.len() != PARENT_RECORD_LEN {
+        return None;
+    }
+    let image_id: [u8; 16] = v[..16].try_into().ok()?;
+    let index_checksum = u64::from_le_bytes(v[16..24].try_into().ok()?);
+    let depth = u32::from_le_bytes(v[24..28].try_into().ok()?);
+    let record = crate::model::ParentRecord {
+        image_id,
+        index_checksum,
+        depth,
+    };
+    Some((record, v[28..32] == [0; 4]))
+}
+
+/// Appends the parent hint: 1 to [`MAX_PARENT_HINT`] bytes (an empty hint
+/// is left out).
+///
+/// # Errors
+/// `InvalidInput` when it is longer.
+pub(crate) fn push_parent_hint(out: &mut Vec<u8>, hint: &str) -> Result<()> {
+    if hint.is_empty() {
+        return Ok(());
+    }
+    if hint.len() > MAX_PARENT_HINT {
+        return Err(Error::plain(
+            ErrorKind::InvalidInput,
+            format!(
+                "the parent hint is {} bytes; the limit is {MAX_PARENT_HINT}",
+                hint.len()
+            ),
+        ));
+    }
+    out.extend_from_slice(&T_PARENT_HINT.to_le_bytes());
+    // hint.len() ≤ 1024, checked above.
+    #[allow(clippy::cast_possible_truncation)]
+    out.extend_from_slice(&(hint.len() as u16).to_le_bytes());
+    out.extend_from_slice(hint.as_bytes());
+    Ok(())
 }
 
 /// Appends a note record to the body meta.

@@ -32,7 +32,7 @@ impl Features {
     pub const V1_1_INCOMPAT: u64 = Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Incompatible bits this reader knows.
     pub const KNOWN_INCOMPAT: u64 =
-        Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::LOAD_ORDER;
+        Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Read-only-compatible bits this reader knows.
     pub const KNOWN_RO_COMPAT: u64 = 0;
     /// Compatible: the header carries process facts.
@@ -246,15 +246,52 @@ pub struct Header {
     pub validation: Option<Validation>,
     /// Process facts, if the writer set any.
     pub process: Option<ProcessFacts>,
+    /// The parent of an incremental image (1.1, feature `PARENT`): `None`
+    /// for a full image.
+    pub parent: Option<ParentRecord>,
+    /// Where the parent was when the image was written (1.1): a path
+    /// relative to the image's directory, an absolute path or a URL. Only a
+    /// hint for finding it: whatever it names is checked against
+    /// [`Header::parent`].
+    pub parent_hint: Option<String>,
 }
 
 impl Header {
+    /// The image's depth in its chain: 0 for a full image, 1 + its
+    /// parent's for an incremental one.
+    pub fn depth(&self) -> u32 {
+        self.parent.as_ref().map_or(0, |p| p.depth)
+    }
+
     /// True when the key slot is bound to the image (feature `SLOT_BOUND`).
     pub fn is_slot_bound(&self) -> bool {
         self.features.incompat & Features::SLOT_BOUND != 0
     }
 
     /// The image id as 32 lowercase hex digits.
+    pub fn image_id_hex(&self) -> String {
+        hex(&self.image_id)
+    }
+}
+
+/// What an incremental image (1.1) says about its parent: its header's
+/// parent record (spec.md, *Incremental images*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParentRecord {
+    /// The parent's image id.
+    pub image_id: [u8; 16],
+    /// The `index_checksum` of the parent's active trailer: a parent whose
+    /// index was rewritten (recompressed, re-encrypted, relaid out, rebased)
+    /// no longer matches. Key rotation keeps the index, so a rotated parent
+    /// still does.
+    pub index_checksum: u64,
+    /// The child's depth: 1 + the parent's depth, from 1 to
+    /// [`crate::MAX_CHAIN_DEPTH`].
+    pub depth: u32,
+}
+
+impl ParentRecord {
+    /// The parent's image id as 32 lowercase hex digits.
     pub fn image_id_hex(&self) -> String {
         hex(&self.image_id)
     }
@@ -472,6 +509,8 @@ pub enum ExtentKind {
     Zero,
     /// Not captured.
     Absent,
+    /// The parent's pages at the same addresses (1.1, an incremental image).
+    InParent,
 }
 
 /// How a chunk's bytes are encoded before any encryption.

@@ -8,16 +8,19 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::atomic::ImageLock;
+use crate::chain::{Chain, SegmentKind};
 use crate::crypt::{self, Key};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ExtentKind, Features};
+use crate::model::{Extent, ExtentKind, Features};
 use crate::raw::TRAILER_LEN;
 use crate::read::Image;
-use crate::write::{build_trailer, WriteStats, Writer, WriterOptions};
+use crate::write::{build_index, build_trailer, WriteStats, Writer, WriterOptions};
 
 /// Options for a transcode that keep the source's facts: page size, chunk
-/// size, machine, validation data, process facts, producer and notes. The
-/// caller then sets the codec, key and workers.
+/// size, machine, validation data, process facts, producer, notes, and the
+/// parent record and hint of an incremental image (so a recompressed child
+/// is a child of the same parent). The caller then sets the codec, key and
+/// workers.
 ///
 /// # Errors
 /// `KeyRequired` when the source is locked.
@@ -30,7 +33,8 @@ pub fn options_from(src: &Image) -> Result<WriterOptions> {
         .validation_opt(h.validation.clone())
         .process(h.process.clone())
         .producer(h.producer.clone())
-        .notes(src.notes()?.to_vec()))
+        .notes(src.notes()?.to_vec())
+        .parent_opt(h.parent, h.parent_hint.clone()))
 }
 
 /// Copies every region of `src` into a new image written to `out` with
@@ -42,6 +46,20 @@ pub fn options_from(src: &Image) -> Result<WriterOptions> {
 /// When the source is locked or damaged, or writing fails.
 pub fn transcode<W: Write>(
     src: &Image,
+    out: W,
+    opts: WriterOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(W, WriteStats)> {
+    transcode_from(src, None, out, opts, progress)
+}
+
+/// [`transcode`], with the in-parent extents of `src` either kept as such
+/// (`chain` is `None`: the output is a child of the same parent) or
+/// replaced by what `chain` (whose image is `src`) holds there: the pages
+/// its parents hold, zeros, and not-captured runs as absent (a flatten).
+pub(crate) fn transcode_from<W: Write>(
+    src: &Image,
+    chain: Option<&Chain>,
     out: W,
     opts: WriterOptions,
     progress: &(dyn Fn(u64) + Sync),
@@ -84,17 +102,20 @@ pub fn transcode<W: Write>(
                         .par_iter()
                         .map(|e| {
                             let len = e.len(ps);
-                            Ok(match e.kind {
-                                ExtentKind::Zero => Piece::Zero(len),
-                                ExtentKind::Absent => Piece::Absent(len),
-                                ExtentKind::Data => {
+                            Ok(match (e.kind, chain) {
+                                (ExtentKind::Zero, _) => vec![Piece::Zero(len)],
+                                (ExtentKind::Absent, _) => vec![Piece::Absent(len)],
+                                (ExtentKind::InParent, None) => vec![Piece::InParent(len)],
+                                (ExtentKind::InParent, Some(c)) => from_parents(c, e, ps)?,
+                                (ExtentKind::Data, _) => {
                                     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
                                     src.decode_extent(e, &mut buf)?;
-                                    Piece::Data(buf)
+                                    vec![Piece::Data(buf)]
                                 }
                             })
                         })
-                        .collect();
+                        .collect::<Result<Vec<Vec<Piece>>>>()
+                        .map(|v| v.into_iter().flatten().collect());
                     let failed = decoded.is_err();
                     if tx.send(decoded.map(Msg::Pieces)).is_err() || failed {
                         return;
@@ -121,6 +142,10 @@ pub fn transcode<W: Write>(
                                 w.push_absent(len)?;
                                 len
                             }
+                            Piece::InParent(len) => {
+                                w.push_in_parent(len)?;
+                                len
+                            }
                             Piece::Data(buf) => {
                                 w.push_data(&buf)?;
                                 buf.len() as u64
@@ -136,9 +161,30 @@ pub fn transcode<W: Write>(
     w.finish()
 }
 
+/// What the parents of `chain` hold for the in-parent extent `e` of its
+/// image, as pieces of a full image.
+fn from_parents(chain: &Chain, e: &Extent, ps: u32) -> Result<Vec<Piece>> {
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    for seg in chain.segments_from(1, e.addr, e.end(ps))? {
+        let len = seg.end - seg.start;
+        out.push(match seg.kind {
+            SegmentKind::Zero => Piece::Zero(len),
+            SegmentKind::Absent | SegmentKind::NoData | SegmentKind::Gap => Piece::Absent(len),
+            SegmentKind::Data(_) | SegmentKind::ParentMissing => {
+                let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                chain.read_segment(&seg, &mut buf, &mut scratch)?;
+                Piece::Data(buf)
+            }
+        });
+    }
+    Ok(out)
+}
+
 enum Piece {
     Zero(u64),
     Absent(u64),
+    InParent(u64),
     Data(Vec<u8>),
 }
 
@@ -147,6 +193,134 @@ enum Msg {
     Begin(crate::model::RegionInfo),
     Pieces(Vec<Piece>),
     End,
+}
+
+/// Writes a copy of `src` to `out` that keeps its chunks' stored bytes
+/// unchanged and so its image id, data key and key slot: the header page
+/// `header_page` (the same length as `src`'s), the chunks in `order` (every
+/// chunk number once) by the layout rule (spec.md, *Chunk data*), and a new
+/// index whose body is `body` (in clear), sealed, when `src` is encrypted,
+/// under its data key with a fresh index nonce salt (a new index under an
+/// existing data key never reuses a nonce). Each chunk is checked against
+/// its stored checksum (and its padding) as it is copied.
+///
+/// The trailer is generation 0 of a new file.
+pub(crate) fn copy_rewrite<W: Write>(
+    src: &Image,
+    header_page: &[u8],
+    order: &[u64],
+    body: Vec<u8>,
+    out: W,
+) -> Result<(W, WriteStats)> {
+    let h = src.header();
+    let ps = u64::from(h.page_size);
+    if header_page.len() as u64 != ps {
+        return Err(Error::plain(
+            ErrorKind::InvalidInput,
+            "a copy keeps the page size of its source",
+        ));
+    }
+    let n = src.chunk_locs().len();
+    let mut placed = vec![false; n];
+    if order.len() != n
+        || !order.iter().all(|&c| {
+            usize::try_from(c)
+                .ok()
+                .and_then(|i| placed.get_mut(i))
+                .is_some_and(|p| !std::mem::replace(p, true))
+        })
+    {
+        return Err(Error::plain(
+            ErrorKind::InvalidInput,
+            "a layout names every chunk exactly once",
+        ));
+    }
+    let encrypted = src.is_encrypted();
+    let dek = match (encrypted, src.dek()) {
+        (true, None) => {
+            return Err(Error::plain(
+                ErrorKind::KeyRequired,
+                "the image is encrypted: rewriting its index needs its key",
+            ))
+        }
+        (_, d) => d,
+    };
+    let mut raw = vec![false; n];
+    let mut stats = WriteStats {
+        image_id: h.image_id,
+        regions: src.regions()?.len() as u64,
+        chunks: n as u64,
+        ..WriteStats::default()
+    };
+    for e in src.extents()? {
+        let pages = u64::from(e.page_count);
+        match e.kind {
+            ExtentKind::Data => {
+                if let Some(r) = usize::try_from(e.chunk).ok().and_then(|i| raw.get_mut(i)) {
+                    *r = !encrypted && e.codec == crate::model::ChunkCodec::None;
+                }
+                stats.data_bytes += e.len(h.page_size);
+            }
+            ExtentKind::Zero => stats.zero_pages += pages,
+            ExtentKind::Absent => stats.absent_pages += pages,
+            ExtentKind::InParent => stats.in_parent_pages += pages,
+        }
+    }
+    let mut out = out;
+    let mut pos = 0u64;
+    let put = |out: &mut W, bytes: &[u8], pos: &mut u64| -> Result<()> {
+        out.write_all(bytes)
+            .map_err(|e| Error::io("writing the image", e))?;
+        *pos += bytes.len() as u64;
+        Ok(())
+    };
+    put(&mut out, header_page, &mut pos)?;
+    let mut entries = vec![crate::raw::ChunkEntryRaw::default(); n];
+    let zeros = vec![0u8; usize::try_from(ps).unwrap_or(4096)];
+    for &c in order {
+        let i = usize::try_from(c).unwrap_or(usize::MAX);
+        let loc = src.chunk_locs()[i];
+        let stored = src.read_stored(c)?;
+        if raw[i] {
+            let pad = (ps - pos % ps) % ps;
+            put(
+                &mut out,
+                &zeros[..usize::try_from(pad).unwrap_or(0)],
+                &mut pos,
+            )?;
+        }
+        entries[i] = crate::raw::ChunkEntryRaw {
+            offset: pos,
+            stored_len: loc.stored_len,
+            reserved: 0,
+            stored_checksum: loc.stored_checksum,
+        };
+        stats.stored_bytes += u64::from(loc.stored_len);
+        put(&mut out, &stored, &mut pos)?;
+    }
+    let salt = if encrypted {
+        crypt::fresh_index_salt()?
+    } else {
+        0
+    };
+    let index = build_index(header_page, &entries, body, dek, salt)?;
+    let index_offset = pos;
+    put(&mut out, &index.bytes, &mut pos)?;
+    let trailer = build_trailer(
+        pos,
+        index_offset,
+        index.bytes.len() as u64,
+        index.checksum,
+        0,
+        &h.image_id,
+        src.key_slot(),
+    );
+    put(&mut out, &trailer, &mut pos)?;
+    out.flush()
+        .map_err(|e| Error::io("flushing the image", e))?;
+    stats.file_len = pos;
+    stats.index_checksum = index.checksum;
+    Ok((out, stats))
 }
 
 /// What a key rotation wrote.

@@ -6,9 +6,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
+use crate::chain::{Chain, ChainOptions, SegmentKind};
 use crate::crypt::Key;
 use crate::error::{Error, ErrorKind, Location};
-use crate::model::{ChunkCodec, Extent, ExtentKind};
+use crate::model::{ChunkCodec, Extent, ExtentKind, ParentRecord};
 
 use crate::read::{check_padding, open_lenient, Image};
 use crate::source::{open_path, Source};
@@ -75,6 +76,14 @@ pub struct Report {
     pub bytes_checked: u64,
     /// True when the index was readable (plain image, or a key was given).
     pub unlocked: bool,
+    /// Parents of an incremental image checked with it (1.1): each link
+    /// verified as an image, its identity checked against its child's
+    /// parent record, and every in-parent range of its child found held.
+    pub parents_checked: u32,
+    /// When the image (or the last parent checked) has a parent that was
+    /// not checked: which one, and why (not given, not found where its hint
+    /// says). The bytes the image holds itself were checked all the same.
+    pub parent_unchecked: Option<String>,
 }
 
 impl Report {
@@ -138,11 +147,205 @@ fn verify_source(src: Source, key: Option<&Key>, opts: &VerifyOptions<'_>) -> Re
         // and the error is reported with it.
         Err(e) if !report.problems.is_empty() => report.problems.push(e.into()),
         Err(e) => report.fatal = Some(e),
-        Ok(img) => img.verify_into(&mut report, opts),
+        Ok(img) => {
+            img.verify_into(&mut report, opts);
+            if let Some(p) = img.parent() {
+                report.parent_unchecked = Some(unchecked_parent(
+                    0,
+                    p,
+                    img.header().parent_hint.as_deref(),
+                    "not checked: only this image was verified",
+                ));
+            }
+        }
     }
     report
         .problems
         .sort_by_key(|p| (p.location.offset.unwrap_or(u64::MAX), p.location.chunk));
+    report.problems.dedup();
+    report
+}
+
+/// Says which parent was not checked, and why.
+fn unchecked_parent(link: u32, p: &ParentRecord, hint: Option<&str>, why: &str) -> String {
+    let hint = hint.map(|h| format!(", hint {h}")).unwrap_or_default();
+    format!(
+        "the parent of link {link} (image {}, depth {}{hint}) was {why}",
+        p.image_id_hex(),
+        p.depth - 1
+    )
+}
+
+/// Verifies the image at `path` and its chain of parents (an incremental
+/// image, 1.1; spec.md *Incremental images*): each link is verified as an
+/// image (its problems name the link), then checked against its child's
+/// parent record (id, index checksum, depth, page size and machine), then
+/// every in-parent range of each child is checked to be held by its
+/// parents (as data, as zero pages, or further down), without decoding.
+///
+/// Parents are found as [`Chain::open`] finds them. A parent neither given
+/// nor found is reported in [`Report::parent_unchecked`], and what the
+/// links present hold is checked all the same. For a full image this is
+/// [`verify_path`].
+pub fn verify_chain_path(
+    path: &Path,
+    key: Option<&Key>,
+    chain_opts: &ChainOptions<'_>,
+    opts: &VerifyOptions<'_>,
+) -> Report {
+    let mut report = verify_path(path, key, opts);
+    if report.fatal.is_some() {
+        return report;
+    }
+    // The links that open cleanly, for the identity and range checks.
+    let Ok(first) = Image::open_with_key(path, key) else {
+        return report;
+    };
+    if first.parent().is_none() {
+        return report;
+    }
+    report.parent_unchecked = None;
+    let mut chain = Chain::single(first);
+    let mut at = path.to_path_buf();
+    loop {
+        let link = chain.links().len();
+        let link32 = u32::try_from(link).unwrap_or(u32::MAX);
+        let child = &chain.links()[link - 1];
+        let Some(record) = child.parent().copied() else {
+            break;
+        };
+        let hint = child.header().parent_hint.clone();
+        let found = match chain_opts.parents.get(link - 1) {
+            Some(p) => Some(p.clone()),
+            None if chain_opts.no_hints => None,
+            None => hint
+                .as_deref()
+                .and_then(|h| crate::chain::hint_path(&at, h)),
+        };
+        let Some(ppath) = found else {
+            report.parent_unchecked = Some(unchecked_parent(
+                link32 - 1,
+                &record,
+                hint.as_deref(),
+                if hint.is_some() && !chain_opts.no_hints {
+                    "not checked: its hint names no local file (give it explicitly)"
+                } else {
+                    "not checked: it was not given"
+                },
+            ));
+            break;
+        };
+        if !ppath.exists() {
+            report.problems.push(Problem {
+                kind: ErrorKind::ParentRequired,
+                location: Location::default().with_link(link32),
+                message: unchecked_parent(
+                    link32 - 1,
+                    &record,
+                    hint.as_deref(),
+                    &format!(
+                        "not found at {}: the pages the chain takes from it cannot be read",
+                        ppath.display()
+                    ),
+                ),
+            });
+            break;
+        }
+        // Its identity first (known without a key): a replaced or re-keyed
+        // parent is a mismatch, not an image to verify with this key.
+        let locked = Image::open(&ppath).map(|i| i.with_path(&ppath));
+        if let Ok(l) = &locked {
+            if let Err(e) = crate::chain::check_identity(&record, l, link32) {
+                report.problems.push(e.into());
+                break;
+            }
+        }
+        // The parent's key: none for a plain parent, else the one the
+        // caller gives for this link, else the image's.
+        let pkey = match locked {
+            Ok(locked) if !locked.is_encrypted() => None,
+            Ok(locked) => chain_opts
+                .parent_key
+                .and_then(|f| f(link32, locked.header()))
+                .or_else(|| key.cloned()),
+            // It does not open: verify says why, without a key.
+            Err(_) => None,
+        };
+        let r = verify_path(&ppath, pkey.as_ref(), opts);
+        report.problems.extend(
+            r.problems
+                .into_iter()
+                .map(|p| p.at(Location::default().with_link(link32))),
+        );
+        if let Some(e) = r.fatal {
+            let e = e.in_link(link32);
+            if report.problems.is_empty() {
+                report.fatal = Some(e);
+            } else {
+                report.problems.push(e.into());
+            }
+            return report;
+        }
+        report.chunks_checked += r.chunks_checked;
+        report.chunks_decoded += r.chunks_decoded;
+        report.bytes_checked += r.bytes_checked;
+        let parent = match Image::open_with_key(&ppath, pkey.as_ref()) {
+            Ok(p) => p.with_path(&ppath),
+            // Its damage is reported above.
+            Err(_) => break,
+        };
+        if let Err(e) = chain.push_parent(parent) {
+            report.problems.push(e.into());
+            break;
+        }
+        report.parents_checked += 1;
+        at = ppath;
+    }
+    // Every in-parent range of each child held by the links below it.
+    let ps = chain.image().header().page_size;
+    for link in 0..chain.links().len() - 1 {
+        let Ok(ex) = chain.links()[link].extents() else {
+            continue;
+        };
+        for e in ex.iter().filter(|e| e.kind == ExtentKind::InParent) {
+            match chain.segments_from(link + 1, e.addr, e.end(ps)) {
+                Ok(segs) => {
+                    for s in segs.iter().filter(|s| s.kind.is_not_captured()) {
+                        let l = u32::try_from(s.link).unwrap_or(u32::MAX);
+                        report.problems.push(Problem {
+                            kind: ErrorKind::NotCaptured,
+                            location: Location::default()
+                                .with_link(u32::try_from(link).unwrap_or(u32::MAX))
+                                .with_region(e.region)
+                                .with_addr(s.start),
+                            message: format!(
+                                "{:#x}-{:#x} is in parent, but link {l} holds no data there ({})",
+                                s.start,
+                                s.end,
+                                match s.kind {
+                                    SegmentKind::Absent => "absent pages",
+                                    SegmentKind::NoData => "a region recorded without data",
+                                    _ => "no region",
+                                }
+                            ),
+                        });
+                    }
+                }
+                Err(err) => report
+                    .problems
+                    .push(Problem::from(err).at(
+                        Location::default().with_link(u32::try_from(link).unwrap_or(u32::MAX)),
+                    )),
+            }
+        }
+    }
+    report.problems.sort_by_key(|p| {
+        (
+            p.location.link,
+            p.location.offset.unwrap_or(u64::MAX),
+            p.location.chunk,
+        )
+    });
     report.problems.dedup();
     report
 }
@@ -391,6 +594,7 @@ impl Problem {
         self.location.chunk = self.location.chunk.or(loc.chunk);
         self.location.region = self.location.region.or(loc.region);
         self.location.addr = self.location.addr.or(loc.addr);
+        self.location.link = self.location.link.or(loc.link);
         self
     }
 }

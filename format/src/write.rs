@@ -18,7 +18,9 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 use crate::codec::{Codec, Compressor};
 use crate::crypt::{self, DataKey, Key};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Features, MachineFacts, Note, ProcessFacts, RegionInfo, Validation};
+use crate::model::{
+    Features, MachineFacts, Note, ParentRecord, ProcessFacts, RegionInfo, Validation,
+};
 use crate::raw::{self, *};
 use crate::{meta, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 
@@ -40,6 +42,11 @@ pub struct WriterOptions {
     pub(crate) machine: MachineFacts,
     pub(crate) process: Option<ProcessFacts>,
     pub(crate) notes: Vec<Note>,
+    pub(crate) parent: Option<ParentRecord>,
+    pub(crate) parent_hint: Option<String>,
+    /// The page size and machine of the parent named through
+    /// [`WriterOptions::parent_of`], which the image must share.
+    pub(crate) parent_facts: Option<(u32, MachineFacts)>,
 }
 
 impl Default for WriterOptions {
@@ -67,6 +74,9 @@ impl WriterOptions {
             machine: MachineFacts::current(),
             process: None,
             notes: Vec::new(),
+            parent: None,
+            parent_hint: None,
+            parent_facts: None,
         }
     }
 
@@ -149,6 +159,58 @@ impl WriterOptions {
         self
     }
 
+    /// Makes the image an incremental image (format 1.1) whose parent is
+    /// `parent`: the header carries the parent record, and
+    /// [`Writer::push_in_parent`] records pages as the parent's. The parent
+    /// must have the image's page size and machine, which a reader checks;
+    /// [`WriterOptions::parent_of`] checks them when writing. By default an
+    /// image has no parent.
+    pub fn parent(mut self, parent: ParentRecord) -> Self {
+        self.parent = Some(parent);
+        self.parent_facts = None;
+        self
+    }
+
+    /// Makes the image a child of `parent` (an open image, full or itself a
+    /// child): its id, the checksum of its index, and its depth plus one;
+    /// the image's page size and machine facts are set to the parent's.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the parent is already at the deepest depth a
+    /// chain may have ([`crate::MAX_CHAIN_DEPTH`]).
+    pub fn parent_of(mut self, parent: &crate::Image) -> Result<Self> {
+        self.parent = Some(parent.as_parent()?);
+        let h = parent.header();
+        self.page_size = h.page_size;
+        self.machine = h.machine;
+        self.parent_facts = Some((h.page_size, h.machine));
+        Ok(self)
+    }
+
+    /// Where the parent is, for readers to find it (at most 1024 bytes of
+    /// UTF-8): a path relative to the image's directory (it survives moving
+    /// the chain as a whole), an absolute path, or a URL. It is stored in
+    /// clear, even in an encrypted image; leave it out to reveal no path. By
+    /// default there is none.
+    pub fn parent_hint(mut self, hint: impl Into<String>) -> Self {
+        self.parent_hint = Some(hint.into());
+        self
+    }
+
+    /// Sets or clears the parent and its hint at once (a transcode keeps
+    /// its source's; a flatten clears them).
+    pub fn parent_opt(mut self, parent: Option<ParentRecord>, hint: Option<String>) -> Self {
+        self.parent = parent;
+        self.parent_hint = hint;
+        self.parent_facts = None;
+        self
+    }
+
+    /// The parent in force.
+    pub fn get_parent(&self) -> Option<&ParentRecord> {
+        self.parent.as_ref()
+    }
+
     /// The codec in force.
     pub fn get_codec(&self) -> Codec {
         self.codec
@@ -177,8 +239,13 @@ pub struct WriteStats {
     pub zero_pages: u64,
     /// Pages recorded as not captured.
     pub absent_pages: u64,
+    /// Pages recorded as the parent's (an incremental image).
+    pub in_parent_pages: u64,
     /// Total bytes written.
     pub file_len: u64,
+    /// `xxh3_64` of the index written: what a child's parent record names
+    /// (with [`WriteStats::image_id`] and the depth).
+    pub index_checksum: u64,
 }
 
 struct Job {
@@ -347,6 +414,7 @@ pub struct Writer<W: Write> {
     encrypted: bool,
     dek: Option<DataKey>,
     key_slot: KeySlotRaw,
+    parent: Option<ParentRecord>,
     notes: Vec<Note>,
     regions: Vec<RegionRaw>,
     extents: Vec<ExtentRaw>,
@@ -386,6 +454,27 @@ impl<W: Write> Writer<W> {
                 "chunk size {cs} must be a multiple of the page size {ps}, at most {MAX_CHUNK_SIZE}"
             )));
         }
+        if let Some(p) = &opts.parent {
+            if p.depth == 0 || p.depth > crate::MAX_CHAIN_DEPTH {
+                return Err(invalid(format!(
+                    "a child's depth is from 1 to {}, not {}",
+                    crate::MAX_CHAIN_DEPTH,
+                    p.depth
+                )));
+            }
+        }
+        if let Some((pps, machine)) = opts.parent_facts {
+            if pps != ps {
+                return Err(invalid(format!(
+                    "the parent has {pps}-byte pages: a child keeps its parent's page size, not {ps}"
+                )));
+            }
+            if let Some(what) = machine.first_difference(&opts.machine) {
+                return Err(invalid(format!(
+                    "a child keeps its parent's machine facts: the {what} differs"
+                )));
+            }
+        }
         let mut image_id = [0u8; 16];
         crypt::fill_random(&mut image_id)?;
         let (dek, key_slot) = match &opts.key {
@@ -422,6 +511,7 @@ impl<W: Write> Writer<W> {
             encrypted: dek.is_some(),
             dek,
             key_slot,
+            parent: opts.parent,
             notes: opts.notes,
             regions: Vec::new(),
             extents: Vec::new(),
@@ -661,6 +751,102 @@ impl<W: Write> Writer<W> {
         self.push_marker(len, 2)
     }
 
+    /// Records `len` bytes of the open region as the parent's pages at the
+    /// same addresses (format 1.1, an in-parent extent): nothing is stored,
+    /// and a reader takes them from the parent.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the image has no parent
+    /// ([`WriterOptions::parent`]); otherwise as [`Writer::push_data`].
+    pub fn push_in_parent(&mut self, len: u64) -> Result<()> {
+        if self.parent.is_none() {
+            return Err(invalid(
+                "pages pushed as the parent's in an image that has no parent (set WriterOptions::parent)",
+            ));
+        }
+        self.push_marker(len, 3)
+    }
+
+    /// Pushes `data`, the next bytes of the open region, as a child of
+    /// `parent` stores them: each run that lines up with a whole data extent
+    /// of the parent's chain at the same addresses, and whose content
+    /// checksum (XXH3-128) equals that extent's, is recorded as the
+    /// parent's pages ([`Writer::push_in_parent`]); everything else is
+    /// pushed as data (zero pages recorded as zero). Only `data` is hashed:
+    /// nothing of the parent is read but its index.
+    ///
+    /// This is how a capture with a parent writes a child: read every page,
+    /// store what differs.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the image's parent record is not `parent`'s
+    /// image; `KeyRequired` for a locked link; otherwise as
+    /// [`Writer::push_data`].
+    pub fn push_data_against(&mut self, parent: &crate::Chain, data: &[u8]) -> Result<()> {
+        let want = parent.image().as_parent()?;
+        if self.parent != Some(want) {
+            return Err(invalid(format!(
+                "pages compared with image {} (depth {}), but this image's parent is {}",
+                want.image_id_hex(),
+                want.depth - 1,
+                self.parent.map_or_else(
+                    || "none".to_string(),
+                    |p| format!("image {}", p.image_id_hex())
+                )
+            )));
+        }
+        let start = self.open_region(data.len() as u64)?.next;
+        let end = start + data.len() as u64;
+        let ps = self.page_size;
+        for seg in parent.segments(start, end)? {
+            let from = usize::try_from(seg.start - start).unwrap_or(usize::MAX);
+            let to = usize::try_from(seg.end - start).unwrap_or(usize::MAX);
+            let piece = data
+                .get(from..to)
+                .ok_or_else(|| invalid("a segment outside the pushed bytes"))?;
+            match seg.kind {
+                crate::SegmentKind::Data(e)
+                    if e.addr == seg.start
+                        && e.end(ps) == seg.end
+                        && xxh3_128(piece) == e.raw_checksum =>
+                {
+                    self.push_in_parent(piece.len() as u64)?;
+                }
+                _ => self.push_data(piece)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a region whose bytes are `data`, as a child of `parent` stores
+    /// them (see [`Writer::push_data_against`]).
+    ///
+    /// # Errors
+    /// As [`Writer::add_region`] and [`Writer::push_data_against`].
+    pub fn add_region_against(
+        &mut self,
+        info: RegionInfo,
+        data: &[u8],
+        parent: &crate::Chain,
+    ) -> Result<()> {
+        if data.len() as u64 != info.len {
+            return Err(invalid(format!(
+                "region at {:#x}: {} bytes given for a {}-byte region",
+                info.start,
+                data.len(),
+                info.len
+            )));
+        }
+        self.begin_region(info)?;
+        self.push_data_against(parent, data)?;
+        self.end_region()
+    }
+
+    /// The parent this image is written against, if it is a child.
+    pub fn parent(&self) -> Option<&ParentRecord> {
+        self.parent.as_ref()
+    }
+
     fn push_marker(&mut self, len: u64, kind: u8) -> Result<()> {
         let open = self.open_region(len)?;
         let addr = open.next;
@@ -670,16 +856,16 @@ impl<W: Write> Writer<W> {
         }
         self.flush_pending()?;
         let pages = len / u64::from(self.page_size);
-        if kind == 1 {
-            self.stats.zero_pages += pages;
-        } else {
-            self.stats.absent_pages += pages;
+        match kind {
+            1 => self.stats.zero_pages += pages,
+            2 => self.stats.absent_pages += pages,
+            _ => self.stats.in_parent_pages += pages,
         }
         self.push_run(addr, len, kind);
         Ok(())
     }
 
-    /// Appends a zero (kind 1) or absent (kind 2) run, merging with the
+    /// Appends a zero (kind 1), absent (kind 2) or in-parent (kind 3) run, merging with the
     /// previous extent of the same kind in the open region.
     fn push_run(&mut self, addr: u64, len: u64, kind: u8) {
         let ps = u64::from(self.page_size);
@@ -942,6 +1128,7 @@ impl<W: Write> Writer<W> {
         stats.regions = self.regions.len() as u64;
         stats.chunks = self.chunks.len() as u64;
         stats.file_len = self.out.pos;
+        stats.index_checksum = index_checksum;
         Ok((self.out.inner, stats))
     }
 }
@@ -1057,6 +1244,14 @@ fn build_header(opts: &WriterOptions, image_id: &[u8; 16]) -> Result<Vec<u8>> {
     if !opts.notes.is_empty() {
         compat |= Features::NOTES;
     }
+    if let Some(p) = &opts.parent {
+        // The parent record and hint: 1.1, with PARENT only.
+        incompat |= Features::PARENT;
+        meta::push_parent(&mut tlv, p);
+        if let Some(h) = &opts.parent_hint {
+            meta::push_parent_hint(&mut tlv, h)?;
+        }
+    }
     if HEADER_FIXED_LEN + tlv.len() > ps - 8 {
         return Err(invalid(format!(
             "header metadata is {} bytes, more than a {ps}-byte header page holds",
@@ -1097,6 +1292,61 @@ fn build_header(opts: &WriterOptions, image_id: &[u8; 16]) -> Result<Vec<u8>> {
     let sum = xxh3_64(&page[..ps - 8]);
     page[ps - 8..].copy_from_slice(&sum.to_le_bytes());
     Ok(page)
+}
+
+/// A header page rebuilt from `page`, the header page of an open image:
+/// `edit` may change its fixed fields and its records (type and value, in
+/// order). The version becomes at least this writer's (1.1), and the
+/// checksum is recomputed. For rewrites that keep everything else of the
+/// header: a rebase (a new parent record), a relayout (`LOAD_ORDER`).
+///
+/// # Errors
+/// `InvalidInput` when the records no longer fit in the page, or `page` is
+/// not a header page (a bug: it comes from an open image).
+pub(crate) fn rewrite_header(
+    page: &[u8],
+    edit: impl FnOnce(&mut HeaderFixed, &mut Vec<(u16, Vec<u8>)>),
+) -> Result<Vec<u8>> {
+    let ps = page.len();
+    let mut fixed: HeaderFixed = raw::from_bytes(page)
+        .filter(|_| ps > HEADER_FIXED_LEN + 8)
+        .ok_or_else(|| invalid("not a header page"))?;
+    let tlv = page
+        .get(HEADER_FIXED_LEN..HEADER_FIXED_LEN + fixed.meta_len as usize)
+        .ok_or_else(|| invalid("header records past the page"))?;
+    let mut records = Vec::new();
+    let mut rest = tlv;
+    while rest.len() >= 4 {
+        let ty = u16::from_le_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
+        let value = rest
+            .get(4..4 + len)
+            .ok_or_else(|| invalid("a header record runs past the records"))?;
+        records.push((ty, value.to_vec()));
+        rest = &rest[4 + len..];
+    }
+    edit(&mut fixed, &mut records);
+    fixed.version_minor = fixed.version_minor.max(crate::VERSION_MINOR);
+    let mut tlv = Vec::new();
+    for (ty, v) in &records {
+        let len = u16::try_from(v.len()).map_err(|_| invalid("a header record over 64 KiB"))?;
+        tlv.extend_from_slice(&ty.to_le_bytes());
+        tlv.extend_from_slice(&len.to_le_bytes());
+        tlv.extend_from_slice(v);
+    }
+    if HEADER_FIXED_LEN + tlv.len() > ps - 8 {
+        return Err(invalid(format!(
+            "header records of {} bytes do not fit a {ps}-byte header page",
+            tlv.len()
+        )));
+    }
+    fixed.meta_len = u32::try_from(tlv.len()).map_err(|_| invalid("header records too long"))?;
+    let mut out = vec![0u8; ps];
+    out[..HEADER_FIXED_LEN].copy_from_slice(&raw::to_bytes(&fixed));
+    out[HEADER_FIXED_LEN..HEADER_FIXED_LEN + tlv.len()].copy_from_slice(&tlv);
+    let sum = xxh3_64(&out[..ps - 8]);
+    out[ps - 8..].copy_from_slice(&sum.to_le_bytes());
+    Ok(out)
 }
 
 fn invalid(msg: impl Into<String>) -> Error {

@@ -23,6 +23,7 @@ pub mod ui;
 
 pub use cmd::capture::capture;
 pub use cmd::cat::cat;
+pub use cmd::cp::cp;
 pub use cmd::diff::diff;
 pub use cmd::export_core::export_core;
 pub use cmd::import_core::import_core;
@@ -57,10 +58,23 @@ pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCo
         C::Cat(a) => cat(a, out),
         C::ExportCore(a) => export_core(a, out),
         C::ImportCore(a) => import_core(a, out),
+        C::Cp(a) => cp(a, out),
         C::Keygen(a) => keygen(a, out),
         C::Completions(a) => cmd::completions::completions(a, out),
         C::Man(_) => cmd::completions::man(out),
     }
+}
+
+/// What this process asked of object storage, for `IMGTOOL_REMOTE_STATS`:
+/// `None` when nothing was asked.
+pub fn remote_stats() -> Option<String> {
+    let s = memimg_remote::global_stats();
+    (s.head_requests + s.get_requests > 0).then(|| {
+        format!(
+            "remote: {} HEAD and {} GET requests, {} bytes fetched, {} cache hits",
+            s.head_requests, s.get_requests, s.bytes_fetched, s.cache_hits
+        )
+    })
 }
 
 /// The message of `err` for the user: every layer of context once, and

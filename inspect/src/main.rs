@@ -8,14 +8,21 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    match run() {
+    let code = match run() {
         Ok(code) => code,
         Err(err) if imgtool::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "imgtool: {}", imgtool::error_text(&err));
             ExitCode::from(imgtool::EXIT_ERROR)
         }
+    };
+    // What was fetched from object storage, for scripts and the benchmark.
+    if std::env::var_os("IMGTOOL_REMOTE_STATS").is_some_and(|v| !v.is_empty()) {
+        if let Some(line) = imgtool::remote_stats() {
+            let _ = writeln!(std::io::stderr(), "imgtool: {line}");
+        }
     }
+    code
 }
 
 fn run() -> anyhow::Result<ExitCode> {

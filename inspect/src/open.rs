@@ -1,10 +1,124 @@
 //! Opening images with an optional key, with messages that name the file
-//! once.
+//! once; every image argument is a path or an `s3://BUCKET/KEY` URL.
+//!
+//! A remote image is read through a [`RemoteReader`]: ranged GETs for the
+//! header page, the trailer and the index when it opens, then one GET per
+//! chunk read, with the store's settings from the environment as the AWS
+//! CLI reads them ([`S3Options::from_env`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
 use memimg::{ErrorKind, Image, Key};
+use memimg_remote::{Location, ReaderOptions, RemoteReader, S3Options, S3Url, Store};
+
+/// Something an error message names: a path or a URL.
+pub trait Named {
+    /// The name as shown.
+    fn shown(&self) -> String;
+}
+
+impl Named for Path {
+    fn shown(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl Named for PathBuf {
+    fn shown(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl Named for Location {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Reads an image argument: `s3://BUCKET/KEY` is an object, anything else a
+/// path; other schemes (`gs://`, `http://`) are refused.
+///
+/// # Errors
+/// A malformed `s3://` URL or an unknown scheme, naming what is wrong.
+pub fn location(arg: &Path) -> Result<Location> {
+    Location::parse(arg.as_os_str()).map_err(anyhow::Error::new)
+}
+
+/// The store's settings, from the environment (once per process).
+pub fn s3() -> &'static S3Options {
+    static S3: OnceLock<S3Options> = OnceLock::new();
+    S3.get_or_init(S3Options::from_env)
+}
+
+/// Opens the object at `url` for reading: one HEAD request.
+///
+/// # Errors
+/// A missing bucket or key, refused credentials, the network: each named.
+pub fn reader(url: &S3Url) -> Result<Arc<RemoteReader>> {
+    let r = Store::new(&url.bucket, s3())
+        .and_then(|s| s.reader(url, ReaderOptions::default()))
+        .map_err(anyhow::Error::new)?;
+    Ok(Arc::new(r))
+}
+
+/// Opens the image at `loc`, a path or a URL, as [`open`] does a path.
+///
+/// # Errors
+/// As [`open`]; for a URL also a missing bucket or key, refused
+/// credentials and network failures, each named.
+pub fn open_at(loc: &Location, key: Option<&Key>, need_unlock: bool) -> Result<Image> {
+    match loc {
+        Location::Local(p) => open(p, key, need_unlock),
+        Location::S3(url) => open_remote(&reader(url)?, loc, key, need_unlock),
+    }
+}
+
+/// Opens the image `reader` reads (named `loc`), as [`open`] does a path:
+/// first without a key, then, for an encrypted image, with it (from the
+/// reader's cache: no second download).
+///
+/// # Errors
+/// As [`open_at`].
+pub fn open_remote(
+    reader: &Arc<RemoteReader>,
+    loc: &Location,
+    key: Option<&Key>,
+    need_unlock: bool,
+) -> Result<Image> {
+    let from = |key: Option<&Key>| Image::from_read_at(reader.clone(), key);
+    let img = from(None).map_err(|e| remote_error(e, loc, "opening"))?;
+    if !img.is_encrypted() {
+        if key.is_some() {
+            return Err(not_encrypted(loc));
+        }
+        return Ok(img);
+    }
+    match key {
+        Some(k) => match from(Some(k)) {
+            Ok(img) => Ok(img),
+            Err(e) if e.kind() == ErrorKind::WrongKey => Err(wrong_key(loc, &e)),
+            Err(e) if e.kind() == ErrorKind::NotEncrypted => Err(not_encrypted(loc)),
+            Err(e) => Err(remote_error(e, loc, "opening")),
+        },
+        None if need_unlock => bail!(
+            "{} is encrypted: give its key with --key-file, --passphrase-file or --key-fd",
+            loc
+        ),
+        None => Ok(img),
+    }
+}
+
+/// An error of the reader of a remote image: a failed request keeps its
+/// kind and says what was being read, once; damage is reported as for a
+/// local file ([`lib_error`]).
+pub fn remote_error(e: memimg::Error, loc: &Location, doing: &str) -> anyhow::Error {
+    if memimg_remote::Error::find(&e).is_some() {
+        return anyhow::Error::new(memimg_remote::Error::from_memimg(&loc.to_string(), e));
+    }
+    lib_error(e, loc, doing)
+}
 
 /// The message for a key that does not open an image. It is never damage.
 pub const WRONG_KEY: &str = "the key does not open this image";
@@ -41,12 +155,12 @@ pub fn open(path: &Path, key: Option<&Key>, need_unlock: bool) -> Result<Image> 
 }
 
 /// The error for a key given for a plain image.
-pub fn not_encrypted(path: &Path) -> anyhow::Error {
+pub fn not_encrypted(path: &(impl Named + ?Sized)) -> anyhow::Error {
     anyhow::anyhow!(
         "{} is not encrypted, but a key was given: refusing to read it as if the key had \
          opened it (a plain file may have replaced an encrypted image); leave the key out \
          to read a plain image",
-        path.display()
+        path.shown()
     )
 }
 
@@ -62,8 +176,8 @@ fn open_with(path: &Path, key: &Key) -> Result<Image> {
 /// A library error about `path`, with "`doing` PATH" in front unless the
 /// library's message already names the path (its I/O errors do: `opening
 /// PATH: No such file or directory`), so that each context appears once.
-pub fn lib_error(e: memimg::Error, path: &Path, doing: &str) -> anyhow::Error {
-    let shown = path.display().to_string();
+pub fn lib_error(e: memimg::Error, path: &(impl Named + ?Sized), doing: &str) -> anyhow::Error {
+    let shown = path.shown();
     if e.to_string().contains(&shown) {
         anyhow::Error::new(e)
     } else {
@@ -73,15 +187,15 @@ pub fn lib_error(e: memimg::Error, path: &Path, doing: &str) -> anyhow::Error {
 
 /// The error for a wrong key, keeping the library's reason when it gives one
 /// (a passphrase given for a key-file image, …).
-pub fn wrong_key(path: &Path, e: &memimg::Error) -> anyhow::Error {
+pub fn wrong_key(path: &(impl Named + ?Sized), e: &memimg::Error) -> anyhow::Error {
     let why = e
         .message()
         .strip_prefix(WRONG_KEY)
         .map(|rest| rest.trim_start_matches(':').trim())
         .unwrap_or("");
     if why.is_empty() {
-        anyhow::anyhow!("{}: {WRONG_KEY}", path.display())
+        anyhow::anyhow!("{}: {WRONG_KEY}", path.shown())
     } else {
-        anyhow::anyhow!("{}: {WRONG_KEY}: {why}", path.display())
+        anyhow::anyhow!("{}: {WRONG_KEY}: {why}", path.shown())
     }
 }

@@ -89,7 +89,7 @@ impl Error {
             }
             return Error(Box::new(Inner {
                 kind: ErrorKind::Io,
-                what: Some(what.to_string()),
+                what: named(what, &e),
                 message: e.to_string(),
                 image: Some(e),
                 io: None,
@@ -97,7 +97,7 @@ impl Error {
         }
         Error(Box::new(Inner {
             kind: ErrorKind::Image,
-            what: Some(what.to_string()),
+            what: named(what, &e),
             message: e.to_string(),
             image: Some(e),
             io: None,
@@ -187,6 +187,12 @@ impl Error {
         }
         None
     }
+}
+
+/// `what`, unless `e`'s message names it already (memimg's I/O errors say
+/// `opening PATH: …`): each context once.
+fn named(what: &str, e: &memimg::Error) -> Option<String> {
+    (!e.to_string().contains(what)).then(|| what.to_string())
 }
 
 impl fmt::Display for Error {

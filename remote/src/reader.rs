@@ -8,7 +8,9 @@
 //! bytes and then the page at offset 0, then the trailer, then the index, and
 //! the block holding the trailer often holds the end of the index too. A
 //! read of two blocks or more (a chunk, a large index) is one GET of exactly
-//! its bytes, not cached, so that reading a chunk costs the chunk. [`RemoteReader::fetch_many`] serves bulk reads
+//! its bytes, less those that cached blocks hold at either end (so the end
+//! of the index is not fetched twice), kept by range in a cache of its own,
+//! so that reading a chunk costs the chunk. [`RemoteReader::fetch_many`] serves bulk reads
 //! (verify, copies, a restore's prefetcher) with several requests in flight,
 //! past the cache.
 //!
@@ -334,24 +336,35 @@ impl RemoteReader {
                 .lock()
                 .map_err(|_| poisoned(&self.name))?
                 .get(key);
-            let data = match hit {
-                Some(d) => {
-                    count(&self.counters, |c| {
-                        c.hits.fetch_add(1, Ordering::Relaxed);
-                    });
-                    d
-                }
-                None => {
-                    let d = block_on(self.fetch_fut(offset..end))??;
+            if let Some(d) = hit {
+                count(&self.counters, |c| {
+                    c.hits.fetch_add(1, Ordering::Relaxed);
+                });
+                buf.copy_from_slice(&d);
+                return Ok(());
+            }
+            // Blocks that small reads brought in are not fetched again: the
+            // block holding the trailer also holds the end of the index, so
+            // opening fetches the header page, the index and the trailer
+            // and nothing twice.
+            let (s, e) = self.copy_cached_ends(buf, offset, end)?;
+            let data = if (s, e) == (offset, end) {
+                let d = block_on(self.fetch_fut(offset..end))??;
+                self.add_bytes(d.len());
+                buf.copy_from_slice(&d);
+                d
+            } else {
+                if s < e {
+                    let d = block_on(self.fetch_fut(s..e))??;
                     self.add_bytes(d.len());
-                    self.ranges
-                        .lock()
-                        .map_err(|_| poisoned(&self.name))?
-                        .insert(key, d.clone());
-                    d
+                    buf[usize_of(s - offset)..usize_of(e - offset)].copy_from_slice(&d);
                 }
+                Bytes::copy_from_slice(buf)
             };
-            buf.copy_from_slice(&data);
+            self.ranges
+                .lock()
+                .map_err(|_| poisoned(&self.name))?
+                .insert(key, data);
             return Ok(());
         }
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -418,6 +431,48 @@ impl RemoteReader {
             ));
         }
         Ok(())
+    }
+
+    /// Copies into `buf` (the bytes `offset..end`) what cached blocks hold
+    /// at either end of the range, and returns the part `s..e` left to
+    /// fetch (empty when the cache holds it all).
+    fn copy_cached_ends(&self, buf: &mut [u8], offset: u64, end: u64) -> Result<(u64, u64)> {
+        let bs = self.block;
+        let mut c = self.cache.lock().map_err(|_| poisoned(&self.name))?;
+        let mut hits = 0;
+        let (mut s, mut e) = (offset, end);
+        // From the front: block `s / bs` holds the object's bytes from
+        // `(s / bs) * bs`.
+        while s < e {
+            let blk = s / bs;
+            let Some(b) = c.get(blk) else { break };
+            let upto = (blk * bs + b.len() as u64).min(e);
+            if upto <= s {
+                break;
+            }
+            buf[usize_of(s - offset)..usize_of(upto - offset)]
+                .copy_from_slice(&b[usize_of(s - blk * bs)..usize_of(upto - blk * bs)]);
+            s = upto;
+            hits += 1;
+        }
+        // From the back.
+        while s < e {
+            let blk = (e - 1) / bs;
+            let Some(b) = c.get(blk) else { break };
+            let from = (blk * bs).max(s);
+            if blk * bs + (b.len() as u64) < e {
+                break;
+            }
+            buf[usize_of(from - offset)..usize_of(e - offset)]
+                .copy_from_slice(&b[usize_of(from - blk * bs)..usize_of(e - blk * bs)]);
+            e = from;
+            hits += 1;
+        }
+        drop(c);
+        count(&self.counters, |c| {
+            c.hits.fetch_add(hits, Ordering::Relaxed);
+        });
+        Ok((s, e))
     }
 
     /// Fetches `ranges` with up to `opts.concurrency` requests in flight and

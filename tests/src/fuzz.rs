@@ -14,6 +14,7 @@ pub const FUZZ_KEY: [u8; 32] = [0x5a; 32];
 /// Walks everything an image offers, ignoring errors.
 fn walk(img: &Image) {
     let ps = img.header().page_size;
+    let _ = (img.parent(), img.as_parent(), img.index_nonce_salt());
     let _ = img.verify(&VerifyOptions {
         decode: true,
         progress: None,
@@ -40,7 +41,9 @@ fn walk(img: &Image) {
 pub fn open(data: &[u8]) {
     if let Ok(img) = Image::from_bytes(data.to_vec(), None) {
         walk(&img);
-        // read_at at addresses chosen by the input's last bytes.
+        // read_at at addresses chosen by the input's last bytes, through the
+        // image and through a chain of it alone (format 1.1: a child without
+        // its parent resolves, segments and reads what it holds).
         if data.len() >= 16 {
             let a = u64::from_le_bytes(
                 data[data.len() - 16..data.len() - 8]
@@ -49,6 +52,10 @@ pub fn open(data: &[u8]) {
             );
             let mut buf = vec![0u8; (data[data.len() - 1] as usize + 1) * 16];
             let _ = img.read_at(a, &mut buf);
+            let chain = memimg::Chain::single(img);
+            let _ = chain.resolve(a);
+            let _ = chain.segments(a, a.saturating_add(buf.len() as u64));
+            let _ = chain.read_at(a, &mut buf);
         }
     }
     let _ = verify_bytes(
@@ -331,7 +338,10 @@ pub fn elf_core(data: &[u8]) {
 /// Seed images for the corpora: small real images of each kind.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
-    if let Ok(images) = crate::small_images() {
+    if let Ok(images) = crate::small_images().and_then(|mut v| {
+        v.extend(crate::small_1_1_images()?);
+        Ok(v)
+    }) {
         for (name, bytes, key) in images {
             if key.is_none() {
                 out.push((name, bytes));
@@ -396,8 +406,11 @@ const MAX_PAGES: u8 = 6;
 /// The body of target `structured`.
 ///
 /// The first bytes of `data` describe an image: page size, chunk size,
-/// encryption, compression, up to 8 regions (gap, pages, name, and for each
-/// page zero, absent or data of one of three contents) and up to 2 notes. It
+/// encryption, compression, whether it is an incremental image (format 1.1:
+/// `PARENT`, a parent record of any id, index checksum and depth 1 to 64, a
+/// hint, and its absent runs made in-parent extents), up to 8 regions (gap,
+/// pages, name, and for each page zero, absent or data of one of three
+/// contents) and up to 2 notes. It
 /// is built with [`crate::Forge`], which lays it out by spec.md and fixes
 /// every checksum and tag. The rest of `data` is a list of mutations of
 /// semantic fields: region names, extents and counts, extent kinds, codecs,
@@ -422,7 +435,24 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
         wrap_nonce: [0x24; 24],
     });
     let zstd = flags & 0x20 != 0;
+    let child = flags & 0x40 != 0;
     let mut f = crate::Forge::new(ps, ps * chunk_pages as u32, key);
+    if child {
+        // The parent record: an id and index checksum from the input, a
+        // depth from 1 to 64; and a hint.
+        let mut record: Vec<u8> = (0..24).map(|_| b.u8()).collect();
+        record.extend_from_slice(&(u32::from(b.u8() % 64) + 1).to_le_bytes());
+        record.extend_from_slice(&[0; 4]);
+        add_header_record(&mut f.header, meta_parent::RECORD, &record);
+        let hint: Vec<u8> = (0..b.u8() % 16).map(|_| b'a' + b.u8() % 26).collect();
+        if !hint.is_empty() {
+            add_header_record(&mut f.header, meta_parent::HINT, &hint);
+        }
+        let incompat = u64::from_le_bytes(f.header[0x10..0x18].try_into().unwrap_or([0; 8]));
+        f.header[0x10..0x18].copy_from_slice(&(incompat | memimg::Features::PARENT).to_le_bytes());
+        // Version 1.1.
+        f.header[10..12].copy_from_slice(&1u16.to_le_bytes());
+    }
     let psu = u64::from(ps);
     let mut addr = 0x10_0000u64;
     // What each region holds, to check a build with no mutation.
@@ -447,7 +477,17 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
                 }
             })
             .collect();
+        let first = f.extents.len();
         f.push_region(addr, &name, &pages, chunk_pages, zstd);
+        if child {
+            // Its absent runs are the parent's pages (reading them without
+            // the parent fails, as an absent page's read does).
+            for e in &mut f.extents[first..] {
+                if e.kind == 2 {
+                    e.kind = 3;
+                }
+            }
+        }
         addr += u64::from(npages.max(1)) * psu;
         want.push((f.regions[f.regions.len() - 1].start, pages));
     }
@@ -550,6 +590,31 @@ fn push_note(meta: &mut Vec<u8>, name: &[u8], data: &[u8]) {
     meta.extend_from_slice(data);
 }
 
+/// Header record types of format 1.1 (spec.md, *Incremental images*).
+mod meta_parent {
+    /// The parent record.
+    pub const RECORD: u16 = 32;
+    /// The parent hint.
+    pub const HINT: u16 = 33;
+}
+
+/// Appends a header record after the others, if it fits the header page
+/// (spec.md, *Header TLV records*).
+fn add_header_record(header: &mut [u8], ty: u16, value: &[u8]) {
+    let old = u32::from_le_bytes(header[0x58..0x5c].try_into().unwrap_or([0; 4]));
+    let at = 0x80 + old as usize;
+    let Ok(len) = u16::try_from(value.len()) else {
+        return;
+    };
+    if at + 4 + value.len() < header.len() - 8 {
+        header[at..at + 2].copy_from_slice(&ty.to_le_bytes());
+        header[at + 2..at + 4].copy_from_slice(&len.to_le_bytes());
+        header[at + 4..at + 4 + value.len()].copy_from_slice(value);
+        let new = old + 4 + u32::from(len);
+        header[0x58..0x5c].copy_from_slice(&new.to_le_bytes());
+    }
+}
+
 fn set_compat(header: &mut [u8], bit: u64) {
     let mut c = u64::from_le_bytes(header[0x20..0x28].try_into().unwrap_or([0; 8]));
     c |= bit;
@@ -604,6 +669,9 @@ enum Late {
     IndexOffset(u8),
     IndexLen(u8),
     Generation(u8),
+    /// Format 1.1: the index nonce salt (0 in an image without a 1.1
+    /// feature; it also changes the nonce of an encrypted image's index).
+    IndexSalt(u8),
     StaleChecksums,
 }
 
@@ -628,6 +696,7 @@ impl Late {
             Late::IndexOffset(d) => a.trailer.index_offset = step(a.trailer.index_offset, d),
             Late::IndexLen(d) => a.trailer.index_len = step(a.trailer.index_len, d),
             Late::Generation(d) => a.trailer.generation = u32::from(d),
+            Late::IndexSalt(d) => a.index_head.index_nonce_salt = step(0, d),
             Late::StaleChecksums => a.fix_stored_checksums = false,
         }
     }
@@ -729,10 +798,11 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
             1 => Late::BodyLen(m.u8()),
             _ => Late::BodyPlainLen(m.u8()),
         }),
-        16 => late.push(match m.u8() % 4 {
+        16 => late.push(match m.u8() % 5 {
             0 => Late::IndexOffset(m.u8()),
             1 => Late::IndexLen(m.u8()),
             2 => Late::Generation(m.u8()),
+            3 => Late::IndexSalt(m.u8()),
             _ => Late::StaleChecksums,
         }),
         17 => {
@@ -770,8 +840,13 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
             }
         }
         19 => {
-            // Header records: one added after the others.
-            let ty = u16::from(m.u8() % 24);
+            // Header records: one added after the others (types 0 to 23,
+            // and 32 and 33: the parent record and hint of format 1.1).
+            let ty = match m.u8() % 26 {
+                24 => meta_parent::RECORD,
+                25 => meta_parent::HINT,
+                t => u16::from(t),
+            };
             let len = usize::from(m.u8());
             let old = u32::from_le_bytes(f.header[0x58..0x5c].try_into().unwrap_or([0; 4]));
             let at = 0x80 + old as usize;
@@ -819,7 +894,8 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
             }
         }
         _ => {
-            // A header field: chunk size, feature bits, cipher.
+            // A header field: chunk size, feature bits (up to format 1.1's
+            // SLOT_BOUND, PARENT and LOAD_ORDER), cipher.
             match m.u8() % 3 {
                 0 => {
                     let v = m.near(u64::from(u32::from_le_bytes(
@@ -827,7 +903,7 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
                     ))) as u32;
                     f.header[0x2c..0x30].copy_from_slice(&v.to_le_bytes());
                 }
-                1 => f.header[0x10] ^= 1 << (m.u8() % 3),
+                1 => f.header[0x10] ^= 1 << (m.u8() % 5),
                 _ => f.header[0x54] ^= 1,
             }
         }

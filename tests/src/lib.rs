@@ -42,7 +42,7 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("skipped: {why}");
 }
 
-use memimg::{Codec, Key, RegionInfo, RegionKind, Writer, WriterOptions};
+use memimg::{Codec, Image, Key, RegionInfo, RegionKind, Writer, WriterOptions};
 
 /// A fast deterministic generator (xorshift64*), so content is reproducible.
 #[derive(Debug, Clone)]
@@ -284,6 +284,59 @@ pub fn small_images() -> memimg::Result<Vec<(&'static str, Vec<u8>, Option<Key>)
             Some(key),
         ),
     ])
+}
+
+/// Small format 1.1 images for damage sweeps: (name, bytes, key), each a
+/// child of a small image (its in-parent extents and parent record and hint
+/// are what the sweep covers; the child verifies alone): plain, and
+/// compressed and encrypted (`SLOT_BOUND`).
+///
+/// # Errors
+/// As the writer.
+pub fn small_1_1_images() -> memimg::Result<Vec<(&'static str, Vec<u8>, Option<Key>)>> {
+    let key = Key::raw(GOLDEN_KEY);
+    let mut out = Vec::new();
+    for (name, codec, key) in [
+        ("child", Codec::None, None),
+        ("child, compressed+encrypted", Codec::Zstd(3), Some(key)),
+    ] {
+        let base = || {
+            WriterOptions::new()
+                .workers(0)
+                .codec(codec)
+                .key_opt(key.clone())
+                .page_size(4096)
+                .chunk_size(2 * 4096)
+        };
+        let parent = memimg::Chain::single(Image::from_bytes(
+            write_small(base().validation("sweep", b"v1".to_vec()))?,
+            key.as_ref(),
+        )?);
+        let mut w = Writer::new(
+            Vec::new(),
+            base().parent_of(parent.image())?.parent_hint("parent.img"),
+        )?;
+        for &(start, pages, kind, rname, data) in SMALL_REGIONS {
+            let info = RegionInfo::new(start, (pages * 4096) as u64)
+                .kind(kind)
+                .name(rname);
+            if !data {
+                w.add_empty_region(info)?;
+                continue;
+            }
+            let mut buf = vec![0u8; pages * 4096];
+            for (i, p) in buf.chunks_mut(4096).enumerate() {
+                golden_page(start + (i * 4096) as u64, p);
+                // One page in three changes: the rest are the parent's.
+                if i % 3 == 1 {
+                    p[..8].copy_from_slice(&(start + i as u64).to_le_bytes());
+                }
+            }
+            w.add_region_against(info, &buf, &parent)?;
+        }
+        out.push((name, w.finish()?.0, key));
+    }
+    Ok(out)
 }
 
 /// Byte ranges of an image's parts, for sweeps: (header, chunk data, index, trailer).

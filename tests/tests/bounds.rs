@@ -128,6 +128,71 @@ fn hostile_images_stay_bounded() {
         });
     }
     println!("structured: 400 inputs, worst peak allocation {worst:.1}x the image");
+
+    // 6. Chains (format 1.1): 65 links forged by hand at the depth limit
+    // (each a small plain image made a child of the one before, its
+    // checksums right) open and verify within a small multiple of the
+    // files; a record one deeper is refused before any parent is opened.
+    let dir = tempfile::tempdir().unwrap();
+    let links: Vec<Vec<u8>> = (0..=64u8).map(|k| plain(Codec::None, k, 1)).collect();
+    let mut total = 0;
+    for (k, bytes) in links.iter().enumerate() {
+        let bytes = match k {
+            0 => bytes.clone(),
+            k => forge_child(
+                bytes,
+                &links[k - 1],
+                u32::try_from(k).unwrap(),
+                &format!("{}.img", k - 1),
+            ),
+        };
+        total += bytes.len();
+        std::fs::write(dir.path().join(format!("{k}.img")), bytes).unwrap();
+    }
+    let top = dir.path().join("64.img");
+    let copts = memimg::ChainOptions::default();
+    let peak = peak_during(|| {
+        let chain = memimg::Chain::open(&top, None, &copts).unwrap();
+        assert_eq!(chain.links().len(), 65);
+        let r = memimg::verify_chain_path(&top, None, &copts, &VerifyOptions::default());
+        assert!(r.is_intact(), "{:?}", r.problems);
+        assert_eq!(r.parents_checked, 64);
+    });
+    println!("chain of 65 links: files {total} bytes, peak allocation {peak} bytes");
+    assert!(peak <= 8 * total, "a chain of 65 links: peak {peak}");
+    let too_deep = forge_child(&links[1], &links[64], 65, "64.img");
+    std::fs::write(dir.path().join("65.img"), &too_deep).unwrap();
+    let peak = peak_during(|| {
+        let e = memimg::Chain::open(dir.path().join("65.img"), None, &copts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+        assert!(e.message().contains("depth 65"), "{e}");
+    });
+    assert!(peak <= 8 * too_deep.len(), "depth 65: peak {peak}");
+}
+
+/// `bytes` (a plain full image) made by hand a child of `parent` (the bytes
+/// of an image) at `depth`, with hint `hint`: `PARENT` set, the records
+/// appended, the header checksum fixed (a plain image's index does not
+/// cover the header, so the image stays valid).
+fn forge_child(bytes: &[u8], parent: &[u8], depth: u32, hint: &str) -> Vec<u8> {
+    let p = Image::from_bytes(parent.to_vec(), None).unwrap();
+    let mut record = p.header().image_id.to_vec();
+    record.extend_from_slice(&p.trailer().index_checksum.to_le_bytes());
+    record.extend_from_slice(&depth.to_le_bytes());
+    record.extend_from_slice(&[0; 4]);
+    let mut d = bytes.to_vec();
+    d[0x10] |= 1 << 3;
+    for (ty, value) in [(32u16, &record[..]), (33, hint.as_bytes())] {
+        let meta_len = u32::from_le_bytes(d[0x58..0x5c].try_into().unwrap()) as usize;
+        let at = 0x80 + meta_len;
+        d[at..at + 2].copy_from_slice(&ty.to_le_bytes());
+        d[at + 2..at + 4].copy_from_slice(&u16::try_from(value.len()).unwrap().to_le_bytes());
+        d[at + 4..at + 4 + value.len()].copy_from_slice(value);
+        let n = u32::try_from(meta_len + 4 + value.len()).unwrap();
+        d[0x58..0x5c].copy_from_slice(&n.to_le_bytes());
+    }
+    memimg_tests::fix_header_checksum(&mut d);
+    d
 }
 
 /// An image built from parts, every checksum right, of `regions` one-page

@@ -4,7 +4,7 @@
 //! when the magic is gone), with a location, and never call it intact.
 
 use memimg::{verify_bytes, ErrorKind, Image, Status, VerifyOptions};
-use memimg_tests::{parts_of, small_images};
+use memimg_tests::{parts_of, small_1_1_images, small_images};
 
 fn sweep_bits(
     bytes: &[u8],
@@ -51,7 +51,10 @@ fn sweep_bits(
 
 #[test]
 fn every_bit_flip_is_detected() {
-    let images = small_images().unwrap();
+    let mut images = small_images().unwrap();
+    // Format 1.1: children (parent record and hint, in-parent extents), one
+    // of them encrypted with a bound key slot.
+    images.extend(small_1_1_images().unwrap());
     let mut threads = Vec::new();
     for (name, bytes, key) in images {
         threads.push(std::thread::spawn(move || {
@@ -78,7 +81,9 @@ fn every_bit_flip_is_detected() {
 
 #[test]
 fn every_truncation_is_a_typed_error() {
-    for (name, bytes, key) in small_images().unwrap() {
+    let mut images = small_images().unwrap();
+    images.extend(small_1_1_images().unwrap());
+    for (name, bytes, key) in images {
         let mut kinds = std::collections::BTreeMap::new();
         for len in 0..bytes.len() {
             let e = Image::from_bytes(bytes[..len].to_vec(), key.as_ref())

@@ -80,14 +80,28 @@ fn fuzz_regression_inputs_replay() {
     let seeds = fuzz::seeds();
     assert_eq!(
         seeds.len(),
-        6,
-        "two plain and two encrypted seed images, and one of each laid out in load order"
+        7,
+        "two plain, two encrypted and one incremental (1.1) seed images, and one plain and one encrypted laid out in load order"
     );
     for (_, bytes) in &seeds {
         fuzz::open(bytes);
         fuzz::open_encrypted(bytes);
     }
     fuzz::roundtrip(&[0, 1, 1, 1, 2, 3, 5, 3, 2, 7, 1, 0, 3, 9, 9]);
+    // The structured target's incremental image (flags 0x40: a parent record
+    // of depth 3, hint "abc", one region of absent (so in-parent), data and
+    // zero pages), with no mutation, opens, reads back and verifies; then
+    // with mutations of the new fields.
+    let mut child = vec![0x40];
+    child.extend_from_slice(&[7; 24]);
+    child.extend_from_slice(&[2, 3, 0, 1, 2]);
+    child.extend_from_slice(&[0, 0, 5, 0, 1, 1, 2, 3, 0, 0]);
+    fuzz::structured(&child);
+    for mutation in [[6, 0, 3], [16, 3, 9], [19, 24, 32], [19, 25, 3], [23, 1, 4]] {
+        let mut m = child.clone();
+        m.extend_from_slice(&mutation);
+        fuzz::structured(&m);
+    }
     println!(
         "replayed {} regression inputs and {} seed images",
         replayed.len(),

@@ -8,6 +8,7 @@
 )]
 
 mod binding;
+mod chain;
 mod corrupt;
 mod files;
 mod forge;

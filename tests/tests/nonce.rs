@@ -11,10 +11,40 @@
 use std::collections::HashSet;
 
 use memimg::{
-    audit, options_from, relayout, rewrap_in_place, transcode, Codec, Image, Key, Profile,
-    WriterOptions,
+    audit, options_from, rebase, relayout, rewrap_in_place, transcode, Chain, Codec, Image, Key,
+    Profile, WriterOptions,
 };
-use memimg_tests::write_golden;
+use memimg_tests::{golden_page, write_golden, GOLDEN_REGIONS};
+
+/// A child of `parent` (the golden layout, every fifth page changed),
+/// encrypted under `key`.
+fn write_child_of(parent: &Chain, key: &Key) -> Vec<u8> {
+    let opts = WriterOptions::new()
+        .page_size(4096)
+        .chunk_size(4 * 4096)
+        .key(key.clone())
+        .parent_of(parent.image())
+        .unwrap();
+    let mut w = memimg::Writer::new(Vec::new(), opts).unwrap();
+    for &(start, pages, kind, name, data) in GOLDEN_REGIONS {
+        let info = memimg::RegionInfo::new(start, (pages * 4096) as u64)
+            .kind(kind)
+            .name(name);
+        if !data {
+            w.add_empty_region(info).unwrap();
+            continue;
+        }
+        let mut buf = vec![0u8; pages * 4096];
+        for (i, p) in buf.chunks_mut(4096).enumerate() {
+            golden_page(start + (i * 4096) as u64, p);
+            if i % 5 == 2 {
+                p[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            }
+        }
+        w.add_region_against(info, &buf, parent).unwrap();
+    }
+    w.finish().unwrap().0
+}
 
 /// The pairs an image should have used: one per chunk and one for the index
 /// under its data key, and its key slot's wrap under the KEK.
@@ -70,6 +100,39 @@ fn no_key_nonce_pair_repeats() {
     rewrap_in_place(&p, &k2, &k1).unwrap();
     let img = Image::open_with_key(&p, Some(&k1)).unwrap();
     want.push(expected(&img, &k1).pop().unwrap());
+    // A child of `ia` (only its changed pages sealed), rebased twice onto a
+    // recompressed copy of its parent: each rebase seals only a new index
+    // under the child's data key, with a fresh index nonce salt, so the two
+    // rebased copies (made from the same source) never share an index nonce.
+    let parent = Chain::single(Image::from_bytes(a.clone(), Some(&k1)).unwrap());
+    let child = write_child_of(&parent, &k1);
+    let ic = Image::from_bytes(child.clone(), Some(&k1)).unwrap();
+    want.extend(expected(&ic, &k1));
+    let opts = options_from(&ia)
+        .unwrap()
+        .codec(Codec::Zstd(2))
+        .key(k1.clone());
+    let (copy, _) = transcode(&ia, Vec::new(), opts, &|_| {}).unwrap();
+    let copy = Image::from_bytes(copy, Some(&k1)).unwrap();
+    want.extend(expected(&copy, &k1));
+    let copy = Chain::single(copy);
+    let mut salts = vec![ic.index_nonce_salt()];
+    for _ in 0..2 {
+        let old = Chain::from_links(
+            Image::from_bytes(child.clone(), Some(&k1)).unwrap(),
+            vec![Image::from_bytes(a.clone(), Some(&k1)).unwrap()],
+        )
+        .unwrap();
+        let (out, _) = rebase(&old, &copy, None, Vec::new()).unwrap();
+        let rebased = Image::from_bytes(out, Some(&k1)).unwrap();
+        salts.push(rebased.index_nonce_salt());
+        let mut pairs = expected(&rebased, &k1);
+        pairs.pop(); // the key slot, as stored: not sealed again
+        want.push(pairs.pop().unwrap()); // the index, sealed again
+    }
+    salts.sort_unstable();
+    salts.dedup();
+    assert_eq!(salts.len(), 3, "index nonce salts repeat: {salts:?}");
     let recorded = audit::stop();
 
     let mut seen = HashSet::new();
@@ -94,7 +157,7 @@ fn no_key_nonce_pair_repeats() {
     assert_eq!(img.trailer().generation, 2);
     assert_eq!(img.trailer().superseded, 0);
     println!(
-        "nonce audit: {} pairs recorded while sealing (7 images, 2 relayouts, 2 rotations), none twice",
+        "nonce audit: {} pairs recorded while sealing (9 images, 2 relayouts, 2 rotations, 2 rebases), none twice",
         recorded.len()
     );
 }

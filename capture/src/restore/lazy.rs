@@ -73,7 +73,7 @@
 //! delays every fault behind it; and a fork waits until every piece has
 //! been fetched (for a remote image, downloaded).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, Weak};
@@ -81,6 +81,7 @@ use std::thread::JoinHandle;
 
 use memimg::{Extent, ExtentKind, Image, Profile, Region};
 
+use super::fetch::{Fetched, Plan, Pool};
 use super::order::{Ordered, Recorder};
 use super::pending::{Pending, Run};
 use super::uffd::{feature, Msg, RawMsg, Uffd};
@@ -184,7 +185,11 @@ pub struct LazyStats {
     /// Every page of this process has its bytes and the userfaultfd was
     /// let go: the regions are ordinary memory now.
     pub released: bool,
-    /// The first chunk that failed to decode, if any.
+    /// Pieces whose bytes could not be had (damage; for a remote image, a
+    /// fetch that failed after its retries): their pages were made
+    /// inaccessible, never filled with wrong bytes.
+    pub units_failed: u64,
+    /// The first chunk that failed to decode or fetch, if any.
     pub error: Option<String>,
     /// Faults that had to wait for the image's bytes: the page still waited
     /// when it was touched, so the handler fetched (or took from a buffer)
@@ -231,6 +236,7 @@ struct Shared {
     faults: AtomicU64,
     refaults: AtomicU64,
     units_done: AtomicU64,
+    units_failed: AtomicU64,
     bytes_copied: AtomicU64,
     forks: AtomicU64,
     remaps: AtomicU64,
@@ -340,9 +346,16 @@ impl std::fmt::Debug for LazyHandle {
 }
 
 impl LazyHandle {
+    /// Starts the handler of `img`'s `regions`. With `workers` 0 the
+    /// handler reads and decodes each piece itself (a local image); with
+    /// more, that many worker threads fetch and decode while the handler
+    /// only places (a remote image: see `fetch.rs`). `record` and
+    /// `background` are [`super::RestoreOptions::record_profile`] and
+    /// [`super::RestoreOptions::working_set_in_background`].
     pub(super) fn start(
         img: Image,
         regions: &[Region],
+        workers: usize,
         record: Option<std::time::Duration>,
         background: bool,
     ) -> Result<LazyHandle, RestoreError> {
@@ -400,15 +413,26 @@ impl LazyHandle {
             ))
         });
         let ws = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        // Before returning: one read. In the background: read-ahead of the
-        // whole range, then chunk by chunk, so the first touches need not
-        // wait for the whole working set.
-        if background {
-            super::order::read_ahead(&img);
-        }
-        let src = Ordered::new(img, Arc::clone(&ws), !background);
+        // Before returning: one read (for a remote image, one ranged GET on
+        // a fetch thread). In the background: read-ahead of the whole range
+        // (for a remote image, the fetch threads fetch it chunk by chunk, in
+        // profile order), so the first touches need not wait for the whole
+        // working set.
+        let via = if workers == 0 {
+            if background {
+                super::order::read_ahead(&img);
+            }
+            Via::Inline(Ordered::new(img, Arc::clone(&ws), !background))
+        } else {
+            let range = img
+                .working_set_range()
+                .ok()
+                .flatten()
+                .filter(|_| !background);
+            Via::Workers(Arc::new(img), workers, range)
+        };
         let wait = !plan.is_empty() && !background && recorder.is_none();
-        let h = Self::start_with(src, units, &ranges, u64::from(ps), (plan, recorder, ws))?;
+        let h = Self::start_with(via, units, &ranges, u64::from(ps), (plan, recorder, ws))?;
         if wait {
             // The working set is placed before the program goes on (faults
             // meanwhile are answered first, as always).
@@ -418,7 +442,7 @@ impl LazyHandle {
     }
 
     fn start_with<S: ChunkSource>(
-        src: S,
+        via: Via<S>,
         units: Vec<Unit>,
         ranges: &[(u64, u64)],
         ps: u64,
@@ -442,6 +466,7 @@ impl LazyHandle {
             faults: AtomicU64::new(0),
             refaults: AtomicU64::new(0),
             units_done: AtomicU64::new(0),
+            units_failed: AtomicU64::new(0),
             bytes_copied: AtomicU64::new(0),
             forks: AtomicU64::new(0),
             remaps: AtomicU64::new(0),
@@ -482,9 +507,33 @@ impl LazyHandle {
         }
         let units_total = units.len() as u64;
         let left = units.iter().map(|u| u.len).collect();
+        let fetch = match via {
+            Via::Inline(src) => Fetch::Inline(src),
+            Via::Workers(img, n, range) => {
+                let weak = Arc::downgrade(&shared);
+                let poke = Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.poke();
+                    }
+                });
+                let extents = units.iter().map(|u| u.extent).collect();
+                let addrs: Vec<u64> = units.iter().map(|u| u.addr).collect();
+                let plan = Plan {
+                    units: plan.iter().copied().collect(),
+                    range,
+                    counts: Arc::clone(&shared.ws),
+                };
+                let pool = Pool::start(img, extents, &addrs, n, poke, plan)
+                    .map_err(|e| RestoreError::io("starting the fetch threads", e))?;
+                Fetch::Pool(pool)
+            }
+        };
         let handler = Handler {
             eng: Engine {
-                src,
+                fetch,
+                ready: HashMap::new(),
+                asked: HashSet::new(),
+                zero_next: 0,
                 shared: Arc::clone(&shared),
                 ps,
                 units,
@@ -493,11 +542,13 @@ impl LazyHandle {
                 buf: Vec::new(),
                 buf_unit: None,
                 plan,
+                plan_started: false,
             },
             spaces: vec![Space {
                 uffd,
                 pending,
                 faults: VecDeque::new(),
+                parked: Vec::new(),
                 known: ranges.to_vec(),
                 damaged: Vec::new(),
                 main: true,
@@ -537,6 +588,7 @@ impl LazyHandle {
             refaults: get(&s.refaults),
             units_done: get(&s.units_done),
             units_total: self.units_total,
+            units_failed: get(&s.units_failed),
             bytes_copied: get(&s.bytes_copied),
             forks: get(&s.forks),
             remaps: get(&s.remaps),
@@ -610,6 +662,9 @@ struct Space {
     pending: Pending,
     /// Faults read and not yet answered: (address, thread id).
     faults: VecDeque<(u64, i32)>,
+    /// Faults waiting for a piece the fetch threads have not delivered yet:
+    /// (unit, address, thread id).
+    parked: Vec<(usize, u64, i32)>,
     /// The ranges registered with `uffd`, as far as the handler knows: the
     /// regions, plus where `mremap` moved them, less what was unmapped.
     known: Vec<(u64, u64)>,
@@ -637,11 +692,37 @@ enum Step {
     Blocked,
     /// The address space is gone.
     Gone,
+    /// The piece's bytes are being fetched by the worker threads (unit
+    /// number): answer other faults meanwhile.
+    Wait(usize),
+}
+
+/// How the handler gets a piece's bytes.
+enum Via<S> {
+    /// From `S` on the handler thread.
+    Inline(S),
+    /// From the image on this many worker threads; the working set's file
+    /// range when it is fetched with one request.
+    Workers(Arc<Image>, usize, Option<std::ops::Range<u64>>),
+}
+
+/// The running form of [`Via`].
+enum Fetch<S> {
+    Inline(S),
+    Pool(Pool),
 }
 
 /// Fetching and placing, apart from the spaces it works on.
 struct Engine<S> {
-    src: S,
+    fetch: Fetch<S>,
+    /// Pieces the worker threads delivered and the handler has not placed
+    /// yet, by unit.
+    ready: HashMap<usize, Fetched>,
+    /// Units demanded of the worker threads and not delivered yet.
+    asked: HashSet<usize>,
+    /// The first unit that may be a zero piece still waiting (prefetching
+    /// with worker threads places zero pieces in order).
+    zero_next: usize,
     shared: Arc<Shared>,
     ps: u64,
     /// Sorted by image address.
@@ -656,6 +737,9 @@ struct Engine<S> {
     /// Units to place first, in this order: the working set of an image
     /// with a load order.
     plan: VecDeque<usize>,
+    /// The fetch threads were told to fetch the plan, and not yet that it
+    /// is over.
+    plan_started: bool,
 }
 
 struct Handler<S> {
@@ -695,6 +779,7 @@ impl<S: ChunkSource> Handler<S> {
         let mut told = (false, false);
         loop {
             self.read_messages();
+            self.eng.collect(&mut self.spaces);
             let mut blocked = false;
             for sp in &mut self.spaces {
                 blocked |= self.eng.answer_faults(sp) == Step::Blocked;
@@ -704,10 +789,19 @@ impl<S: ChunkSource> Handler<S> {
                 self.sleep(10);
                 continue;
             }
-            let placed = self
-                .spaces
-                .first()
-                .is_some_and(|s| s.main && s.pending.is_empty() && s.faults.is_empty());
+            // A piece the fetch threads delivered, one per turn: faults
+            // that came meanwhile are answered first.
+            match self.eng.place_ready(&mut self.spaces) {
+                Step::Idle => {}
+                Step::Blocked => {
+                    self.sleep(10);
+                    continue;
+                }
+                _ => continue,
+            }
+            let placed = self.spaces.first().is_some_and(|s| {
+                s.main && s.pending.is_empty() && s.faults.is_empty() && s.parked.is_empty()
+            });
             if !self.released && placed && self.release() == Step::Blocked {
                 self.sleep(1);
                 continue;
@@ -755,11 +849,19 @@ impl<S: ChunkSource> Handler<S> {
                             continue;
                         }
                         Step::Did => continue,
+                        // The fetch threads bring the working set: go on
+                        // below until they deliver.
+                        Step::Wait(_) => {}
                     }
                 }
             }
             let shared = &self.eng.shared;
             let main_too = (shared.prefetch.load(Ordering::Relaxed) && !recording) || finish;
+            if main_too {
+                if let Fetch::Pool(p) = &self.eng.fetch {
+                    p.prefetch();
+                }
+            }
             // Children first: they may outlive this process.
             let target = self
                 .spaces
@@ -772,9 +874,15 @@ impl<S: ChunkSource> Handler<S> {
                         .filter(|_| main_too)
                 });
             if let Some(i) = target {
-                let main = self.spaces[i].main;
+                let sp = &mut self.spaces[i];
+                let main = sp.main;
                 let before = self.eng.shared.units_done.load(Ordering::Relaxed);
-                let step = self.eng.fill_first(&mut self.spaces[i]);
+                let step = match self.eng.fetch {
+                    // The fetch threads bring the data pieces of this
+                    // process; the handler places its zero pieces.
+                    Fetch::Pool(_) if main => self.eng.fill_zero(sp),
+                    _ => self.eng.fill_first(sp),
+                };
                 if main && step == Step::Did {
                     let done = self.eng.shared.units_done.load(Ordering::Relaxed);
                     self.eng
@@ -784,16 +892,22 @@ impl<S: ChunkSource> Handler<S> {
                 match step {
                     Step::Blocked => {
                         self.sleep(10);
+                        continue;
                     }
-                    Step::Gone => self.spaces[i].dead = true,
-                    _ => {}
+                    Step::Gone => {
+                        self.spaces[i].dead = true;
+                        continue;
+                    }
+                    // Waiting for the fetch threads: sleep until they
+                    // deliver or a fault comes.
+                    Step::Wait(_) | Step::Idle => {}
+                    Step::Did => continue,
                 }
-                continue;
             }
             // Children that have every page stay registered (a copy of their
             // userfaultfd may live in another child): probe now and then
             // whether they are gone.
-            let idle = self.spaces.iter().any(|s| !s.main);
+            let idle = self.spaces.iter().any(|s| !s.main && s.pending.is_empty());
             if !self.sleep(if idle { 1000 } else { -1 }) {
                 let ps = self.eng.ps;
                 for sp in self.spaces.iter_mut().filter(|s| !s.main) {
@@ -904,6 +1018,7 @@ impl<S: ChunkSource> Engine<S> {
                         uffd,
                         pending: sp.pending.clone(),
                         faults: VecDeque::new(),
+                        parked: Vec::new(),
                         known: sp.known.clone(),
                         damaged: sp.damaged.clone(),
                         main: false,
@@ -949,6 +1064,9 @@ impl<S: ChunkSource> Engine<S> {
                     *left = left.saturating_sub(overlap);
                     if was > 0 && *left == 0 {
                         self.shared.count(&self.shared.units_done, 1);
+                        if let Fetch::Pool(p) = &self.fetch {
+                            p.forget(u.addr);
+                        }
                     }
                 }
                 i += 1;
@@ -963,7 +1081,12 @@ impl<S: ChunkSource> Engine<S> {
                 Step::Gone => {
                     sp.dead = true;
                     sp.faults.clear();
+                    sp.parked.clear();
                     return Step::Gone;
+                }
+                Step::Wait(unit) => {
+                    sp.faults.pop_front();
+                    sp.parked.push((unit, addr, tid));
                 }
                 _ => {
                     sp.faults.pop_front();
@@ -979,6 +1102,9 @@ impl<S: ChunkSource> Engine<S> {
         if let Some(run) = sp.pending.lookup(page) {
             if sp.main {
                 self.note_fault(page.wrapping_sub(run.delta()));
+            }
+            if let Fetch::Pool(p) = &self.fetch {
+                p.hint(page.wrapping_sub(run.delta()));
             }
             return self.fill(sp, page, run);
         }
@@ -1043,6 +1169,17 @@ impl<S: ChunkSource> Engine<S> {
                 .first()
                 .copied();
             match first.and_then(|(s, _)| sp.pending.lookup(s).map(|r| (s, r))) {
+                Some(_) if self.waits_for_pool(i) => {
+                    // The fetch threads bring it (place_ready places it):
+                    // they fetch the working set in profile order once told.
+                    if let Fetch::Pool(p) = &self.fetch {
+                        if !self.plan_started {
+                            self.plan_started = true;
+                            p.start_plan();
+                        }
+                    }
+                    return Step::Wait(i);
+                }
                 Some((s, run)) if run.delta() == 0 => {
                     let before = self.shared.units_done.load(Ordering::Relaxed);
                     let step = self.fill(sp, s, run);
@@ -1055,6 +1192,112 @@ impl<S: ChunkSource> Engine<S> {
                     self.plan.pop_front();
                 }
             }
+        }
+        if let Fetch::Pool(p) = &self.fetch {
+            if self.plan_started {
+                self.plan_started = false;
+                p.plan_done();
+            }
+        }
+        Step::Idle
+    }
+
+    /// With fetch threads: unit `i`'s bytes have not been delivered yet.
+    fn waits_for_pool(&self, i: usize) -> bool {
+        matches!(self.fetch, Fetch::Pool(_))
+            && self.buf_unit != Some(i)
+            && !self.ready.contains_key(&i)
+    }
+
+    /// Takes what the fetch threads delivered, and sends the faults parked
+    /// on it (or on a page that no longer waits) back to be answered.
+    fn collect(&mut self, spaces: &mut [Space]) {
+        if let Fetch::Pool(p) = &self.fetch {
+            for (i, r) in p.take() {
+                self.asked.remove(&i);
+                self.ready.insert(i, r);
+            }
+        }
+        let ps = self.ps;
+        for sp in spaces.iter_mut().filter(|s| !s.parked.is_empty()) {
+            let parked = std::mem::take(&mut sp.parked);
+            for (i, addr, tid) in parked {
+                let here = self.ready.contains_key(&i) || self.buf_unit == Some(i);
+                let waits = sp.pending.lookup(addr & !(ps - 1)).is_some();
+                if here || !waits {
+                    if waits && sp.main {
+                        // Counted in faults_waited when first answered; it
+                        // is counted again when answered now.
+                        self.shared.faults_waited.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    sp.faults.push_front((addr, tid));
+                } else {
+                    sp.parked.push((i, addr, tid));
+                }
+            }
+        }
+    }
+
+    /// Places one delivered piece wherever it is still waiting; `Idle` when
+    /// none was delivered.
+    fn place_ready(&mut self, spaces: &mut [Space]) -> Step {
+        let Some(&i) = self.ready.keys().next() else {
+            return Step::Idle;
+        };
+        for sp in spaces.iter_mut() {
+            let before = self.shared.units_done.load(Ordering::Relaxed);
+            match self.fill_unit(sp, i) {
+                Step::Blocked => return Step::Blocked,
+                Step::Gone => sp.dead = true,
+                // No fault took it first (those are answered before): it
+                // was prefetched, or is the working set.
+                Step::Did if sp.main => {
+                    let done = self.shared.units_done.load(Ordering::Relaxed);
+                    self.shared
+                        .count(&self.shared.units_prefetched, done - before);
+                }
+                _ => {}
+            }
+        }
+        // Waiting nowhere any more (discarded meanwhile): let it go.
+        self.ready.remove(&i);
+        Step::Did
+    }
+
+    /// Fills every waiting page of `sp` whose bytes are those of unit `i`,
+    /// wherever `mremap` has moved them.
+    fn fill_unit(&mut self, sp: &mut Space, i: usize) -> Step {
+        let Some(u) = self.units.get(i).copied() else {
+            return Step::Idle;
+        };
+        // Each turn places one run at one distance from the image, or
+        // drops it; the bound only guards against a bug looping for ever.
+        let mut step = Step::Idle;
+        for _ in 0..1024 {
+            let Some((page, run)) = sp.pending.find_img(u.addr, u.addr + u.len) else {
+                break;
+            };
+            step = self.fill(sp, page, run);
+            if step != Step::Did {
+                break;
+            }
+        }
+        step
+    }
+
+    /// Prefetch with fetch threads: places the next zero piece of this
+    /// process still waiting (the threads bring the data pieces).
+    fn fill_zero(&mut self, sp: &mut Space) -> Step {
+        while let Some(u) = self.units.get(self.zero_next).copied() {
+            let waiting = self.left.get(self.zero_next).is_some_and(|&l| l > 0);
+            if u.extent.is_none() && waiting {
+                match self.fill_unit(sp, self.zero_next) {
+                    // Nothing of it waits in this space after all.
+                    Step::Idle => {}
+                    step => return step,
+                }
+            }
+            self.zero_next += 1;
         }
         Step::Idle
     }
@@ -1083,13 +1326,35 @@ impl<S: ChunkSource> Engine<S> {
         let pieces = sp.pending.pieces(lo, lo + u.len, delta);
         if let Some(ext) = u.extent {
             if self.buf_unit != Some(i) {
-                let len = usize_of(u.len);
-                if self.buf.len() < len {
-                    self.buf.resize(len, 0);
-                }
-                self.buf_unit = None;
-                if let Err(e) = self.src.fetch(&ext, &mut self.buf[..len]) {
+                let got = match &mut self.fetch {
+                    Fetch::Inline(src) => {
+                        let len = usize_of(u.len);
+                        if self.buf.len() < len {
+                            self.buf.resize(len, 0);
+                        }
+                        self.buf_unit = None;
+                        src.fetch(&ext, &mut self.buf[..len])
+                            .map_err(|e| e.to_string())
+                    }
+                    Fetch::Pool(pool) => match self.ready.remove(&i) {
+                        Some(Ok(bytes)) => {
+                            self.buf = bytes;
+                            Ok(())
+                        }
+                        Some(Err(why)) => Err(why),
+                        None => {
+                            if self.asked.insert(i) {
+                                pool.demand(i, u.addr, img);
+                            }
+                            return Step::Wait(i);
+                        }
+                    },
+                };
+                if let Err(e) = got {
                     let why = format!("{:#x}-{:#x}: {e}", u.addr, u.addr + u.len);
+                    if sp.main {
+                        self.shared.count(&self.shared.units_failed, 1);
+                    }
                     self.damage(sp, &pieces, why);
                     return Step::Did;
                 }

@@ -81,6 +81,7 @@
 //! the program does waits on the handler any more. How the handler does
 //! all this is in `lazy.rs`.
 
+mod fetch;
 mod lazy;
 mod order;
 mod pending;
@@ -197,7 +198,22 @@ pub struct Restored {
 /// error, nothing stays mapped.
 pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let mut img = Image::open_with_key(path, opts.key.as_ref())?;
+    let img = Image::open_with_key(path, opts.key.as_ref())?;
+    restore_image(img, Some(path), opts, 0, t0)
+}
+
+/// Restores `img`, read from the file `file` (`None`: from a store that is
+/// not a file, where mmap is impossible). With `fetchers` above 0 the
+/// chunks come from a slow source: an eager restore decodes on that many
+/// threads, a lazy one fetches on that many worker threads (see
+/// `fetch.rs`).
+fn restore_image(
+    mut img: Image,
+    file: Option<&Path>,
+    opts: &RestoreOptions,
+    fetchers: usize,
+    t0: Instant,
+) -> Result<Restored, RestoreError> {
     // Each chunk's stored checksum (and, when encrypted, its tag) is still
     // checked before it is decoded; hashing the decoded bytes again would
     // only catch a zstd bug, at a tenth of the decode time.
@@ -226,26 +242,46 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
             });
         }
     }
-    let mappable = mmap_unavailable(&img, &regions).is_none();
+    let not_mappable = match file {
+        Some(_) => mmap_unavailable(&img, &regions),
+        None => Some(
+            "the image is not a local file (it is in object storage): there is no file to map; \
+             use the eager or lazy strategy"
+                .to_string(),
+        ),
+    };
     let strategy = match opts.strategy {
-        Strategy::Auto if mappable => Strategy::Mmap,
+        Strategy::Auto if not_mappable.is_none() => Strategy::Mmap,
         Strategy::Auto => Strategy::Eager,
-        Strategy::Mmap if !mappable => {
+        Strategy::Mmap if not_mappable.is_some() => {
             return Err(RestoreError::StrategyUnavailable {
                 strategy: "mmap",
-                why: mmap_unavailable(&img, &regions).unwrap_or_default(),
+                why: not_mappable.unwrap_or_default(),
             })
         }
         s => s,
     };
     let res = Reservation::new(&regions)?;
     let mut lazy = None;
-    match strategy {
-        Strategy::Mmap => {
+    match (strategy, file) {
+        (Strategy::Mmap, Some(path)) => {
             map_from_file(&img, path, &regions)?;
             res.protect(&regions)?;
         }
-        Strategy::Eager => {
+        (Strategy::Eager, _) if fetchers > 0 => {
+            // Each decode of a remote chunk waits for its GET: as many
+            // threads as requests wanted in flight.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(fetchers)
+                .thread_name(|i| format!("memimg-restore-{i}"))
+                .build()
+                .map_err(|e| {
+                    RestoreError::io("starting the restore threads", std::io::Error::other(e))
+                })?;
+            pool.install(|| decode_all(&img, &regions))?;
+            res.protect(&regions)?;
+        }
+        (Strategy::Eager, _) => {
             decode_all(&img, &regions)?;
             res.protect(&regions)?;
         }
@@ -255,6 +291,7 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
             lazy = Some(LazyHandle::start(
                 img,
                 &regions,
+                fetchers,
                 opts.record_profile,
                 opts.working_set_in_background,
             )?);
@@ -269,6 +306,100 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
     })
 }
 
+/// How [`restore_from`] reads an image in object storage.
+#[cfg(feature = "remote")]
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// The store's endpoint, region and credentials. By default from the
+    /// environment, as the AWS CLI reads them
+    /// ([`memimg_remote::S3Options::from_env`]).
+    pub s3: memimg_remote::S3Options,
+    /// Chunk requests in flight at once: the worker threads of a lazy
+    /// restore (which fetch on first touch and prefetch), or the decoding
+    /// threads of an eager one. By default [`DEFAULT_IN_FLIGHT`].
+    pub in_flight: usize,
+}
+
+/// Chunk requests a restore from object storage keeps in flight. By default
+/// 8: enough to hide a store's latency of tens of milliseconds behind
+/// 512 KiB chunks, few enough for a small machine.
+#[cfg(feature = "remote")]
+pub const DEFAULT_IN_FLIGHT: usize = 8;
+
+#[cfg(feature = "remote")]
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            s3: memimg_remote::S3Options::from_env(),
+            in_flight: DEFAULT_IN_FLIGHT,
+        }
+    }
+}
+
+/// Restores the image at `loc`, a path or an `s3://BUCKET/KEY` URL, into
+/// this process.
+///
+/// A path is restored as by [`restore`]. For a URL, opening fetches the
+/// header page, the trailer and the index (a few ranged GETs, never the
+/// whole object), then:
+///
+/// - [`Strategy::Lazy`] returns before any chunk is fetched. A chunk is
+///   fetched (one ranged GET), decoded and placed on the first touch of one
+///   of its pages; after [`LazyHandle::prefetch`], worker threads fetch the
+///   rest, `in_flight` requests at a time, nearest to the latest faults
+///   first. Fetching runs on those threads, never on the thread that
+///   answers faults, so a slow request never holds up pages already
+///   fetched. Everything `restore`'s docs say a lazily restored program
+///   may do holds, and the first fork through the C library still waits
+///   for the rest of the image: here, for it to be downloaded.
+/// - [`Strategy::Eager`] (and `Auto`) fetches and decodes every chunk on
+///   `in_flight` threads before returning.
+/// - [`Strategy::Mmap`] is refused: there is no file to map.
+///
+/// **When a chunk cannot be fetched** during a lazy restore (the network
+/// failed after the reader's retries, credentials were revoked, the object
+/// was replaced, or the chunk is damaged), its pages are never filled with
+/// wrong bytes and no thread waits for ever: the pages are made
+/// inaccessible, so a thread touching one gets SIGSEGV at that address, as
+/// for a damaged chunk of a local image. [`LazyStats::error`] says why and
+/// [`LazyStats::units_failed`] how many pieces failed. After the first
+/// failure that is not damage, every chunk not yet fetched fails at once
+/// (the store is taken to be gone), so a restore whose store went away ends
+/// within one request's retries (`S3Options::with_retries`,
+/// `with_request_timeout`), not one per chunk.
+///
+/// # Errors
+/// As [`restore`], and [`RestoreError::Remote`] when the object cannot be
+/// reached (a missing bucket or key, refused credentials, the network).
+#[cfg(feature = "remote")]
+pub fn restore_from(
+    loc: &memimg_remote::Location,
+    remote: &RemoteOptions,
+    opts: &RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    use memimg_remote::{Location, ReaderOptions, Store};
+    let t0 = Instant::now();
+    let url = match loc {
+        Location::Local(p) => return restore(p, opts),
+        Location::S3(url) => url,
+    };
+    let reader = Store::new(&url.bucket, &remote.s3)
+        .and_then(|s| s.reader(url, ReaderOptions::default()))
+        .map_err(RestoreError::Remote)?;
+    let img = match Image::from_read_at(std::sync::Arc::new(reader), opts.key.as_ref()) {
+        Ok(img) => img,
+        // A failed request inside the reader: say which, with its kind.
+        Err(e) if memimg_remote::Error::find(&e).is_some() => {
+            return Err(RestoreError::Remote(memimg_remote::Error::from_memimg(
+                &url.to_string(),
+                e,
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    restore_image(img, None, opts, remote.in_flight.max(1), t0)
+}
+
 fn abbreviate(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned();
     if b.len() > 40 {
@@ -279,6 +410,21 @@ fn abbreviate(b: &[u8]) -> String {
 }
 
 fn check(img: &Image, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    // An incremental image (format 1.1) takes pages from its parent, which
+    // restore does not read yet: refuse it, with the error that names the
+    // parent it needs, rather than restore those pages as anything else.
+    if img.parent().is_some() {
+        for r in img.regions()? {
+            if let Some(e) = img
+                .region_extents(r)?
+                .iter()
+                .find(|e| e.kind == ExtentKind::InParent)
+            {
+                let mut one = [0u8; 1];
+                img.read_at(e.addr, &mut one)?;
+            }
+        }
+    }
     let here = MachineFacts::current();
     let theirs = img.header().machine;
     if let Some(field) = theirs.first_difference(&here) {

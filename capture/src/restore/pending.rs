@@ -117,6 +117,32 @@ impl Pending {
         out
     }
 
+    /// A pending run holding some of the image's bytes `img..img_end`,
+    /// wherever it is now, and its first page that does: the place of a
+    /// piece of the image to fill. Runs that kept their address are looked
+    /// up directly; moved ones (after `mremap`) by a scan.
+    pub fn find_img(&self, img: u64, img_end: u64) -> Option<(u64, Run)> {
+        let direct = self.overlapping(img, img_end).into_iter().find_map(|s| {
+            let &(e, i) = self.runs.get(&s)?;
+            (s == i).then_some(Run {
+                start: s,
+                end: e,
+                img: i,
+            })
+        });
+        let run = direct.or_else(|| {
+            self.runs.iter().find_map(|(&s, &(e, i))| {
+                let holds = i < img_end && img < i + (e - s);
+                holds.then_some(Run {
+                    start: s,
+                    end: e,
+                    img: i,
+                })
+            })
+        })?;
+        Some((run.start + img.saturating_sub(run.img), run))
+    }
+
     /// The pending pieces inside `start..end` whose distance to the image
     /// is `delta`: the pages one decoded chunk can fill.
     pub fn pieces(&self, start: u64, end: u64, delta: u64) -> Vec<(u64, u64)> {
@@ -228,6 +254,22 @@ mod tests {
             Some(4 * P)
         );
         assert_eq!(p.lookup(51 * P), None);
+    }
+
+    #[test]
+    fn find_img_follows_moved_runs() {
+        let mut p = Pending::default();
+        p.insert(0, 4 * P, 0);
+        p.insert(10 * P, 12 * P, 10 * P);
+        assert_eq!(p.find_img(P, 2 * P).map(|(pg, _)| pg), Some(P));
+        // Image pages 10..12 moved to 50..52: found there, at its page.
+        p.shift(10 * P, 50 * P, 2 * P);
+        let (pg, run) = p.find_img(11 * P, 12 * P).unwrap();
+        assert_eq!((pg, run.start, run.img), (51 * P, 50 * P, 10 * P));
+        // A run that starts inside the asked range gives its own first page.
+        assert_eq!(p.find_img(0, 20 * P).map(|(pg, _)| pg), Some(0));
+        p.remove(0, 4 * P);
+        assert_eq!(p.find_img(0, 4 * P), None);
     }
 
     #[test]

@@ -36,6 +36,10 @@ fn role_entry() {
             if crate::protect::child_role(other) {
                 return;
             }
+            #[cfg(feature = "remote")]
+            if crate::remote::child_role(other) {
+                return;
+            }
             if !crate::restore::child_role(other) {
                 panic!("unknown role {other}");
             }

@@ -544,7 +544,14 @@ fn capturer_killed_at_several_moments_of_a_fork_capture() {
         );
         // A copy killed with the capturer (PTRACE_O_EXITKILL) may stay a
         // zombie child of the target (see fork.rs): dead, never running.
-        std::thread::sleep(Duration::from_millis(20));
+        // SIGKILL is delivered at once but a loaded machine may take a while
+        // to run the dying copy to its end: wait up to 5 s for it.
+        let t = std::time::Instant::now();
+        while common::children_of(pid).iter().any(|&(_, st)| st != b'Z')
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for (c, st) in common::children_of(pid) {
             assert_eq!(
                 st, b'Z',

@@ -226,6 +226,17 @@ fn drop_cap_sys_ptrace() {
     assert_eq!(rc, 0);
 }
 
+/// Restores the image named by `IMG`: a path, or (with the `remote`
+/// feature) an `s3://` URL, for `remote.rs`.
+fn restore_env(opts: &RestoreOptions) -> memimg_capture::Restored {
+    let img = env("IMG");
+    #[cfg(feature = "remote")]
+    if img.starts_with("s3://") {
+        return crate::remote::restore_url(opts);
+    }
+    restore(Path::new(&img), opts).unwrap()
+}
+
 fn twin() {
     if std::env::var("DROP_PTRACE").is_ok() {
         drop_cap_sys_ptrace();
@@ -236,7 +247,7 @@ fn twin() {
         key: Some(key_from_env()),
         ..RestoreOptions::default()
     };
-    let mut restored = restore(Path::new(&env("IMG")), &opts).unwrap();
+    let mut restored = restore_env(&opts);
     assert_eq!(restored.strategy, strategy);
     let mut t = Twin {
         base: hex_env("BASE"),
@@ -639,7 +650,7 @@ fn damaged() {
         key: Some(key_from_env()),
         ..RestoreOptions::default()
     };
-    let mut restored = restore(Path::new(&env("IMG")), &opts).unwrap();
+    let mut restored = restore_env(&opts);
     let base = hex_env("BASE");
     let bad = hex_env("DAMAGED");
     // SAFETY: a restored, readable page.

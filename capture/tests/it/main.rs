@@ -22,5 +22,9 @@ mod live;
 mod loadorder;
 mod protect;
 mod registers;
+#[cfg(feature = "remote")]
+mod remote;
+#[cfg(not(feature = "remote"))]
+mod remote_off;
 mod restore;
 mod track;

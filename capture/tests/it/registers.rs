@@ -188,7 +188,7 @@ fn export_core(image: &Path, core: &Path) {
             match e.kind {
                 ExtentKind::Data => loads.push((e.addr, e.len(ps), flags, Some(e))),
                 ExtentKind::Zero => loads.push((e.addr, e.len(ps), flags, None)),
-                ExtentKind::Absent => {}
+                ExtentKind::Absent | ExtentKind::InParent => {}
             }
         }
     }

@@ -340,3 +340,39 @@ fn persist_refuses_unaligned_regions() {
     );
     assert!(e.to_string().contains("region odd"), "{e}");
 }
+
+/// An incremental image (format 1.1) takes pages from its parent, which
+/// restore does not read: it is refused with the error naming the parent
+/// it needs, before anything is mapped, never restored with those pages
+/// as zeros.
+#[test]
+fn a_child_image_is_refused_naming_its_parent() {
+    let addr = 0x3000_0000_0000 + 40 * 0x1_0000_0000;
+    let dir = tempfile::tempdir().unwrap();
+    let info = || memimg::RegionInfo::new(addr, 4 * 4096).kind(RegionKind::Heap);
+    let opts = || {
+        memimg::WriterOptions::new()
+            .page_size(4096)
+            .chunk_size(4096)
+            .workers(0)
+    };
+    let mut data = vec![7u8; 4 * 4096];
+    let mut w = memimg::Writer::new(Vec::new(), opts()).unwrap();
+    w.add_region(info(), &data).unwrap();
+    let parent = memimg::Image::from_bytes(w.finish().unwrap().0, None).unwrap();
+    let parent = memimg::Chain::single(parent);
+    data[4096] = 8;
+    let mut w = memimg::Writer::new(Vec::new(), opts().parent_of(parent.image()).unwrap()).unwrap();
+    w.add_region_against(info(), &data, &parent).unwrap();
+    let child = dir.path().join("child.img");
+    std::fs::write(&child, w.finish().unwrap().0).unwrap();
+    let e = restore(&child, &RestoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, RestoreError::Format(f) if f.kind() == memimg::ErrorKind::ParentRequired),
+        "{e}"
+    );
+    // Nothing was mapped: the range is still free.
+    let p = map_at(addr, 4 * 4096);
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(p.cast(), 4 * 4096) };
+}

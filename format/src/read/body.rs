@@ -98,6 +98,14 @@ pub(super) fn parse_body(
             0 => ExtentKind::Data,
             1 => ExtentKind::Zero,
             2 => ExtentKind::Absent,
+            // 1.1: the parent's pages, only in an image with a parent.
+            3 if header.features.incompat & Features::PARENT != 0 => ExtentKind::InParent,
+            3 => {
+                return Err(malformed(
+                    eloc,
+                    format!("extent {i} is in parent, but the image has no parent (the parent feature is not set)"),
+                ))
+            }
             k => return Err(malformed(eloc, format!("extent {i}: unknown kind {k}"))),
         };
         let codec = match (kind, r.codec) {

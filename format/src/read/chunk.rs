@@ -60,8 +60,9 @@ impl Image {
     /// decrypted and decompressed.
     ///
     /// # Errors
-    /// `NotCaptured` for an absent extent; damage kinds when the chunk's
-    /// checksums or tag do not match.
+    /// `NotCaptured` for an absent extent; `ParentRequired` for an in-parent
+    /// one (see [`crate::Chain`]); damage kinds when the chunk's checksums or
+    /// tag do not match.
     pub fn decode_extent(&self, ext: &Extent, out: &mut [u8]) -> Result<()> {
         let ps = self.header.page_size;
         if out.len() as u64 != ext.len(ps) {
@@ -86,6 +87,7 @@ impl Image {
                     .with_addr(ext.addr),
                 format!("{:#x}-{:#x} was not captured", ext.addr, ext.end(ps)),
             )),
+            ExtentKind::InParent => Err(self.parent_required(ext.addr)),
             ExtentKind::Data => self.decode_data(ext, out),
         }
     }
@@ -111,10 +113,11 @@ impl Image {
         let loc = Location::chunk(ext.chunk, c.offset)
             .with_region(ext.region)
             .with_addr(ext.addr);
-        let mut owned;
+        // The decrypted bytes are plaintext process memory: they live in a
+        // buffer that is zeroed when dropped.
+        let owned;
         let plain: &[u8] = match &self.dek {
             Some(dek) => {
-                owned = stored.into_owned();
                 let aad = crypt::chunk_aad(
                     &self.header.image_id,
                     ext.chunk,
@@ -122,8 +125,8 @@ impl Image {
                     ext.page_count,
                     ext.region,
                 );
-                let n = dek
-                    .open(&crypt::chunk_nonce(ext.chunk), &aad, &mut owned)
+                owned = dek
+                    .open_owned(&crypt::chunk_nonce(ext.chunk), &aad, stored)
                     .map_err(|()| {
                         Error::new(
                             ErrorKind::Authentication,
@@ -131,7 +134,6 @@ impl Image {
                             "chunk fails authentication: it was altered, moved or swapped",
                         )
                     })?;
-                owned.truncate(n);
                 &owned
             }
             None if self.is_encrypted() => {

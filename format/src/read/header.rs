@@ -177,13 +177,24 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
             "header padding is not zero",
         ))?;
     }
-    let m = match parse_header_tlv(&page[HEADER_FIXED_LEN..tlv_end], HEADER_FIXED_LEN as u64) {
+    let with_parent = f.incompat & crate::Features::PARENT != 0;
+    let m = match parse_header_tlv(
+        &page[HEADER_FIXED_LEN..tlv_end],
+        HEADER_FIXED_LEN as u64,
+        with_parent,
+    ) {
         Ok(m) => m,
         Err(e) => {
             sink.report(e)?;
             HeaderMeta::default()
         }
     };
+    if with_parent && m.parent.is_none() {
+        sink.report(malformed(
+            loc(0x10),
+            "the parent feature is set but the header has no parent record",
+        ))?;
+    }
     let header = Header {
         version: (f.version_major, f.version_minor),
         features: Features {
@@ -206,6 +217,8 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
         producer: m.producer,
         validation: m.validation,
         process: m.process,
+        parent: m.parent,
+        parent_hint: m.parent_hint,
     };
     Ok((header, page))
 }
@@ -216,10 +229,15 @@ struct HeaderMeta {
     pub producer: String,
     pub validation: Option<Validation>,
     pub process: Option<ProcessFacts>,
+    pub parent: Option<ParentRecord>,
+    pub parent_hint: Option<String>,
 }
 
 /// Parses the header records in `tlv`, which starts at file offset `base`.
-fn parse_header_tlv(tlv: &[u8], base: u64) -> Result<HeaderMeta> {
+/// The parent record and hint have a meaning only `with_parent` (the
+/// image sets `PARENT`); without it they are records of unknown type, as in
+/// 1.0 (spec.md, *Header TLV records*).
+fn parse_header_tlv(tlv: &[u8], base: u64, with_parent: bool) -> Result<HeaderMeta> {
     let mut m = HeaderMeta::default();
     // One bit per record type: 8 KiB, whatever the number of records.
     let mut seen = vec![0u64; 1024];
@@ -277,6 +295,49 @@ fn parse_header_tlv(tlv: &[u8], base: u64) -> Result<HeaderMeta> {
             meta::T_EXE => p.exe = value.to_vec(),
             meta::T_BUILD_ID => p.build_id = value.to_vec(),
             meta::T_KERNEL => p.kernel_release = value.to_vec(),
+            meta::T_PARENT if with_parent => {
+                let Some((record, reserved_zero)) = meta::parse_parent(value) else {
+                    return Err(bad(
+                        off,
+                        format!(
+                            "parent record is {len} bytes, not {}",
+                            meta::PARENT_RECORD_LEN
+                        ),
+                    ));
+                };
+                if !reserved_zero {
+                    return Err(Error::new(
+                        ErrorKind::NonZeroPadding,
+                        Location::at(off + 4 + 28),
+                        "reserved parent record bytes are not zero",
+                    ));
+                }
+                let d = record.depth;
+                if d == 0 || d > crate::MAX_CHAIN_DEPTH {
+                    return Err(bad(
+                        off + 4 + 24,
+                        format!(
+                            "parent record depth {d} is not from 1 to {} (the deepest chain a reader opens)",
+                            crate::MAX_CHAIN_DEPTH
+                        ),
+                    ));
+                }
+                m.parent = Some(record);
+            }
+            meta::T_PARENT_HINT if with_parent => {
+                if value.is_empty() || value.len() > meta::MAX_PARENT_HINT {
+                    return Err(bad(
+                        off,
+                        format!(
+                            "parent hint of {len} bytes is not from 1 to {}",
+                            meta::MAX_PARENT_HINT
+                        ),
+                    ));
+                }
+                let hint =
+                    std::str::from_utf8(value).map_err(|_| bad(off, "parent hint is not UTF-8"))?;
+                m.parent_hint = Some(hint.to_string());
+            }
             _ => {}
         }
         rest = &rest[4 + len..];

@@ -67,6 +67,17 @@ pub(crate) struct Body {
     pub load_order: Option<order::LoadOrder>,
 }
 
+/// What holds a piece of an image's address space (see `Image::walk`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hold<'a> {
+    /// An extent of the image.
+    Extent(&'a Extent),
+    /// A region recorded without data.
+    NoData(&'a Region),
+    /// No region: the gap `lo..hi` between regions.
+    Gap { lo: u64, hi: u64 },
+}
+
 /// An open, validated image.
 ///
 /// # Security
@@ -266,6 +277,41 @@ impl Image {
         &self.trailer
     }
 
+    /// The parent of this image, when it is an incremental image (1.1).
+    pub fn parent(&self) -> Option<&ParentRecord> {
+        self.header.parent.as_ref()
+    }
+
+    /// The image's depth in its chain: 0 for a full image.
+    pub fn depth(&self) -> u32 {
+        self.header.depth()
+    }
+
+    /// The parent record a child of this image carries: this image's id, the
+    /// checksum of its index (from the active trailer), and its depth plus
+    /// one.
+    ///
+    /// # Errors
+    /// `InvalidInput` when this image is already at the deepest depth a
+    /// chain may have ([`crate::MAX_CHAIN_DEPTH`]).
+    pub fn as_parent(&self) -> Result<ParentRecord> {
+        let depth = self.depth() + 1;
+        if depth > crate::MAX_CHAIN_DEPTH {
+            return Err(Error::plain(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the image is at depth {}, the deepest a chain may have: it cannot be a parent",
+                    self.depth()
+                ),
+            ));
+        }
+        Ok(ParentRecord {
+            image_id: self.header.image_id,
+            index_checksum: self.trailer.index_checksum,
+            depth,
+        })
+    }
+
     /// The salt of the index nonce (1.1, spec.md *Nonces and associated
     /// data*): 0 for the first index sealed under a data key (and in every
     /// plain or 1.0 image), a random non-zero value for an index sealed
@@ -381,72 +427,141 @@ impl Image {
     ///
     /// # Errors
     /// `NotCaptured`, naming the gap, when part of the range lies outside every
-    /// region or in a region or extent without data; damage kinds when a
-    /// chunk is damaged.
+    /// region or in a region or extent without data; `ParentRequired` for
+    /// pages of an incremental image that are its parent's (read them
+    /// through a [`crate::Chain`]); damage kinds when a chunk is damaged.
     pub fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let ps = self.header.page_size;
-        let mut done = 0usize;
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            // A range past the end of the address space: what lies before
+            // the end fails first (not captured, as a 1.0 reader said), and
+            // only then the wrap.
+            let n = usize_of(u64::MAX - addr)?;
+            self.read_at(addr, &mut buf[..n])?;
+            return Err(Error::plain(ErrorKind::InvalidInput, "address range wraps"));
+        };
         let mut scratch = Vec::new();
-        while done < buf.len() {
-            let a = addr
-                .checked_add(done as u64)
-                .ok_or_else(|| Error::plain(ErrorKind::InvalidInput, "address range wraps"))?;
-            let ext = match self.extent_at(a)? {
-                Some(e) => *e,
-                None => {
-                    let why = match self.region_at(a)? {
-                        Some(r) => format!(
-                            "region {} ({:#x}-{:#x}) was recorded without data",
-                            r.index,
-                            r.info.start,
-                            r.info.end()
-                        ),
-                        None => self.gap_description(a)?,
-                    };
-                    return Err(Error::new(
-                        ErrorKind::NotCaptured,
-                        Location::default().with_addr(a),
-                        format!("{a:#x} was not captured: {why}"),
-                    ));
-                }
-            };
-            let off_in = usize_of(a - ext.addr)?;
-            let avail = usize_of(ext.len(ps))? - off_in;
-            let take = avail.min(buf.len() - done);
-            let dst = &mut buf[done..done + take];
-            match ext.kind {
-                ExtentKind::Zero => dst.fill(0),
-                ExtentKind::Absent => {
-                    return Err(Error::new(
-                        ErrorKind::NotCaptured,
-                        Location::default().with_region(ext.region).with_addr(a),
-                        format!(
-                            "{a:#x} was not captured: pages {:#x}-{:#x} of region {} are absent",
-                            ext.addr,
-                            ext.end(ps),
-                            ext.region
-                        ),
-                    ))
-                }
-                ExtentKind::Data => {
-                    scratch.resize(usize_of(ext.len(ps))?, 0);
-                    self.decode_data(&ext, &mut scratch)?;
-                    dst.copy_from_slice(&scratch[off_in..off_in + take]);
-                }
+        self.walk(addr, end, &mut |a, b, hold| {
+            let dst = &mut buf[usize_of(a - addr)?..usize_of(b - addr)?];
+            match hold {
+                Hold::Extent(e) if e.kind == ExtentKind::InParent => Err(self.parent_required(a)),
+                hold => self.read_piece(a, hold, dst, &mut scratch),
             }
-            done += take;
+        })
+    }
+
+    /// Calls `f(a, b, hold)` for consecutive pieces `[a, b)` that tile
+    /// `[start, end)`, each held by one extent, one region without data, or
+    /// one gap between regions.
+    pub(crate) fn walk(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64, Hold<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let ps = self.header.page_size;
+        let mut a = start;
+        while a < end {
+            let (b, hold) = match self.extent_at(a)? {
+                Some(e) => (e.end(ps), Hold::Extent(e)),
+                None => match self.region_at(a)? {
+                    Some(r) => (r.info.end(), Hold::NoData(r)),
+                    None => {
+                        let rs = &self.body()?.regions;
+                        let i = rs.partition_point(|r| r.info.end() <= a);
+                        let lo = if i > 0 { rs[i - 1].info.end() } else { 0 };
+                        let hi = rs.get(i).map_or(u64::MAX, |r| r.info.start);
+                        (hi, Hold::Gap { lo, hi })
+                    }
+                },
+            };
+            // Every piece ends past `a` (extents and regions are not empty,
+            // and a gap ends where the next region starts).
+            let b = b.min(end).max(a + 1);
+            f(a, b, hold)?;
+            a = b;
         }
         Ok(())
     }
 
-    fn gap_description(&self, a: u64) -> Result<String> {
-        let rs = &self.body()?.regions;
-        let i = rs.partition_point(|r| r.info.end() <= a);
-        let lo = if i > 0 { rs[i - 1].info.end() } else { 0 };
-        let hi = rs.get(i).map_or(u64::MAX, |r| r.info.start);
-        Ok(format!(
-            "it lies in the gap {lo:#x}-{hi:#x} between regions"
-        ))
+    /// Fills `dst`, the bytes from `a` of a piece held by `hold`, from this
+    /// image alone: zeros, decoded chunk bytes, or `NotCaptured` naming why.
+    /// An in-parent extent is the caller's to resolve (it gives
+    /// `ParentRequired` here).
+    pub(crate) fn read_piece(
+        &self,
+        a: u64,
+        hold: Hold<'_>,
+        dst: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        let ps = self.header.page_size;
+        let not_captured = |loc: Location, why: String| {
+            Err(Error::new(
+                ErrorKind::NotCaptured,
+                loc.with_addr(a),
+                format!("{a:#x} was not captured: {why}"),
+            ))
+        };
+        match hold {
+            Hold::Gap { lo, hi } => not_captured(
+                Location::default(),
+                format!("it lies in the gap {lo:#x}-{hi:#x} between regions"),
+            ),
+            Hold::NoData(r) => not_captured(
+                Location::default().with_region(r.index),
+                format!(
+                    "region {} ({:#x}-{:#x}) was recorded without data",
+                    r.index,
+                    r.info.start,
+                    r.info.end()
+                ),
+            ),
+            Hold::Extent(ext) => match ext.kind {
+                ExtentKind::Zero => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                ExtentKind::Absent => not_captured(
+                    Location::default().with_region(ext.region),
+                    format!(
+                        "pages {:#x}-{:#x} of region {} are absent",
+                        ext.addr,
+                        ext.end(ps),
+                        ext.region
+                    ),
+                ),
+                ExtentKind::InParent => Err(self.parent_required(a)),
+                ExtentKind::Data => {
+                    let off_in = usize_of(a - ext.addr)?;
+                    scratch.resize(usize_of(ext.len(ps))?, 0);
+                    self.decode_data(ext, scratch)?;
+                    let piece = scratch.get(off_in..off_in + dst.len()).ok_or_else(|| {
+                        Error::plain(ErrorKind::InvalidInput, "piece past its extent")
+                    })?;
+                    dst.copy_from_slice(piece);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The error for reading in-parent pages at `a` without the parent.
+    pub(crate) fn parent_required(&self, a: u64) -> Error {
+        let (id, depth) = self
+            .header
+            .parent
+            .map_or((String::new(), 0), |p| (p.image_id_hex(), p.depth));
+        let hint = match &self.header.parent_hint {
+            Some(h) => format!(", last seen at {h}"),
+            None => String::new(),
+        };
+        Error::new(
+            ErrorKind::ParentRequired,
+            Location::default().with_addr(a),
+            format!(
+                "{a:#x} holds its parent's pages (an incremental image of depth {depth}): its parent, image {id}{hint}, is needed to read them"
+            ),
+        )
     }
 
     /// Test only (feature `nonce-audit`): every (key fingerprint, nonce) pair
@@ -481,6 +596,57 @@ impl Image {
 
     pub(crate) fn dek(&self) -> Option<&DataKey> {
         self.dek.as_ref()
+    }
+
+    /// The active key slot as stored.
+    pub(crate) fn key_slot(&self) -> &KeySlotRaw {
+        &self.key_slot
+    }
+
+    /// The index body in clear, read again from the file (and decrypted, in
+    /// a buffer zeroized when dropped), for rewrites that keep it: its
+    /// bytes are those the image was opened with, checked against the
+    /// trailer's index checksum.
+    ///
+    /// # Errors
+    /// `KeyRequired` when the image is encrypted and locked; `Checksum` when
+    /// the index changed in the file since it was opened; I/O errors.
+    pub(crate) fn clear_body(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.body()?;
+        let t = &self.trailer;
+        let index = self.src.get(t.index_offset, t.index_len, "index")?;
+        if xxhash_rust::xxh3::xxh3_64(&index) != t.index_checksum {
+            return Err(Error::new(
+                ErrorKind::Checksum,
+                Location::at(t.index_offset),
+                "the index changed in the file since the image was opened",
+            ));
+        }
+        let map_end = INDEX_HEAD_LEN + CHUNK_ENTRY_LEN * self.chunks.len();
+        let body = index.get(map_end..).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Malformed,
+                Location::at(t.index_offset),
+                "index too short",
+            )
+        })?;
+        let mut plain = zeroize::Zeroizing::new(body.to_vec());
+        if let Some(d) = &self.dek {
+            let mut aad = Vec::with_capacity(self.header_page.len() + map_end);
+            aad.extend_from_slice(&self.header_page);
+            aad.extend_from_slice(&index[..map_end]);
+            let n = d
+                .open(&crypt::index_nonce(self.index_salt), &aad, &mut plain)
+                .map_err(|()| {
+                    Error::new(
+                        ErrorKind::Authentication,
+                        Location::at(t.index_offset),
+                        "index fails authentication: it changed in the file since the image was opened",
+                    )
+                })?;
+            plain.truncate(n);
+        }
+        Ok(plain)
     }
 
     /// Where the image's bytes come from.
@@ -556,9 +722,14 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
             let mut aad = Vec::with_capacity(header_page.len() + ihead_len);
             aad.extend_from_slice(&header_page);
             aad.extend_from_slice(&index[..ihead_len]);
-            let mut plain = body_bytes.to_vec();
-            let n = d
-                .open(&crypt::index_nonce(salt), &aad, &mut plain)
+            // The index in clear names the regions and their layout: keep it
+            // in a buffer that is zeroed when dropped.
+            let plain = d
+                .open_owned(
+                    &crypt::index_nonce(salt),
+                    &aad,
+                    std::borrow::Cow::Borrowed(body_bytes),
+                )
                 .map_err(|()| {
                     Error::new(
                         ErrorKind::Authentication,
@@ -566,7 +737,6 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
                         "index fails authentication: the header, index or chunk map was altered",
                     )
                 })?;
-            plain.truncate(n);
             body = Some(parse_body(
                 &plain,
                 &header,

@@ -1,13 +1,13 @@
 //! `imgtool capture`: capture a live process into an image.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use memimg::Codec;
-use memimg_capture::{capture_to_path, CaptureOptions, CaptureReport, Method};
+use memimg_capture::{capture_to_path, capture_to_writer, CaptureOptions, CaptureReport, Method};
+use memimg_remote::{Location, RemoteWriter, Store, UploadOptions};
 use serde::Serialize;
 
 use crate::cli::CaptureArgs;
@@ -15,7 +15,7 @@ use crate::fmt;
 
 struct Plan {
     pid: i32,
-    output: PathBuf,
+    output: Location,
     codec: Codec,
     chunk_size: Option<u32>,
     exclude_file_backed: bool,
@@ -35,18 +35,22 @@ impl Plan {
                 u32::try_from(v).map_err(|_| anyhow!("--chunk-size: {t} is over 4 GiB"))
             })
             .transpose()?;
-        if a.output.exists() && !a.force {
-            bail!(
-                "{} exists: choose another name, or pass --force to replace it",
-                a.output.display()
-            );
-        }
         if a.pid <= 0 {
             bail!("--pid {}: a process id is a positive number", a.pid);
         }
+        let output = crate::open::location(&a.output)?;
+        let exists = match &output {
+            Location::Local(p) => p.exists(),
+            Location::S3(url) => Store::new(&url.bucket, crate::open::s3())
+                .and_then(|s| s.exists(url))
+                .map_err(anyhow::Error::new)?,
+        };
+        if exists && !a.force {
+            bail!("{output} exists: choose another name, or pass --force to replace it");
+        }
         Ok(Plan {
             pid: a.pid,
-            output: a.output.clone(),
+            output,
             codec,
             chunk_size,
             exclude_file_backed: a.exclude_file_backed,
@@ -83,7 +87,20 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     if let Some(w) = plan.workers {
         opts.workers = w;
     }
-    let rep = capture_to_path(plan.pid, &plan.output, &opts);
+    let rep: Result<CaptureReport> = match &plan.output {
+        Location::Local(p) => capture_to_path(plan.pid, p, &opts).map_err(anyhow::Error::new),
+        // Streamed into a multipart upload: no local copy. The object
+        // appears only when the upload completes, after the image's last
+        // byte; a failed capture drops the writer, which aborts the upload
+        // (the process is resumed whatever happens).
+        Location::S3(url) => {
+            let w = RemoteWriter::create(url, crate::open::s3(), UploadOptions::default())
+                .map_err(anyhow::Error::new)?;
+            capture_to_writer(plan.pid, w, &opts)
+                .map_err(anyhow::Error::new)
+                .and_then(|(w, rep)| w.commit().map(|_| rep).map_err(anyhow::Error::new))
+        }
+    };
     pb.finish_and_clear();
     let rep = rep?;
     let doc = CaptureDoc::new(&plan, &rep);
@@ -96,7 +113,7 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     writeln!(
         out,
         "{}: captured pid {} ({} threads): {} regions, {} of data in {} chunks stored in {} ({}), {} zero pages, {} pages not captured",
-        plan.output.display(),
+        plan.output,
         plan.pid,
         rep.threads,
         s.regions,
@@ -194,7 +211,7 @@ impl CaptureDoc {
             ),
         };
         CaptureDoc {
-            image: plan.output.display().to_string(),
+            image: plan.output.to_string(),
             pid: plan.pid,
             threads: rep.threads,
             method: rep.method.name(),

@@ -1,11 +1,11 @@
 //! `imgtool cat`: the bytes at a virtual address, raw or as a hexdump.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use memimg::{ExtentKind, Image};
+use memimg_remote::Location;
 use zeroize::Zeroizing;
 
 use crate::cli::CatArgs;
@@ -16,7 +16,7 @@ use crate::keys::KeySource;
 const STEP: u64 = 1 << 20;
 
 struct Plan {
-    image: PathBuf,
+    image: Location,
     addr: u64,
     len: u64,
     hex: bool,
@@ -31,7 +31,7 @@ impl Plan {
             bail!("--addr {addr:#x} --len {len} runs past the end of the address space");
         }
         Ok(Plan {
-            image: a.image.clone(),
+            image: crate::open::location(&a.image)?,
             addr,
             len,
             hex: a.hex,
@@ -49,7 +49,7 @@ impl Plan {
 pub fn cat(args: &CatArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
-    let img = crate::open::open(&plan.image, key.as_ref(), true)?;
+    let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
     check_captured(&img, plan.addr, plan.len)?;
     // Plaintext memory: zeroized on drop.
     let mut buf = Zeroizing::new(vec![0u8; usize::try_from(plan.len.min(STEP))?]);
@@ -60,7 +60,7 @@ pub fn cat(args: &CatArgs, out: &mut dyn Write) -> Result<ExitCode> {
         let chunk = &mut buf[..n];
         let at = plan.addr + done;
         img.read_at(at, chunk)
-            .with_context(|| format!("reading {at:#x} from {}", plan.image.display()))?;
+            .map_err(|e| read_error(e, at, &plan.image))?;
         if plan.hex {
             hex.write(at, chunk, out)?;
         } else {
@@ -72,6 +72,17 @@ pub fn cat(args: &CatArgs, out: &mut dyn Write) -> Result<ExitCode> {
         hex.finish(out)?;
     }
     Ok(super::code(crate::EXIT_OK))
+}
+
+/// The error of a read at `at`: a failed request of a remote image says
+/// which, with the object named once; anything else names the image too.
+fn read_error(e: memimg::Error, at: u64, loc: &Location) -> anyhow::Error {
+    if memimg_remote::Error::find(&e).is_some() {
+        anyhow::Error::new(memimg_remote::Error::from_memimg(&loc.to_string(), e))
+            .context(format!("reading {at:#x}"))
+    } else {
+        anyhow::Error::new(e).context(format!("reading {at:#x} from {loc}"))
+    }
 }
 
 /// Fails, naming the gap, when any byte of the range was not captured, so

@@ -30,11 +30,11 @@
 //!   as the regions found in only one image do.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use memimg::{Extent, ExtentKind, Image, Region};
+use memimg_remote::Location;
 use rayon::prelude::*;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -48,8 +48,8 @@ use crate::{fmt, ui};
 const MAX_ITEM: u64 = 8 << 20;
 
 struct Plan {
-    a: PathBuf,
-    b: PathBuf,
+    a: Location,
+    b: Location,
     key_a: Option<KeySource>,
     key_b: Option<KeySource>,
     json: bool,
@@ -57,16 +57,16 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(args: &DiffArgs) -> Plan {
+    fn new(args: &DiffArgs) -> Result<Plan> {
         let key_a = args.key.source();
         let key_b = if args.key_b.plain_b {
             None
         } else {
             args.key_b.source().or_else(|| key_a.clone())
         };
-        Plan {
-            a: args.a.clone(),
-            b: args.b.clone(),
+        Ok(Plan {
+            a: crate::open::location(&args.a)?,
+            b: crate::open::location(&args.b)?,
             key_a,
             key_b,
             json: args.json,
@@ -75,7 +75,7 @@ impl Plan {
             } else {
                 Check::StoredBytes
             },
-        }
+        })
     }
 }
 
@@ -249,29 +249,29 @@ pub struct RangeDoc {
 /// When a key cannot be read, an image cannot be opened or unlocked, or a
 /// chunk is damaged.
 pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
-    let plan = Plan::new(args);
+    let plan = Plan::new(args)?;
     let key_a = plan.key_a.as_ref().map(KeySource::load).transpose()?;
     let key_b = if plan.key_b == plan.key_a {
         key_a.clone()
     } else {
         plan.key_b.as_ref().map(KeySource::load).transpose()?
     };
-    let a = crate::open::open(&plan.a, key_a.as_ref(), true)?;
-    let b = crate::open::open(&plan.b, key_b.as_ref(), true).map_err(|e| {
+    let a = crate::open::open_at(&plan.a, key_a.as_ref(), true)?;
+    let b = crate::open::open_at(&plan.b, key_b.as_ref(), true).map_err(|e| {
         if args.key_b.source().is_none() && key_b.is_some() && !b_encrypted(&plan.b) {
             anyhow::anyhow!(
                 "{} is not encrypted, but it was given A's key (no key was given for B): \
                  refusing to read it as if the key had opened it; give --plain-b to compare \
                  with a plain image",
-                plan.b.display()
+                plan.b
             )
         } else {
             e
         }
     })?;
     let mut doc = compare_with(&a, &b, plan.check).map_err(|e| name_side(e, &plan))?;
-    doc.a = plan.a.display().to_string();
-    doc.b = plan.b.display().to_string();
+    doc.a = plan.a.to_string();
+    doc.b = plan.b.to_string();
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
@@ -285,9 +285,15 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<ExitCode> {
     }))
 }
 
-/// True when the image at `path` opens and is encrypted.
-fn b_encrypted(path: &std::path::Path) -> bool {
-    Image::open(path).is_ok_and(|i| i.is_encrypted())
+/// True when the image at `loc` opens and is encrypted.
+fn b_encrypted(loc: &Location) -> bool {
+    match loc {
+        Location::Local(p) => Image::open(p).is_ok_and(|i| i.is_encrypted()),
+        Location::S3(url) => crate::open::reader(url)
+            .ok()
+            .and_then(|r| Image::from_read_at(r, None).ok())
+            .is_some_and(|i| i.is_encrypted()),
+    }
 }
 
 /// Names the image of a chunk that failed its check.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memimg::atomic::AtomicFile;
+use memimg_remote::Location;
 use serde::Serialize;
 
 use super::rewrite::{raw_total, Target};
@@ -16,7 +17,9 @@ use crate::keys::KeySource;
 use crate::ui;
 
 struct Plan {
-    image: PathBuf,
+    image: Location,
+    /// The core file (always local: gdb opens files).
+    core: PathBuf,
     target: Target,
     key: Option<KeySource>,
     opts: ExportOptions,
@@ -25,9 +28,15 @@ struct Plan {
 
 impl Plan {
     fn new(a: &ExportCoreArgs) -> Result<Plan> {
+        let image = crate::open::location(&a.image)?;
+        let out = crate::open::location(&a.output)?;
+        let Location::Local(core) = &out else {
+            bail!("{out}: export-core writes a local file, for gdb: give a path for -o");
+        };
         Ok(Plan {
-            image: a.image.clone(),
-            target: Target::output(&a.image, &a.output, a.force)?,
+            target: Target::output(&image, &out, a.force)?,
+            core: core.clone(),
+            image,
             key: a.key.source(),
             opts: ExportOptions {
                 memimg_notes: !a.no_memimg_notes,
@@ -70,12 +79,12 @@ pub struct ExportCoreDoc {
 pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
-    let img = crate::open::open(&plan.image, key.as_ref(), true)?;
+    let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
     drop(key);
 
     // AtomicFile creates the core 0600 (it holds process memory), or with the
     // mode of the file it replaces.
-    let af = AtomicFile::create(&plan.target.path)?;
+    let af = AtomicFile::create(&plan.core)?;
     let pb = ui::progress(raw_total(&img), "export");
     let mut w = Counting {
         inner: BufWriter::with_capacity(1 << 20, af),
@@ -83,7 +92,7 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     };
     let report = elfcore::export_core(&img, &mut w, &plan.opts)
         .map_err(|e| anyhow!(e))
-        .with_context(|| format!("exporting {}", plan.image.display()))?;
+        .with_context(|| format!("exporting {}", plan.image))?;
     pb.finish_and_clear();
     let af = w
         .inner
@@ -94,8 +103,8 @@ pub fn export_core(args: &ExportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     af.commit()?;
 
     let doc = ExportCoreDoc {
-        image: plan.image.display().to_string(),
-        core: plan.target.path.display().to_string(),
+        image: plan.image.to_string(),
+        core: plan.core.display().to_string(),
         segments: report.segments,
         file_bytes: report.file_bytes,
         hole_bytes: report.hole_bytes,
@@ -134,7 +143,7 @@ fn check_core(path: &Path, report: &ExportReport, target: &Target) -> Result<()>
     let cf = elfcore::parse_core(&bytes).map_err(|e| {
         anyhow!(
             "the new core does not parse ({e}); {} was not changed",
-            target.path.display()
+            target.loc
         )
     })?;
     let segments = cf.segments.len() as u64 + u64::from(cf.empty_segments);
@@ -143,7 +152,7 @@ fn check_core(path: &Path, report: &ExportReport, target: &Target) -> Result<()>
     if found != wrote {
         bail!(
             "the new core is not what was written (length, PT_LOADs, notes: {found:?}, expected {wrote:?}); {} was not changed",
-            target.path.display()
+            target.loc
         );
     }
     Ok(())

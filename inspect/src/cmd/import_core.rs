@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memimg::{Codec, WriterOptions};
+use memimg_remote::Location;
 use serde::Serialize;
 
-use super::rewrite::{create_tmp, verify_tmp, Target};
+use super::rewrite::{create_tmp, create_upload, verify_tmp, verify_uploaded, Target};
 use crate::cli::ImportCoreArgs;
 use crate::elfcore;
 use crate::fmt;
@@ -32,9 +33,14 @@ impl Plan {
                 bail!("--page-size: {ps} is not allowed: use 4096, 16384 or 65536");
             }
         }
+        let core = crate::open::location(&a.core)?;
+        let Location::Local(core_path) = &core else {
+            bail!("{core}: import-core reads a local core file: give its path");
+        };
+        let out = crate::open::location(&a.output)?;
         Ok(Plan {
-            core: a.core.clone(),
-            target: Target::output(&a.core, &a.output, a.force)?,
+            target: Target::output(&core, &out, a.force)?,
+            core: core_path.clone(),
             codec,
             page_size: a.page_size,
             key: a.key.source(),
@@ -105,23 +111,44 @@ pub fn import_core(args: &ImportCoreArgs, out: &mut dyn Write) -> Result<ExitCod
     }
     let page_size = u64::from(opts.get_page_size());
 
-    // AtomicFile creates the image 0600 (it holds process memory), or with
-    // the mode of the image it replaces.
-    let af = create_tmp(&plan.target)?;
-    let w = BufWriter::with_capacity(1 << 20, af);
-    let (w, stats, report) = elfcore::import_core(&core, opts, w)
-        .map_err(|e| anyhow!(e))
-        .with_context(|| format!("importing {}", plan.core.display()))?;
-    let af = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .context("flushing the new image")?;
-    verify_tmp(&af, key.as_ref(), true, &plan.target)?;
-    af.commit()?;
+    let importing = || format!("importing {}", plan.core.display());
+    let (stats, report) = match &plan.target.loc {
+        Location::Local(_) => {
+            // AtomicFile creates the image 0600 (it holds process memory),
+            // or with the mode of the image it replaces.
+            let af = create_tmp(&plan.target)?;
+            let w = BufWriter::with_capacity(1 << 20, af);
+            let (w, stats, report) = elfcore::import_core(&core, opts, w)
+                .map_err(|e| anyhow!(e))
+                .with_context(importing)?;
+            let af = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .context("flushing the new image")?;
+            verify_tmp(&af, key.as_ref(), true, &plan.target)?;
+            af.commit()?;
+            (stats, report)
+        }
+        Location::S3(url) => {
+            // Streamed into a multipart upload, completed only when the
+            // image is whole; then checked, and removed if it fails.
+            let w = BufWriter::with_capacity(1 << 20, create_upload(url)?);
+            let (w, stats, report) = elfcore::import_core(&core, opts, w)
+                .map_err(|e| anyhow!(e))
+                .with_context(importing)?;
+            let w = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .context("sending the new image")?;
+            w.commit().map_err(anyhow::Error::new)?;
+            verify_uploaded(url, key.as_ref(), true)?;
+            (stats, report)
+        }
+    };
 
     let doc = ImportCoreDoc {
         core: plan.core.display().to_string(),
-        image: plan.target.path.display().to_string(),
+        image: plan.target.loc.to_string(),
         segments: report.segments,
         regions: report.regions,
         file_mappings: report.file_mappings,

@@ -37,8 +37,9 @@ impl Plan {
 /// When the image cannot be opened or the key does not open it.
 pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args);
+    let loc = crate::open::location(&args.image)?;
     let key = args.key.load()?;
-    let img = crate::open::open(&args.image, key.as_ref(), false)?;
+    let img = crate::open::open_at(&loc, key.as_ref(), false)?;
     let doc = Doc::build(&img, plan.chunks)?;
     if plan.json {
         serde_json::to_writer_pretty(&mut *out, &doc)?;
@@ -420,6 +421,9 @@ impl Doc {
                     }
                     ExtentKind::Zero => row.zero_pages += u64::from(e.page_count),
                     ExtentKind::Absent => row.absent_pages += u64::from(e.page_count),
+                    // Format 1.1 children: the parent's pages, not counted
+                    // here until imgtool reads chains.
+                    ExtentKind::InParent => {}
                 }
             }
             row.ratio = fmt::ratio_f64(row.data_bytes, row.stored_bytes);

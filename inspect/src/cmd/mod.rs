@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod cat;
 pub mod completions;
+pub mod cp;
 pub mod diff;
 pub mod export_core;
 pub mod import_core;

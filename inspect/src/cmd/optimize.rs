@@ -6,14 +6,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use memimg::Profile;
+use memimg_remote::Location;
 
-use super::rewrite::{check_in_place, create_tmp, lock_in_place, verify_tmp, Target};
+use super::rewrite::{
+    check_in_place, create_tmp, create_upload, lock_in_place, verify_tmp, verify_uploaded, Target,
+};
 use crate::cli::OptimizeArgs;
 use crate::fmt;
 use crate::keys::KeySource;
 
 struct Plan {
-    image: PathBuf,
+    image: Location,
     profile: PathBuf,
     target: Target,
     key: Option<KeySource>,
@@ -21,10 +24,11 @@ struct Plan {
 
 impl Plan {
     fn new(a: &OptimizeArgs) -> Result<Plan> {
+        let image = crate::open::location(&a.image)?;
         Ok(Plan {
-            image: a.image.clone(),
+            target: Target::new(&image, &a.output, a.force)?,
+            image,
             profile: a.profile.clone(),
-            target: Target::new(&a.image, &a.output, a.force)?,
             key: a.key.source(),
         })
     }
@@ -32,7 +36,9 @@ impl Plan {
 
 /// Writes `args.image` laid out by the profile `args.profile` (spec.md,
 /// *Load order*): the profile's chunks first, in its order. The content
-/// does not change.
+/// does not change. The image and `-o` may be `s3://` URLs (the profile is
+/// a local file); a new object is streamed into an upload and verified, as
+/// recompress does.
 ///
 /// # Errors
 /// When the arguments are invalid, the profile is damaged or belongs to
@@ -45,34 +51,49 @@ pub fn optimize(args: &OptimizeArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let profile = Profile::read(&plan.profile)
         .with_context(|| format!("reading the profile {}", plan.profile.display()))?;
     let lock = lock_in_place(&plan.image, &plan.target)?;
-    let img = crate::open::open(&plan.image, key.as_ref(), true)?;
+    let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
     check_in_place(&img, &plan.image, &plan.target)?;
     profile.check_for(&img).with_context(|| {
         format!(
             "the profile {} does not apply to {}",
             plan.profile.display(),
-            plan.image.display()
+            plan.image
         )
     })?;
     let old_len = img.file_len();
-    let af = create_tmp(&plan.target)?;
-    let w = BufWriter::with_capacity(1 << 20, af);
-    let (w, stats) = memimg::relayout(&img, &profile, w)
-        .with_context(|| format!("rewriting {}", plan.image.display()))?;
-    let af = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .context("flushing the new image")?;
-    verify_tmp(&af, key.as_ref(), true, &plan.target)?;
-    if let Some(lock) = &lock {
-        lock.check_current()?;
-    }
-    af.commit()?;
+    let rewriting = |e| crate::open::remote_error(e, &plan.image, "rewriting");
+    let stats = if let Location::S3(url) = &plan.target.loc {
+        // Streamed into the upload: a failure before the last byte aborts
+        // it and leaves no object.
+        let w = BufWriter::with_capacity(1 << 20, create_upload(url)?);
+        let (w, stats) = memimg::relayout(&img, &profile, w).map_err(rewriting)?;
+        let w = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("sending the new image")?;
+        w.commit().map_err(anyhow::Error::new)?;
+        verify_uploaded(url, key.as_ref(), true)?;
+        stats
+    } else {
+        let af = create_tmp(&plan.target)?;
+        let w = BufWriter::with_capacity(1 << 20, af);
+        let (w, stats) = memimg::relayout(&img, &profile, w).map_err(rewriting)?;
+        let af = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("flushing the new image")?;
+        verify_tmp(&af, key.as_ref(), true, &plan.target)?;
+        if let Some(lock) = &lock {
+            lock.check_current()?;
+        }
+        af.commit()?;
+        stats
+    };
     drop(lock);
     writeln!(
         out,
         "{}: laid out by the profile: {} of {} chunks first ({} in one read from offset {:#x}); file {} -> {}",
-        plan.target.path.display(),
+        plan.target.loc,
         stats.working_set_chunks,
         stats.chunks,
         fmt::size(stats.working_set_bytes),

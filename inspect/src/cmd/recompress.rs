@@ -1,11 +1,11 @@
 //! `imgtool recompress`: re-encode every chunk with another codec.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use memimg::Codec;
+use memimg_remote::Location;
 
 use super::rewrite::{check_in_place, lock_in_place, transcode_to, Target};
 use crate::cli::RecompressArgs;
@@ -13,7 +13,7 @@ use crate::fmt;
 use crate::keys::KeySource;
 
 struct Plan {
-    image: PathBuf,
+    image: Location,
     target: Target,
     codec: Codec,
     key: Option<KeySource>,
@@ -22,9 +22,10 @@ struct Plan {
 impl Plan {
     fn new(a: &RecompressArgs) -> Result<Plan> {
         let codec = super::parse_codec(&a.codec)?;
+        let image = crate::open::location(&a.image)?;
         Ok(Plan {
-            image: a.image.clone(),
-            target: Target::new(&a.image, &a.output, a.force)?,
+            target: Target::new(&image, &a.output, a.force)?,
+            image,
             codec,
             key: a.key.source(),
         })
@@ -41,7 +42,7 @@ pub fn recompress(args: &RecompressArgs, out: &mut dyn Write) -> Result<ExitCode
     let plan = Plan::new(args)?;
     let key = plan.key.as_ref().map(KeySource::load).transpose()?;
     let lock = lock_in_place(&plan.image, &plan.target)?;
-    let img = crate::open::open(&plan.image, key.as_ref(), true)?;
+    let img = crate::open::open_at(&plan.image, key.as_ref(), true)?;
     check_in_place(&img, &plan.image, &plan.target)?;
     let key = key.filter(|_| img.is_encrypted());
     let old_len = img.file_len();
@@ -61,7 +62,7 @@ pub fn recompress(args: &RecompressArgs, out: &mut dyn Write) -> Result<ExitCode
     writeln!(
         out,
         "{}: recompressed with {}: {} of data in {} chunks stored in {} ({}); file {} -> {}",
-        plan.target.path.display(),
+        plan.target.loc,
         plan.codec,
         fmt::size(stats.data_bytes),
         stats.chunks,

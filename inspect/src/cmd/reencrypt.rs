@@ -3,11 +3,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memimg::{Codec, Features, Image};
+use memimg_remote::{CopyOptions, FetchOptions, Location};
 use serde::Serialize;
 
 use super::rewrite::{check_in_place, create_tmp, lock_in_place, transcode_to, verify_tmp, Target};
@@ -15,7 +15,7 @@ use crate::cli::ReencryptArgs;
 use crate::keys::{KeySource, NewKey};
 
 struct Plan {
-    image: PathBuf,
+    image: Location,
     target: Target,
     old: Option<KeySource>,
     new: NewKey,
@@ -33,9 +33,10 @@ impl Plan {
         if codec.is_some() && !a.full && a.key.source().is_some() && new != NewKey::Decrypt {
             bail!("--codec needs --full: a key rotation does not touch the chunks");
         }
+        let image = crate::open::location(&a.image)?;
         Ok(Plan {
-            image: a.image.clone(),
-            target: Target::new(&a.image, &a.output, a.force)?,
+            target: Target::new(&image, &a.output, a.force)?,
+            image,
             old: a.key.source(),
             new,
             full: a.full,
@@ -80,12 +81,12 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> 
     // In place, the lock comes before the image is read (see lock_in_place);
     // a key rotation lets it go, as rewrap_in_place takes it itself.
     let lock = lock_in_place(&plan.image, &plan.target)?;
-    let img = crate::open::open(&plan.image, old.as_ref(), true)?;
+    let img = crate::open::open_at(&plan.image, old.as_ref(), true)?;
     check_in_place(&img, &plan.image, &plan.target)?;
     if !img.is_encrypted() && new.is_none() {
         bail!(
             "{} is not encrypted: there is nothing to decrypt",
-            plan.image.display()
+            plan.image
         );
     }
     let doc = match (img.is_encrypted(), &old, &new, plan.full) {
@@ -110,8 +111,8 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode> 
             )?;
             drop(lock);
             ReencryptDoc {
-                image: plan.image.display().to_string(),
-                output: plan.target.path.display().to_string(),
+                image: plan.image.to_string(),
+                output: plan.target.loc.to_string(),
                 mode: "full",
                 encrypted: new.is_some(),
                 bytes_written: stats.file_len,
@@ -147,56 +148,98 @@ fn default_codec(img: &Image) -> Codec {
 }
 
 /// Rotates the key-encryption key: in place with the format's crash-safe
-/// key-slot update, or on a copy beside OUT that is then renamed.
+/// key-slot update, or on a copy beside OUT that is then renamed. When the
+/// image or OUT is remote, the copy is a scratch file in the temporary
+/// directory: the image is downloaded into it, the key slot rewritten and
+/// checked there, and the result uploaded with a checked copy (objects
+/// cannot be changed in place).
 fn rewrap(plan: &Plan, old: &memimg::Key, new: &memimg::Key) -> Result<ReencryptDoc> {
-    let (stats, file_size) = if plan.target.in_place {
-        let stats = memimg::rewrap_in_place(&plan.image, old, new).map_err(|e| match e.kind() {
-            memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
-            // The message names the image already.
-            memimg::ErrorKind::Busy => anyhow::Error::new(e),
-            _ => anyhow::Error::new(e)
-                .context(format!("rotating the key of {}", plan.image.display())),
-        })?;
-        // The image must open under the new key.
-        let img = crate::open::open(&plan.image, Some(new), true)
-            .context("the image does not open under the new key after the rotation")?;
-        (stats, img.file_len())
-    } else {
-        let mut af = create_tmp(&plan.target)?;
-        let mut src =
-            File::open(&plan.image).with_context(|| format!("opening {}", plan.image.display()))?;
-        // A shared lock: no in-place change (which holds the exclusive one)
-        // runs while the copy is taken, so the copy is of one state.
-        match src.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{} is being changed in place by another process (a key rotation, recompress or re-encryption holds its lock): try again when it is done",
-                plan.image.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("locking {}", plan.image.display())))
-            }
-        }
-        std::io::copy(&mut src, af.file())
-            .with_context(|| format!("copying {}", plan.image.display()))?;
-        let stats =
-            memimg::rewrap_in_place(af.tmp_path(), old, new).map_err(|e| match e.kind() {
-                memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
-                _ => anyhow::Error::new(e).context("rotating the key of the copy"),
+    let (stats, file_size) = match (&plan.image, plan.target.in_place) {
+        (Location::Local(path), true) => {
+            let stats = memimg::rewrap_in_place(path, old, new).map_err(|e| match e.kind() {
+                memimg::ErrorKind::WrongKey => crate::open::wrong_key(path, &e),
+                // The message names the image already.
+                memimg::ErrorKind::Busy => anyhow::Error::new(e),
+                _ => {
+                    anyhow::Error::new(e).context(format!("rotating the key of {}", path.display()))
+                }
             })?;
-        verify_tmp(&af, Some(new), false, &plan.target)?;
-        let len = af.file().metadata().map(|m| m.len()).unwrap_or(0);
-        af.commit()?;
-        (stats, len)
+            // The image must open under the new key.
+            let img = crate::open::open(path, Some(new), true)
+                .context("the image does not open under the new key after the rotation")?;
+            (stats, img.file_len())
+        }
+        (Location::S3(_), true) => bail!("{}: an object cannot be changed in place", plan.image),
+        (src, false) => {
+            let mut af = create_tmp(&plan.target)?;
+            match src {
+                Location::Local(path) => copy_locked(path, af.file())?,
+                Location::S3(url) => download(url, af.file())?,
+            }
+            let stats =
+                memimg::rewrap_in_place(af.tmp_path(), old, new).map_err(|e| match e.kind() {
+                    memimg::ErrorKind::WrongKey => crate::open::wrong_key(&plan.image, &e),
+                    _ => anyhow::Error::new(e).context("rotating the key of the copy"),
+                })?;
+            verify_tmp(&af, Some(new), false, &plan.target)?;
+            let len = af.file().metadata().map(|m| m.len()).unwrap_or(0);
+            match &plan.target.loc {
+                Location::Local(_) => af.commit()?,
+                dst @ Location::S3(_) => {
+                    // Whether it may replace an object was settled by the
+                    // plan (--force).
+                    let opts = CopyOptions {
+                        overwrite: true,
+                        ..CopyOptions::default()
+                    };
+                    let tmp = Location::Local(af.tmp_path().to_path_buf());
+                    memimg_remote::copy(&tmp, dst, crate::open::s3(), &opts)
+                        .map_err(anyhow::Error::new)?;
+                }
+            }
+            (stats, len)
+        }
     };
     Ok(ReencryptDoc {
-        image: plan.image.display().to_string(),
-        output: plan.target.path.display().to_string(),
+        image: plan.image.to_string(),
+        output: plan.target.loc.to_string(),
         mode: "rewrap",
         encrypted: true,
         bytes_written: stats.bytes_written,
         key_generation: stats.generation,
         file_size,
+    })
+}
+
+/// Copies the local image at `path` into `out`, under a shared lock: no
+/// in-place change (which holds the exclusive one) runs while the copy is
+/// taken, so the copy is of one state.
+fn copy_locked(path: &std::path::Path, out: &mut File) -> Result<()> {
+    let mut src = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    match src.try_lock_shared() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is being changed in place by another process (a key rotation, recompress or re-encryption holds its lock): try again when it is done",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+    std::io::copy(&mut src, out).with_context(|| format!("copying {}", path.display()))?;
+    Ok(())
+}
+
+/// Downloads the object at `url` into `out`, several ranged GETs in flight.
+fn download(url: &memimg_remote::S3Url, out: &mut File) -> Result<()> {
+    let reader = crate::open::reader(url)?;
+    let len = memimg::ReadAt::len(&*reader);
+    let step = 8u64 << 20;
+    let ranges: Vec<std::ops::Range<u64>> = (0..len.div_ceil(step))
+        .map(|i| i * step..((i + 1) * step).min(len))
+        .collect();
+    reader.fetch_many(&ranges, FetchOptions::default(), |_, bytes| {
+        out.write_all(bytes)
+            .with_context(|| format!("writing the copy of {url}"))
     })
 }

@@ -1,63 +1,95 @@
 //! What recompress and reencrypt share: choosing the target, and writing a
 //! whole new image crash-safely, verified before it replaces anything.
+//!
+//! A target is a path or an `s3://` URL. A local target is written to a
+//! temporary file beside it, verified, synced and renamed. A remote one is
+//! streamed into a multipart upload, which completes only once the whole
+//! image is written (an error before that aborts it, and leaves no object);
+//! the new object is then verified (every chunk fetched and decoded) and
+//! removed again if it fails. Objects cannot be changed in place: an
+//! in-place rewrite or key rotation of a remote image is refused, pointing
+//! to `-o`.
 
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use memimg::atomic::{AtomicFile, ImageLock};
 use memimg::{Image, Key, VerifyOptions, WriteStats, WriterOptions};
+use memimg_remote::{FetchOptions, Location, RemoteWriter, S3Url, Store, UploadOptions};
 
 use crate::cli::OutputArgs;
 use crate::ui;
 
-/// The file a rewrite replaces or creates.
+/// The file or object a rewrite replaces or creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// The final path.
-    pub path: PathBuf,
+    /// Where it ends up.
+    pub loc: Location,
     /// True when it is the image itself.
     pub in_place: bool,
 }
 
 impl Target {
     /// Validates `-o OUT | --in-place` for `image`.
-    pub(crate) fn new(image: &Path, o: &OutputArgs, force: bool) -> Result<Target> {
+    pub(crate) fn new(image: &Location, o: &OutputArgs, force: bool) -> Result<Target> {
         if o.in_place {
+            if image.is_remote() {
+                bail!(
+                    "{image} is an object in remote storage, which cannot be changed in place \
+                     (an object is only ever replaced whole): give -o OUT, a path or an s3:// \
+                     URL, to write the new image there"
+                );
+            }
             return Ok(Target {
-                path: image.to_path_buf(),
+                loc: image.clone(),
                 in_place: true,
             });
         }
         let Some(out) = &o.output else {
             bail!("give -o OUT or --in-place");
         };
-        if same_file(image, out) {
-            bail!(
-                "{} is the image itself: use --in-place to rewrite it",
-                out.display()
-            );
+        let out = crate::open::location(out)?;
+        if same(image, &out) {
+            bail!("{out} is the image itself: use --in-place to rewrite it");
         }
-        Target::output(image, out, force)
+        Target::output(image, &out, force)
     }
 
     /// Validates `-o OUT` of a conversion of `input` into another format
     /// (export-core, import-core): OUT must not be `input`, and must not exist
     /// unless `force`.
-    pub(crate) fn output(input: &Path, out: &Path, force: bool) -> Result<Target> {
-        if same_file(input, out) {
-            bail!(
-                "{} is the input file itself: give another -o",
-                out.display()
-            );
+    pub(crate) fn output(input: &Location, out: &Location, force: bool) -> Result<Target> {
+        if same(input, out) {
+            bail!("{out} is the input file itself: give another -o");
         }
-        if !force && std::fs::symlink_metadata(out).is_ok() {
-            bail!("{} exists: give --force to replace it", out.display());
+        if !force && exists(out)? {
+            bail!("{out} exists: give --force to replace it");
         }
         Ok(Target {
-            path: out.to_path_buf(),
+            loc: out.clone(),
             in_place: false,
         })
+    }
+}
+
+/// True when `loc` names an existing file or object.
+fn exists(loc: &Location) -> Result<bool> {
+    match loc {
+        Location::Local(p) => Ok(std::fs::symlink_metadata(p).is_ok()),
+        Location::S3(url) => Store::new(&url.bucket, crate::open::s3())
+            .and_then(|s| s.exists(url))
+            .map_err(anyhow::Error::new),
+    }
+}
+
+/// True when both name the same image: the same existing file, or the
+/// same object.
+fn same(a: &Location, b: &Location) -> bool {
+    match (a, b) {
+        (Location::Local(a), Location::Local(b)) => same_file(a, b),
+        (Location::S3(a), Location::S3(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -79,9 +111,63 @@ pub(crate) fn raw_total(img: &Image) -> u64 {
 
 /// Creates the temporary file beside `target`: mode 0600, or the mode (and
 /// owner) of the file it will replace, set on the descriptor before anything
-/// is written ([`AtomicFile::create`]).
+/// is written ([`AtomicFile::create`]). For a remote target, a scratch file
+/// in the temporary directory, never renamed (removed when dropped).
 pub(crate) fn create_tmp(target: &Target) -> Result<AtomicFile> {
-    Ok(AtomicFile::create(&target.path)?)
+    match &target.loc {
+        Location::Local(p) => Ok(AtomicFile::create(p)?),
+        Location::S3(_) => Ok(AtomicFile::create(
+            &std::env::temp_dir().join("imgtool-upload.mimg"),
+        )?),
+    }
+}
+
+/// Starts the multipart upload of a new object at `url`.
+///
+/// # Errors
+/// A missing bucket, refused credentials, the network.
+pub(crate) fn create_upload(url: &S3Url) -> Result<RemoteWriter> {
+    RemoteWriter::create(url, crate::open::s3(), UploadOptions::default())
+        .map_err(anyhow::Error::new)
+}
+
+/// Checks a new object, decoding every chunk when `decode` (with `key`
+/// when encrypted); removes it when it fails, since it is already visible.
+///
+/// # Errors
+/// When the check fails or cannot be made; the message says whether the
+/// object was removed.
+pub(crate) fn verify_uploaded(url: &S3Url, key: Option<&Key>, decode: bool) -> Result<()> {
+    let reader = crate::open::reader(url)?;
+    let pb = ui::progress(memimg::ReadAt::len(&*reader), "check");
+    let tick = |n: u64| pb.inc(n);
+    let report = memimg_remote::verify_remote(
+        reader,
+        key,
+        &VerifyOptions {
+            decode,
+            progress: Some(&tick),
+        },
+        FetchOptions::default(),
+    );
+    pb.finish_and_clear();
+    if report.is_intact() {
+        return Ok(());
+    }
+    let first = report
+        .fatal
+        .as_ref()
+        .map(ToString::to_string)
+        .or_else(|| report.problems.first().map(ToString::to_string))
+        .unwrap_or_default();
+    let removed = match Store::new(&url.bucket, crate::open::s3()).and_then(|s| s.delete(url)) {
+        Ok(()) => "it was removed".to_string(),
+        Err(e) => format!("removing it failed too ({e})"),
+    };
+    bail!(
+        "the new image {url} failed verification ({} problems, first: {first}); {removed}",
+        report.problems.len()
+    )
 }
 
 /// For an in-place rewrite, takes the image's exclusive lock, before the
@@ -92,11 +178,11 @@ pub(crate) fn create_tmp(target: &Target) -> Result<AtomicFile> {
 ///
 /// # Errors
 /// When another process holds the lock, or the image cannot be opened.
-pub(crate) fn lock_in_place(image: &Path, target: &Target) -> Result<Option<ImageLock>> {
-    if !target.in_place {
-        return Ok(None);
+pub(crate) fn lock_in_place(image: &Location, target: &Target) -> Result<Option<ImageLock>> {
+    match (target.in_place, image) {
+        (true, Location::Local(p)) => Ok(Some(ImageLock::acquire(p, false)?)),
+        _ => Ok(None),
     }
-    Ok(Some(ImageLock::acquire(image, false)?))
 }
 
 /// Refuses to rewrite in place an image with read-only-compatible features
@@ -105,13 +191,10 @@ pub(crate) fn lock_in_place(image: &Path, target: &Target) -> Result<Option<Imag
 ///
 /// # Errors
 /// When `img` sets such a feature and the target is the image itself.
-pub(crate) fn check_in_place(img: &Image, image: &Path, target: &Target) -> Result<()> {
+pub(crate) fn check_in_place(img: &Image, image: &Location, target: &Target) -> Result<()> {
     if target.in_place {
         memimg::check_modifiable(img).with_context(|| {
-            format!(
-                "{} cannot be rewritten in place (give -o to write a new image)",
-                image.display()
-            )
+            format!("{image} cannot be rewritten in place (give -o to write a new image)")
         })?;
     }
     Ok(())
@@ -151,7 +234,7 @@ pub(crate) fn verify_tmp(
         bail!(
             "the new image failed verification ({} problems, first: {first}); {} was not changed",
             report.problems.len(),
-            target.path.display()
+            target.loc
         );
     }
     Ok(())
@@ -164,19 +247,34 @@ pub(crate) fn verify_tmp(
 /// when the new one is renamed over it.
 pub(crate) fn transcode_to(
     src: &Image,
-    image: &Path,
+    image: &Location,
     target: &Target,
     lock: Option<&ImageLock>,
     opts: WriterOptions,
     new_key: Option<&Key>,
     what: &str,
 ) -> Result<WriteStats> {
-    let af = create_tmp(target)?;
     let pb = ui::progress(raw_total(src), what);
     let tick = |n: u64| pb.inc(n);
+    if let Location::S3(url) = &target.loc {
+        // Streamed into the upload: a failure before the last byte aborts
+        // it and leaves no object.
+        let w = BufWriter::with_capacity(1 << 20, create_upload(url)?);
+        let (w, stats) = memimg::transcode(src, w, opts, &tick)
+            .map_err(|e| crate::open::remote_error(e, image, "rewriting"))?;
+        pb.finish_and_clear();
+        let w = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("sending the new image")?;
+        w.commit().map_err(anyhow::Error::new)?;
+        verify_uploaded(url, new_key, true)?;
+        return Ok(stats);
+    }
+    let af = create_tmp(target)?;
     let w = BufWriter::with_capacity(1 << 20, af);
     let (w, stats) = memimg::transcode(src, w, opts, &tick)
-        .with_context(|| format!("rewriting {}", image.display()))?;
+        .map_err(|e| crate::open::remote_error(e, image, "rewriting"))?;
     pb.finish_and_clear();
     let af = w
         .into_inner()

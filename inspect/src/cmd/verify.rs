@@ -1,11 +1,12 @@
 //! `imgtool verify`: every check, every problem with its location.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use memimg::{ErrorKind, Key, Problem, Report, Status, VerifyOptions};
+use memimg_remote::{FetchOptions, Location, RemoteReader};
 use serde::Serialize;
 
 use crate::cli::VerifyArgs;
@@ -13,7 +14,7 @@ use crate::{fmt, ui};
 
 /// A validated verify.
 struct Plan {
-    image: PathBuf,
+    image: Location,
     key: Option<Key>,
     decode: bool,
     json: bool,
@@ -24,7 +25,7 @@ impl Plan {
         let key = a.key.load()?;
         let decode = key.is_some() || a.deep;
         Ok(Plan {
-            image: a.image.clone(),
+            image: crate::open::location(&a.image)?,
             key,
             decode,
             json: a.json,
@@ -108,7 +109,7 @@ impl Index {
     /// a locked index from a damaged one: a report without a key whose index
     /// was not read is about an encrypted image only when the image opens
     /// without its key and says it is encrypted.
-    fn of(plan: &Plan, r: &Report) -> Index {
+    fn of(plan: &Plan, r: &Report, reader: Option<&Arc<RemoteReader>>) -> Index {
         if r.unlocked {
             Index::Checked
         } else if plan.key.is_some() {
@@ -116,7 +117,12 @@ impl Index {
             // key is fatal, not a problem).
             Index::Unreadable
         } else {
-            match memimg::Image::open(&plan.image) {
+            let img = match (&plan.image, reader) {
+                (_, Some(r)) => memimg::Image::from_read_at(r.clone(), None),
+                (Location::Local(p), None) => memimg::Image::open(p),
+                (Location::S3(_), None) => return Index::Unreadable,
+            };
+            match img {
                 Ok(img) if img.is_encrypted() => Index::Locked,
                 _ => Index::Unreadable,
             }
@@ -134,16 +140,46 @@ impl Index {
 /// be checked at all.
 pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let plan = Plan::new(args)?;
-    let total = std::fs::metadata(&plan.image).map(|m| m.len()).unwrap_or(0);
+    // A remote image: every stored byte fetched once, several ranged GETs
+    // in flight (memimg_remote::verify_remote).
+    let (reader, unreachable) = match &plan.image {
+        Location::Local(_) => (None, None),
+        Location::S3(url) => match crate::open::reader(url) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
+    let total = match (&plan.image, &reader) {
+        (Location::Local(p), _) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        (_, Some(r)) => memimg::ReadAt::len(&**r),
+        _ => 0,
+    };
     let pb = ui::progress(total, "verify");
     let tick = |n: u64| pb.inc(n);
     let opts = VerifyOptions {
         decode: plan.decode,
         progress: Some(&tick),
     };
-    let report = memimg::verify_path(&plan.image, plan.key.as_ref(), &opts);
+    let report = match (&plan.image, &reader, unreachable) {
+        (Location::Local(p), _, _) => memimg::verify_path(p, plan.key.as_ref(), &opts),
+        (_, Some(r), _) => memimg_remote::verify_remote(
+            r.clone(),
+            plan.key.as_ref(),
+            &opts,
+            FetchOptions::default(),
+        ),
+        // The object could not be reached: unable to check, as a local
+        // file that cannot be opened.
+        (_, None, e) => Report {
+            fatal: Some(memimg::Error::plain(
+                ErrorKind::Io,
+                e.map(|e| crate::error_text(&e)).unwrap_or_default(),
+            )),
+            ..Report::default()
+        },
+    };
     pb.finish_and_clear();
-    let index = Index::of(&plan, &report);
+    let index = Index::of(&plan, &report, reader.as_ref());
     // A deep check of an encrypted image without its key could not decode
     // the chunks: it did not do what was asked. Damage found anyway is still
     // reported as damage.
@@ -161,7 +197,7 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
     if undecoded && report.problems.is_empty() {
         bail!(
             "{}: unable to check deeply: the image is encrypted and no key was given",
-            plan.image.display()
+            plan.image
         );
     }
     write_text(&doc, out)?;
@@ -176,7 +212,7 @@ fn fatal_error(plan: &Plan, e: &memimg::Error) -> anyhow::Error {
         ErrorKind::NotEncrypted => crate::open::not_encrypted(&plan.image),
         _ => {
             let text = e.to_string();
-            let path = plan.image.display().to_string();
+            let path = plan.image.to_string();
             if text.contains(&path) {
                 anyhow!("unable to check: {text}")
             } else {
@@ -216,7 +252,7 @@ fn document(plan: &Plan, r: &Report, index: Index, undecoded: bool) -> VerifyDoc
         None => None,
     };
     VerifyDoc {
-        image: plan.image.display().to_string(),
+        image: plan.image.to_string(),
         status,
         error,
         wrong_key: r

@@ -253,7 +253,8 @@ fn plan_region(
         let in_file = match ext.kind {
             ExtentKind::Data => true,
             ExtentKind::Zero => file_backed,
-            ExtentKind::Absent => false,
+            // Format 1.1: the parent's pages are not in this image.
+            ExtentKind::Absent | ExtentKind::InParent => false,
         };
         if in_file {
             if cur.as_ref().is_some_and(|c| c.memsz > c.filesz) {

@@ -25,12 +25,12 @@ use crate::skip::skip;
 const ROLE: &str = "IMGTOOL_CAPTURE_ROLE";
 const MIB: &str = "IMGTOOL_CAPTURE_MIB";
 /// Where the pattern child maps its region (MAP_FIXED_NOREPLACE).
-const ADDR: u64 = 0x5a5a_0000_0000;
-const PAGES: usize = 16;
+pub(crate) const ADDR: u64 = 0x5a5a_0000_0000;
+pub(crate) const PAGES: usize = 16;
 
 /// The known bytes of the pattern region: a different byte sequence on each
 /// page, never zero.
-fn pattern() -> Vec<u8> {
+pub(crate) fn pattern() -> Vec<u8> {
     (0..PAGES * PS as usize)
         .map(|i| ((i * 7 + i / 4096 * 13 + 3) % 251 + 1) as u8)
         .collect()
@@ -109,12 +109,12 @@ fn child_role() {
 }
 
 /// A running child, killed and reaped on drop.
-struct Target {
+pub(crate) struct Target {
     child: Child,
 }
 
 impl Target {
-    fn spawn(role: &str, mib: usize) -> Target {
+    pub(crate) fn spawn(role: &str, mib: usize) -> Target {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -140,7 +140,7 @@ impl Target {
         Target { child }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -168,7 +168,7 @@ impl Target {
 
     /// Waits up to two seconds for the child to be running or sleeping: not
     /// stopped, not traced, not exited. Returns what it last saw otherwise.
-    fn running(&mut self) -> Result<(), String> {
+    pub(crate) fn running(&mut self) -> Result<(), String> {
         let t = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -213,7 +213,7 @@ fn hex(v: &serde_json::Value) -> u64 {
     u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
 }
 
-fn capture(pid: u32, out: &Path, extra: &[&str]) -> (i32, String, String) {
+pub(crate) fn capture(pid: u32, out: &Path, extra: &[&str]) -> (i32, String, String) {
     let pid = pid.to_string();
     let mut a = vec!["capture", "--pid", &pid, "-o", s(out)];
     a.extend(extra);
@@ -221,7 +221,7 @@ fn capture(pid: u32, out: &Path, extra: &[&str]) -> (i32, String, String) {
 }
 
 /// Captures the pattern child, or returns why it cannot be captured here.
-fn capture_or_skip(t: &Target, out: &Path, test: &str) -> Option<(String, String)> {
+pub(crate) fn capture_or_skip(t: &Target, out: &Path, test: &str) -> Option<(String, String)> {
     let (code, o, err) = capture(t.pid(), out, &[]);
     if code == 2 && err.contains("ermission") {
         skip(test, &format!("ptrace is not permitted here: {err}"));

@@ -64,6 +64,7 @@ fn one_changed_page_is_reported_exactly() {
             match e.kind {
                 memimg::ExtentKind::Zero => w.push_zero(e.len(4096)).unwrap(),
                 memimg::ExtentKind::Absent => w.push_absent(e.len(4096)).unwrap(),
+                memimg::ExtentKind::InParent => unreachable!("a full image"),
                 memimg::ExtentKind::Data => {
                     let mut buf = vec![0u8; e.len(4096) as usize];
                     src.decode_extent(e, &mut buf).unwrap();

@@ -12,6 +12,11 @@
 mod common;
 #[path = "../support/gdb.rs"]
 mod gdb;
+/// memimg-remote's local S3 server (moto) for the tests, and the skip
+/// protocol when it is missing.
+#[allow(dead_code)]
+#[path = "../../../remote/tests/it/support.rs"]
+mod moto;
 #[path = "../support/skip.rs"]
 mod skip;
 #[path = "../support/sleeper.rs"]
@@ -30,5 +35,6 @@ mod modes;
 mod optimize;
 mod recompress;
 mod reencrypt;
+mod remote;
 mod truncate;
 mod verify;

@@ -67,7 +67,8 @@ fn moto_missing() -> Option<&'static str> {
 pub struct Moto {
     wrapper: Child,
     stdin: Option<ChildStdin>,
-    pid: u32,
+    /// moto's own process id (not its wrapper's).
+    pub pid: u32,
     pub port: u16,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,

@@ -1,0 +1,471 @@
+//! Restoring from object storage (feature `remote`), against a local S3
+//! server (moto): a lazy restore of a compressed, encrypted image checked
+//! byte for byte while threads fault and fetches are under way; the
+//! restore returning before any chunk is fetched; a fork from a remote lazy
+//! restore; the server stopped in the middle (the error reaches the caller,
+//! no thread waits for ever); a damaged object; a missing key; mmap
+//! refused. Without moto the tests follow the skip protocol.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memimg::{Image, Key};
+use memimg_capture::memimg_remote::{Location, RemoteReader, S3Options, S3Url};
+use memimg_capture::{restore_from, RemoteOptions, RestoreError, RestoreOptions, Strategy};
+
+use crate::lazy_support::{
+    self as ls, assert_same_view, key_from_env, lazy_skip, run_limited, signame, stat, Outcome,
+    A_PAGES, B_OFF, B_PAGES, PS,
+};
+
+/// memimg-remote's moto support: the server, buckets, plain PUTs.
+#[allow(dead_code)]
+#[path = "../../../remote/tests/it/support.rs"]
+mod moto;
+
+use moto::Moto;
+
+/// The roles of this module; false for any other.
+pub fn child_role(role: &str) -> bool {
+    match role {
+        "remote-lazy" => lazy_check(),
+        "remote-stop" => server_stops(),
+        _ => return false,
+    }
+    true
+}
+
+/// The environment a child needs to reach `moto`'s `url` with `key`.
+fn child_env(moto: &Moto, url: &S3Url, key: &Key, base: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("IMG", url.to_string()),
+        ("KEY", ls::key_hex(key)),
+        ("BASE", format!("{base:x}")),
+        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", moto.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", moto.secret.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+/// The twin image of the lazy tests (zstd, encrypted, 64 KiB chunks) at
+/// `base`, written locally and stored under `key` in a bucket of its own.
+struct Stored {
+    /// Holds the local copy until the test ends.
+    dir: tempfile::TempDir,
+    url: S3Url,
+    key: Key,
+    base: u64,
+}
+
+fn store(moto: &Moto, test: &str, slot: u64, damage: Option<u64>) -> Stored {
+    let base = ls::base(slot);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twin.img");
+    let key = ls::make_image(base, &path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    if let Some(addr) = damage {
+        let img = Image::open_with_key(&path, Some(&key)).unwrap();
+        let ext = *img.extent_at(addr).unwrap().unwrap();
+        let loc = img.chunk_locs()[ext.chunk as usize];
+        bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
+    }
+    let bucket = moto::bucket_for(test);
+    moto.create_bucket(&bucket);
+    moto.put(&bucket, "twin.img", &bytes);
+    Stored {
+        dir,
+        url: moto::url(&bucket, "twin.img"),
+        key,
+        base,
+    }
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"))
+}
+
+fn hex_env(k: &str) -> u64 {
+    u64::from_str_radix(&env(k), 16).unwrap()
+}
+
+fn say(line: &str) {
+    println!("{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// The lazy restore of the URL in `IMG`, for the child roles (here and in
+/// `lazy_events`).
+pub fn restore_url(opts: &RestoreOptions) -> memimg_capture::Restored {
+    let loc: Location = env("IMG").parse().unwrap();
+    restore_from(&loc, &RemoteOptions::default(), opts).unwrap()
+}
+
+/// Reads page `p` of the region at `start` and checks it against the
+/// bytes the image was made from.
+fn check_page(start: u64, p: usize, want: &mut [u8]) {
+    ls::fill_page(start, p, want);
+    let a = start + (p * PS) as u64;
+    // SAFETY: a restored, readable page of a region this role restored.
+    let got = unsafe { std::slice::from_raw_parts(a as usize as *const u8, PS) };
+    assert!(
+        got == &want[..],
+        "page {p} of the region at {start:#x} ({a:#x}) differs from the image"
+    );
+}
+
+/// Restores `IMG` lazily; says what had been fetched when the restore
+/// returned; then four threads touch pages all over both regions while
+/// their chunks are fetched, the rest is prefetched, and every page is
+/// compared with the image's bytes.
+fn lazy_check() {
+    let opts = RestoreOptions {
+        strategy: Strategy::Lazy,
+        key: Some(key_from_env()),
+        ..RestoreOptions::default()
+    };
+    let before = memimg_capture::memimg_remote::global_stats();
+    let mut r = restore_url(&opts);
+    let at_return = memimg_capture::memimg_remote::global_stats();
+    let h = r.lazy.take().unwrap();
+    let s = h.stats();
+    say(&format!(
+        "OPEN gets={} bytes={} units_done={} returned_ms={:.3}",
+        at_return.get_requests - before.get_requests,
+        at_return.bytes_fetched - before.bytes_fetched,
+        s.units_done,
+        r.elapsed.as_secs_f64() * 1e3
+    ));
+    let base = hex_env("BASE");
+    // Faults from four threads at once, each on pages of chunks no other
+    // thread asked for first, so fetches overlap and faults park.
+    std::thread::scope(|sc| {
+        for t in 0..4usize {
+            sc.spawn(move || {
+                let mut want = vec![0u8; PS];
+                for p in (t * 97..A_PAGES).step_by(389) {
+                    check_page(base, p, &mut want);
+                }
+                for p in (t * 31..B_PAGES).step_by(211) {
+                    check_page(base + B_OFF, p, &mut want);
+                }
+            });
+        }
+    });
+    let faulted = h.stats();
+    say(&format!(
+        "FAULTED faults={} units_done={}",
+        faulted.faults, faulted.units_done
+    ));
+    // Then faults while the prefetch runs: some land on chunks it has under
+    // way, which must not be fetched twice.
+    h.prefetch();
+    std::thread::scope(|sc| {
+        for t in 0..4usize {
+            sc.spawn(move || {
+                let mut want = vec![0u8; PS];
+                for p in (t * 53 + 40..A_PAGES).step_by(67) {
+                    check_page(base, p, &mut want);
+                }
+            });
+        }
+    });
+    let t0 = Instant::now();
+    while !h.stats().released {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the prefetch never ended: {:?}",
+            h.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut want = vec![0u8; PS];
+    for p in 0..A_PAGES {
+        check_page(base, p, &mut want);
+    }
+    for p in 0..B_PAGES {
+        check_page(base + B_OFF, p, &mut want);
+    }
+    let s = h.finish();
+    assert!(s.error.is_none(), "{:?}", s.error);
+    say(&format!(
+        "STATS faults={} units_done={} units_total={} units_failed={} bytes_copied={} released={}",
+        s.faults,
+        s.units_done,
+        s.units_total,
+        s.units_failed,
+        s.bytes_copied,
+        u8::from(s.released)
+    ));
+    let end = memimg_capture::memimg_remote::global_stats();
+    say(&format!(
+        "FETCHED bytes={}",
+        end.bytes_fetched - before.bytes_fetched
+    ));
+    say(&format!("CHECKED {}", A_PAGES + B_PAGES));
+}
+
+/// Restores `IMG` lazily, touches a few pages, then kills the server
+/// (`MOTO_PID`). With `FINISH` set, the handle is then dropped (which
+/// places every page still missing) and must return with the error; in
+/// both modes a thread then touches a page whose chunk was never fetched,
+/// and must end in SIGSEGV, never wait for ever or read wrong bytes.
+fn server_stops() {
+    let opts = RestoreOptions {
+        strategy: Strategy::Lazy,
+        key: Some(key_from_env()),
+        ..RestoreOptions::default()
+    };
+    let mut r = restore_url(&opts);
+    let h = r.lazy.take().unwrap();
+    let base = hex_env("BASE");
+    let mut want = vec![0u8; PS];
+    for p in 0..8 {
+        check_page(base, p, &mut want);
+    }
+    say("GOOD");
+    // SAFETY: sends SIGKILL to the test's moto server, whose pid the test
+    // gave; nothing of this process is affected.
+    let rc = unsafe { libc::kill(env("MOTO_PID").parse().unwrap(), libc::SIGKILL) };
+    assert_eq!(rc, 0, "could not kill moto");
+    std::thread::sleep(Duration::from_millis(300));
+    say("KILLED");
+    if std::env::var("FINISH").is_ok() {
+        let t0 = Instant::now();
+        let s = h.finish();
+        say(&format!(
+            "FINISHED ms={} released={} units_failed={} error={}",
+            t0.elapsed().as_millis(),
+            s.released,
+            s.units_failed,
+            s.error.unwrap_or_default()
+        ));
+        // The pages placed before the server went are still right.
+        for p in 0..8 {
+            check_page(base, p, &mut want);
+        }
+        say("STILL-GOOD");
+    } else {
+        std::mem::forget(h);
+    }
+    let bad = base + ((A_PAGES - 5) * PS) as u64 + 8;
+    // SAFETY: a restored page whose chunk can no longer be fetched: the
+    // handler makes it inaccessible, so this read ends in SIGSEGV.
+    let v = unsafe { std::ptr::read_volatile(bad as usize as *const u64) };
+    say(&format!("SURVIVED {v:x}"));
+}
+
+fn moto_for(test: &str) -> Option<&'static Moto> {
+    if lazy_skip(test) {
+        return None;
+    }
+    Moto::shared(test)
+}
+
+#[test]
+fn remote_lazy_restore_compares_every_byte() {
+    let test = "remote::remote_lazy_restore_compares_every_byte";
+    let Some(moto) = moto_for(test) else { return };
+    let st = store(moto, test, 20, None);
+    // What opening the object costs, measured apart: the restore must
+    // return having fetched exactly that, and no chunk.
+    let s3 = S3Options::default()
+        .with_endpoint(&moto.endpoint)
+        .with_credentials(&moto.key_id, &moto.secret);
+    let reader = Arc::new(RemoteReader::open(&st.url, &s3).unwrap());
+    Image::from_read_at(reader.clone(), Some(&st.key)).unwrap();
+    let open = reader.stats();
+    let o = run_limited(
+        "remote-lazy",
+        &child_env(moto, &st.url, &st.key, st.base),
+        ls::limit(),
+    );
+    assert!(
+        o.ok() && o.out.contains(&format!("CHECKED {}", A_PAGES + B_PAGES)),
+        "the lazy restore from {} failed ({}):\n{}",
+        st.url,
+        signame(&o),
+        o.out
+    );
+    let line = o.out.lines().find(|l| l.starts_with("OPEN ")).unwrap();
+    let val = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .parse()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (val("gets"), val("bytes")),
+        (open.get_requests, open.bytes_fetched),
+        "the restore fetched more than the header, trailer and index before returning: {line}"
+    );
+    assert_eq!(val("units_done"), 0, "{line}");
+    assert!(stat(&o.out, "faults") > 0, "{}", o.out);
+    assert_eq!(stat(&o.out, "units_failed"), 0, "{}", o.out);
+    assert_eq!(
+        stat(&o.out, "units_done"),
+        stat(&o.out, "units_total"),
+        "{}",
+        o.out
+    );
+    // Every chunk fetched once: at most the object, and the blocks opening
+    // reads around the header and the trailer.
+    let len = memimg::ReadAt::len(&*reader);
+    let line = o.out.lines().find(|l| l.starts_with("FETCHED ")).unwrap();
+    let bytes: u64 = line.trim_start_matches("FETCHED bytes=").parse().unwrap();
+    assert!(
+        bytes <= len + 8192,
+        "the restore fetched {bytes} bytes of a {len}-byte object: some chunk was fetched twice"
+    );
+}
+
+/// fork() from a lazily restored program whose image is remote: the first
+/// fork waits for the rest of the image (downloaded by the fetch threads),
+/// and the child reads every page; an eager restore from the URL is the
+/// twin it is compared with, page by page.
+#[test]
+fn remote_lazy_fork_waits_for_the_rest() {
+    let test = "remote::remote_lazy_fork_waits_for_the_rest";
+    let Some(moto) = moto_for(test) else { return };
+    let st = store(moto, test, 21, None);
+    let mut runs: Vec<Outcome> = Vec::new();
+    for strategy in ["eager", "lazy"] {
+        let mut e = child_env(moto, &st.url, &st.key, st.base);
+        e.push(("SCENARIO", "fork".into()));
+        e.push(("STRATEGY", strategy.into()));
+        let o = run_limited("lazy-twin", &e, ls::limit());
+        assert!(
+            o.ok() && o.out.lines().any(|l| l == "END"),
+            "the {strategy} twin failed ({}):\n{}",
+            signame(&o),
+            o.out
+        );
+        runs.push(o);
+    }
+    assert_same_view(&runs[0], &runs[1]);
+    assert!(runs[1].out.contains("VIEW child-a"), "{}", runs[1].out);
+    assert_eq!(stat(&runs[1].out, "errors"), 0, "{}", runs[1].out);
+}
+
+/// The server stops during a lazy restore: dropping the handle returns,
+/// with the error and the pieces that failed; a page that was placed stays
+/// right; a touch of a page that never came is SIGSEGV at that address,
+/// never a hang and never wrong bytes. Without the drop, a thread faulting
+/// on such a page gets the same, once the fetch has failed.
+#[test]
+fn remote_server_stopped_during_lazy_restore() {
+    let test = "remote::remote_server_stopped_during_lazy_restore";
+    if lazy_skip(test) {
+        return;
+    }
+    for finish in [true, false] {
+        let Some(moto) = Moto::start(test) else {
+            return;
+        };
+        let st = store(&moto, test, 22, None);
+        let mut e = child_env(&moto, &st.url, &st.key, st.base);
+        e.push(("MOTO_PID", moto.pid.to_string()));
+        if finish {
+            e.push(("FINISH", "1".into()));
+        }
+        let t0 = Instant::now();
+        let o = run_limited("remote-stop", &e, ls::limit());
+        assert_eq!(
+            ls::signal(&o),
+            Some(libc::SIGSEGV),
+            "expected SIGSEGV after the server stopped ({}; finish {finish}):\n{}",
+            signame(&o),
+            o.out
+        );
+        assert!(o.out.contains("GOOD\nKILLED"), "{}", o.out);
+        assert!(!o.out.contains("SURVIVED"), "{}", o.out);
+        if finish {
+            let line = o.out.lines().find(|l| l.starts_with("FINISHED ")).unwrap();
+            assert!(
+                line.contains("released=true") && !line.contains("units_failed=0 "),
+                "{line}"
+            );
+            assert!(
+                line.contains(&st.url.to_string()),
+                "the error names the object: {line}"
+            );
+            assert!(o.out.contains("STILL-GOOD"), "{}", o.out);
+        }
+        eprintln!("finish {finish}: the child ended in {:?}", t0.elapsed());
+    }
+}
+
+/// A damaged chunk in the object: the same rule as for a local file.
+#[test]
+fn remote_damaged_chunk_is_sigsegv() {
+    let test = "remote::remote_damaged_chunk_is_sigsegv";
+    let Some(moto) = moto_for(test) else { return };
+    let bad = ls::base(23) + 1000 * PS as u64 + 24;
+    let st = store(moto, test, 23, Some(bad));
+    let mut e = child_env(moto, &st.url, &st.key, st.base);
+    e.push(("DAMAGED", format!("{bad:x}")));
+    e.push(("DROP", "1".into()));
+    let o = run_limited("lazy-damaged", &e, ls::limit());
+    assert_eq!(
+        ls::signal(&o),
+        Some(libc::SIGSEGV),
+        "expected SIGSEGV ({}):\n{}",
+        signame(&o),
+        o.out
+    );
+    assert!(o.out.contains("GOOD "), "{}", o.out);
+    assert!(o.out.contains("FINISHED released=true error="), "{}", o.out);
+    assert!(!o.out.contains("SURVIVED"), "{}", o.out);
+    drop(st.dir);
+}
+
+/// A missing object is a typed error naming it; mmap of a remote image is
+/// refused, saying why; neither maps anything.
+#[test]
+fn remote_missing_key_and_mmap_are_refused() {
+    let test = "remote::remote_missing_key_and_mmap_are_refused";
+    let Some(moto) = Moto::shared(test) else {
+        return;
+    };
+    let bucket = moto::bucket_for(test);
+    moto.create_bucket(&bucket);
+    let remote = RemoteOptions {
+        s3: S3Options::default()
+            .with_endpoint(&moto.endpoint)
+            .with_credentials(&moto.key_id, &moto.secret),
+        in_flight: 2,
+    };
+    let missing = Location::S3(moto::url(&bucket, "nope.img"));
+    let e = restore_from(&missing, &remote, &RestoreOptions::default()).unwrap_err();
+    match &e {
+        RestoreError::Remote(r) => assert_eq!(
+            r.kind(),
+            memimg_capture::memimg_remote::ErrorKind::NoSuchKey,
+            "{e}"
+        ),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    assert!(e.to_string().contains("nope.img"), "{e}");
+    // A plain image whose chunks are raw: mappable as a file, not remote.
+    let w = moto::write_image(Vec::new(), moto::Kind::Plain, &moto::regions(1 << 20, 3));
+    moto.put(&bucket, "plain.img", &w);
+    let loc = Location::S3(moto::url(&bucket, "plain.img"));
+    let opts = RestoreOptions {
+        strategy: Strategy::Mmap,
+        ..RestoreOptions::default()
+    };
+    let e = restore_from(&loc, &remote, &opts).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RestoreError::StrategyUnavailable {
+                strategy: "mmap",
+                ..
+            }
+        ) && e.to_string().contains("no file to map"),
+        "{e}"
+    );
+    assert!(!ls::mapped(0x10_0000), "nothing stays mapped");
+}
