@@ -18,6 +18,12 @@
 //! anything else; then it goes on as without a profile. Chunks taken from
 //! that buffer are checked exactly as chunks read from the file
 //! ([`memimg::Image::decode_extent_with`]).
+//!
+//! For an image in object storage the handler only places: the fetch
+//! threads of `fetch.rs` fetch the working set (one ranged GET for the whole
+//! range, or chunk by chunk in profile order when it is placed in the
+//! background) and decode it from that buffer the same way; [`Ordered`] is
+//! the local source.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,7 @@
 //! be free), under a time limit, and reports a digest of every page it can
 //! see, which the test compares with the image's content page by page.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use memimg::{ExtentKind, Image, Key, Profile};
@@ -45,8 +45,9 @@ fn touch(addr: u64) {
     unsafe { std::ptr::read_volatile(addr as usize as *const u8) };
 }
 
-/// The child: restores `IMG` at `BASE` (`MODE`: `record`, `use`, `plain`
-/// or `eager`), touches the pages of region A listed in `TOUCH` in order,
+/// The child: restores `IMG` (a path, or with the `remote` feature an
+/// `s3://` URL) at `BASE` (`MODE`: `record`, `use`, `background` (the
+/// working set placed in the background), `plain` or `eager`), touches the pages of region A listed in `TOUCH` in order,
 /// and reports.
 fn run() {
     let base = u64::from_str_radix(&env("BASE"), 16).unwrap();
@@ -59,9 +60,18 @@ fn run() {
         },
         key: Some(key_from_env()),
         record_profile: (mode == "record").then_some(Duration::from_secs(600)),
+        working_set_in_background: mode == "background",
         ..RestoreOptions::default()
     };
-    let mut restored = restore(Path::new(&env("IMG")), &opts).unwrap();
+    let img = env("IMG");
+    #[cfg(feature = "remote")]
+    let mut restored = if img.starts_with("s3://") {
+        crate::remote::restore_url(&opts)
+    } else {
+        restore(Path::new(&img), &opts).unwrap()
+    };
+    #[cfg(not(feature = "remote"))]
+    let mut restored = restore(Path::new(&img), &opts).unwrap();
     let lazy = restored.lazy.take();
     if let (Some(h), "use") = (&lazy, mode.as_str()) {
         // The working set was placed before the restore returned, without
@@ -124,7 +134,7 @@ fn run() {
 }
 
 /// Checks every page a child reported against the image's content.
-fn assert_content(o: &Outcome, base: u64, skip: &[usize]) {
+pub(crate) fn assert_content(o: &Outcome, base: u64, skip: &[usize]) {
     let mut page = vec![0u8; PS];
     for (label, start, pages) in [("a", base, A_PAGES), ("b", base + B_OFF, B_PAGES)] {
         let line = o
@@ -148,15 +158,15 @@ fn assert_content(o: &Outcome, base: u64, skip: &[usize]) {
     }
 }
 
-struct Setup {
-    base: u64,
-    dir: tempfile::TempDir,
-    img: std::path::PathBuf,
-    key: Key,
+pub(crate) struct Setup {
+    pub base: u64,
+    pub dir: tempfile::TempDir,
+    pub img: std::path::PathBuf,
+    pub key: Key,
 }
 
 impl Setup {
-    fn new(slot: u64) -> Setup {
+    pub fn new(slot: u64) -> Setup {
         let base = ls::base(slot);
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("lo.img");
@@ -180,6 +190,36 @@ impl Setup {
         run_limited("lo-run", &env, ls::limit())
     }
 
+    /// The image laid out by the profile of the chunks `touched` (pages of
+    /// region A) holds, in first-touch order: its path, that profile's
+    /// chunks and the working set's file range.
+    pub fn optimized(&self, touched: &[usize]) -> (PathBuf, Vec<u64>, std::ops::Range<u64>) {
+        let mut chunks = Vec::new();
+        for &p in touched {
+            let c = self.chunk_of(p).unwrap();
+            if !chunks.contains(&c) {
+                chunks.push(c);
+            }
+        }
+        let id = Image::open_with_key(&self.img, Some(&self.key))
+            .unwrap()
+            .header()
+            .image_id;
+        let p = Profile {
+            image_id: id,
+            chunks: chunks.clone(),
+        };
+        let opt = self.dir.path().join("opt.img");
+        std::fs::copy(&self.img, &opt).unwrap();
+        memimg::relayout_in_place(&opt, Some(&self.key), &p).unwrap();
+        let ws = Image::open_with_key(&opt, Some(&self.key))
+            .unwrap()
+            .working_set_range()
+            .unwrap()
+            .unwrap();
+        (opt, chunks, ws)
+    }
+
     /// The chunk of each page of region A, `None` for pages not stored.
     fn chunk_of(&self, p: usize) -> Option<u64> {
         let img = Image::open_with_key(&self.img, Some(&self.key)).unwrap();
@@ -188,7 +228,7 @@ impl Setup {
     }
 }
 
-fn list(pages: &[usize]) -> String {
+pub(crate) fn list(pages: &[usize]) -> String {
     pages
         .iter()
         .map(ToString::to_string)
@@ -198,7 +238,7 @@ fn list(pages: &[usize]) -> String {
 
 /// Pages touched at "startup": data pages in many chunks, one chunk touched
 /// twice (17 and 18), and a zero page (7), which has no chunk.
-const STARTUP: &[usize] = &[3000, 17, 1500, 18, 7, 40, 4000, 2, 2500, 1];
+pub(crate) const STARTUP: &[usize] = &[3000, 17, 1500, 18, 7, 40, 4000, 2, 2500, 1];
 
 #[test]
 fn lazy_restore_records_the_chunks_touched_in_order() {
@@ -250,29 +290,7 @@ fn an_optimized_image_fetches_its_working_set_first() {
     }
     let s = Setup::new(21);
     let touched: Vec<usize> = STARTUP.iter().copied().filter(|&p| p % 7 != 0).collect();
-    let mut chunks = Vec::new();
-    for &p in &touched {
-        let c = s.chunk_of(p).unwrap();
-        if !chunks.contains(&c) {
-            chunks.push(c);
-        }
-    }
-    let id = Image::open_with_key(&s.img, Some(&s.key))
-        .unwrap()
-        .header()
-        .image_id;
-    let p = Profile {
-        image_id: id,
-        chunks: chunks.clone(),
-    };
-    let opt = s.dir.path().join("opt.img");
-    std::fs::copy(&s.img, &opt).unwrap();
-    memimg::relayout_in_place(&opt, Some(&s.key), &p).unwrap();
-    let ws = Image::open_with_key(&opt, Some(&s.key))
-        .unwrap()
-        .working_set_range()
-        .unwrap()
-        .unwrap();
+    let (opt, chunks, ws) = s.optimized(&touched);
 
     // Plain lazy: every startup chunk is a fault that waits.
     let plain = s.run(&s.img, "plain", &[("TOUCH", list(&touched))]);
