@@ -108,6 +108,7 @@ pub unsafe extern "C" fn memimg_restore(
                     strategy: strategy_of(o.strategy)?,
                     expect_validation,
                     key: opt_key(o.key, "opts->key")?.cloned(),
+                    ..RestoreOptions::default()
                 };
                 let restored = memimg_capture::restore(path, &ro)?;
                 Ok(memimg_restored {

@@ -22,20 +22,35 @@
 //! the end. Without either, the remote run is skipped, and says why. Each
 //! line gives the time to return, the time to walk the structure, the
 //! faults served, and the bytes fetched from the store (opening included).
+//!
+//! The second phase is about load order (spec.md, *Load order*): a program
+//! that starts by looking up a sample of keys (a startup-like working set, a
+//! few percent of the arena) is restored lazily while the chunks it touches
+//! are recorded; the image is laid out by that profile (`imgtool optimize`
+//! does the same), and the startup is run again, with the page cache dropped
+//! before each run when `ARENA_DROP_CACHES=1` (root only): plain lazy, lazy
+//! with the profile, and eager. It prints the faults that had to wait and
+//! the time from the restore call to the first answer and to the last.
+//!
+//! ```text
+//! ARENA_PHASE=loadorder ARENA_DROP_CACHES=1 cargo run --release -p memimg-capture --example arena
+//! ```
+//!
+//! Settings: `ARENA_N` keys (3,000,000), `ARENA_SAMPLE` keys looked up at
+//! startup (n / 20,000), `ARENA_RUNS` runs of each startup, whose median is
+//! shown (1), `ARENA_PHASE` (`all`, `strategies` or `loadorder`),
+//! `ARENA_BENCH=1` to print the figures for scripts/bench.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 // A 64-bit-only demo: addresses and sizes are u64 and fit usize there.
 #![allow(clippy::cast_possible_truncation)]
 
-#[cfg(not(feature = "remote"))]
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use memimg::{Codec, Prot, RegionKind};
-#[cfg(not(feature = "remote"))]
-use memimg_capture::restore;
-use memimg_capture::{PersistOptions, Persister, RestoreOptions, Strategy};
+use memimg::{Codec, Image, Profile, Prot, RegionKind};
+use memimg_capture::{restore, PersistOptions, Persister, RestoreOptions, Strategy};
 
 const ARENA: u64 = 0x2000_0000_0000;
 const RESERVE: usize = 4 << 30;
@@ -227,6 +242,291 @@ fn child(strategy: &str, img: &str, n: u64) {
     );
 }
 
+/// The keys a "startup" looks up: `k` keys spread over the whole map.
+fn sample(n: u64, k: u64) -> impl Iterator<Item = u64> {
+    let stride = (n / k.max(1)).max(1);
+    (0..k.min(n)).map(move |j| (j * stride).wrapping_mul(0x9e37_79b9) % n)
+}
+
+/// Looks key `i` up; panics when it is missing or wrong.
+fn lookup(i: u64, k: &mut String) {
+    key(i, k);
+    let hv = hash(k.as_bytes());
+    // SAFETY: the arena was restored at its address; every pointer in it
+    // points into it, as built.
+    unsafe {
+        let h = &*head();
+        assert_eq!(h.magic, MAGIC, "arena head is wrong");
+        let mut p = *h.buckets.add((hv & (h.nbuckets - 1)) as usize);
+        loop {
+            assert!(!p.is_null(), "key {k} is missing");
+            let bytes = std::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).len as usize);
+            if (*p).hash == hv && bytes == k.as_bytes() {
+                assert_eq!((*p).value, value_of(i), "key {k} has the wrong value");
+                return;
+            }
+            p = (*p).next;
+        }
+    }
+}
+
+/// A startup in a child: restore (`mode`: `record`, `plain`, `profile` or
+/// `eager`), look the sample up, report. `record` writes the profile to
+/// `profile`.
+fn startup(mode: &str, img: &Path, profile: &Path, n: u64, k: u64) {
+    let t = Instant::now();
+    let r = restore(
+        img,
+        &RestoreOptions {
+            strategy: if mode == "eager" {
+                Strategy::Eager
+            } else {
+                Strategy::Lazy
+            },
+            record_profile: (mode == "record").then_some(std::time::Duration::from_secs(600)),
+            working_set_in_background: mode == "profile-bg",
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    let mut key = String::new();
+    let mut first = None;
+    for i in sample(n, k) {
+        lookup(i, &mut key);
+        first.get_or_insert_with(|| t.elapsed());
+    }
+    let end = t.elapsed();
+    let (waited, prefetched) = match &r.lazy {
+        Some(l) => {
+            let s = l.stats();
+            (s.faults_waited, s.units_prefetched)
+        }
+        None => (0, 0),
+    };
+    if let (Some(l), "record") = (&r.lazy, mode) {
+        l.profile_ready();
+        l.profile().unwrap().write(profile).unwrap();
+    }
+    println!(
+        "RESULT {mode} {:.3} {:.3} {waited} {prefetched}",
+        first.unwrap_or(end).as_secs_f64() * 1e3,
+        end.as_secs_f64() * 1e3
+    );
+}
+
+/// Drops the page cache (root only), so each startup reads the image from
+/// the disk; says so when it cannot.
+fn drop_caches() -> bool {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The load-order phase: record, optimize, run the startup three ways.
+fn load_order_phase(used: u64, n: u64, dir: &Path) {
+    let k: u64 = std::env::var("ARENA_SAMPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((n / 20_000).max(1));
+    let runs: usize = std::env::var("ARENA_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let drop = std::env::var("ARENA_DROP_CACHES").is_ok_and(|v| v == "1");
+    let bench = std::env::var("ARENA_BENCH").is_ok_and(|v| v == "1");
+    // 64 KiB chunks: a lookup touches a few random pages, and a smaller
+    // chunk makes each fault, and the working set, smaller.
+    let img = dir.join("lo.img");
+    // SAFETY: the arena is mapped and nothing writes it while we persist.
+    let p = unsafe {
+        Persister::new().region_raw(
+            ARENA as usize as *const u8,
+            used as usize,
+            Prot::RW,
+            RegionKind::Heap,
+            "arena",
+        )
+    };
+    p.write_to_path(
+        &img,
+        &PersistOptions {
+            codec: Codec::Zstd(1),
+            chunk_size: Some(64 << 10),
+            ..PersistOptions::default()
+        },
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let profile = dir.join("startup.profile");
+    let run = |mode: &str, img: &Path| -> Vec<f64> {
+        if drop && !drop_caches() {
+            eprintln!("cannot drop the page cache (not root?): the image may be read from memory");
+        }
+        let out = Command::new(&exe)
+            .args([
+                "startup",
+                mode,
+                img.to_str().unwrap(),
+                profile.to_str().unwrap(),
+            ])
+            .env("ARENA_N", n.to_string())
+            .env("ARENA_SAMPLE", k.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+            eprintln!(
+                "{mode} failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::process::exit(1);
+        };
+        line.split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let rec = run("record", &img);
+    let prof = Profile::read(&profile).unwrap();
+    let src = Image::open(&img).unwrap();
+    let opt = dir.join("lo-optimized.img");
+    let f = std::io::BufWriter::new(std::fs::File::create(&opt).unwrap());
+    let (_, st) = memimg::relayout(&src, &prof, f).unwrap();
+    println!();
+    println!(
+        "load order: {k} lookups touched {} of {} chunks ({:.1}% of the arena, {} KiB stored); \
+         recording them waited on {} faults",
+        st.working_set_chunks,
+        st.chunks,
+        100.0 * st.working_set_chunks as f64 / st.chunks.max(1) as f64,
+        st.working_set_bytes >> 10,
+        rec[2]
+    );
+    println!(
+        "page cache {} before each startup; median of {runs} run(s)",
+        if drop { "dropped" } else { "NOT dropped" }
+    );
+    let mut res: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (mode, path) in [
+        ("plain", &img),
+        ("profile", &opt),
+        ("profile-bg", &opt),
+        ("eager", &img),
+    ] {
+        let all: Vec<Vec<f64>> = (0..runs).map(|_| run(mode, path)).collect();
+        let col = |c: usize| median(all.iter().map(|r| r[c]).collect());
+        res.push((mode, vec![col(0), col(1), col(2), col(3)]));
+    }
+    println!(
+        "{:<22} {:>16} {:>16} {:>13} {:>11}",
+        "startup", "first answer ms", "all answers ms", "faults waited", "prefetched"
+    );
+    for (mode, r) in &res {
+        let name = match *mode {
+            "plain" => "lazy",
+            "profile" => "lazy with the profile",
+            "profile-bg" => "  working set meanwhile",
+            _ => "eager",
+        };
+        println!(
+            "{name:<22} {:>16.2} {:>16.2} {:>13} {:>11}",
+            r[0], r[1], r[2], r[3]
+        );
+    }
+    if bench {
+        let (plain, prof, eager) = (&res[0].1, &res[1].1, &res[3].1);
+        let what = format!(
+            "{k} lookups of a {} MiB arena (zstd:1, 64 KiB chunks) in a new process, page cache {}; lazy: userfaultfd, plain image vs image laid out by the recorded profile; eager: decode all, then look up",
+            used >> 20,
+            if drop { "dropped" } else { "warm" }
+        );
+        let line = |fig: &str,
+                    ours: f64,
+                    unit: &str,
+                    peer: &str,
+                    pv: f64,
+                    ratio: f64,
+                    target: &str| {
+            println!(
+                "@@BENCH\tloadorder\t{fig}\t{ours:.2}\t{unit}\t{peer}\t{pv:.2}\t{ratio:.2}\t{target}\t{what}"
+            );
+        };
+        // At least one fault in the ratio's denominator: 0 waits is shown
+        // as the plain count (the README says so).
+        line(
+            "faults waited",
+            prof[2],
+            "faults",
+            "plain lazy",
+            plain[2],
+            plain[2] / prof[2].max(1.0),
+            "10",
+        );
+        line(
+            "time to first answer",
+            prof[0],
+            "ms",
+            "plain lazy",
+            plain[0],
+            plain[0] / prof[0],
+            "3",
+        );
+        line(
+            "time to all answers",
+            prof[1],
+            "ms",
+            "plain lazy",
+            plain[1],
+            plain[1] / prof[1],
+            "3",
+        );
+        line(
+            "time to first answer",
+            prof[0],
+            "ms",
+            "eager",
+            eager[0],
+            eager[0] / prof[0],
+            "1",
+        );
+        line(
+            "time to all answers",
+            prof[1],
+            "ms",
+            "eager",
+            eager[1],
+            eager[1] / prof[1],
+            "1",
+        );
+        let bg = &res[2].1;
+        line(
+            "time to first answer, working set in the background",
+            bg[0],
+            "ms",
+            "plain lazy",
+            plain[0],
+            plain[0] / bg[0],
+            "-",
+        );
+        line(
+            "faults waited, working set in the background",
+            bg[2],
+            "faults",
+            "plain lazy",
+            plain[2],
+            plain[2] / bg[2].max(1.0),
+            "-",
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = std::env::var("ARENA_N")
@@ -237,6 +537,15 @@ fn main() {
         child(&args[2], &args[3], n);
         return;
     }
+    if args.len() == 5 && args[1] == "startup" {
+        let k: u64 = std::env::var("ARENA_SAMPLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        startup(&args[2], Path::new(&args[3]), Path::new(&args[4]), n, k);
+        return;
+    }
+    let phase = std::env::var("ARENA_PHASE").unwrap_or_else(|_| "all".into());
     let dir = std::env::temp_dir().join(format!("memimg-arena-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let t = Instant::now();
@@ -253,6 +562,11 @@ fn main() {
         "walking and checking it in place takes {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
+    if phase == "loadorder" {
+        load_order_phase(used, n, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let raw: PathBuf = dir.join("arena.img");
     let zst: PathBuf = dir.join("arena-zstd.img");
     for (path, codec) in [(&raw, Codec::None), (&zst, Codec::Zstd(1))] {
@@ -297,6 +611,9 @@ fn main() {
     }
     #[cfg(feature = "remote")]
     remote::run(&zst, n);
+    if phase != "strategies" {
+        load_order_phase(used, n, &dir);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -137,6 +137,9 @@ pub enum ErrorKind {
     /// in-place recompress or re-encryption) and holds its lock; try again
     /// when it is done.
     Busy,
+    /// A file that belongs to one image (a load-order profile) was given
+    /// for another: their image ids differ.
+    WrongImage,
     /// The pages asked for are the parent's (an incremental image, 1.1), and
     /// the parent was not given nor found: the message names its id and
     /// where it was (the hint).

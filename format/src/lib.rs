@@ -43,9 +43,11 @@ mod crypt;
 mod error;
 mod meta;
 mod model;
+mod profile;
 #[allow(missing_docs)] // Every field is documented, with its offset, in spec.md.
 pub mod raw;
 mod read;
+mod relayout;
 mod rewrite;
 mod source;
 mod verify;
@@ -61,7 +63,9 @@ pub use crypt::{
 };
 pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
+pub use profile::{Profile, PROFILE_MAGIC, PROFILE_VERSION};
 pub use read::{fuzz_api, Image, TrailerInfo};
+pub use relayout::{relayout, relayout_in_place, RelayoutStats};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
 pub use verify::{

@@ -31,7 +31,8 @@ impl Features {
     /// them follows every 1.0 rule.
     pub const V1_1_INCOMPAT: u64 = Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Incompatible bits this reader knows.
-    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::PARENT;
+    pub const KNOWN_INCOMPAT: u64 =
+        Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
     /// Read-only-compatible bits this reader knows.
     pub const KNOWN_RO_COMPAT: u64 = 0;
     /// Compatible: the header carries process facts.

@@ -29,6 +29,7 @@ pub use cmd::export_core::export_core;
 pub use cmd::import_core::import_core;
 pub use cmd::inspect::inspect;
 pub use cmd::keygen::keygen;
+pub use cmd::optimize::optimize;
 pub use cmd::recompress::recompress;
 pub use cmd::reencrypt::reencrypt;
 pub use cmd::verify::verify;
@@ -53,6 +54,7 @@ pub fn run(command: &cli::Command, out: &mut dyn Write) -> anyhow::Result<ExitCo
         C::Diff(a) => diff(a, out),
         C::Recompress(a) => recompress(a, out),
         C::Reencrypt(a) => reencrypt(a, out),
+        C::Optimize(a) => optimize(a, out),
         C::Cat(a) => cat(a, out),
         C::ExportCore(a) => export_core(a, out),
         C::ImportCore(a) => import_core(a, out),

@@ -17,8 +17,19 @@ pub(crate) struct Segment {
 
 enum Part {
     Header,
+    /// Positions in the layout order ([`layout`]).
     Chunks(Range<usize>),
     Tail,
+}
+
+/// The chunk numbers in layout order: the order of their bytes in the file
+/// (by number, or an image's load-order profile first: spec.md, *Load
+/// order*).
+fn layout(img: &Image) -> Vec<usize> {
+    img.layout_order()
+        .into_iter()
+        .filter_map(|n| usize::try_from(n).ok())
+        .collect()
 }
 
 /// Cuts the file into segments that cover it exactly, each at most `max`
@@ -37,10 +48,12 @@ pub(crate) fn plan(img: &Image, max: u64, whole: bool) -> Vec<Segment> {
     }
     let mut start = hp;
     let mut first = 0usize;
-    for (i, c) in chunks.iter().enumerate() {
+    let order = layout(img);
+    for (i, &n) in order.iter().enumerate() {
+        let c = &chunks[n];
         let end = c.offset + u64::from(c.stored_len);
         if i > first && end - start > max {
-            let prev = &chunks[i - 1];
+            let prev = &chunks[order[i - 1]];
             let prev_end = prev.offset + u64::from(prev.stored_len);
             segs.push(Segment {
                 range: start..prev_end,
@@ -51,7 +64,7 @@ pub(crate) fn plan(img: &Image, max: u64, whole: bool) -> Vec<Segment> {
         }
     }
     if first < chunks.len() {
-        let last = &chunks[chunks.len() - 1];
+        let last = &chunks[order[chunks.len() - 1]];
         let end = last.offset + u64::from(last.stored_len);
         segs.push(Segment {
             range: start..end,
@@ -74,6 +87,8 @@ pub(crate) struct Checker<'a> {
     /// The data extent of each chunk, when the index is readable, to name
     /// the region and address in problems (as verify does).
     by_chunk: Vec<Option<Extent>>,
+    /// The chunk numbers in layout order.
+    order: Vec<usize>,
     prev_end: u64,
     pub(crate) chunks_checked: u64,
 }
@@ -94,6 +109,7 @@ impl<'a> Checker<'a> {
         Checker {
             img,
             by_chunk,
+            order: layout(img),
             prev_end: img.header_bytes().len() as u64,
             chunks_checked: 0,
         }
@@ -121,7 +137,8 @@ impl<'a> Checker<'a> {
                 self.prev_end = seg.range.end;
             }
             Part::Chunks(idx) => {
-                for n in idx.clone() {
+                let numbers = self.order.get(idx.clone()).unwrap_or(&[]).to_vec();
+                for n in numbers {
                     let c: ChunkLoc = self.img.chunk_locs()[n];
                     let pad = bytes.get(at(self.prev_end)..at(c.offset)).unwrap_or(&[]);
                     if let Some(p) = pad.iter().position(|&b| b != 0) {

@@ -363,6 +363,37 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             out.push(("encrypted", b));
         }
     }
+    // Laid out in load order (1.1, LOAD_ORDER): the load-order record and
+    // the layout rule in layout order, plain and encrypted.
+    for (codec, key) in [(Codec::None, None), (Codec::Zstd(1), Some(key))] {
+        let opts = WriterOptions::new().workers(0).codec(codec);
+        let opts = match &key {
+            Some(k) => opts.key(k.clone()),
+            None => opts,
+        };
+        let Ok(b) = crate::write_small(opts) else {
+            continue;
+        };
+        let Ok(img) = memimg::Image::from_bytes(b, key.as_ref()) else {
+            continue;
+        };
+        let n = img.chunk_locs().len() as u64;
+        let p = memimg::Profile {
+            image_id: img.header().image_id,
+            chunks: (0..n).rev().step_by(2).collect(),
+        };
+        if let Ok((b, _)) = memimg::relayout(&img, &p, Vec::new()) {
+            // The encrypted one goes to the open_encrypted corpus (by name).
+            out.push((
+                if key.is_some() {
+                    "encrypted"
+                } else {
+                    "load-order"
+                },
+                b,
+            ));
+        }
+    }
     out
 }
 

@@ -80,8 +80,8 @@ fn fuzz_regression_inputs_replay() {
     let seeds = fuzz::seeds();
     assert_eq!(
         seeds.len(),
-        5,
-        "two plain, two encrypted and one incremental (1.1) seed images"
+        7,
+        "two plain, two encrypted and one incremental (1.1) seed images, and one plain and one encrypted laid out in load order"
     );
     for (_, bytes) in &seeds {
         fuzz::open(bytes);

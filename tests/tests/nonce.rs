@@ -1,5 +1,5 @@
 //! No (key, nonce) pair is ever used twice: across writing images, recompressing,
-//! full re-encryption and key rotation.
+//! full re-encryption, relayout (load order) and key rotation.
 //!
 //! The pairs are those the sealing code records as it seals (memimg's
 //! `nonce-audit` feature: `memimg::audit`), not ones recomputed from the same
@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 
 use memimg::{
-    audit, options_from, rebase, rewrap_in_place, transcode, Chain, Codec, Image, Key,
-    WriterOptions,
+    audit, options_from, rebase, relayout, rewrap_in_place, transcode, Chain, Codec, Image, Key,
+    Profile, WriterOptions,
 };
 use memimg_tests::{golden_page, write_golden, GOLDEN_REGIONS};
 
@@ -77,6 +77,18 @@ fn no_key_nonce_pair_repeats() {
         let opts = options_from(&ia).unwrap().codec(codec).key(key.clone());
         let (out, _) = transcode(&ia, Vec::new(), opts, &|_| {}).unwrap();
         want.extend(expected(&Image::from_bytes(out, Some(key)).unwrap(), key));
+    }
+    // Two relayouts of the same image (load order): each seals one new
+    // index under the source's data key, with its own salt, and nothing
+    // else (chunks and key slot are copied).
+    for chunks in [vec![3, 0], vec![3, 0]] {
+        let p = Profile {
+            image_id: ia.header().image_id,
+            chunks,
+        };
+        let (out, _) = relayout(&ia, &p, Vec::new()).unwrap();
+        let pairs = expected(&Image::from_bytes(out, Some(&k1)).unwrap(), &k1);
+        want.push(pairs[pairs.len() - 2].clone());
     }
     // Key rotation in place, twice, back to the first KEK: each seals one new
     // key slot and nothing else.
@@ -145,7 +157,7 @@ fn no_key_nonce_pair_repeats() {
     assert_eq!(img.trailer().generation, 2);
     assert_eq!(img.trailer().superseded, 0);
     println!(
-        "nonce audit: {} pairs recorded while sealing (9 images, 2 rotations, 2 rebases), none twice",
+        "nonce audit: {} pairs recorded while sealing (9 images, 2 relayouts, 2 rotations, 2 rebases), none twice",
         recorded.len()
     );
 }

@@ -20,6 +20,17 @@
 //! - each result goes back to the handler, which is woken through its
 //!   eventfd.
 //!
+//! **Load order.** For an image with a load order (`order.rs`), once the
+//! handler starts its plan ([`Pool::start_plan`]) the working set comes
+//! before any prefetching: when the restore waits for it, one worker
+//! fetches its whole file range with **one ranged GET**, and the workers
+//! then decode its chunks from that buffer, in profile order (a fault on
+//! one of them meanwhile waits for that GET rather than fetching the chunk
+//! again); in the background, the workers fetch its chunks one by one in
+//! profile order, so a first touch waits for its own chunk only. Demands
+//! still come first. If the one GET fails, each chunk is fetched on its
+//! own, as without a profile.
+//!
 //! **Errors.** A chunk that is damaged fails alone. A fetch that fails for
 //! any other reason (the network, after the reader's retries; refused
 //! credentials; an object replaced meanwhile) **breaks** the pool: every
@@ -31,6 +42,8 @@
 //! fetch and its retries.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use memimg::{Extent, Image};
@@ -38,11 +51,39 @@ use memimg::{Extent, Image};
 /// A fetched chunk, or why it could not be had.
 pub(super) type Fetched = Result<Vec<u8>, String>;
 
+/// The working set of an image with a load order, for the pool.
+pub(super) struct Plan {
+    /// Its units, in profile order.
+    pub units: Vec<usize>,
+    /// Its file range, to fetch with one ranged GET; `None`: chunk by chunk.
+    pub range: Option<Range<u64>>,
+    /// Reads made for it (one, or none) and their bytes, for the handle's
+    /// statistics.
+    pub counts: Arc<[AtomicU64; 2]>,
+}
+
+/// The working set's bytes once fetched: the file's bytes from an offset.
+type WorkingSet = Arc<(u64, Vec<u8>)>;
+
+/// What a worker does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Job {
+    /// Fetch and decode one unit.
+    Unit(usize),
+    /// Fetch the working set's range with one request.
+    WorkingSet(Range<u64>),
+}
+
 /// What the pool and its workers share.
 struct Inner {
     img: Arc<Image>,
     /// The data extent of each unit (`None` for zero units, never fetched).
     extents: Vec<Option<Extent>>,
+    /// The image address of each unit.
+    addrs: Vec<u64>,
+    /// For each unit, whether it is in the working set.
+    listed: Vec<bool>,
+    counts: Arc<[AtomicU64; 2]>,
     st: Mutex<State>,
     work: Condvar,
     /// Wakes the handler thread.
@@ -71,6 +112,20 @@ struct State {
     /// Why the source stopped working, once it has.
     broken: Option<String>,
     stop: bool,
+    /// The working set's units not yet taken, in profile order.
+    plan: VecDeque<usize>,
+    /// The handler has started its plan: the working set comes before any
+    /// prefetching.
+    planning: bool,
+    /// The working set's range, until a worker takes it to fetch.
+    ws_range: Option<Range<u64>>,
+    /// The one request for the working set is under way: its chunks wait
+    /// for it.
+    ws_fetching: bool,
+    /// The working set's bytes, once fetched, until each of its chunks has
+    /// been decoded from them (`ws_left`) or the plan is over.
+    ws: Option<WorkingSet>,
+    ws_left: usize,
 }
 
 /// The worker threads of one lazy restore. Dropping it stops them once
@@ -82,12 +137,15 @@ pub(super) struct Pool {
 impl Pool {
     /// Starts `workers` threads fetching the data units of `extents` from
     /// `img`; `poke` wakes the handler when a result is ready.
+    /// `plan` is the working set of an image with a load order (empty
+    /// without one), fetched first once [`Pool::start_plan`] is called.
     pub(super) fn start(
         img: Arc<Image>,
         extents: Vec<Option<Extent>>,
         addrs: &[u64],
         workers: usize,
         poke: Box<dyn Fn() + Send + Sync>,
+        plan: Plan,
     ) -> std::io::Result<Pool> {
         let wanted = extents
             .iter()
@@ -97,11 +155,23 @@ impl Pool {
             .map(|(i, (_, &a))| (a, i))
             .collect();
         let workers = workers.max(1);
+        let mut listed = vec![false; extents.len()];
+        for &u in &plan.units {
+            if let Some(l) = listed.get_mut(u) {
+                *l = true;
+            }
+        }
+        let ws_range = plan.range.filter(|_| !plan.units.is_empty());
         let inner = Arc::new(Inner {
             img,
             extents,
+            addrs: addrs.to_vec(),
+            listed,
+            counts: plan.counts,
             st: Mutex::new(State {
                 wanted,
+                plan: plan.units.into(),
+                ws_range,
                 ..State::default()
             }),
             work: Condvar::new(),
@@ -149,6 +219,21 @@ impl Pool {
         self.with(|s| s.prefetch = true);
     }
 
+    /// The handler places the working set now: fetch it before anything
+    /// prefetched.
+    pub(super) fn start_plan(&self) {
+        self.with(|s| s.planning = true);
+    }
+
+    /// The working set is placed (or no longer waits): let its bytes go.
+    pub(super) fn plan_done(&self) {
+        self.with(|s| {
+            s.plan.clear();
+            s.ws_range = None;
+            s.ws = None;
+        });
+    }
+
     /// This process no longer needs `unit` at `addr` (its pages were
     /// placed another way, or discarded).
     pub(super) fn forget(&self, addr: u64) {
@@ -183,23 +268,46 @@ impl Drop for Pool {
     }
 }
 
-/// The unit a worker takes next, if any: a demanded one, else (when
-/// prefetching, and while fewer than `cap` results wait) the wanted unit
-/// nearest to the last fault.
-fn next(s: &mut State, cap: usize) -> Option<usize> {
-    let u = pick(s, cap)?;
-    s.coming.insert(u);
-    Some(u)
+/// What a worker takes next, if anything: a demanded unit (one of the
+/// working set waits while its one request is under way), else, once the
+/// plan is started, the working set (its one request, then its units in
+/// profile order), else (when prefetching, and while fewer than `cap`
+/// results wait) the wanted unit nearest to the last fault. `listed` and
+/// `addrs` are [`Inner`]'s.
+fn next(s: &mut State, cap: usize, listed: &[bool], addrs: &[u64]) -> Option<Job> {
+    let job = pick(s, cap, listed, addrs)?;
+    if let Job::Unit(u) = job {
+        s.coming.insert(u);
+    }
+    Some(job)
 }
 
-fn pick(s: &mut State, cap: usize) -> Option<usize> {
-    while let Some(u) = s.demand.pop_front() {
-        // Asked twice before a worker took it: once is enough.
-        if !s.coming.contains(&u) {
-            return Some(u);
+fn pick(s: &mut State, cap: usize, listed: &[bool], addrs: &[u64]) -> Option<Job> {
+    // Asked twice before a worker took it: once is enough.
+    let coming = &s.coming;
+    s.demand.retain(|u| !coming.contains(u));
+    let held = |u: usize| s.ws_fetching && listed.get(u).copied().unwrap_or(false);
+    if let Some(k) = s.demand.iter().position(|&u| !held(u)) {
+        return s.demand.remove(k).map(Job::Unit);
+    }
+    if s.planning {
+        if let Some(r) = s.ws_range.take() {
+            s.ws_fetching = true;
+            return Some(Job::WorkingSet(r));
         }
     }
-    if !s.prefetch || s.in_flight + s.done.len() >= cap {
+    if s.ws_fetching || s.in_flight + s.done.len() >= cap {
+        return None;
+    }
+    if s.planning {
+        while let Some(u) = s.plan.pop_front() {
+            // Not demanded, fetched or placed already.
+            if addrs.get(u).is_some_and(|a| s.wanted.remove(a).is_some()) {
+                return Some(Job::Unit(u));
+            }
+        }
+    }
+    if !s.prefetch {
         return None;
     }
     let h = s.hint;
@@ -217,7 +325,7 @@ fn pick(s: &mut State, cap: usize) -> Option<usize> {
         (None, None) => return None,
     };
     s.wanted.remove(&a);
-    Some(u)
+    Some(Job::Unit(u))
 }
 
 fn worker(inner: &Inner) {
@@ -226,26 +334,60 @@ fn worker(inner: &Inner) {
         if s.stop {
             return;
         }
-        let Some(unit) = next(&mut s, inner.cap) else {
+        let Some(job) = next(&mut s, inner.cap, &inner.listed, &inner.addrs) else {
             s = match inner.work.wait(s) {
                 Ok(s) => s,
                 Err(_) => return,
             };
             continue;
         };
+        let unit = match job {
+            Job::Unit(u) => u,
+            Job::WorkingSet(r) => {
+                s.in_flight += 1;
+                drop(s);
+                let got = fetch_range(inner, &r);
+                s = match inner.st.lock() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                s.in_flight -= 1;
+                s.ws_fetching = false;
+                // Unless the plan ended meanwhile. On failure each chunk is
+                // fetched on its own (a store that is gone then breaks the
+                // pool there).
+                if let Some(ws) = got.filter(|_| !s.plan.is_empty()) {
+                    s.ws_left = inner.listed.iter().filter(|&&l| l).count();
+                    s.ws = Some(ws);
+                }
+                // The chunks that waited for it.
+                inner.work.notify_all();
+                continue;
+            }
+        };
         let broken = s.broken.clone();
+        let ws =
+            s.ws.clone()
+                .filter(|_| inner.listed.get(unit) == Some(&true));
         s.in_flight += 1;
         drop(s);
         let res = match (broken, inner.extents.get(unit).copied().flatten()) {
             (Some(why), _) => Err((format!("not fetched: {why}"), false)),
             (None, None) => Err(("not a data extent".to_string(), false)),
-            (None, Some(ext)) => fetch(&inner.img, &ext),
+            (None, Some(ext)) => fetch(&inner.img, &ext, ws.as_deref()),
         };
         s = match inner.st.lock() {
             Ok(s) => s,
             Err(_) => return,
         };
         s.in_flight -= 1;
+        if ws.is_some() && s.ws.is_some() {
+            s.ws_left = s.ws_left.saturating_sub(1);
+            if s.ws_left == 0 {
+                // Every chunk of it has been decoded: let the memory go.
+                s.ws = None;
+            }
+        }
         if let Err((why, fatal)) = &res {
             if *fatal && s.broken.is_none() {
                 s.broken = Some(why.clone());
@@ -256,15 +398,34 @@ fn worker(inner: &Inner) {
     }
 }
 
-/// Fetches and decodes one data extent. The error says whether the source
+/// Fetches and decodes one data extent, its stored bytes taken from the
+/// working set `ws` when it holds them (checked as bytes read from the
+/// image: `Image::decode_extent_with`). The error says whether the source
 /// is broken (anything but damage of this chunk).
-fn fetch(img: &Image, ext: &Extent) -> Result<Vec<u8>, (String, bool)> {
+fn fetch(
+    img: &Image,
+    ext: &Extent,
+    ws: Option<&(u64, Vec<u8>)>,
+) -> Result<Vec<u8>, (String, bool)> {
     let len = usize::try_from(ext.len(img.header().page_size)).unwrap_or(usize::MAX);
     let mut buf = vec![0u8; len];
-    match img.decode_extent(ext, &mut buf) {
+    let r = match ws {
+        Some((at, bytes)) => img.decode_extent_with(*at, bytes, ext, &mut buf),
+        None => img.decode_extent(ext, &mut buf),
+    };
+    match r {
         Ok(()) => Ok(buf),
         Err(e) => Err((e.to_string(), !e.is_damage())),
     }
+}
+
+/// Fetches the working set's file range `r` with one request; `None` when
+/// that fails.
+fn fetch_range(inner: &Inner, r: &Range<u64>) -> Option<WorkingSet> {
+    let b = inner.img.file_range(r.start, r.end - r.start).ok()?;
+    inner.counts[0].fetch_add(1, Ordering::Relaxed);
+    inner.counts[1].fetch_add(r.end - r.start, Ordering::Relaxed);
+    Some(Arc::new((r.start, b.into_owned())))
 }
 
 #[cfg(test)]
@@ -282,28 +443,28 @@ mod tests {
     fn demands_come_first_then_nearest_to_the_last_fault() {
         let mut s = state(&[0, 10, 20, 30, 40]);
         // Nothing without a demand until prefetching is on.
-        assert_eq!(next(&mut s, 8), None);
+        assert_eq!(next(&mut s, 8, &[], &[]), None);
         s.demand.push_back(4);
-        assert_eq!(next(&mut s, 8), Some(4));
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(4)));
         s.prefetch = true;
         s.hint = 24;
-        assert_eq!(next(&mut s, 8), Some(2)); // 20: 4 away
-        assert_eq!(next(&mut s, 8), Some(3)); // 30: 6 away
-        assert_eq!(next(&mut s, 8), Some(1)); // 10
-        assert_eq!(next(&mut s, 8), Some(4)); // 40
-        assert_eq!(next(&mut s, 8), Some(0));
-        assert_eq!(next(&mut s, 8), None);
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(2))); // 20: 4 away
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(3))); // 30: 6 away
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(1))); // 10
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(4))); // 40
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(0)));
+        assert_eq!(next(&mut s, 8, &[], &[]), None);
     }
 
     #[test]
     fn a_chunk_under_way_is_not_fetched_again() {
         let mut s = state(&[0, 10]);
         s.prefetch = true;
-        assert_eq!(next(&mut s, 8), Some(0));
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(0)));
         // A fault demands it while it is fetched: nothing more to fetch.
         s.demand.push_back(0);
-        assert_eq!(next(&mut s, 8), Some(1));
-        assert_eq!(next(&mut s, 8), None);
+        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(1)));
+        assert_eq!(next(&mut s, 8, &[], &[]), None);
     }
 
     #[test]
@@ -312,9 +473,41 @@ mod tests {
         s.prefetch = true;
         s.in_flight = 1;
         s.done.push((0, Ok(Vec::new())));
-        assert_eq!(next(&mut s, 2), None, "two results held: no more");
+        assert_eq!(next(&mut s, 2, &[], &[]), None, "two results held: no more");
         // A demand is served whatever is held.
         s.demand.push_back(2);
-        assert_eq!(next(&mut s, 2), Some(2));
+        assert_eq!(next(&mut s, 2, &[], &[]), Some(Job::Unit(2)));
+    }
+
+    #[test]
+    fn the_working_set_comes_first_in_one_request_then_in_profile_order() {
+        let addrs = [0, 10, 20, 30, 40];
+        // Units 3 and 1 are the working set, in that order.
+        let listed = [false, true, false, true, false];
+        let mut s = state(&addrs);
+        s.plan = [3, 1].into();
+        s.ws_range = Some(100..200);
+        s.prefetch = true;
+        s.hint = 40;
+        let take = |s: &mut State| next(s, 8, &listed, &addrs);
+        // Before the handler starts its plan: prefetching as without one.
+        assert_eq!(take(&mut s), Some(Job::Unit(4)));
+        s.planning = true;
+        assert_eq!(take(&mut s), Some(Job::WorkingSet(100..200)));
+        // While it is fetched, a demand of one of its chunks waits for it,
+        // a demand of another chunk does not, and nothing is prefetched.
+        for (u, a) in [(1, 10), (0, 0)] {
+            s.wanted.remove(&a);
+            s.demand.push_back(u);
+        }
+        assert_eq!(take(&mut s), Some(Job::Unit(0)));
+        assert_eq!(take(&mut s), None);
+        s.ws_fetching = false;
+        assert_eq!(take(&mut s), Some(Job::Unit(1)));
+        // Then the rest of it in profile order (1 was demanded), then the
+        // prefetch.
+        assert_eq!(take(&mut s), Some(Job::Unit(3)));
+        assert_eq!(take(&mut s), Some(Job::Unit(2)));
+        assert_eq!(take(&mut s), None);
     }
 }

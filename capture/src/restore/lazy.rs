@@ -79,9 +79,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, Weak};
 use std::thread::JoinHandle;
 
-use memimg::{Extent, ExtentKind, Image, Region};
+use memimg::{Extent, ExtentKind, Image, Profile, Region};
 
-use super::fetch::{Fetched, Pool};
+use super::fetch::{Fetched, Plan, Pool};
+use super::order::{Ordered, Recorder};
 use super::pending::{Pending, Run};
 use super::uffd::{feature, Msg, RawMsg, Uffd};
 use super::usize_of;
@@ -190,6 +191,23 @@ pub struct LazyStats {
     pub units_failed: u64,
     /// The first chunk that failed to decode or fetch, if any.
     pub error: Option<String>,
+    /// Faults that had to wait for the image's bytes: the page still waited
+    /// when it was touched, so the handler fetched (or took from a buffer)
+    /// and placed its piece while the thread waited. The other faults are
+    /// [`LazyStats::refaults`].
+    pub faults_waited: u64,
+    /// Pieces placed by the prefetcher before anything touched them (the
+    /// working set of an image with a load order, then the rest when asked
+    /// by [`LazyHandle::prefetch`]): touches of those never fault.
+    pub units_prefetched: u64,
+    /// Reads made to fetch the working set of an image with a load order
+    /// in one go: 1 once it was needed, else 0.
+    pub working_set_reads: u64,
+    /// Bytes of those reads.
+    pub working_set_bytes: u64,
+    /// Recording a load-order profile
+    /// ([`super::RestoreOptions::record_profile`]) is still on.
+    pub recording: bool,
 }
 
 /// Where the handler is, for the threads that wait on it.
@@ -201,6 +219,9 @@ struct State {
     children_waiting: bool,
     /// The handler thread has ended.
     ended: bool,
+    /// The working set of an image with a load order has been placed (or
+    /// there is none).
+    planned: bool,
 }
 
 struct Shared {
@@ -221,6 +242,11 @@ struct Shared {
     remaps: AtomicU64,
     removes: AtomicU64,
     unmaps: AtomicU64,
+    faults_waited: AtomicU64,
+    units_prefetched: AtomicU64,
+    /// The working set's reads and bytes (see `order::Ordered`).
+    ws: Arc<[AtomicU64; 2]>,
+    recorder: Option<Arc<Recorder>>,
     error: Mutex<Option<String>>,
     state: Mutex<State>,
     changed: Condvar,
@@ -323,11 +349,15 @@ impl LazyHandle {
     /// Starts the handler of `img`'s `regions`. With `workers` 0 the
     /// handler reads and decodes each piece itself (a local image); with
     /// more, that many worker threads fetch and decode while the handler
-    /// only places (a remote image: see `fetch.rs`).
+    /// only places (a remote image: see `fetch.rs`). `record` and
+    /// `background` are [`super::RestoreOptions::record_profile`] and
+    /// [`super::RestoreOptions::working_set_in_background`].
     pub(super) fn start(
         img: Image,
         regions: &[Region],
         workers: usize,
+        record: Option<std::time::Duration>,
+        background: bool,
     ) -> Result<LazyHandle, RestoreError> {
         let ps = img.header().page_size;
         let piece = u64::from(img.header().chunk_size);
@@ -359,12 +389,56 @@ impl LazyHandle {
             .iter()
             .map(|r| (r.info.start, r.info.end()))
             .collect();
+        // The working set of an image with a load order is placed first,
+        // in profile order (see order.rs).
+        let mut unit_of = std::collections::HashMap::new();
+        for (i, u) in units.iter().enumerate() {
+            if let Some(e) = &u.extent {
+                unit_of.insert(e.chunk, i);
+            }
+        }
+        let plan: VecDeque<usize> = img
+            .load_order()
+            .ok()
+            .flatten()
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|c| unit_of.get(c).copied())
+            .collect();
+        let recorder = record.map(|d| {
+            Arc::new(Recorder::new(
+                img.header().image_id,
+                img.chunk_locs().len(),
+                d,
+            ))
+        });
+        let ws = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        // Before returning: one read (for a remote image, one ranged GET on
+        // a fetch thread). In the background: read-ahead of the whole range
+        // (for a remote image, the fetch threads fetch it chunk by chunk, in
+        // profile order), so the first touches need not wait for the whole
+        // working set.
         let via = if workers == 0 {
-            Via::Inline(img)
+            if background {
+                super::order::read_ahead(&img);
+            }
+            Via::Inline(Ordered::new(img, Arc::clone(&ws), !background))
         } else {
-            Via::Workers(Arc::new(img), workers)
+            let range = img
+                .working_set_range()
+                .ok()
+                .flatten()
+                .filter(|_| !background);
+            Via::Workers(Arc::new(img), workers, range)
         };
-        Self::start_with(via, units, &ranges, u64::from(ps))
+        let wait = !plan.is_empty() && !background && recorder.is_none();
+        let h = Self::start_with(via, units, &ranges, u64::from(ps), (plan, recorder, ws))?;
+        if wait {
+            // The working set is placed before the program goes on (faults
+            // meanwhile are answered first, as always).
+            h.shared.wait(|s| s.planned || s.released);
+        }
+        Ok(h)
     }
 
     /// Starts the handler of `regions` with the pieces `units` (address,
@@ -393,6 +467,7 @@ impl LazyHandle {
         units: Vec<Unit>,
         ranges: &[(u64, u64)],
         ps: u64,
+        (plan, recorder, ws): (VecDeque<usize>, Option<Arc<Recorder>>, Arc<[AtomicU64; 2]>),
     ) -> Result<LazyHandle, RestoreError> {
         let unavailable = |why: String| RestoreError::StrategyUnavailable {
             strategy: "lazy",
@@ -418,6 +493,10 @@ impl LazyHandle {
             remaps: AtomicU64::new(0),
             removes: AtomicU64::new(0),
             unmaps: AtomicU64::new(0),
+            faults_waited: AtomicU64::new(0),
+            units_prefetched: AtomicU64::new(0),
+            ws,
+            recorder,
             error: Mutex::new(None),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -451,7 +530,7 @@ impl LazyHandle {
         let left = units.iter().map(|u| u.len).collect();
         let fetch = match via {
             Via::Inline(src) => Fetch::Inline(src),
-            Via::Workers(img, n) => {
+            Via::Workers(img, n, range) => {
                 let weak = Arc::downgrade(&shared);
                 let poke = Box::new(move || {
                     if let Some(s) = weak.upgrade() {
@@ -460,7 +539,12 @@ impl LazyHandle {
                 });
                 let extents = units.iter().map(|u| u.extent).collect();
                 let addrs: Vec<u64> = units.iter().map(|u| u.addr).collect();
-                let pool = Pool::start(img, extents, &addrs, n, poke)
+                let plan = Plan {
+                    units: plan.iter().copied().collect(),
+                    range,
+                    counts: Arc::clone(&shared.ws),
+                };
+                let pool = Pool::start(img, extents, &addrs, n, poke, plan)
                     .map_err(|e| RestoreError::io("starting the fetch threads", e))?;
                 Fetch::Pool(pool)
             }
@@ -478,6 +562,8 @@ impl LazyHandle {
                 poison,
                 buf: Vec::new(),
                 buf_unit: None,
+                plan,
+                plan_started: false,
             },
             spaces: vec![Space {
                 uffd,
@@ -531,7 +617,31 @@ impl LazyHandle {
             unmaps: get(&s.unmaps),
             released: s.state().released,
             error: s.error.lock().ok().and_then(|e| e.clone()),
+            faults_waited: get(&s.faults_waited),
+            units_prefetched: get(&s.units_prefetched),
+            working_set_reads: get(&s.ws[0]),
+            working_set_bytes: get(&s.ws[1]),
+            recording: s.recorder.as_ref().is_some_and(|r| r.recording()),
         }
+    }
+
+    /// Ends the recording of the load-order profile: the program is ready
+    /// (what it touched from now on is not its startup), and the prefetcher
+    /// may run again. Nothing happens when the restore does not record.
+    pub fn profile_ready(&self) {
+        if let Some(r) = &self.shared.recorder {
+            r.stop();
+            self.shared.poke();
+        }
+    }
+
+    /// The load-order profile recorded so far: the chunks first touched by
+    /// faults, in order, with the image id. `None` when the restore does not
+    /// record ([`super::RestoreOptions::record_profile`]) or nothing was
+    /// touched yet. Write it with [`Profile::write`] and give it to
+    /// `imgtool optimize`.
+    pub fn profile(&self) -> Option<Profile> {
+        self.shared.recorder.as_ref().and_then(|r| r.profile())
     }
 
     /// Places every page not yet placed, stops the thread and returns the
@@ -612,8 +722,9 @@ enum Step {
 enum Via<S> {
     /// From `S` on the handler thread.
     Inline(S),
-    /// From the image on this many worker threads.
-    Workers(Arc<Image>, usize),
+    /// From the image on this many worker threads; the working set's file
+    /// range when it is fetched with one request.
+    Workers(Arc<Image>, usize, Option<std::ops::Range<u64>>),
 }
 
 /// The running form of [`Via`].
@@ -644,6 +755,12 @@ struct Engine<S> {
     buf: Vec<u8>,
     /// The unit whose bytes `buf` holds.
     buf_unit: Option<usize>,
+    /// Units to place first, in this order: the working set of an image
+    /// with a load order.
+    plan: VecDeque<usize>,
+    /// The fetch threads were told to fetch the plan, and not yet that it
+    /// is over.
+    plan_started: bool,
 }
 
 struct Handler<S> {
@@ -730,8 +847,37 @@ impl<S: ChunkSource> Handler<S> {
                 continue;
             }
             let shared = &self.eng.shared;
-            let main_too =
-                shared.prefetch.load(Ordering::Relaxed) || shared.finish.load(Ordering::Relaxed);
+            // While a profile is recorded, nothing is prefetched, so that
+            // every first touch is a fault (unless every page must be placed
+            // now).
+            let recording = shared.recorder.as_ref().is_some_and(|r| r.recording());
+            let finish = shared.finish.load(Ordering::Relaxed);
+            let children = self.spaces.iter().any(|s| !s.main && !s.pending.is_empty());
+            if (!recording || finish) && !children {
+                if let Some(sp) = self.spaces.first_mut().filter(|s| s.main) {
+                    match self.eng.fill_planned(sp) {
+                        Step::Idle => {
+                            if !self.eng.shared.state().planned {
+                                self.eng.shared.set(|s| s.planned = true);
+                            }
+                        }
+                        Step::Blocked => {
+                            self.sleep(10);
+                            continue;
+                        }
+                        Step::Gone => {
+                            sp.dead = true;
+                            continue;
+                        }
+                        Step::Did => continue,
+                        // The fetch threads bring the working set: go on
+                        // below until they deliver.
+                        Step::Wait(_) => {}
+                    }
+                }
+            }
+            let shared = &self.eng.shared;
+            let main_too = (shared.prefetch.load(Ordering::Relaxed) && !recording) || finish;
             if main_too {
                 if let Fetch::Pool(p) = &self.eng.fetch {
                     p.prefetch();
@@ -750,12 +896,20 @@ impl<S: ChunkSource> Handler<S> {
                 });
             if let Some(i) = target {
                 let sp = &mut self.spaces[i];
+                let main = sp.main;
+                let before = self.eng.shared.units_done.load(Ordering::Relaxed);
                 let step = match self.eng.fetch {
                     // The fetch threads bring the data pieces of this
                     // process; the handler places its zero pieces.
-                    Fetch::Pool(_) if sp.main => self.eng.fill_zero(sp),
+                    Fetch::Pool(_) if main => self.eng.fill_zero(sp),
                     _ => self.eng.fill_first(sp),
                 };
+                if main && step == Step::Did {
+                    let done = self.eng.shared.units_done.load(Ordering::Relaxed);
+                    self.eng
+                        .shared
+                        .count(&self.eng.shared.units_prefetched, done - before);
+                }
                 match step {
                     Step::Blocked => {
                         self.sleep(10);
@@ -967,6 +1121,9 @@ impl<S: ChunkSource> Engine<S> {
         let ps = self.ps;
         let page = addr & !(ps - 1);
         if let Some(run) = sp.pending.lookup(page) {
+            if sp.main {
+                self.note_fault(page.wrapping_sub(run.delta()));
+            }
             if let Fetch::Pool(p) = &self.fetch {
                 p.hint(page.wrapping_sub(run.delta()));
             }
@@ -999,6 +1156,80 @@ impl<S: ChunkSource> Engine<S> {
         }
     }
 
+    /// A fault in this process touched a page that waits for the image at
+    /// image address `img`: count it, and record its chunk's first touch
+    /// when a profile is recorded. (A fault retried after `EAGAIN` counts
+    /// once more; the recorder keeps each chunk's first touch only.)
+    fn note_fault(&mut self, img: u64) {
+        let sh = &self.shared;
+        sh.count(&sh.faults_waited, 1);
+        let Some(rec) = &sh.recorder else { return };
+        let i = self.units.partition_point(|u| u.addr + u.len <= img);
+        if let Some(e) = self
+            .units
+            .get(i)
+            .filter(|u| u.addr <= img)
+            .and_then(|u| u.extent)
+        {
+            rec.touch(e.chunk);
+        }
+    }
+
+    /// Places the next unit of the plan (the working set, in profile order)
+    /// that still waits at its own address; `Idle` once none does. Units
+    /// the program moved (`mremap`) are left to the general prefetch.
+    fn fill_planned(&mut self, sp: &mut Space) -> Step {
+        while let Some(&i) = self.plan.front() {
+            let Some(u) = self.units.get(i).copied() else {
+                self.plan.pop_front();
+                continue;
+            };
+            let first = sp
+                .pending
+                .pieces(u.addr, u.addr + u.len, 0)
+                .first()
+                .copied();
+            match first.and_then(|(s, _)| sp.pending.lookup(s).map(|r| (s, r))) {
+                Some(_) if self.waits_for_pool(i) => {
+                    // The fetch threads bring it (place_ready places it):
+                    // they fetch the working set in profile order once told.
+                    if let Fetch::Pool(p) = &self.fetch {
+                        if !self.plan_started {
+                            self.plan_started = true;
+                            p.start_plan();
+                        }
+                    }
+                    return Step::Wait(i);
+                }
+                Some((s, run)) if run.delta() == 0 => {
+                    let before = self.shared.units_done.load(Ordering::Relaxed);
+                    let step = self.fill(sp, s, run);
+                    let done = self.shared.units_done.load(Ordering::Relaxed);
+                    self.shared
+                        .count(&self.shared.units_prefetched, done - before);
+                    return step;
+                }
+                _ => {
+                    self.plan.pop_front();
+                }
+            }
+        }
+        if let Fetch::Pool(p) = &self.fetch {
+            if self.plan_started {
+                self.plan_started = false;
+                p.plan_done();
+            }
+        }
+        Step::Idle
+    }
+
+    /// With fetch threads: unit `i`'s bytes have not been delivered yet.
+    fn waits_for_pool(&self, i: usize) -> bool {
+        matches!(self.fetch, Fetch::Pool(_))
+            && self.buf_unit != Some(i)
+            && !self.ready.contains_key(&i)
+    }
+
     /// Takes what the fetch threads delivered, and sends the faults parked
     /// on it (or on a page that no longer waits) back to be answered.
     fn collect(&mut self, spaces: &mut [Space]) {
@@ -1013,7 +1244,13 @@ impl<S: ChunkSource> Engine<S> {
             let parked = std::mem::take(&mut sp.parked);
             for (i, addr, tid) in parked {
                 let here = self.ready.contains_key(&i) || self.buf_unit == Some(i);
-                if here || sp.pending.lookup(addr & !(ps - 1)).is_none() {
+                let waits = sp.pending.lookup(addr & !(ps - 1)).is_some();
+                if here || !waits {
+                    if waits && sp.main {
+                        // Counted in faults_waited when first answered; it
+                        // is counted again when answered now.
+                        self.shared.faults_waited.fetch_sub(1, Ordering::Relaxed);
+                    }
                     sp.faults.push_front((addr, tid));
                 } else {
                     sp.parked.push((i, addr, tid));
@@ -1029,9 +1266,17 @@ impl<S: ChunkSource> Engine<S> {
             return Step::Idle;
         };
         for sp in spaces.iter_mut() {
+            let before = self.shared.units_done.load(Ordering::Relaxed);
             match self.fill_unit(sp, i) {
                 Step::Blocked => return Step::Blocked,
                 Step::Gone => sp.dead = true,
+                // No fault took it first (those are answered before): it
+                // was prefetched, or is the working set.
+                Step::Did if sp.main => {
+                    let done = self.shared.units_done.load(Ordering::Relaxed);
+                    self.shared
+                        .count(&self.shared.units_prefetched, done - before);
+                }
                 _ => {}
             }
         }

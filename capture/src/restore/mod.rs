@@ -14,6 +14,14 @@
 //!   once; a handler thread decodes each chunk on its first touch. See
 //!   [`LazyHandle`].
 //!
+//! An image with a load order (spec.md, *Load order*; `imgtool optimize`)
+//! stores the chunks a program touched first at the front of its data.
+//! Eager restore decodes in file order; lazy restore reads that working set
+//! with one read and places it, in profile order, between faults and
+//! before anything else. A lazy restore can also record such a profile
+//! ([`RestoreOptions::record_profile`], [`LazyHandle::profile`]). See
+//! `order.rs`.
+//!
 //! Finally the recorded protections are applied. Regions recorded without
 //! data (`[vvar]`, guard pages of a capture) are not mapped; a region with
 //! pages that were not captured cannot be restored.
@@ -76,6 +84,7 @@
 mod chain;
 mod fetch;
 mod lazy;
+mod order;
 mod pending;
 mod uffd;
 
@@ -150,6 +159,18 @@ pub struct RestoreOptions {
     pub expect_validation: Option<(Vec<u8>, Vec<u8>)>,
     /// The key of an encrypted image. By default none.
     pub key: Option<Key>,
+    /// Lazy restore only: record the load-order profile, the chunks the
+    /// program first touches (by faults) in order, for at most this long or
+    /// until [`LazyHandle::profile_ready`]; [`LazyHandle::profile`] returns
+    /// it. While it records, nothing is prefetched, so that every first
+    /// touch is seen. By default nothing is recorded.
+    pub record_profile: Option<Duration>,
+    /// Lazy restore of an image with a load order: return at once and place
+    /// the working set while the program runs (between its faults), instead
+    /// of placing it before returning. By default the restore returns once
+    /// the working set is in place (one read, then decoding), so that the
+    /// program's first touches of it do not wait.
+    pub working_set_in_background: bool,
 }
 
 /// Regions restored into this process.
@@ -273,7 +294,13 @@ fn restore_image(
         _ => {
             // Lazy: UFFDIO_COPY fills pages whatever their protection.
             res.protect(&regions)?;
-            lazy = Some(LazyHandle::start(img, &regions, fetchers)?);
+            lazy = Some(LazyHandle::start(
+                img,
+                &regions,
+                fetchers,
+                opts.record_profile,
+                opts.working_set_in_background,
+            )?);
         }
     }
     res.keep();
@@ -651,6 +678,15 @@ fn decode_all(img: &Image, regions: &[Region]) -> Result<(), RestoreError> {
                 .copied(),
         );
     }
+    // In layout order (the order of the chunks in the file): by address, or
+    // the load-order profile's chunks first.
+    let locs = img.chunk_locs();
+    work.sort_by_key(|e| {
+        usize::try_from(e.chunk)
+            .ok()
+            .and_then(|k| locs.get(k))
+            .map_or(u64::MAX, |c| c.offset)
+    });
     work.par_iter().try_for_each(|e| {
         // SAFETY: the extent lies inside a region reserved read-write by this
         // restore; extents do not overlap, so each task writes its own bytes.

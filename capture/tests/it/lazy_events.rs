@@ -26,7 +26,7 @@ pub fn child_role(role: &str) -> bool {
         "lazy-damaged" => damaged(),
         "skip-probe" => ls::skip("skip_probe", "nothing here"),
         "lazy-costs" => crate::lazy_costs::role(),
-        _ => return crate::lazy_alloc::child_role(role),
+        _ => return crate::lazy_alloc::child_role(role) || crate::loadorder::child_role(role),
     }
     true
 }

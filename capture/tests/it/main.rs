@@ -20,6 +20,7 @@ mod lazy_costs;
 mod lazy_events;
 mod lazy_support;
 mod live;
+mod loadorder;
 mod protect;
 mod registers;
 #[cfg(feature = "remote")]

@@ -469,3 +469,49 @@ fn remote_missing_key_and_mmap_are_refused() {
     );
     assert!(!ls::mapped(0x10_0000), "nothing stays mapped");
 }
+
+/// An image laid out in load order, in object storage: a lazy restore from
+/// its URL fetches the working set with one ranged GET on a fetch thread
+/// and places it before returning, so no startup touch waits; with the
+/// working set in the background it returns at once and fetches it chunk
+/// by chunk. Every page is compared with the image's content either way.
+#[test]
+fn remote_optimized_image_fetches_its_working_set_in_one_get() {
+    use crate::loadorder::{assert_content, list, Setup, STARTUP};
+    let test = "remote::remote_optimized_image_fetches_its_working_set_in_one_get";
+    let Some(moto) = moto_for(test) else { return };
+    let s = Setup::new(24);
+    let touched: Vec<usize> = STARTUP.iter().copied().filter(|&p| p % 7 != 0).collect();
+    let (opt, chunks, ws) = s.optimized(&touched);
+    let bucket = moto::bucket_for(test);
+    moto.create_bucket(&bucket);
+    moto.put(&bucket, "opt.img", &std::fs::read(&opt).unwrap());
+    let url = moto::url(&bucket, "opt.img");
+    for mode in ["use", "background"] {
+        let mut e = child_env(moto, &url, &s.key, s.base);
+        e.push(("MODE", mode.into()));
+        e.push(("TOUCH", list(&touched)));
+        e.push(("WS", chunks.len().to_string()));
+        let o = run_limited("lo-run", &e, ls::limit());
+        assert!(
+            o.ok() && o.out.contains("END"),
+            "{mode} ({}):\n{}",
+            signame(&o),
+            o.out
+        );
+        assert_content(&o, s.base, &[]);
+        assert_eq!(stat(&o.out, "errors"), 0, "{}", o.out);
+        if mode == "use" {
+            assert_eq!(stat(&o.out, "faults_waited"), 0, "{}", o.out);
+            assert_eq!(stat(&o.out, "ws_reads"), 1, "{}", o.out);
+            assert_eq!(stat(&o.out, "ws_bytes"), ws.end - ws.start, "{}", o.out);
+        } else {
+            assert_eq!(stat(&o.out, "ws_reads"), 0, "{}", o.out);
+            assert!(
+                stat(&o.out, "faults_waited") <= chunks.len() as u64,
+                "{}",
+                o.out
+            );
+        }
+    }
+}

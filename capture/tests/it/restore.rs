@@ -88,6 +88,7 @@ pub fn child_role(role: &str) -> bool {
         strategy,
         expect_validation: Some((TAG.to_vec(), DATA.to_vec())),
         key,
+        ..RestoreOptions::default()
     };
     let restored = restore(Path::new(&var("IMG")), &opts).unwrap();
     let want_strategy: Strategy = var("WANT").parse().unwrap();

@@ -69,6 +69,12 @@ pub(super) fn parse_body(
     let m_start = s_start + h.strings_len as usize;
     let strings = &body[s_start..m_start];
     let notes = parse_body_meta(&body[m_start..], Location::at(base + m_start as u64))?;
+    let load_order = super::order::parse_load_order(
+        &body[m_start..],
+        header,
+        chunks.len(),
+        base + m_start as u64,
+    )?;
 
     let mut extents = Vec::with_capacity(usize_of(h.extent_count)?);
     let mut next_chunk = 0u64;
@@ -346,6 +352,7 @@ pub(super) fn parse_body(
         regions,
         extents,
         notes,
+        load_order,
     })
 }
 

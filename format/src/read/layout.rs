@@ -22,7 +22,10 @@ pub(super) fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
         }
     }
     let mut end = ps;
-    for (i, c) in img.chunks.iter().enumerate() {
+    // In layout order (spec.md, *Chunk data*): by number, or the load-order
+    // profile first.
+    for i in super::order::layout_sequence(img) {
+        let c = &img.chunks[i];
         let expect = if raw_flags[i] {
             end.div_ceil(ps) * ps
         } else {
@@ -53,13 +56,23 @@ pub(super) fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
 
 impl Image {
     /// The padding in front of chunk `n`, as (file offset, length): the bytes
-    /// from the end of chunk `n - 1` (or from `P` for chunk 0) up to chunk
+    /// from the end of the chunk before it in layout order (`n - 1`, unless
+    /// the image has a load order; `P` for the first) up to chunk
     /// `n`'s start, which the layout rule makes zero. Only a raw chunk of a
     /// plain image has any; the length is 0 for the others, and for chunks
     /// whose offsets break the layout rule (which opening reports).
     pub(crate) fn padding_before(&self, n: usize) -> (u64, u64) {
         let ps = u64::from(self.header.page_size);
-        let prev_end = match n.checked_sub(1).and_then(|p| self.chunks.get(p)) {
+        let prev = match self.body.as_ref().and_then(|b| b.load_order.as_ref()) {
+            Some(o) => o.prev(n),
+            // A locked image with a load order is encrypted: every chunk
+            // is packed, with no padding.
+            None if self.has_load_order() => {
+                return (self.chunks.get(n).map_or(ps, |c| c.offset), 0)
+            }
+            None => n.checked_sub(1),
+        };
+        let prev_end = match prev.and_then(|p| self.chunks.get(p)) {
             Some(p) => p.offset + u64::from(p.stored_len),
             None => ps,
         };

@@ -23,6 +23,7 @@ mod chunk;
 mod header;
 mod index;
 mod layout;
+mod order;
 mod trailer;
 
 use body::parse_body;
@@ -62,6 +63,8 @@ pub(crate) struct Body {
     pub regions: Vec<Region>,
     pub extents: Vec<Extent>,
     pub notes: Vec<Note>,
+    /// The load-order record (1.1, `LOAD_ORDER` only).
+    pub load_order: Option<order::LoadOrder>,
 }
 
 /// What holds a piece of an image's address space (see `Image::walk`).
@@ -598,13 +601,6 @@ impl Image {
     /// The active key slot as stored.
     pub(crate) fn key_slot(&self) -> &KeySlotRaw {
         &self.key_slot
-    }
-
-    /// The chunks in the order they lie in the file (the layout order,
-    /// spec.md *Chunk data*): ascending number unless the image sets
-    /// `LOAD_ORDER`.
-    pub fn layout_order(&self) -> Vec<u64> {
-        (0..self.chunks.len() as u64).collect()
     }
 
     /// The index body in clear, read again from the file (and decrypted, in

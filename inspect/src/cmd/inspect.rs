@@ -93,6 +93,9 @@ pub struct Doc {
     /// Every chunk, with `--chunks` and when unlocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<ChunkDoc>>,
+    /// The load-order profile (`imgtool optimize`); `null` when the image
+    /// has none.
+    pub load_order: Option<LoadOrderDoc>,
     /// An incremental image (format 1.1): its parent and its chain. Left
     /// out for a full image.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +251,22 @@ impl ChainDoc {
         }
         Ok(())
     }
+}
+
+/// The load-order profile of an optimized image (spec.md, *Load order*).
+#[derive(Debug, Serialize)]
+pub struct LoadOrderDoc {
+    /// Chunks in the profile (`null` when the image is encrypted and no key
+    /// was given: the profile is in the encrypted index).
+    pub chunks: Option<u64>,
+    /// Stored bytes of the working set: the one read from `offset` that
+    /// fetches them (`null` when locked).
+    pub bytes: Option<u64>,
+    /// File offset of the working set, hex (`null` when locked).
+    pub offset: Option<String>,
+    /// The chunk numbers, in the order the program first touched them
+    /// (`null` when locked).
+    pub order: Option<Vec<u64>>,
 }
 
 /// Machine facts.
@@ -512,7 +531,18 @@ impl Doc {
             totals: None,
             chunks: None,
             chain: None,
+            load_order: None,
         };
+        if img.has_load_order() {
+            let order = img.load_order().ok().flatten();
+            let range = img.working_set_range().ok().flatten();
+            doc.load_order = Some(LoadOrderDoc {
+                chunks: order.map(|o| o.len() as u64),
+                bytes: range.as_ref().map(|r| r.end - r.start),
+                offset: range.as_ref().map(|r| format!("{:#x}", r.start)),
+                order: order.map(<[u64]>::to_vec),
+            });
+        }
         if !img.is_unlocked() {
             return Ok(doc);
         }
@@ -715,6 +745,19 @@ impl Doc {
         ));
         if enc.cipher != "none" {
             lines.push(("key generation", self.key_generation.to_string()));
+        }
+        if let Some(lo) = &self.load_order {
+            lines.push((
+                "load order",
+                match (lo.chunks, lo.bytes) {
+                    (Some(n), Some(b)) => format!(
+                        "{n} chunks first, {} in one read from {}",
+                        fmt::size(b),
+                        lo.offset.as_deref().unwrap_or("?")
+                    ),
+                    _ => "yes (the profile is encrypted: give the key to see it)".into(),
+                },
+            ));
         }
         lines.push((
             "file size",

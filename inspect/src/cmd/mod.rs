@@ -11,6 +11,7 @@ pub mod export_core;
 pub mod import_core;
 pub mod inspect;
 pub mod keygen;
+pub mod optimize;
 pub mod recompress;
 pub mod reencrypt;
 mod rewrite;

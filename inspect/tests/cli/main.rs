@@ -33,6 +33,7 @@ mod keygen;
 mod keys;
 mod misc;
 mod modes;
+mod optimize;
 mod recompress;
 mod reencrypt;
 mod remote;

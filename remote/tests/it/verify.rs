@@ -114,3 +114,57 @@ fn remote_verify_reports_what_a_local_verify_reports() {
         );
     }
 }
+
+/// An image laid out in load order (its chunks not in number order in the
+/// file): the remote verify walks it in file order, finds it intact, and
+/// names a damaged chunk as a local verify does.
+#[test]
+fn remote_verify_of_an_image_in_load_order() {
+    let test = "remote_verify_of_an_image_in_load_order";
+    let Some(moto) = Moto::shared(test) else {
+        return;
+    };
+    let bucket = bucket_for(test);
+    moto.create_bucket(&bucket);
+    let s3 = moto.options();
+    let fetch = FetchOptions {
+        concurrency: 2,
+        max_request: 256 << 10,
+        merge_gap: 64 << 10,
+    };
+    let src = write_image(Vec::new(), Kind::Zstd, &regions(4 << 20, 7));
+    let img = Image::from_bytes(src, None).unwrap();
+    let n = img.chunk_locs().len() as u64;
+    let p = memimg::Profile {
+        image_id: img.header().image_id,
+        chunks: (0..n).rev().step_by(3).collect(),
+    };
+    let (good, _) = memimg::relayout(&img, &p, Vec::new()).unwrap();
+    moto.put(&bucket, "lo-good", &good);
+    let r = Arc::new(RemoteReader::open(&url(&bucket, "lo-good"), &s3).unwrap());
+    let rep = verify_remote(r, None, &VerifyOptions::default(), fetch);
+    assert_eq!(rep.status(), Status::Intact, "{:?}", rep.problems);
+    assert_eq!(rep.chunks_checked, n);
+    let opt = Image::from_bytes(good.clone(), None).unwrap();
+    let hit = p.chunks[1];
+    let mut bad = good;
+    let at = opt.chunk_locs()[usize::try_from(hit).unwrap()].offset;
+    bad[usize::try_from(at).unwrap() + 3] ^= 0x40;
+    moto.put(&bucket, "lo-bad", &bad);
+    let r = Arc::new(RemoteReader::open(&url(&bucket, "lo-bad"), &s3).unwrap());
+    let rep = verify_remote(r, None, &VerifyOptions::default(), fetch);
+    let local = memimg::verify_bytes(bad, None, &VerifyOptions::default());
+    assert_eq!(rep.status(), Status::Damaged);
+    assert_eq!(
+        rep.problems
+            .iter()
+            .map(|p| p.location.chunk)
+            .collect::<Vec<_>>(),
+        local
+            .problems
+            .iter()
+            .map(|p| p.location.chunk)
+            .collect::<Vec<_>>()
+    );
+    assert!(rep.problems.iter().any(|p| p.location.chunk == Some(hit)));
+}
