@@ -225,6 +225,23 @@ fn restore_image(
     // only catch a zstd bug, at a tenth of the decode time.
     img.set_check_raw(false);
     check(&img, opts)?;
+    // An image read alone whose extents take pages from its parent (a
+    // child restored from a URL, or through this function by mistake):
+    // refuse it with the error that names the parent it needs, rather than
+    // restore those pages as anything else. `restore` and `restore_chain`
+    // read children through their chain instead.
+    if img.parent().is_some() {
+        for r in img.regions()? {
+            if let Some(e) = img
+                .region_extents(r)?
+                .iter()
+                .find(|e| e.kind == ExtentKind::InParent)
+            {
+                let mut one = [0u8; 1];
+                img.read_at(e.addr, &mut one)?;
+            }
+        }
+    }
     let regions: Vec<Region> = img
         .regions()?
         .iter()
@@ -416,21 +433,6 @@ fn abbreviate(b: &[u8]) -> String {
 }
 
 fn check(img: &Image, opts: &RestoreOptions) -> Result<(), RestoreError> {
-    // An incremental image (format 1.1) takes pages from its parent, which
-    // restore does not read yet: refuse it, with the error that names the
-    // parent it needs, rather than restore those pages as anything else.
-    if img.parent().is_some() {
-        for r in img.regions()? {
-            if let Some(e) = img
-                .region_extents(r)?
-                .iter()
-                .find(|e| e.kind == ExtentKind::InParent)
-            {
-                let mut one = [0u8; 1];
-                img.read_at(e.addr, &mut one)?;
-            }
-        }
-    }
     let here = MachineFacts::current();
     let theirs = img.header().machine;
     if let Some(field) = theirs.first_difference(&here) {
