@@ -459,7 +459,14 @@ impl LazyHandle {
             .iter()
             .map(|r| (r.info.start, r.info.end()))
             .collect();
-        Self::start_with(Via::Inline(src), units, &ranges, ps)
+        // A chain has no load order of its own (each link's layout is its
+        // own), and records no profile: nothing is planned.
+        let none = (
+            VecDeque::new(),
+            None,
+            Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+        );
+        Self::start_with(Via::Inline(src), units, &ranges, ps, none)
     }
 
     fn start_with<S: ChunkSource>(
