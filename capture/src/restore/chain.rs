@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::lazy::{ChunkSource, LazyHandle};
 use super::{
-    check, prot_bits, usize_of, Reservation, RestoreOptions, Restored, Strategy,
+    check, choose_strategy, prot_bits, usize_of, Reservation, RestoreOptions, Restored, Strategy,
     MADV_POPULATE_WRITE,
 };
 use crate::error::RestoreError;
@@ -87,17 +87,7 @@ pub fn restore_chain(chain: Chain, opts: &RestoreOptions) -> Result<Restored, Re
         }
     }
     let not_mappable = mmap_unavailable(&chain, &segs);
-    let strategy = match opts.strategy {
-        Strategy::Auto if not_mappable.is_none() => Strategy::Mmap,
-        Strategy::Auto => Strategy::Eager,
-        Strategy::Mmap if not_mappable.is_some() => {
-            return Err(RestoreError::StrategyUnavailable {
-                strategy: "mmap",
-                why: not_mappable.unwrap_or_default(),
-            })
-        }
-        s => s,
-    };
+    let strategy = choose_strategy(opts.strategy, not_mappable)?;
     let res = Reservation::new(&regions)?;
     let mut lazy = None;
     match strategy {

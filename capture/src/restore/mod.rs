@@ -273,17 +273,7 @@ fn restore_image(
                 .to_string(),
         ),
     };
-    let strategy = match opts.strategy {
-        Strategy::Auto if not_mappable.is_none() => Strategy::Mmap,
-        Strategy::Auto => Strategy::Eager,
-        Strategy::Mmap if not_mappable.is_some() => {
-            return Err(RestoreError::StrategyUnavailable {
-                strategy: "mmap",
-                why: not_mappable.unwrap_or_default(),
-            })
-        }
-        s => s,
-    };
+    let strategy = choose_strategy(opts.strategy, not_mappable)?;
     let res = Reservation::new(&regions)?;
     let mut lazy = None;
     match (strategy, file) {
@@ -429,6 +419,25 @@ fn abbreviate(b: &[u8]) -> String {
         format!("{s:?}… ({} bytes)", b.len())
     } else {
         format!("{s:?}")
+    }
+}
+
+/// The strategy a restore uses: `Auto` maps when it can (`not_mappable` is
+/// `None`), else decodes eagerly; `Mmap` asked where it cannot map is
+/// refused with the reason. Shared by the restore of one image and of a
+/// chain.
+fn choose_strategy(
+    asked: Strategy,
+    not_mappable: Option<String>,
+) -> Result<Strategy, RestoreError> {
+    match (asked, not_mappable) {
+        (Strategy::Auto, None) => Ok(Strategy::Mmap),
+        (Strategy::Auto, Some(_)) => Ok(Strategy::Eager),
+        (Strategy::Mmap, Some(why)) => Err(RestoreError::StrategyUnavailable {
+            strategy: "mmap",
+            why,
+        }),
+        (s, _) => Ok(s),
     }
 }
 
