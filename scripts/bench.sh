@@ -7,6 +7,10 @@
 #                                     # 1 GiB and 4 GiB processes; an hour or more,
 #                                     # on a quiet machine with 12 GB free
 #   BENCH_SMALL=1 scripts/bench.sh    # small sizes, 2 runs: a smoke test of minutes
+#   BENCH_ONLY="writer capture" scripts/bench.sh
+#                                     # only these benches (writer, imgtool,
+#                                     # capture, or a bench.d hook's name); the
+#                                     # default runs them all
 #
 # The table goes to stdout and to $BENCH_OUT/bench.md, the chart to
 # $BENCH_OUT/ratios.svg, each bench's whole output to $BENCH_OUT/NAME.log
@@ -42,6 +46,9 @@ rm -f "$out"/*.log
 run() {
   local name=$1
   shift
+  if [ -n "${BENCH_ONLY:-}" ] && [[ " $BENCH_ONLY " != *" $name "* ]]; then
+    return
+  fi
   echo "== $name: $*" >&2
   if ! "$@" >"$out/$name.log" 2>&1; then
     echo "bench $name failed; see $out/$name.log" >&2
