@@ -249,8 +249,8 @@ fn plan(
     for p in &mut all {
         let (a, b) = (p.ext.addr, p.ext.end(ps));
         let shown: u64 = p.pieces.iter().map(|(x, y)| y - x).sum();
-        p.whole = p.pieces.as_slice() == [(a, b)]
-            || (in_one_region(a, b) && whole_ok(&p.ext, shown));
+        p.whole =
+            p.pieces.as_slice() == [(a, b)] || (in_one_region(a, b) && whole_ok(&p.ext, shown));
     }
     // Extents placed whole while nearer links show part of them: the
     // ranges that may need zeros laid over them.
@@ -353,7 +353,8 @@ fn decode_into_place(
     for &(a, b) in ranges {
         // SAFETY: as above: a..b is a segment of a reserved region that no
         // other task of this phase writes.
-        let out = unsafe { std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a)) };
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a)) };
         let from = usize_of(a - ext.addr);
         out.copy_from_slice(&buf[from..from + out.len()]);
     }
