@@ -64,6 +64,7 @@ pub use restore::{
 #[cfg(feature = "remote")]
 pub use restore::{
     restore_from, RemoteOptions, DEFAULT_IN_FLIGHT, DEFAULT_MAX_REQUEST, DEFAULT_PREFETCH_REQUESTS,
+    REMOTE_OPEN_HEAD, REMOTE_OPEN_TAIL,
 };
 pub use track::{TrackError, TrackMethod, TrackOptions, TrackStats, Tracker};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memimg::{Image, Key};
-use memimg_capture::memimg_remote::{Location, RemoteReader, S3Options, S3Url};
+use memimg_capture::memimg_remote::{Location, ReaderOptions, S3Options, S3Url, Store};
 use memimg_capture::{restore_from, RemoteOptions, RestoreError, RestoreOptions, Strategy};
 
 use crate::lazy_support::{
@@ -274,9 +274,23 @@ fn remote_lazy_restore_compares_every_byte() {
     let s3 = S3Options::default()
         .with_endpoint(&moto.endpoint)
         .with_credentials(&moto.key_id, &moto.secret);
-    let reader = Arc::new(RemoteReader::open(&st.url, &s3).unwrap());
+    // A restore opens by the ends: the tail and the header page together,
+    // no HEAD.
+    let reader = Arc::new(
+        Store::new(&st.url.bucket, &s3)
+            .unwrap()
+            .reader_by_ends(
+                &st.url,
+                ReaderOptions::default(),
+                memimg_capture::REMOTE_OPEN_HEAD,
+                memimg_capture::REMOTE_OPEN_TAIL,
+            )
+            .unwrap(),
+    );
     Image::from_read_at(reader.clone(), Some(&st.key)).unwrap();
     let open = reader.stats();
+    assert_eq!(open.head_requests, 0);
+    assert!(open.get_requests <= 3, "{open:?}");
     let o = run_limited(
         "remote-lazy",
         &child_env(moto, &st.url, &st.key, st.base),
@@ -311,9 +325,8 @@ fn remote_lazy_restore_compares_every_byte() {
         "{}",
         o.out
     );
-    // Every chunk fetched once (but those a fault fetched while their
-    // prefetch request was under way): at most the object, and what
-    // opening fetched.
+    // Every chunk fetched once: at most the object, and the ends opening
+    // fetched (chunks they hold are read from them).
     let len = memimg::ReadAt::len(&*reader);
     let line = o.out.lines().find(|l| l.starts_with("FETCHED ")).unwrap();
     let bytes: u64 = line.trim_start_matches("FETCHED bytes=").parse().unwrap();

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use memimg::{Image, ReadAt};
 use memimg_remote::{
-    open_image, ErrorKind, Location, RemoteReader, RemoteWriter, S3Options, Store, UploadOptions,
+    open_image, ErrorKind, Location, ReaderOptions, RemoteReader, RemoteWriter, S3Options, Store,
+    UploadOptions,
 };
 
 use crate::support::{bucket_for, free_port, key, regions, url, write_image, Kind, Moto};
@@ -254,6 +255,18 @@ fn damaged_objects_fail_like_local_files() {
             let key_name = format!("{kind:?}-{i}");
             moto.put(&bucket, &key_name, &bytes);
             let local = Image::from_bytes(bytes.clone(), k.as_ref());
+            // Opened by its ends, as a restore opens it: the same result.
+            let ends = Store::new(&bucket, &s3)
+                .unwrap()
+                .reader_by_ends(&url(&bucket, &key_name), ReaderOptions::default(), 4096, 2048)
+                .unwrap_or_else(|e| panic!("{kind:?} {what}: opening by the ends: {e}"));
+            let by_ends = Image::from_read_at(Arc::new(ends), k.as_ref());
+            let said = |r: &memimg::Result<Image>| {
+                r.as_ref()
+                    .err()
+                    .map(|e| (e.kind(), e.location(), e.message().to_string()))
+            };
+            assert_eq!(said(&by_ends), said(&local), "{kind:?} {what}: by the ends");
             let remote = open_image(&Location::S3(url(&bucket, &key_name)), k.as_ref(), &s3);
             let (l, r) = match (local, remote) {
                 (Err(l), Err(r)) => {
