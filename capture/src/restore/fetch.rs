@@ -20,7 +20,7 @@
 //!   address; lowest first before any fault) and fetch it together with
 //!   the chunks next to it **in the file** that are still wanted, as one
 //!   **run**: one ranged GET of up to `max_request` bytes (by default
-//!   8 MiB), at most `runs` of them under way or
+//!   16 MiB), at most `runs` of them under way or
 //!   waiting to be decoded at once (by default 2, and always
 //!   fewer than the workers, so a worker is left for demands). Any idle
 //!   worker then decodes the run's chunks from its bytes, checked as bytes
@@ -34,8 +34,8 @@
 //! bytes (a single chunk larger than that is a run of its own), and twice
 //! that for a moment while a run's bytes are copied out of the reader; and
 //! at most `2 × workers` decoded chunks wait for the handler before idle
-//! workers stop decoding. With the defaults (8 workers, 2 runs of 8 MiB,
-//! 512 KiB chunks): 16 MiB of runs (32 MiB while copying) and 8 MiB of
+//! workers stop decoding. With the defaults (8 workers, 2 runs of 16 MiB,
+//! 512 KiB chunks): 32 MiB of runs (64 MiB while copying) and 8 MiB of
 //! decoded chunks, whatever the image's size.
 //!
 //! **Load order.** For an image with a load order (`order.rs`), once the
@@ -641,12 +641,7 @@ fn worker(inner: &Inner) {
 /// A run's request has ended: its units still waiting for it are decoded
 /// from its bytes; on failure they fail at once (the store is broken), or,
 /// when the failure is damage, are fetched one by one.
-fn arrived(
-    inner: &Inner,
-    s: &mut State,
-    run: Run,
-    got: Result<Vec<u8>, (String, bool)>,
-) {
+fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String, bool)>) {
     match got {
         Ok(bytes) => {
             let b = Arc::new(RunBuf {
@@ -767,7 +762,10 @@ mod tests {
         assert!(next(&mut s, 8, 2, 20, &lay, &TWICE).is_none());
         s.demand.push_back(4);
         s.wanted.remove(&40);
-        assert_eq!(units(next(&mut s, 8, 2, 20, &lay, &TWICE)), Some((vec![4], None)));
+        assert_eq!(
+            units(next(&mut s, 8, 2, 20, &lay, &TWICE)),
+            Some((vec![4], None))
+        );
         s.prefetch = true;
         s.hint = 24;
         // 20 is nearest; 30 follows it in the file; 20 bytes at most.
@@ -805,7 +803,10 @@ mod tests {
         s.prefetch = true;
         s.wanted.remove(&20); // unit 2, the second in the file order below
         let lay = layout(&addrs, &[0, 2, 1, 3]);
-        assert_eq!(units(next(&mut s, 8, 2, 100, &lay, &TWICE)), Some((vec![0], Some(0..10))));
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![0], Some(0..10)))
+        );
         assert_eq!(
             units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
             Some((vec![1, 3], Some(20..40)))
@@ -824,7 +825,10 @@ mod tests {
         );
         // A fault on 1 while the run is under way: fetched on its own.
         s.demand.push_back(1);
-        assert_eq!(units(next(&mut s, 8, 2, 100, &lay, &TWICE)), Some((vec![1], None)));
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![1], None))
+        );
         // Asked again before it arrived: nothing more.
         s.demand.push_back(1);
         assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
@@ -866,7 +870,10 @@ mod tests {
         );
         // A demand is served whatever is held.
         s.demand.push_back(2);
-        assert_eq!(units(next(&mut s, 2, 2, 100, &lay, &TWICE)), Some((vec![2], None)));
+        assert_eq!(
+            units(next(&mut s, 2, 2, 100, &lay, &TWICE)),
+            Some((vec![2], None))
+        );
     }
 
     #[test]

@@ -258,7 +258,12 @@ fn damaged_objects_fail_like_local_files() {
             // Opened by its ends, as a restore opens it: the same result.
             let ends = Store::new(&bucket, &s3)
                 .unwrap()
-                .reader_by_ends(&url(&bucket, &key_name), ReaderOptions::default(), 4096, 2048)
+                .reader_by_ends(
+                    &url(&bucket, &key_name),
+                    ReaderOptions::default(),
+                    4096,
+                    2048,
+                )
                 .unwrap_or_else(|e| panic!("{kind:?} {what}: opening by the ends: {e}"));
             let by_ends = Image::from_read_at(Arc::new(ends), k.as_ref());
             let said = |r: &memimg::Result<Image>| {
@@ -345,7 +350,9 @@ fn a_hostile_index_length_is_refused_before_it_is_fetched() {
         let name = format!("hostile-{claim}");
         moto.put(&bucket, &name, &b);
         let u = url(&bucket, &name);
-        let local = Image::from_bytes(b.clone(), None).err().map(|e| e.to_string());
+        let local = Image::from_bytes(b.clone(), None)
+            .err()
+            .map(|e| e.to_string());
         let head = Arc::new(store.reader(&u, ReaderOptions::default()).unwrap());
         let ends = Arc::new(
             store
@@ -354,13 +361,24 @@ fn a_hostile_index_length_is_refused_before_it_is_fetched() {
         );
         for (how, r) in [("with a HEAD", head), ("by its ends", ends)] {
             let e = Image::from_read_at(r.clone(), None).unwrap_err();
-            assert_eq!(e.kind(), memimg::ErrorKind::Malformed, "{how}, {claim}: {e}");
+            assert_eq!(
+                e.kind(),
+                memimg::ErrorKind::Malformed,
+                "{how}, {claim}: {e}"
+            );
             assert!(e.message().contains("index"), "{how}, {claim}: {e}");
-            assert_eq!(Some(e.to_string()), local, "{how}, {claim}: as a local file");
+            assert_eq!(
+                Some(e.to_string()),
+                local,
+                "{how}, {claim}: as a local file"
+            );
             let st = r.stats();
             // The header page and the trailer's blocks, or the two ends.
             assert!(st.get_requests <= 2, "{how}, {claim}: {st:?}");
-            assert!(st.bytes_fetched <= 4096 + 2 * 4096, "{how}, {claim}: {st:?}");
+            assert!(
+                st.bytes_fetched <= 4096 + 2 * 4096,
+                "{how}, {claim}: {st:?}"
+            );
             // open_image says the same, typed as damage of the image.
             let re = open_image(&Location::S3(u.clone()), None, &s3).unwrap_err();
             assert_eq!(re.kind(), ErrorKind::Image, "{re}");
