@@ -62,7 +62,10 @@ pub use restore::{
     Strategy,
 };
 #[cfg(feature = "remote")]
-pub use restore::{restore_from, RemoteOptions, DEFAULT_IN_FLIGHT};
+pub use restore::{
+    restore_from, RemoteOptions, DEFAULT_IN_FLIGHT, DEFAULT_MAX_REQUEST, DEFAULT_PREFETCH_REQUESTS,
+    REMOTE_OPEN_HEAD, REMOTE_OPEN_TAIL,
+};
 pub use track::{TrackError, TrackMethod, TrackOptions, TrackStats, Tracker};
 
 /// An address as a pointer. Addresses come from this machine's address

@@ -1,4 +1,5 @@
-//! Images on object storage, against a local moto server, in one run: what
+//! Images on object storage, against a local moto server (and s3s-fs when
+//! scripts/bench.d/remote.sh installed it), in one run per server: what
 //! `imgtool inspect` and `cat` fetch, `capture -o s3://` against a capture
 //! to a file then an upload, lazy restore from a URL against a download then
 //! an eager restore, and the peak RSS of the reader and of the capture.
@@ -24,7 +25,16 @@
 //! - `MEMIMG_REMOTE_BENCH_ONLY=capture|restore`: the capture, reads and
 //!   RSS sections, or the restore section, alone.
 //! - `MEMIMG_REMOTE_BENCH_DIR`: scratch directory (default the system temp
-//!   dir); it holds at most one image and one download at a time.
+//!   dir); it holds at most one image and one download at a time (and the
+//!   objects s3s-fs serves).
+//! - `MEMIMG_REMOTE_BENCH_S3S_FS`: the `s3s-fs` binary; when set, every
+//!   figure is measured again against it, labelled `[s3s-fs VERSION]`
+//!   (scripts/bench.d/remote.sh installs it into `target/tools`).
+//! - `MEMIMG_REMOTE_BENCH_SERVERS`: `moto`, `s3s-fs` or both
+//!   (comma-separated; default: every server there is).
+//! - `MEMIMG_REMOTE_BENCH_MAX_REQUEST`: the lazy restore's
+//!   `RemoteOptions::max_request` in bytes (default the restore's, 16 MiB),
+//!   to choose it.
 //!
 //! **Like with like.** Each ratio compares the same work on the same bytes,
 //! and both sides run as processes:
@@ -61,7 +71,11 @@
 //! URL fetches each 512 KiB chunk with a GET of its own) are therefore far
 //! slower against moto than against S3 or a server that reads ranges from
 //! storage; boto3's download, in 8 MiB ranges, makes 64 times fewer GETs.
-//! The bytes-fetched and RSS figures do not depend on it.
+//! The bytes-fetched and RSS figures do not depend on it. s3s-fs (0.14.1)
+//! serves each range from its file (with the ETag stored at upload), so
+//! its figures show memimg rather than the server: a 4 KiB GET of the
+//! structure's 25.7 MiB image took 0.4–4.6 ms there against 13–26 ms from
+//! moto in the same runs (under load).
 //!
 //! Each figure is printed for people and as one `@@BENCH` line for
 //! `scripts/bench.sh` (see `capture/benches/capture.rs`).
@@ -78,7 +92,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use memimg::{Codec, Image, RegionKind};
@@ -250,10 +264,17 @@ fn child_hold(mib: usize) {
 fn child_restore(strategy: &str, loc: &str, want: Walk) {
     let strategy: Strategy = strategy.parse().unwrap();
     let loc: Location = loc.parse().unwrap();
+    let mut remote = RemoteOptions::default();
+    if let Some(n) = std::env::var("MEMIMG_REMOTE_BENCH_MAX_REQUEST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        remote.max_request = n;
+    }
     let t = Instant::now();
     let r = restore_from(
         &loc,
-        &RemoteOptions::default(),
+        &remote,
         &RestoreOptions {
             strategy,
             ..RestoreOptions::default()
@@ -268,11 +289,13 @@ fn child_restore(strategy: &str, loc: &str, want: Walk) {
     let done = t.elapsed();
     assert_eq!(got, want, "the walk found another structure");
     let faults = r.lazy.as_ref().map_or(0, |l| l.stats().faults);
-    let fetched = remote::global_stats().bytes_fetched;
+    let st = remote::global_stats();
     println!(
-        "TIME {} {} {faults} {fetched}",
+        "TIME {} {} {faults} {} {}",
         ret.as_nanos(),
-        done.as_nanos()
+        done.as_nanos(),
+        st.bytes_fetched,
+        st.get_requests
     );
     drop(r);
 }
@@ -280,17 +303,72 @@ fn child_restore(strategy: &str, loc: &str, want: Walk) {
 // ---------------------------------------------------------------------------
 // moto, boto3, imgtool
 
-/// A moto server this bench started; killed on drop.
-struct Moto {
+/// An S3 server this bench started (moto, or s3s-fs); killed on drop.
+struct Server {
     child: Child,
     endpoint: String,
+    /// Its name and version, as figures name it.
+    label: String,
+    /// The directory s3s-fs serves, removed on drop.
+    root: Option<PathBuf>,
 }
 
-impl Drop for Moto {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(r) = &self.root {
+            let _ = std::fs::remove_dir_all(r);
+        }
     }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Starts s3s-fs (`MEMIMG_REMOTE_BENCH_S3S_FS`, installed by
+/// scripts/bench.d/remote.sh) on a free loopback port, serving a directory
+/// under `dir` that holds the bench's bucket (s3s-fs's buckets are
+/// directories), with the bench's credentials.
+fn start_s3s_fs(bin: &Path, dir: &Path) -> Server {
+    let root = dir.join("s3s-fs");
+    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", CREDS, "--secret-key", CREDS])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs cannot be started");
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "s3s-fs".to_string());
+    let server = Server {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        label: version,
+        root: Some(root),
+    };
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "s3s-fs did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
 
 fn http(port: u16, req: &str) -> std::io::Result<String> {
@@ -317,20 +395,19 @@ fn moto_command() -> String {
 }
 
 /// Starts moto on a free loopback port, with the bench's bucket.
-fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+fn start_moto(version: &str) -> Server {
+    let port = free_port();
     let child = Command::new(moto_command())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("moto_server cannot be started; scripts/setup.sh installs it");
-    let moto = Moto {
+    let moto = Server {
         child,
         endpoint: format!("http://127.0.0.1:{port}"),
+        label: format!("moto {version}"),
+        root: None,
     };
     let host = format!("Host: 127.0.0.1:{port}\r\nConnection: close\r\n");
     let t = Instant::now();
@@ -538,7 +615,7 @@ fn imgtool_path() -> PathBuf {
 
 struct Ctx {
     imgtool: PathBuf,
-    moto: Moto,
+    server: Server,
     dir: PathBuf,
     runs: usize,
 }
@@ -546,7 +623,7 @@ struct Ctx {
 impl Ctx {
     fn aws_env(&self) -> [(&'static str, String); 4] {
         [
-            ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", self.server.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID", CREDS.to_string()),
             ("AWS_SECRET_ACCESS_KEY", CREDS.to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
@@ -555,7 +632,7 @@ impl Ctx {
 
     fn s3(&self) -> S3Options {
         S3Options::default()
-            .with_endpoint(&self.moto.endpoint)
+            .with_endpoint(&self.server.endpoint)
             .with_region("us-east-1")
             .with_credentials(CREDS, CREDS)
             .with_request_timeout(Duration::from_secs(300))
@@ -705,12 +782,20 @@ fn emit(
     println!(
         "{figure:<56} {ours:>10.1} {unit:<5} {peer:<40} {theirs:>10.1}  {ratio:>6.2}x  (target {t}{met})"
     );
-    let moto = MOTO_VERSION.get().map_or("?", String::as_str);
-    println!("@@BENCH\tremote\t{figure}\t{ours:.3}\t{unit}\t{peer}\t{theirs:.3}\t{ratio:.3}\t{t}\t{work}; moto {moto}");
+    let server = SERVER.lock().map(|s| s.clone()).unwrap_or_default();
+    // Figures against moto keep their names; those against another server
+    // name it.
+    let figure = if server.starts_with("moto") {
+        figure.to_string()
+    } else {
+        format!("{figure} [{server}]")
+    };
+    println!("@@BENCH\tremote\t{figure}\t{ours:.3}\t{unit}\t{peer}\t{theirs:.3}\t{ratio:.3}\t{t}\t{work}; {server}");
 }
 
-/// moto's version, named in every figure's description.
-static MOTO_VERSION: OnceLock<String> = OnceLock::new();
+/// The server the figures come from (name and version), named in every
+/// figure's description.
+static SERVER: Mutex<String> = Mutex::new(String::new());
 
 fn kib(b: u64) -> f64 {
     b as f64 / 1024.0
@@ -975,7 +1060,7 @@ fn calibrate(cx: &Ctx) {
     let (small, small_len) = get_latency(cx, "probe.bin");
     let (big, big_len) = get_latency(cx, "arena.img");
     println!(
-        "the store answers a 4 KiB ranged GET in {:.1} ms from a {:.1} MiB object, {:.1} ms from the {:.1} MiB structure image (moto reads the whole object for each GET)",
+        "the store answers a 4 KiB ranged GET in {:.1} ms from a {:.1} MiB object, {:.1} ms from the {:.1} MiB structure image",
         small * 1e3,
         small_len as f64 / MIB as f64,
         big * 1e3,
@@ -983,8 +1068,9 @@ fn calibrate(cx: &Ctx) {
     );
 }
 
-/// Runs a restore child: (return, return + walk, faults, bytes fetched).
-fn restore_child(cx: &Ctx, strategy: &str, loc: &str, want: Walk) -> (f64, f64, u64, u64) {
+/// Runs a restore child: (return, return + walk, faults, bytes fetched,
+/// GET requests).
+fn restore_child(cx: &Ctx, strategy: &str, loc: &str, want: Walk) -> (f64, f64, u64, u64, u64) {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.env(
         "MEMIMG_REMOTE_BENCH_CHILD",
@@ -1005,7 +1091,7 @@ fn restore_child(cx: &Ctx, strategy: &str, loc: &str, want: Walk) -> (f64, f64, 
         .split_whitespace()
         .map(|v| v.parse().unwrap())
         .collect();
-    (f[0] as f64 / 1e9, f[1] as f64 / 1e9, f[2], f[3])
+    (f[0] as f64 / 1e9, f[1] as f64 / 1e9, f[2], f[3], f[4])
 }
 
 fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
@@ -1014,10 +1100,12 @@ fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
     let url = Ctx::url("arena.img");
     let mut faults = Vec::new();
     let mut got = Vec::new();
+    let mut gets = Vec::new();
     let mut lazy = || {
-        let (ret, done, f, b) = restore_child(cx, "lazy", &url, want);
+        let (ret, done, f, b, g) = restore_child(cx, "lazy", &url, want);
         faults.push(f as f64);
         got.push(b as f64);
+        gets.push(g as f64);
         [ret, done]
     };
     let Some(boto) = boto else {
@@ -1035,16 +1123,17 @@ fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
         let [ret, done] = lazy();
         let _ = std::fs::remove_file(&dl);
         let d = boto.download("arena.img", &dl);
-        let (_, e, _, _) = restore_child(cx, "eager", &dl_s, want);
+        let (_, e, _, _, _) = restore_child(cx, "eager", &dl_s, want);
         let _ = std::fs::remove_file(&dl);
         [ret, done, d, e, d + e]
     });
-    let (faults, got) = (Stat::of(faults), Stat::of(got));
+    let (faults, got, gets) = (Stat::of(faults), Stat::of(got), Stat::of(gets));
     println!(
-        "lazy restore from s3://, {mib} MiB: return {}, walked {} ({:.0} faults, {:.1} MiB fetched); boto3 download {} then eager restore and walk {} = {}",
+        "lazy restore from s3://, {mib} MiB: return {}, walked {} ({:.0} faults, {:.0} GETs, {:.1} MiB fetched); boto3 download {} then eager restore and walk {} = {}",
         ret.ms(),
         done.ms(),
         faults.median,
+        gets.median,
         got.median / MIB as f64,
         down.ms(),
         eager.ms(),
@@ -1110,39 +1199,63 @@ fn main() {
     if let Some(why) = memimg_capture::lazy_unavailable() {
         println!("userfaultfd is not available ({why}): no lazy restore figures");
     }
-    let version = moto_version();
-    let cx = Ctx {
-        imgtool: imgtool_path(),
-        moto: start_moto(),
-        dir: dir.clone(),
-        runs,
-    };
-    let mut boto = match Boto::start(&cx.moto.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT) {
-        Ok(b) => Some(b),
-        Err(why) => {
-            println!("no peer figures: {why}");
-            None
+    // The servers, in turn: moto always; s3s-fs too when the bench script
+    // installed it (MEMIMG_REMOTE_BENCH_S3S_FS), and MEMIMG_REMOTE_BENCH_SERVERS
+    // (`moto`, `s3s-fs`, or both, comma-separated) picks among them.
+    let picked = std::env::var("MEMIMG_REMOTE_BENCH_SERVERS").unwrap_or_default();
+    let wants = |name: &str| picked.is_empty() || picked.split(',').any(|p| p.trim() == name);
+    let s3s_fs = std::env::var_os("MEMIMG_REMOTE_BENCH_S3S_FS").map(PathBuf::from);
+    let mut servers: Vec<&str> = Vec::new();
+    if wants("moto") {
+        servers.push("moto");
+    }
+    match &s3s_fs {
+        Some(_) if wants("s3s-fs") => servers.push("s3s-fs"),
+        Some(_) => {}
+        None => println!("s3s-fs: not installed (MEMIMG_REMOTE_BENCH_S3S_FS unset): moto alone"),
+    }
+    for name in servers {
+        let server = match (name, &s3s_fs) {
+            ("s3s-fs", Some(bin)) => start_s3s_fs(bin, &dir),
+            _ => start_moto(&moto_version()),
+        };
+        let cx = Ctx {
+            imgtool: imgtool_path(),
+            server,
+            dir: dir.clone(),
+            runs,
+        };
+        let mut boto = match Boto::start(&cx.server.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT)
+        {
+            Ok(b) => Some(b),
+            Err(why) => {
+                println!("no peer figures: {why}");
+                None
+            }
+        };
+        println!(
+            "{} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
+            cx.server.label,
+            cx.server.endpoint,
+            boto.as_ref().map_or("missing", |b| b.version.as_str())
+        );
+        if let Ok(mut s) = SERVER.lock() {
+            s.clone_from(&cx.server.label);
         }
-    };
-    println!(
-        "moto {version} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
-        cx.moto.endpoint,
-        boto.as_ref().map_or("missing", |b| b.version.as_str())
-    );
-    let _ = MOTO_VERSION.set(version);
-    // MEMIMG_REMOTE_BENCH_ONLY=restore: the restore section alone.
-    let only = std::env::var("MEMIMG_REMOTE_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "capture" {
-        let held = Held::spawn(mib);
-        let cap_rss = section_capture(&cx, &held, mib, boto.as_mut());
-        let (ins_rss, ver_rss) = section_reads(&cx, &held, mib, "cap.img", true);
-        drop(held);
-        section_rss(&cx, mib, [cap_rss, ins_rss, ver_rss]);
+        // MEMIMG_REMOTE_BENCH_ONLY=restore: the restore section alone.
+        let only = std::env::var("MEMIMG_REMOTE_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() || only == "capture" {
+            let held = Held::spawn(mib);
+            let cap_rss = section_capture(&cx, &held, mib, boto.as_mut());
+            let (ins_rss, ver_rss) = section_reads(&cx, &held, mib, "cap.img", true);
+            drop(held);
+            section_rss(&cx, mib, [cap_rss, ins_rss, ver_rss]);
+        }
+        if (only.is_empty() || only == "restore") && memimg_capture::lazy_unavailable().is_none() {
+            section_restore(&cx, mib, boto.as_mut());
+        }
+        drop(boto);
+        drop(cx);
     }
-    if (only.is_empty() || only == "restore") && memimg_capture::lazy_unavailable().is_none() {
-        section_restore(&cx, mib, boto.as_mut());
-    }
-    drop(boto);
-    drop(cx);
     let _ = std::fs::remove_dir_all(&dir);
 }

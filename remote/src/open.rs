@@ -76,6 +76,23 @@ impl Store {
         RemoteReader::open_with(Arc::clone(&self.inner), url, opts)
     }
 
+    /// Opens `url` for reading by its ends: a suffix GET of its last
+    /// `tail` bytes and a GET of its first `head` bytes, in parallel, and
+    /// no HEAD (see [`RemoteReader::open_ends_with`]).
+    ///
+    /// # Errors
+    /// As [`RemoteReader::open`].
+    pub fn reader_by_ends(
+        &self,
+        url: &S3Url,
+        opts: ReaderOptions,
+        head: u64,
+        tail: u64,
+    ) -> Result<RemoteReader> {
+        self.check(url)?;
+        RemoteReader::open_ends_with(Arc::clone(&self.inner), url, opts, head, tail)
+    }
+
     /// Starts an upload to `url` (one request).
     ///
     /// # Errors

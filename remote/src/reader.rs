@@ -165,6 +165,10 @@ pub struct RemoteReader {
     /// Large reads, by exact range: a second open of the same image reads
     /// the same index, and a restore or cat may read a chunk again.
     ranges: Mutex<BlockCache<(u64, u64)>>,
+    /// The object's ends, fetched when it was opened by them
+    /// ([`RemoteReader::open_ends_with`]): (offset, bytes), kept while the
+    /// reader lives; every read they hold is served from them.
+    ends: Vec<(u64, Bytes)>,
     counters: Counters,
 }
 
@@ -227,8 +231,112 @@ impl RemoteReader {
             block: u64::from(opts.block_size.max(4096)),
             cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
             ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ends: Vec::new(),
             counters,
         })
+    }
+
+    /// Opens `url` by its ends, for a caller that reads an image at once
+    /// and must be quick about it (a lazy restore): instead of a HEAD, one
+    /// suffix GET of the object's last `tail` bytes (its size and ETag come
+    /// from the answer), and, at the same time, one GET of its first `head`
+    /// bytes (rounded up to whole blocks). Both are kept while the reader
+    /// lives, and every read they hold is served from them, so opening an
+    /// image then costs these two requests in
+    /// parallel, plus one GET of the index when `tail` does not hold it:
+    /// two round trips instead of four. Bytes of the header's GET are used
+    /// only when its answer has the tail's ETag and size.
+    ///
+    /// A store that does not answer the suffix GET as asked (an empty
+    /// object, a server without suffix ranges) is opened as by
+    /// [`RemoteReader::open_with`], with a HEAD.
+    ///
+    /// # Errors
+    /// As [`RemoteReader::open`].
+    pub fn open_ends_with(
+        store: Arc<dyn ObjectStore>,
+        url: &S3Url,
+        opts: ReaderOptions,
+        head: u64,
+        tail: u64,
+    ) -> Result<RemoteReader> {
+        let name = url.to_string();
+        let path = url.path();
+        let counters = Counters::default();
+        let bs = u64::from(opts.block_size.max(4096));
+        let head = head.div_ceil(bs).saturating_mul(bs);
+        count(&counters, |c| {
+            c.get
+                .fetch_add(if head > 0 { 2 } else { 1 }, Ordering::Relaxed);
+        });
+        let get = |range: GetRange| {
+            let store = Arc::clone(&store);
+            let path = path.clone();
+            async move {
+                let opts = GetOptions {
+                    range: Some(range),
+                    ..GetOptions::default()
+                };
+                let r = store.get_opts(&path, opts).await?;
+                let (meta, range) = (r.meta.clone(), r.range.clone());
+                let bytes = r.bytes().await?;
+                Ok::<_, object_store::Error>((meta, range, bytes))
+            }
+        };
+        let tail_fut = get(GetRange::Suffix(tail.max(1)));
+        let head_fut = async {
+            if head == 0 {
+                None
+            } else {
+                Some(get(GetRange::Bounded(0..head)).await)
+            }
+        };
+        let (t, h) = block_on(futures_util::future::join(tail_fut, head_fut))?;
+        let (meta, range, bytes) = match t {
+            Ok(got) => got,
+            Err(e) => {
+                let err = from_store(&name, "reading the object's end", &e);
+                return match err.kind() {
+                    ErrorKind::NoSuchBucket | ErrorKind::NoSuchKey | ErrorKind::AccessDenied => {
+                        Err(explain(
+                            &*store,
+                            &path,
+                            &name,
+                            "reading the object's end",
+                            &e,
+                            &counters,
+                        ))
+                    }
+                    ErrorKind::Network => Err(err),
+                    _ => Self::open_with(store, url, opts),
+                };
+            }
+        };
+        let len = meta.size;
+        if range.end != len || bytes.len() as u64 != range.end - range.start {
+            return Self::open_with(store, url, opts);
+        }
+        let mut reader = RemoteReader {
+            store,
+            path,
+            name,
+            len,
+            e_tag: meta.e_tag.clone(),
+            block: bs,
+            cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ends: Vec::new(),
+            counters,
+        };
+        reader.add_bytes(bytes.len());
+        reader.ends.push((range.start, bytes));
+        if let Some(Ok((m, r, b))) = h {
+            reader.add_bytes(b.len());
+            if m.e_tag == meta.e_tag && m.size == len && b.len() as u64 == r.end - r.start {
+                reader.ends.push((r.start, b));
+            }
+        }
+        Ok(reader)
     }
 
     /// The object's URL.
@@ -246,10 +354,11 @@ impl RemoteReader {
         self.counters.snapshot()
     }
 
-    /// Bytes held in the caches now.
+    /// Bytes held in the caches now (with the ends fetched when opening).
     pub fn cached_bytes(&self) -> usize {
         let blocks = self.cache.lock().map(|c| c.bytes()).unwrap_or(0);
-        blocks + self.ranges.lock().map(|c| c.bytes()).unwrap_or(0)
+        let ends: usize = self.ends.iter().map(|(_, b)| b.len()).sum();
+        blocks + ends + self.ranges.lock().map(|c| c.bytes()).unwrap_or(0)
     }
 
     fn get_opts(&self, range: Range<u64>) -> GetOptions {
@@ -324,6 +433,18 @@ impl RemoteReader {
             return Ok(());
         }
         let end = self.check_range(offset, buf.len() as u64)?;
+        for (at, b) in &self.ends {
+            let held = offset
+                .checked_sub(*at)
+                .and_then(|s| b.get(usize_of(s)..usize_of(s).checked_add(buf.len())?));
+            if let Some(h) = held {
+                count(&self.counters, |c| {
+                    c.hits.fetch_add(1, Ordering::Relaxed);
+                });
+                buf.copy_from_slice(h);
+                return Ok(());
+            }
+        }
         let bs = self.block;
         if buf.len() as u64 >= LARGE_READ_BLOCKS * bs {
             // A large read (a chunk, an index) is fetched exactly, and kept

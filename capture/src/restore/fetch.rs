@@ -5,43 +5,59 @@
 //! fetch takes milliseconds to seconds: fetched on the handler, one chunk
 //! would hold up the faults of every other chunk, including those already
 //! fetched. So for such a source the handler only places bytes, and a pool
-//! of worker threads fetches (one ranged GET each), decrypts and
-//! decompresses:
+//! of worker threads fetches, decrypts and decompresses:
 //!
 //! - a fault on a chunk not yet fetched **demands** it: demanded chunks are
-//!   fetched first, in the order asked, by the next free worker, and the
-//!   fault waits (parked) while the handler goes on with other faults;
+//!   fetched first, in the order asked, by the next free worker, each with
+//!   a ranged GET of its own, and the fault waits (parked) while the
+//!   handler goes on with other faults. A demand never waits behind a large
+//!   request: a chunk that a run (below) is still fetching is fetched again
+//!   on its own, and one whose run has arrived is decoded from the run's
+//!   bytes at once;
 //! - when prefetching is on (`LazyHandle::prefetch`, or the restore must
 //!   finish: the handle is dropped, or the process forks), idle workers
 //!   take the chunk still wanted **nearest to the last fault** (by image
-//!   address; lowest first before any fault), so the pages a program is
-//!   about to touch arrive first. At most `2 × workers` fetched chunks wait
-//!   for the handler at once, which bounds the memory held;
+//!   address; lowest first before any fault) and fetch it together with
+//!   the chunks next to it **in the file** that are still wanted, as one
+//!   **run**: one ranged GET of up to `max_request` bytes (by default
+//!   16 MiB), at most `runs` of them under way or
+//!   waiting to be decoded at once (by default 2, and always
+//!   fewer than the workers, so a worker is left for demands). Any idle
+//!   worker then decodes the run's chunks from its bytes, checked as bytes
+//!   read from the file (`Image::decode_extent_with`). A store answers one
+//!   large GET far sooner than many small ones (a request costs a round
+//!   trip, and some servers read the whole object for each);
 //! - each result goes back to the handler, which is woken through its
 //!   eventfd.
 //!
+//! **Memory.** At most `runs` runs are held, each at most `max_request`
+//! bytes (a single chunk larger than that is a run of its own), and twice
+//! that for a moment while a run's bytes are copied out of the reader; and
+//! at most `2 × workers` decoded chunks wait for the handler before idle
+//! workers stop decoding. With the defaults (8 workers, 2 runs of 16 MiB,
+//! 512 KiB chunks): 32 MiB of runs (64 MiB while copying) and 8 MiB of
+//! decoded chunks, whatever the image's size.
+//!
 //! **Load order.** For an image with a load order (`order.rs`), once the
 //! handler starts its plan ([`Pool::start_plan`]) the working set comes
-//! before any prefetching: when the restore waits for it, one worker
-//! fetches its whole file range with **one ranged GET**, and the workers
-//! then decode its chunks from that buffer, in profile order (a fault on
-//! one of them meanwhile waits for that GET rather than fetching the chunk
-//! again); in the background, the workers fetch its chunks one by one in
-//! profile order, so a first touch waits for its own chunk only. Demands
-//! still come first. If the one GET fails, each chunk is fetched on its
-//! own, as without a profile.
+//! before any prefetching: the workers fetch its chunks in profile order,
+//! in runs as above (the chunks of a working set are next to each other in
+//! the file, in profile order, so a working set of `max_request` bytes or
+//! less is one GET). Demands still come first.
 //!
 //! **Errors.** A chunk that is damaged fails alone. A fetch that fails for
 //! any other reason (the network, after the reader's retries; refused
 //! credentials; an object replaced meanwhile) **breaks** the pool: every
 //! chunk not yet fetched then fails at once with that reason, instead of
-//! each one waiting for its own retries. The handler treats a failed chunk
-//! as it treats damage: its pages are made inaccessible, never filled with
-//! wrong bytes, and a thread touching them gets SIGSEGV. So a restore whose
-//! store went away ends, with every thread answered, in the time of one
-//! fetch and its retries.
+//! each one waiting for its own retries. A run that fails as damage (the
+//! object is shorter than its index says) is fetched again chunk by chunk,
+//! so that each chunk fails or succeeds alone. The handler treats a failed
+//! chunk as it treats damage: its pages are made inaccessible, never filled
+//! with wrong bytes, and a thread touching them gets SIGSEGV. So a restore
+//! whose store went away ends, with every thread answered, in the time of
+//! one fetch and its retries.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -51,27 +67,145 @@ use memimg::{Extent, Image};
 /// A fetched chunk, or why it could not be had.
 pub(super) type Fetched = Result<Vec<u8>, String>;
 
+/// How the pool fetches.
+#[derive(Debug, Clone, Copy)]
+// Made only by a restore from object storage (feature `remote`).
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
+pub(super) struct Config {
+    /// Worker threads.
+    pub workers: usize,
+    /// Bytes one run asks for at most.
+    pub max_request: u64,
+    /// Runs held at once.
+    pub runs: usize,
+}
+
 /// The working set of an image with a load order, for the pool.
 pub(super) struct Plan {
     /// Its units, in profile order.
     pub units: Vec<usize>,
-    /// Its file range, to fetch with one ranged GET; `None`: chunk by chunk.
-    pub range: Option<Range<u64>>,
-    /// Reads made for it (one, or none) and their bytes, for the handle's
-    /// statistics.
+    /// The restore waits for it: its requests are counted in `counts`.
+    pub counted: bool,
+    /// Requests made for it and their bytes, for the handle's statistics.
     pub counts: Arc<[AtomicU64; 2]>,
+    /// Stored bytes fetched twice (a fault's own fetch of a chunk whose run
+    /// was under way), for the handle's statistics.
+    pub twice: Arc<AtomicU64>,
 }
 
-/// The working set's bytes once fetched: the file's bytes from an offset.
-type WorkingSet = Arc<(u64, Vec<u8>)>;
+/// The bytes of a run: the file's bytes from an offset.
+struct RunBuf {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// Chunks next to each other in the file, fetched with one request.
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    /// In file order.
+    units: Vec<usize>,
+    range: Range<u64>,
+    /// Made of the working set's units.
+    planned: bool,
+}
 
 /// What a worker does next.
-#[derive(Debug, PartialEq, Eq)]
 enum Job {
-    /// Fetch and decode one unit.
-    Unit(usize),
-    /// Fetch the working set's range with one request.
-    WorkingSet(Range<u64>),
+    /// Fetch and decode one unit; from the bytes of its run, when they
+    /// have arrived.
+    Unit(usize, Option<Arc<RunBuf>>),
+    /// Fetch a run with one request.
+    Run(Run),
+}
+
+/// Where a unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    /// Not under way: wanted by the prefetch (when in `wanted`), delivered
+    /// and taken, or not needed.
+    #[default]
+    Idle,
+    /// Its run's request is under way.
+    InRun,
+    /// Its run's bytes have arrived; it waits to be decoded from them.
+    Buffered,
+    /// A worker fetches or decodes it, or its result waits for the handler.
+    Coming,
+}
+
+/// Where units lie in the file.
+struct Layout {
+    /// The image address of each unit.
+    addrs: Vec<u64>,
+    /// The file bytes each data unit needs: its chunk and the padding in
+    /// front of it, so that adjacent chunks have adjacent spans.
+    span: Vec<Range<u64>>,
+    /// The data units in file order.
+    by_file: Vec<usize>,
+    /// Each unit's place in `by_file` (`usize::MAX` for zero units).
+    file_pos: Vec<usize>,
+}
+
+impl Layout {
+    fn new(img: &Image, extents: &[Option<Extent>], addrs: &[u64]) -> Layout {
+        let ps = u64::from(img.header().page_size);
+        let locs = img.chunk_locs();
+        let mut ends: Vec<(u64, u64)> = locs
+            .iter()
+            .map(|c| (c.offset, c.offset + u64::from(c.stored_len)))
+            .collect();
+        ends.sort_unstable();
+        let span: Vec<Range<u64>> = extents
+            .iter()
+            .map(|e| {
+                let Some(c) = e
+                    .as_ref()
+                    .and_then(|e| locs.get(usize::try_from(e.chunk).ok()?))
+                else {
+                    return 0..0;
+                };
+                let end = c.offset + u64::from(c.stored_len);
+                // The end of the chunk before it in the file: the padding
+                // between the two belongs to this one.
+                let k = ends.partition_point(|&(o, _)| o < c.offset);
+                let prev = k.checked_sub(1).map_or(ps, |k| ends[k].1);
+                let start = if prev <= c.offset && c.offset - prev < ps {
+                    prev
+                } else {
+                    c.offset
+                };
+                start..end
+            })
+            .collect();
+        let mut by_file: Vec<usize> = (0..extents.len())
+            .filter(|&u| extents[u].is_some())
+            .collect();
+        by_file.sort_by_key(|&u| (span[u].start, u));
+        let mut file_pos = vec![usize::MAX; extents.len()];
+        for (k, &u) in by_file.iter().enumerate() {
+            file_pos[u] = k;
+        }
+        Layout {
+            addrs: addrs.to_vec(),
+            span,
+            by_file,
+            file_pos,
+        }
+    }
+
+    /// The unit after (`forward`) or before `u` in the file, when its span
+    /// touches `u`'s.
+    fn beside(&self, u: usize, forward: bool) -> Option<usize> {
+        let k = *self.file_pos.get(u)?;
+        let v = if forward {
+            *self.by_file.get(k.checked_add(1)?)?
+        } else {
+            *self.by_file.get(k.checked_sub(1)?)?
+        };
+        let (a, b) = if forward { (u, v) } else { (v, u) };
+        (self.span[a].end == self.span[b].start && self.span[b].start < self.span[b].end)
+            .then_some(v)
+    }
 }
 
 /// What the pool and its workers share.
@@ -79,18 +213,19 @@ struct Inner {
     img: Arc<Image>,
     /// The data extent of each unit (`None` for zero units, never fetched).
     extents: Vec<Option<Extent>>,
-    /// The image address of each unit.
-    addrs: Vec<u64>,
-    /// For each unit, whether it is in the working set.
-    listed: Vec<bool>,
+    layout: Layout,
     counts: Arc<[AtomicU64; 2]>,
+    counted: bool,
+    twice: Arc<AtomicU64>,
     st: Mutex<State>,
     work: Condvar,
     /// Wakes the handler thread.
     poke: Box<dyn Fn() + Send + Sync>,
     /// Fetched chunks waiting for the handler, at most, before idle workers
-    /// stop prefetching.
+    /// stop decoding and prefetching.
     cap: usize,
+    max_request: u64,
+    runs: usize,
 }
 
 #[derive(Default)]
@@ -103,11 +238,16 @@ struct State {
     prefetch: bool,
     /// The image address of the latest fault.
     hint: u64,
+    /// Jobs under way.
     in_flight: usize,
-    /// Units being fetched, or fetched and not yet taken by the handler: a
-    /// demand for one of them waits for that result instead of fetching
-    /// again (a fault on a chunk the prefetch has under way).
-    coming: HashSet<usize>,
+    /// Each unit's phase.
+    phase: Vec<Phase>,
+    /// Units of runs that have arrived, to decode, in file order.
+    buffered: VecDeque<usize>,
+    /// The bytes of each `Buffered` unit's run.
+    bufs: HashMap<usize, Arc<RunBuf>>,
+    /// Runs under way, or arrived with units still to decode.
+    runs_live: usize,
     done: Vec<(usize, Fetched)>,
     /// Why the source stopped working, once it has.
     broken: Option<String>,
@@ -117,15 +257,27 @@ struct State {
     /// The handler has started its plan: the working set comes before any
     /// prefetching.
     planning: bool,
-    /// The working set's range, until a worker takes it to fetch.
-    ws_range: Option<Range<u64>>,
-    /// The one request for the working set is under way: its chunks wait
-    /// for it.
-    ws_fetching: bool,
-    /// The working set's bytes, once fetched, until each of its chunks has
-    /// been decoded from them (`ws_left`) or the plan is over.
-    ws: Option<WorkingSet>,
-    ws_left: usize,
+}
+
+impl State {
+    fn phase(&self, u: usize) -> Phase {
+        self.phase.get(u).copied().unwrap_or_default()
+    }
+
+    fn set(&mut self, u: usize, p: Phase) {
+        if let Some(x) = self.phase.get_mut(u) {
+            *x = p;
+        }
+    }
+
+    /// Lets go of a reference to a run's bytes (all of them are made and
+    /// dropped under the lock, so the count is exact): the last one ends
+    /// the run.
+    fn release(&mut self, b: Arc<RunBuf>) {
+        if Arc::strong_count(&b) == 1 {
+            self.runs_live = self.runs_live.saturating_sub(1);
+        }
+    }
 }
 
 /// The worker threads of one lazy restore. Dropping it stops them once
@@ -135,15 +287,15 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts `workers` threads fetching the data units of `extents` from
-    /// `img`; `poke` wakes the handler when a result is ready.
-    /// `plan` is the working set of an image with a load order (empty
-    /// without one), fetched first once [`Pool::start_plan`] is called.
+    /// Starts `cfg.workers` threads fetching the data units of `extents`
+    /// from `img`; `poke` wakes the handler when a result is ready. `plan`
+    /// is the working set of an image with a load order (empty without
+    /// one), fetched first once [`Pool::start_plan`] is called.
     pub(super) fn start(
         img: Arc<Image>,
         extents: Vec<Option<Extent>>,
         addrs: &[u64],
-        workers: usize,
+        cfg: Config,
         poke: Box<dyn Fn() + Send + Sync>,
         plan: Plan,
     ) -> std::io::Result<Pool> {
@@ -154,29 +306,28 @@ impl Pool {
             .filter(|(_, (e, _))| e.is_some())
             .map(|(i, (_, &a))| (a, i))
             .collect();
-        let workers = workers.max(1);
-        let mut listed = vec![false; extents.len()];
-        for &u in &plan.units {
-            if let Some(l) = listed.get_mut(u) {
-                *l = true;
-            }
-        }
-        let ws_range = plan.range.filter(|_| !plan.units.is_empty());
+        let workers = cfg.workers.max(1);
+        let layout = Layout::new(&img, &extents, addrs);
+        let phase = vec![Phase::Idle; extents.len()];
         let inner = Arc::new(Inner {
             img,
             extents,
-            addrs: addrs.to_vec(),
-            listed,
+            layout,
             counts: plan.counts,
+            counted: plan.counted,
+            twice: plan.twice,
             st: Mutex::new(State {
                 wanted,
+                phase,
                 plan: plan.units.into(),
-                ws_range,
                 ..State::default()
             }),
             work: Condvar::new(),
             poke,
             cap: 2 * workers,
+            max_request: cfg.max_request.max(1),
+            // A worker is always left for demands.
+            runs: cfg.runs.clamp(1, workers.saturating_sub(1).max(1)),
         });
         let pool = Pool { inner };
         for n in 0..workers {
@@ -201,7 +352,7 @@ impl Pool {
         self.with(|s| {
             s.hint = fault;
             s.wanted.remove(&at);
-            if !s.coming.contains(&unit) {
+            if s.phase(unit) != Phase::Coming {
                 s.demand.push_back(unit);
             }
         });
@@ -225,13 +376,9 @@ impl Pool {
         self.with(|s| s.planning = true);
     }
 
-    /// The working set is placed (or no longer waits): let its bytes go.
+    /// The working set is placed (or no longer waits).
     pub(super) fn plan_done(&self) {
-        self.with(|s| {
-            s.plan.clear();
-            s.ws_range = None;
-            s.ws = None;
-        });
+        self.with(|s| s.plan.clear());
     }
 
     /// This process no longer needs `unit` at `addr` (its pages were
@@ -248,7 +395,7 @@ impl Pool {
             Ok(mut s) => {
                 let out = std::mem::take(&mut s.done);
                 for (u, _) in &out {
-                    s.coming.remove(u);
+                    s.set(*u, Phase::Idle);
                 }
                 out
             }
@@ -268,48 +415,116 @@ impl Drop for Pool {
     }
 }
 
-/// What a worker takes next, if anything: a demanded unit (one of the
-/// working set waits while its one request is under way), else, once the
-/// plan is started, the working set (its one request, then its units in
-/// profile order), else (when prefetching, and while fewer than `cap`
-/// results wait) the wanted unit nearest to the last fault. `listed` and
-/// `addrs` are [`Inner`]'s.
-fn next(s: &mut State, cap: usize, listed: &[bool], addrs: &[u64]) -> Option<Job> {
-    let job = pick(s, cap, listed, addrs)?;
-    if let Job::Unit(u) = job {
-        s.coming.insert(u);
-    }
-    Some(job)
-}
-
-fn pick(s: &mut State, cap: usize, listed: &[bool], addrs: &[u64]) -> Option<Job> {
-    // Asked twice before a worker took it: once is enough.
-    let coming = &s.coming;
-    s.demand.retain(|u| !coming.contains(u));
-    let held = |u: usize| s.ws_fetching && listed.get(u).copied().unwrap_or(false);
-    if let Some(k) = s.demand.iter().position(|&u| !held(u)) {
-        return s.demand.remove(k).map(Job::Unit);
-    }
-    if s.planning {
-        if let Some(r) = s.ws_range.take() {
-            s.ws_fetching = true;
-            return Some(Job::WorkingSet(r));
-        }
-    }
-    if s.ws_fetching || s.in_flight + s.done.len() >= cap {
-        return None;
-    }
-    if s.planning {
-        while let Some(u) = s.plan.pop_front() {
-            // Not demanded, fetched or placed already.
-            if addrs.get(u).is_some_and(|a| s.wanted.remove(a).is_some()) {
-                return Some(Job::Unit(u));
+/// What a worker takes next, if anything: a demanded unit (decoded from
+/// its run's bytes when they are here, else fetched on its own), else
+/// (while fewer than `cap` results wait) a unit of a run that has arrived,
+/// else (while fewer than `runs` runs are held) a new run: of the working
+/// set once the plan is started, else, when prefetching, around the wanted
+/// unit nearest to the last fault.
+fn next(
+    s: &mut State,
+    cap: usize,
+    runs: usize,
+    max: u64,
+    lay: &Layout,
+    twice: &AtomicU64,
+) -> Option<Job> {
+    while let Some(u) = s.demand.pop_front() {
+        match s.phase(u) {
+            // Asked twice before a worker took it: once is enough.
+            Phase::Coming => continue,
+            Phase::Buffered => {
+                s.set(u, Phase::Coming);
+                let b = s.bufs.remove(&u);
+                return Some(Job::Unit(u, b));
+            }
+            phase @ (Phase::Idle | Phase::InRun) => {
+                if phase == Phase::InRun {
+                    // Its run brings it too; the fault does not wait.
+                    let r = lay.span.get(u).map_or(0, |r| r.end - r.start);
+                    twice.fetch_add(r, Ordering::Relaxed);
+                }
+                s.set(u, Phase::Coming);
+                return Some(Job::Unit(u, None));
             }
         }
     }
-    if !s.prefetch {
+    if s.in_flight + s.done.len() >= cap {
         return None;
     }
+    while let Some(u) = s.buffered.pop_front() {
+        if s.phase(u) == Phase::Buffered {
+            s.set(u, Phase::Coming);
+            let b = s.bufs.remove(&u);
+            return Some(Job::Unit(u, b));
+        }
+    }
+    if s.runs_live >= runs {
+        return None;
+    }
+    let run = if s.planning {
+        plan_run(s, max, lay)
+    } else {
+        None
+    };
+    let run = match run {
+        Some(r) => r,
+        None if s.prefetch => near_run(s, max, lay)?,
+        None => return None,
+    };
+    for &u in &run.units {
+        s.set(u, Phase::InRun);
+    }
+    s.runs_live += 1;
+    Some(Job::Run(run))
+}
+
+/// Whether `u` may join a run: still wanted by the prefetch (taken out of
+/// `wanted` when it is).
+fn take_wanted(s: &mut State, lay: &Layout, u: usize) -> bool {
+    let Some(&a) = lay.addrs.get(u) else {
+        return false;
+    };
+    if s.phase(u) != Phase::Idle || s.wanted.get(&a) != Some(&u) {
+        return false;
+    }
+    s.wanted.remove(&a);
+    true
+}
+
+/// The next run of the working set: its next unit still wanted, and those
+/// after it in profile order that follow it in the file.
+fn plan_run(s: &mut State, max: u64, lay: &Layout) -> Option<Run> {
+    let first = loop {
+        let u = s.plan.pop_front()?;
+        if take_wanted(s, lay, u) {
+            break u;
+        }
+    };
+    let mut units = vec![first];
+    let mut range = lay.span[first].clone();
+    while let Some(&v) = s.plan.front() {
+        let last = *units.last()?;
+        if lay.beside(last, true) != Some(v)
+            || lay.span[v].end - range.start > max
+            || !take_wanted(s, lay, v)
+        {
+            break;
+        }
+        s.plan.pop_front();
+        range.end = lay.span[v].end;
+        units.push(v);
+    }
+    Some(Run {
+        units,
+        range,
+        planned: true,
+    })
+}
+
+/// A run around the wanted unit nearest to the last fault: the wanted
+/// units after it in the file, then before it, up to `max` bytes.
+fn near_run(s: &mut State, max: u64, lay: &Layout) -> Option<Run> {
     let h = s.hint;
     let above = s.wanted.range(h..).next().map(|(&a, &u)| (a, u));
     let below = s.wanted.range(..h).next_back().map(|(&a, &u)| (a, u));
@@ -325,7 +540,32 @@ fn pick(s: &mut State, cap: usize, listed: &[bool], addrs: &[u64]) -> Option<Job
         (None, None) => return None,
     };
     s.wanted.remove(&a);
-    Some(Job::Unit(u))
+    let mut units = VecDeque::from([u]);
+    let mut range = lay.span.get(u).cloned().unwrap_or(0..0);
+    for forward in [true, false] {
+        loop {
+            let edge = if forward { units.back() } else { units.front() };
+            let Some(v) = edge.and_then(|&e| lay.beside(e, forward)) else {
+                break;
+            };
+            let r = &lay.span[v];
+            let (start, end) = (range.start.min(r.start), range.end.max(r.end));
+            if end - start > max || !take_wanted(s, lay, v) {
+                break;
+            }
+            range = start..end;
+            if forward {
+                units.push_back(v);
+            } else {
+                units.push_front(v);
+            }
+        }
+    }
+    Some(Run {
+        units: units.into(),
+        range,
+        planned: false,
+    })
 }
 
 fn worker(inner: &Inner) {
@@ -334,180 +574,334 @@ fn worker(inner: &Inner) {
         if s.stop {
             return;
         }
-        let Some(job) = next(&mut s, inner.cap, &inner.listed, &inner.addrs) else {
+        let job = next(
+            &mut s,
+            inner.cap,
+            inner.runs,
+            inner.max_request,
+            &inner.layout,
+            &inner.twice,
+        );
+        let Some(job) = job else {
             s = match inner.work.wait(s) {
                 Ok(s) => s,
                 Err(_) => return,
             };
             continue;
         };
-        let unit = match job {
-            Job::Unit(u) => u,
-            Job::WorkingSet(r) => {
+        match job {
+            Job::Run(run) => {
                 s.in_flight += 1;
+                let broken = s.broken.clone();
                 drop(s);
-                let got = fetch_range(inner, &r);
+                let got = match broken {
+                    Some(why) => Err((why, true)),
+                    None => fetch_run(inner, &run),
+                };
                 s = match inner.st.lock() {
                     Ok(s) => s,
                     Err(_) => return,
                 };
                 s.in_flight -= 1;
-                s.ws_fetching = false;
-                // Unless the plan ended meanwhile. On failure each chunk is
-                // fetched on its own (a store that is gone then breaks the
-                // pool there).
-                if let Some(ws) = got.filter(|_| !s.plan.is_empty()) {
-                    s.ws_left = inner.listed.iter().filter(|&&l| l).count();
-                    s.ws = Some(ws);
-                }
-                // The chunks that waited for it.
+                arrived(inner, &mut s, run, got);
+                // Its chunks wait for workers to decode them.
                 inner.work.notify_all();
-                continue;
             }
-        };
-        let broken = s.broken.clone();
-        let ws =
-            s.ws.clone()
-                .filter(|_| inner.listed.get(unit) == Some(&true));
-        s.in_flight += 1;
-        drop(s);
-        let res = match (broken, inner.extents.get(unit).copied().flatten()) {
-            (Some(why), _) => Err((format!("not fetched: {why}"), false)),
-            (None, None) => Err(("not a data extent".to_string(), false)),
-            (None, Some(ext)) => fetch(&inner.img, &ext, ws.as_deref()),
-        };
-        s = match inner.st.lock() {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        s.in_flight -= 1;
-        if ws.is_some() && s.ws.is_some() {
-            s.ws_left = s.ws_left.saturating_sub(1);
-            if s.ws_left == 0 {
-                // Every chunk of it has been decoded: let the memory go.
-                s.ws = None;
+            Job::Unit(unit, buf) => {
+                let broken = s.broken.clone();
+                s.in_flight += 1;
+                drop(s);
+                let res = match (broken, inner.extents.get(unit).copied().flatten()) {
+                    (Some(why), _) => Err((format!("not fetched: {why}"), false)),
+                    (None, None) => Err(("not a data extent".to_string(), false)),
+                    (None, Some(ext)) => fetch(&inner.img, &ext, buf.as_deref()),
+                };
+                s = match inner.st.lock() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                s.in_flight -= 1;
+                if let Some(b) = buf {
+                    s.release(b);
+                }
+                if let Err((why, fatal)) = &res {
+                    if *fatal && s.broken.is_none() {
+                        s.broken = Some(why.clone());
+                    }
+                }
+                s.done.push((unit, res.map_err(|(why, _)| why)));
+                (inner.poke)();
+                // A run may have ended: room for another.
+                inner.work.notify_all();
             }
         }
-        if let Err((why, fatal)) = &res {
-            if *fatal && s.broken.is_none() {
+    }
+}
+
+/// A run's request has ended: its units still waiting for it are decoded
+/// from its bytes; on failure they fail at once (the store is broken), or,
+/// when the failure is damage, are fetched one by one.
+fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String, bool)>) {
+    match got {
+        Ok(bytes) => {
+            let b = Arc::new(RunBuf {
+                at: run.range.start,
+                bytes,
+            });
+            for &u in &run.units {
+                if s.phase(u) == Phase::InRun {
+                    s.set(u, Phase::Buffered);
+                    s.bufs.insert(u, Arc::clone(&b));
+                    s.buffered.push_back(u);
+                }
+            }
+            s.release(b);
+        }
+        Err((why, fatal)) => {
+            s.runs_live = s.runs_live.saturating_sub(1);
+            if fatal && s.broken.is_none() {
                 s.broken = Some(why.clone());
             }
+            let mut failed = false;
+            for &u in &run.units {
+                if s.phase(u) != Phase::InRun {
+                    continue;
+                }
+                if fatal {
+                    s.set(u, Phase::Coming);
+                    s.done.push((u, Err(format!("not fetched: {why}"))));
+                    failed = true;
+                } else {
+                    s.set(u, Phase::Idle);
+                    s.demand.push_back(u);
+                }
+            }
+            if failed {
+                (inner.poke)();
+            }
         }
-        s.done.push((unit, res.map_err(|(why, _)| why)));
-        (inner.poke)();
     }
 }
 
-/// Fetches and decodes one data extent, its stored bytes taken from the
-/// working set `ws` when it holds them (checked as bytes read from the
-/// image: `Image::decode_extent_with`). The error says whether the source
-/// is broken (anything but damage of this chunk).
-fn fetch(
-    img: &Image,
-    ext: &Extent,
-    ws: Option<&(u64, Vec<u8>)>,
-) -> Result<Vec<u8>, (String, bool)> {
+/// Fetches a run's file range with one request. The error says whether
+/// the source is broken (anything but damage).
+fn fetch_run(inner: &Inner, run: &Run) -> Result<Vec<u8>, (String, bool)> {
+    let len = run.range.end - run.range.start;
+    let b = inner
+        .img
+        .file_range(run.range.start, len)
+        .map_err(|e| (e.to_string(), !e.is_damage()))?;
+    if run.planned && inner.counted {
+        inner.counts[0].fetch_add(1, Ordering::Relaxed);
+        inner.counts[1].fetch_add(len, Ordering::Relaxed);
+    }
+    Ok(b.into_owned())
+}
+
+/// Fetches and decodes one data extent, its stored bytes taken from its
+/// run's bytes `buf` when given (checked as bytes read from the image:
+/// `Image::decode_extent_with`). The error says whether the source is
+/// broken (anything but damage of this chunk).
+fn fetch(img: &Image, ext: &Extent, buf: Option<&RunBuf>) -> Result<Vec<u8>, (String, bool)> {
     let len = usize::try_from(ext.len(img.header().page_size)).unwrap_or(usize::MAX);
-    let mut buf = vec![0u8; len];
-    let r = match ws {
-        Some((at, bytes)) => img.decode_extent_with(*at, bytes, ext, &mut buf),
-        None => img.decode_extent(ext, &mut buf),
+    let mut out = vec![0u8; len];
+    let r = match buf {
+        Some(b) => img.decode_extent_with(b.at, &b.bytes, ext, &mut out),
+        None => img.decode_extent(ext, &mut out),
     };
     match r {
-        Ok(()) => Ok(buf),
+        Ok(()) => Ok(out),
         Err(e) => Err((e.to_string(), !e.is_damage())),
     }
-}
-
-/// Fetches the working set's file range `r` with one request; `None` when
-/// that fails.
-fn fetch_range(inner: &Inner, r: &Range<u64>) -> Option<WorkingSet> {
-    let b = inner.img.file_range(r.start, r.end - r.start).ok()?;
-    inner.counts[0].fetch_add(1, Ordering::Relaxed);
-    inner.counts[1].fetch_add(r.end - r.start, Ordering::Relaxed);
-    Some(Arc::new((r.start, b.into_owned())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Units at image addresses `addrs`, each 10 bytes in the file, in
+    /// file order `order` (unit numbers), adjacent.
+    fn layout(addrs: &[u64], order: &[usize]) -> Layout {
+        let mut span = vec![0..0; addrs.len()];
+        let mut file_pos = vec![usize::MAX; addrs.len()];
+        for (k, &u) in order.iter().enumerate() {
+            span[u] = (k as u64 * 10)..(k as u64 * 10 + 10);
+            file_pos[u] = k;
+        }
+        Layout {
+            addrs: addrs.to_vec(),
+            span,
+            by_file: order.to_vec(),
+            file_pos,
+        }
+    }
+
+    static TWICE: AtomicU64 = AtomicU64::new(0);
+
     fn state(addrs: &[u64]) -> State {
         State {
             wanted: addrs.iter().enumerate().map(|(i, &a)| (a, i)).collect(),
+            phase: vec![Phase::Idle; addrs.len()],
             ..State::default()
         }
     }
 
+    fn units(j: Option<Job>) -> Option<(Vec<usize>, Option<Range<u64>>)> {
+        match j? {
+            Job::Unit(u, _) => Some((vec![u], None)),
+            Job::Run(r) => Some((r.units, Some(r.range))),
+        }
+    }
+
     #[test]
-    fn demands_come_first_then_nearest_to_the_last_fault() {
-        let mut s = state(&[0, 10, 20, 30, 40]);
+    fn demands_come_first_then_runs_nearest_to_the_last_fault() {
+        let addrs = [0, 10, 20, 30, 40];
+        let lay = layout(&addrs, &[0, 1, 2, 3, 4]);
+        let mut s = state(&addrs);
         // Nothing without a demand until prefetching is on.
-        assert_eq!(next(&mut s, 8, &[], &[]), None);
+        assert!(next(&mut s, 8, 2, 20, &lay, &TWICE).is_none());
         s.demand.push_back(4);
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(4)));
+        s.wanted.remove(&40);
+        assert_eq!(
+            units(next(&mut s, 8, 2, 20, &lay, &TWICE)),
+            Some((vec![4], None))
+        );
         s.prefetch = true;
         s.hint = 24;
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(2))); // 20: 4 away
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(3))); // 30: 6 away
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(1))); // 10
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(4))); // 40
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(0)));
-        assert_eq!(next(&mut s, 8, &[], &[]), None);
+        // 20 is nearest; 30 follows it in the file; 20 bytes at most.
+        assert_eq!(
+            units(next(&mut s, 8, 2, 20, &lay, &TWICE)),
+            Some((vec![2, 3], Some(20..40)))
+        );
+        // One run held: no second while one is the most.
+        assert!(next(&mut s, 8, 1, 20, &lay, &TWICE).is_none());
+        // Then 10, and 0 before it in the file.
+        assert_eq!(
+            units(next(&mut s, 8, 2, 20, &lay, &TWICE)),
+            Some((vec![0, 1], Some(0..20)))
+        );
+        s.runs_live = 0;
+        assert!(next(&mut s, 8, 2, 20, &lay, &TWICE).is_none());
     }
 
     #[test]
-    fn a_chunk_under_way_is_not_fetched_again() {
-        let mut s = state(&[0, 10]);
+    fn runs_follow_the_file_not_the_addresses() {
+        // Units 0..4 at addresses 0, 10, 20, 30, stored in the file in the
+        // order 2, 0, 3, 1.
+        let addrs = [0, 10, 20, 30];
+        let lay = layout(&addrs, &[2, 0, 3, 1]);
+        let mut s = state(&addrs);
         s.prefetch = true;
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(0)));
-        // A fault demands it while it is fetched: nothing more to fetch.
-        s.demand.push_back(0);
-        assert_eq!(next(&mut s, 8, &[], &[]), Some(Job::Unit(1)));
-        assert_eq!(next(&mut s, 8, &[], &[]), None);
+        // Unit 0 first (lowest), then 3 and 1 after it in the file, then 2
+        // before it.
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![2, 0, 3, 1], Some(0..40)))
+        );
+        // A gap in the file (a unit not wanted) ends a run.
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        s.wanted.remove(&20); // unit 2, the second in the file order below
+        let lay = layout(&addrs, &[0, 2, 1, 3]);
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![0], Some(0..10)))
+        );
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![1, 3], Some(20..40)))
+        );
     }
 
     #[test]
-    fn prefetching_stops_while_results_wait() {
-        let mut s = state(&[0, 10, 20]);
+    fn a_demand_never_waits_behind_a_run() {
+        let addrs = [0, 10, 20];
+        let lay = layout(&addrs, &[0, 1, 2]);
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![0, 1, 2], Some(0..30)))
+        );
+        // A fault on 1 while the run is under way: fetched on its own.
+        s.demand.push_back(1);
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
+            Some((vec![1], None))
+        );
+        // Asked again before it arrived: nothing more.
+        s.demand.push_back(1);
+        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        // The run arrives: 1 is not decoded from it again, 0 and 2 are; a
+        // demand of 2 takes it from the run's bytes first.
+        let b = Arc::new(RunBuf {
+            at: 0,
+            bytes: Vec::new(),
+        });
+        for u in [0, 2] {
+            s.set(u, Phase::Buffered);
+            s.bufs.insert(u, Arc::clone(&b));
+            s.buffered.push_back(u);
+        }
+        drop(b);
+        s.demand.push_back(2);
+        match next(&mut s, 8, 2, 100, &lay, &TWICE) {
+            Some(Job::Unit(2, Some(_))) => {}
+            _ => panic!("2 is decoded from its run"),
+        }
+        match next(&mut s, 8, 2, 100, &lay, &TWICE) {
+            Some(Job::Unit(0, Some(b))) => s.release(b),
+            _ => panic!("then 0"),
+        }
+        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+    }
+
+    #[test]
+    fn decoding_and_prefetching_stop_while_results_wait() {
+        let addrs = [0, 10, 20];
+        let lay = layout(&addrs, &[0, 1, 2]);
+        let mut s = state(&addrs);
         s.prefetch = true;
         s.in_flight = 1;
         s.done.push((0, Ok(Vec::new())));
-        assert_eq!(next(&mut s, 2, &[], &[]), None, "two results held: no more");
+        assert!(
+            next(&mut s, 2, 2, 100, &lay, &TWICE).is_none(),
+            "two results held: no more"
+        );
         // A demand is served whatever is held.
         s.demand.push_back(2);
-        assert_eq!(next(&mut s, 2, &[], &[]), Some(Job::Unit(2)));
+        assert_eq!(
+            units(next(&mut s, 2, 2, 100, &lay, &TWICE)),
+            Some((vec![2], None))
+        );
     }
 
     #[test]
-    fn the_working_set_comes_first_in_one_request_then_in_profile_order() {
+    fn the_working_set_comes_first_in_runs_in_profile_order() {
         let addrs = [0, 10, 20, 30, 40];
-        // Units 3 and 1 are the working set, in that order.
-        let listed = [false, true, false, true, false];
+        // Units 3 and 1 are the working set, in that order, stored first
+        // in the file in that order; 4 was demanded meanwhile.
+        let lay = layout(&addrs, &[3, 1, 0, 2, 4]);
         let mut s = state(&addrs);
         s.plan = [3, 1].into();
-        s.ws_range = Some(100..200);
         s.prefetch = true;
         s.hint = 40;
-        let take = |s: &mut State| next(s, 8, &listed, &addrs);
         // Before the handler starts its plan: prefetching as without one.
-        assert_eq!(take(&mut s), Some(Job::Unit(4)));
+        assert_eq!(
+            units(next(&mut s, 8, 1, 10, &lay, &TWICE)),
+            Some((vec![4], Some(40..50)))
+        );
+        s.runs_live = 0;
         s.planning = true;
-        assert_eq!(take(&mut s), Some(Job::WorkingSet(100..200)));
-        // While it is fetched, a demand of one of its chunks waits for it,
-        // a demand of another chunk does not, and nothing is prefetched.
-        for (u, a) in [(1, 10), (0, 0)] {
-            s.wanted.remove(&a);
-            s.demand.push_back(u);
-        }
-        assert_eq!(take(&mut s), Some(Job::Unit(0)));
-        assert_eq!(take(&mut s), None);
-        s.ws_fetching = false;
-        assert_eq!(take(&mut s), Some(Job::Unit(1)));
-        // Then the rest of it in profile order (1 was demanded), then the
-        // prefetch.
-        assert_eq!(take(&mut s), Some(Job::Unit(3)));
-        assert_eq!(take(&mut s), Some(Job::Unit(2)));
-        assert_eq!(take(&mut s), None);
+        assert_eq!(
+            units(next(&mut s, 8, 1, 100, &lay, &TWICE)),
+            Some((vec![3, 1], Some(0..20)))
+        );
+        s.runs_live = 0;
+        // Then the prefetch: 2, then 0 before it in the file.
+        assert_eq!(
+            units(next(&mut s, 8, 1, 100, &lay, &TWICE)),
+            Some((vec![0, 2], Some(20..40)))
+        );
     }
 }

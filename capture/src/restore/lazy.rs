@@ -81,7 +81,7 @@ use std::thread::JoinHandle;
 
 use memimg::{Extent, ExtentKind, Image, Profile, Region};
 
-use super::fetch::{Fetched, Plan, Pool};
+use super::fetch::{Config, Fetched, Plan, Pool};
 use super::order::{Ordered, Recorder};
 use super::pending::{Pending, Run};
 use super::uffd::{feature, Msg, RawMsg, Uffd};
@@ -201,10 +201,18 @@ pub struct LazyStats {
     /// by [`LazyHandle::prefetch`]): touches of those never fault.
     pub units_prefetched: u64,
     /// Reads made to fetch the working set of an image with a load order
-    /// in one go: 1 once it was needed, else 0.
+    /// before returning: for a local image 1 once it was needed, else 0;
+    /// for a remote one, its ranged GETs of up to
+    /// `RemoteOptions::max_request` bytes each (1 for a working set
+    /// that size or smaller).
     pub working_set_reads: u64,
     /// Bytes of those reads.
     pub working_set_bytes: u64,
+    /// Stored bytes a remote restore fetched twice: chunks a fault fetched
+    /// on its own, at once, while a prefetch request holding them was still
+    /// under way (a fault never waits behind such a request). 0 for a local
+    /// image.
+    pub bytes_fetched_twice: u64,
     /// Recording a load-order profile
     /// ([`super::RestoreOptions::record_profile`]) is still on.
     pub recording: bool,
@@ -246,6 +254,8 @@ struct Shared {
     units_prefetched: AtomicU64,
     /// The working set's reads and bytes (see `order::Ordered`).
     ws: Arc<[AtomicU64; 2]>,
+    /// [`LazyStats::bytes_fetched_twice`].
+    twice: Arc<AtomicU64>,
     recorder: Option<Arc<Recorder>>,
     error: Mutex<Option<String>>,
     state: Mutex<State>,
@@ -346,16 +356,16 @@ impl std::fmt::Debug for LazyHandle {
 }
 
 impl LazyHandle {
-    /// Starts the handler of `img`'s `regions`. With `workers` 0 the
-    /// handler reads and decodes each piece itself (a local image); with
-    /// more, that many worker threads fetch and decode while the handler
-    /// only places (a remote image: see `fetch.rs`). `record` and
+    /// Starts the handler of `img`'s `regions`. With `fetch` `None` the
+    /// handler reads and decodes each piece itself (a local image); with a
+    /// pool's configuration, its worker threads fetch and decode while the
+    /// handler only places (a remote image: see `fetch.rs`). `record` and
     /// `background` are [`super::RestoreOptions::record_profile`] and
     /// [`super::RestoreOptions::working_set_in_background`].
     pub(super) fn start(
         img: Image,
         regions: &[Region],
-        workers: usize,
+        fetch: Option<Config>,
         record: Option<std::time::Duration>,
         background: bool,
     ) -> Result<LazyHandle, RestoreError> {
@@ -413,23 +423,19 @@ impl LazyHandle {
             ))
         });
         let ws = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        // Before returning: one read (for a remote image, one ranged GET on
-        // a fetch thread). In the background: read-ahead of the whole range
-        // (for a remote image, the fetch threads fetch it chunk by chunk, in
-        // profile order), so the first touches need not wait for the whole
-        // working set.
-        let via = if workers == 0 {
-            if background {
-                super::order::read_ahead(&img);
+        // Before returning: one read (for a remote image, ranged GETs of up
+        // to `max_request` bytes on the fetch threads). In the background:
+        // read-ahead of the whole range (for a remote image, the fetch
+        // threads fetch it in such runs, in profile order), so the first
+        // touches need not wait for the whole working set.
+        let via = match fetch {
+            None => {
+                if background {
+                    super::order::read_ahead(&img);
+                }
+                Via::Inline(Ordered::new(img, Arc::clone(&ws), !background))
             }
-            Via::Inline(Ordered::new(img, Arc::clone(&ws), !background))
-        } else {
-            let range = img
-                .working_set_range()
-                .ok()
-                .flatten()
-                .filter(|_| !background);
-            Via::Workers(Arc::new(img), workers, range)
+            Some(cfg) => Via::Workers(Arc::new(img), cfg, !background),
         };
         let wait = !plan.is_empty() && !background && recorder.is_none();
         let h = Self::start_with(via, units, &ranges, u64::from(ps), (plan, recorder, ws))?;
@@ -503,6 +509,7 @@ impl LazyHandle {
             faults_waited: AtomicU64::new(0),
             units_prefetched: AtomicU64::new(0),
             ws,
+            twice: Arc::new(AtomicU64::new(0)),
             recorder,
             error: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -537,7 +544,7 @@ impl LazyHandle {
         let left = units.iter().map(|u| u.len).collect();
         let fetch = match via {
             Via::Inline(src) => Fetch::Inline(src),
-            Via::Workers(img, n, range) => {
+            Via::Workers(img, cfg, counted) => {
                 let weak = Arc::downgrade(&shared);
                 let poke = Box::new(move || {
                     if let Some(s) = weak.upgrade() {
@@ -548,10 +555,11 @@ impl LazyHandle {
                 let addrs: Vec<u64> = units.iter().map(|u| u.addr).collect();
                 let plan = Plan {
                     units: plan.iter().copied().collect(),
-                    range,
+                    counted,
                     counts: Arc::clone(&shared.ws),
+                    twice: Arc::clone(&shared.twice),
                 };
-                let pool = Pool::start(img, extents, &addrs, n, poke, plan)
+                let pool = Pool::start(img, extents, &addrs, cfg, poke, plan)
                     .map_err(|e| RestoreError::io("starting the fetch threads", e))?;
                 Fetch::Pool(pool)
             }
@@ -628,6 +636,7 @@ impl LazyHandle {
             units_prefetched: get(&s.units_prefetched),
             working_set_reads: get(&s.ws[0]),
             working_set_bytes: get(&s.ws[1]),
+            bytes_fetched_twice: get(&s.twice),
             recording: s.recorder.as_ref().is_some_and(|r| r.recording()),
         }
     }
@@ -729,9 +738,9 @@ enum Step {
 enum Via<S> {
     /// From `S` on the handler thread.
     Inline(S),
-    /// From the image on this many worker threads; the working set's file
-    /// range when it is fetched with one request.
-    Workers(Arc<Image>, usize, Option<std::ops::Range<u64>>),
+    /// From the image on a pool of worker threads; whether the restore
+    /// waits for the working set (its requests are then counted).
+    Workers(Arc<Image>, Config, bool),
 }
 
 /// The running form of [`Via`].

@@ -205,19 +205,18 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreEr
         // A child: its parents found through their hints, under the same key.
         return chain::restore_path(path, opts);
     }
-    restore_image(img, Some(path), opts, 0, t0)
+    restore_image(img, Some(path), opts, None, t0)
 }
 
 /// Restores `img`, read from the file `file` (`None`: from a store that is
-/// not a file, where mmap is impossible). With `fetchers` above 0 the
-/// chunks come from a slow source: an eager restore decodes on that many
-/// threads, a lazy one fetches on that many worker threads (see
-/// `fetch.rs`).
+/// not a file, where mmap is impossible). With `fetch` the chunks come
+/// from a slow source: an eager restore decodes on `fetch.workers`
+/// threads, a lazy one fetches with that pool (see `fetch.rs`).
 fn restore_image(
     mut img: Image,
     file: Option<&Path>,
     opts: &RestoreOptions,
-    fetchers: usize,
+    fetch: Option<fetch::Config>,
     t0: Instant,
 ) -> Result<Restored, RestoreError> {
     // Each chunk's stored checksum (and, when encrypted, its tag) is still
@@ -281,11 +280,11 @@ fn restore_image(
             map_from_file(&img, path, &regions)?;
             res.protect(&regions)?;
         }
-        (Strategy::Eager, _) if fetchers > 0 => {
+        (Strategy::Eager, _) if fetch.is_some() => {
             // Each decode of a remote chunk waits for its GET: as many
             // threads as requests wanted in flight.
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(fetchers)
+                .num_threads(fetch.map_or(1, |f| f.workers))
                 .thread_name(|i| format!("memimg-restore-{i}"))
                 .build()
                 .map_err(|e| {
@@ -304,7 +303,7 @@ fn restore_image(
             lazy = Some(LazyHandle::start(
                 img,
                 &regions,
-                fetchers,
+                fetch,
                 opts.record_profile,
                 opts.working_set_in_background,
             )?);
@@ -331,7 +330,48 @@ pub struct RemoteOptions {
     /// restore (which fetch on first touch and prefetch), or the decoding
     /// threads of an eager one. By default [`DEFAULT_IN_FLIGHT`].
     pub in_flight: usize,
+    /// Bytes one prefetch request of a lazy restore asks for at most: the
+    /// prefetcher (and the fetch of a working set) takes chunks that are
+    /// next to each other in the file in one ranged GET of up to this
+    /// many bytes (a single larger chunk is still one request). A fault
+    /// still fetches its own chunk at once. By default
+    /// [`DEFAULT_MAX_REQUEST`].
+    pub max_request: u64,
+    /// Such requests held at once, under way or waiting to be decoded: with
+    /// `max_request`, what bounds the memory of the prefetch (at most
+    /// `max_request × prefetch_requests`, twice that while a request's
+    /// bytes are copied out). Always fewer than `in_flight`, so a worker is
+    /// left for faults. By default [`DEFAULT_PREFETCH_REQUESTS`].
+    pub prefetch_requests: usize,
 }
+
+/// Bytes a restore from object storage fetches from the start of the object
+/// when opening it: the header page (of 4 KiB pages; a larger page is
+/// completed by one more GET).
+#[cfg(feature = "remote")]
+pub const REMOTE_OPEN_HEAD: u64 = 4 << 10;
+
+/// Bytes a restore from object storage fetches from the end of the object
+/// when opening it, in parallel with the header page: the trailer and, for
+/// an index of up to about 250 KiB (an image of some 600 MiB of mixed
+/// memory in 512 KiB chunks), the whole index, which is otherwise one more
+/// GET. 256 KiB.
+#[cfg(feature = "remote")]
+pub const REMOTE_OPEN_TAIL: u64 = 256 << 10;
+
+/// Bytes one prefetch request of a lazy restore from object storage asks
+/// for at most, by default: 16 MiB. Measured against 4 and 8 MiB (README,
+/// *Images on object storage*, *Tests and benchmark*): the walk of a
+/// restored structure ended soonest with 16 MiB against both servers of
+/// the benchmark; larger requests would only add memory (at most
+/// `prefetch_requests` of them are held).
+#[cfg(feature = "remote")]
+pub const DEFAULT_MAX_REQUEST: u64 = 16 << 20;
+
+/// Prefetch requests of a lazy restore from object storage held at once, by
+/// default: 2.
+#[cfg(feature = "remote")]
+pub const DEFAULT_PREFETCH_REQUESTS: usize = 2;
 
 /// Chunk requests a restore from object storage keeps in flight. By default
 /// 8: enough to hide a store's latency of tens of milliseconds behind
@@ -345,6 +385,8 @@ impl Default for RemoteOptions {
         RemoteOptions {
             s3: memimg_remote::S3Options::from_env(),
             in_flight: DEFAULT_IN_FLIGHT,
+            max_request: DEFAULT_MAX_REQUEST,
+            prefetch_requests: DEFAULT_PREFETCH_REQUESTS,
         }
     }
 }
@@ -353,14 +395,18 @@ impl Default for RemoteOptions {
 /// this process.
 ///
 /// A path is restored as by [`restore`]. For a URL, opening fetches the
-/// header page, the trailer and the index (a few ranged GETs, never the
-/// whole object), then:
+/// object's last 256 KiB (its trailer, and the index of most images) and
+/// its header page with two ranged GETs in parallel, no HEAD, then the
+/// index with one more GET when the end did not hold it; never the whole
+/// object. Then:
 ///
 /// - [`Strategy::Lazy`] returns before any chunk is fetched. A chunk is
 ///   fetched (one ranged GET), decoded and placed on the first touch of one
 ///   of its pages; after [`LazyHandle::prefetch`], worker threads fetch the
-///   rest, `in_flight` requests at a time, nearest to the latest faults
-///   first. Fetching runs on those threads, never on the thread that
+///   rest nearest to the latest faults first, taking the chunks next to
+///   each other in the file in one ranged GET of up to
+///   [`RemoteOptions::max_request`] bytes (`prefetch_requests` of them at
+///   a time, and a fault's own GET never waits behind them). Fetching runs on those threads, never on the thread that
 ///   answers faults, so a slow request never holds up pages already
 ///   fetched. Everything `restore`'s docs say a lazily restored program
 ///   may do holds, and the first fork through the C library still waits
@@ -396,8 +442,18 @@ pub fn restore_from(
         Location::Local(p) => return restore(p, opts),
         Location::S3(url) => url,
     };
+    // By its ends, with no HEAD: the tail (trailer, and the index of most
+    // images) and the header page in parallel, then the index if the tail
+    // did not hold it.
     let reader = Store::new(&url.bucket, &remote.s3)
-        .and_then(|s| s.reader(url, ReaderOptions::default()))
+        .and_then(|s| {
+            s.reader_by_ends(
+                url,
+                ReaderOptions::default(),
+                REMOTE_OPEN_HEAD,
+                REMOTE_OPEN_TAIL,
+            )
+        })
         .map_err(RestoreError::Remote)?;
     let img = match Image::from_read_at(std::sync::Arc::new(reader), opts.key.as_ref()) {
         Ok(img) => img,
@@ -410,7 +466,12 @@ pub fn restore_from(
         }
         Err(e) => return Err(e.into()),
     };
-    restore_image(img, None, opts, remote.in_flight.max(1), t0)
+    let fetch = fetch::Config {
+        workers: remote.in_flight.max(1),
+        max_request: remote.max_request,
+        runs: remote.prefetch_requests,
+    };
+    restore_image(img, None, opts, Some(fetch), t0)
 }
 
 fn abbreviate(b: &[u8]) -> String {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memimg::{Image, Key};
-use memimg_capture::memimg_remote::{Location, RemoteReader, S3Options, S3Url};
+use memimg_capture::memimg_remote::{Location, ReaderOptions, S3Options, S3Url, Store};
 use memimg_capture::{restore_from, RemoteOptions, RestoreError, RestoreOptions, Strategy};
 
 use crate::lazy_support::{
@@ -190,13 +190,14 @@ fn lazy_check() {
     let s = h.finish();
     assert!(s.error.is_none(), "{:?}", s.error);
     say(&format!(
-        "STATS faults={} units_done={} units_total={} units_failed={} bytes_copied={} released={}",
+        "STATS faults={} units_done={} units_total={} units_failed={} bytes_copied={} released={} bytes_fetched_twice={}",
         s.faults,
         s.units_done,
         s.units_total,
         s.units_failed,
         s.bytes_copied,
-        u8::from(s.released)
+        u8::from(s.released),
+        s.bytes_fetched_twice
     ));
     let end = memimg_capture::memimg_remote::global_stats();
     say(&format!(
@@ -273,9 +274,23 @@ fn remote_lazy_restore_compares_every_byte() {
     let s3 = S3Options::default()
         .with_endpoint(&moto.endpoint)
         .with_credentials(&moto.key_id, &moto.secret);
-    let reader = Arc::new(RemoteReader::open(&st.url, &s3).unwrap());
+    // A restore opens by the ends: the tail and the header page together,
+    // no HEAD.
+    let reader = Arc::new(
+        Store::new(&st.url.bucket, &s3)
+            .unwrap()
+            .reader_by_ends(
+                &st.url,
+                ReaderOptions::default(),
+                memimg_capture::REMOTE_OPEN_HEAD,
+                memimg_capture::REMOTE_OPEN_TAIL,
+            )
+            .unwrap(),
+    );
     Image::from_read_at(reader.clone(), Some(&st.key)).unwrap();
     let open = reader.stats();
+    assert_eq!(open.head_requests, 0);
+    assert!(open.get_requests <= 3, "{open:?}");
     let o = run_limited(
         "remote-lazy",
         &child_env(moto, &st.url, &st.key, st.base),
@@ -310,13 +325,14 @@ fn remote_lazy_restore_compares_every_byte() {
         "{}",
         o.out
     );
-    // Every chunk fetched once: at most the object, and the blocks opening
-    // reads around the header and the trailer.
+    // Every chunk fetched once: at most the object, and the ends opening
+    // fetched (chunks they hold are read from them).
     let len = memimg::ReadAt::len(&*reader);
     let line = o.out.lines().find(|l| l.starts_with("FETCHED ")).unwrap();
     let bytes: u64 = line.trim_start_matches("FETCHED bytes=").parse().unwrap();
+    let twice = stat(&o.out, "bytes_fetched_twice");
     assert!(
-        bytes <= len + 8192,
+        bytes <= len + open.bytes_fetched + twice,
         "the restore fetched {bytes} bytes of a {len}-byte object: some chunk was fetched twice"
     );
 }
@@ -436,6 +452,7 @@ fn remote_missing_key_and_mmap_are_refused() {
             .with_endpoint(&moto.endpoint)
             .with_credentials(&moto.key_id, &moto.secret),
         in_flight: 2,
+        ..RemoteOptions::default()
     };
     let missing = Location::S3(moto::url(&bucket, "nope.img"));
     let e = restore_from(&missing, &remote, &RestoreOptions::default()).unwrap_err();

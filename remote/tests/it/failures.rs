@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use memimg::{Image, ReadAt};
 use memimg_remote::{
-    open_image, ErrorKind, Location, RemoteReader, RemoteWriter, S3Options, Store, UploadOptions,
+    open_image, ErrorKind, Location, ReaderOptions, RemoteReader, RemoteWriter, S3Options, Store,
+    UploadOptions,
 };
 
 use crate::support::{bucket_for, free_port, key, regions, url, write_image, Kind, Moto};
@@ -254,6 +255,23 @@ fn damaged_objects_fail_like_local_files() {
             let key_name = format!("{kind:?}-{i}");
             moto.put(&bucket, &key_name, &bytes);
             let local = Image::from_bytes(bytes.clone(), k.as_ref());
+            // Opened by its ends, as a restore opens it: the same result.
+            let ends = Store::new(&bucket, &s3)
+                .unwrap()
+                .reader_by_ends(
+                    &url(&bucket, &key_name),
+                    ReaderOptions::default(),
+                    4096,
+                    2048,
+                )
+                .unwrap_or_else(|e| panic!("{kind:?} {what}: opening by the ends: {e}"));
+            let by_ends = Image::from_read_at(Arc::new(ends), k.as_ref());
+            let said = |r: &memimg::Result<Image>| {
+                r.as_ref()
+                    .err()
+                    .map(|e| (e.kind(), e.location(), e.message().to_string()))
+            };
+            assert_eq!(said(&by_ends), said(&local), "{kind:?} {what}: by the ends");
             let remote = open_image(&Location::S3(url(&bucket, &key_name)), k.as_ref(), &s3);
             let (l, r) = match (local, remote) {
                 (Err(l), Err(r)) => {
@@ -299,4 +317,75 @@ fn damaged_objects_fail_like_local_files() {
     let r = Arc::new(RemoteReader::open(&url(&bucket, "Plain-0"), &s3).unwrap());
     let e = Image::from_read_at(r, None).unwrap_err();
     assert_eq!(e.kind(), memimg::ErrorKind::NotAnImage);
+}
+
+/// A trailer that claims an index longer than the object (a hostile or
+/// damaged object) is refused before the index is fetched, opened either
+/// way: a typed error (`Malformed`, at the trailer, saying where the index
+/// would lie), no allocation of the claimed size, and nothing fetched but
+/// the object's ends.
+#[test]
+fn a_hostile_index_length_is_refused_before_it_is_fetched() {
+    use xxhash_rust::xxh3::xxh3_64;
+    let test = "a_hostile_index_length_is_refused_before_it_is_fetched";
+    let Some(moto) = Moto::shared(test) else {
+        return;
+    };
+    let bucket = bucket_for(test);
+    moto.create_bucket(&bucket);
+    let s3 = moto.options();
+    let store = Store::new(&bucket, &s3).unwrap();
+    let good = write_image(Vec::new(), Kind::Plain, &regions(1 << 20, 9));
+    let img = Image::from_bytes(good.clone(), None).unwrap();
+    let t = usize::try_from(img.trailer().offset).unwrap();
+    let size = good.len() as u64;
+    assert_eq!(t + 256, good.len());
+    for claim in [size, size + 1, 1 << 40, u64::MAX / 2, u64::MAX] {
+        let mut b = good.clone();
+        // index_len at +24; the trailer's checksum (its last 8 bytes) made
+        // to match, so that only the claim is wrong.
+        b[t + 24..t + 32].copy_from_slice(&claim.to_le_bytes());
+        let sum = xxh3_64(&b[t..t + 248]);
+        b[t + 248..t + 256].copy_from_slice(&sum.to_le_bytes());
+        let name = format!("hostile-{claim}");
+        moto.put(&bucket, &name, &b);
+        let u = url(&bucket, &name);
+        let local = Image::from_bytes(b.clone(), None)
+            .err()
+            .map(|e| e.to_string());
+        let head = Arc::new(store.reader(&u, ReaderOptions::default()).unwrap());
+        let ends = Arc::new(
+            store
+                .reader_by_ends(&u, ReaderOptions::default(), 4096, 2048)
+                .unwrap(),
+        );
+        for (how, r) in [("with a HEAD", head), ("by its ends", ends)] {
+            let e = Image::from_read_at(r.clone(), None).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                memimg::ErrorKind::Malformed,
+                "{how}, {claim}: {e}"
+            );
+            assert!(e.message().contains("index"), "{how}, {claim}: {e}");
+            assert_eq!(
+                Some(e.to_string()),
+                local,
+                "{how}, {claim}: as a local file"
+            );
+            let st = r.stats();
+            // The header page and the trailer's blocks, or the two ends.
+            assert!(st.get_requests <= 2, "{how}, {claim}: {st:?}");
+            assert!(
+                st.bytes_fetched <= 4096 + 2 * 4096,
+                "{how}, {claim}: {st:?}"
+            );
+            // open_image says the same, typed as damage of the image.
+            let re = open_image(&Location::S3(u.clone()), None, &s3).unwrap_err();
+            assert_eq!(re.kind(), ErrorKind::Image, "{re}");
+            assert_eq!(
+                re.image().map(memimg::Error::kind),
+                Some(memimg::ErrorKind::Malformed)
+            );
+        }
+    }
 }

@@ -109,6 +109,74 @@ fn opening_a_large_image_fetches_only_its_ends() {
     );
 }
 
+/// Opening by the ends (as a restore from a URL opens): no HEAD, the tail
+/// and the header page in two GETs made together, and the index from the
+/// tail when it holds it, else in one more GET; the image is the same as
+/// one opened with a HEAD, and reads after it cost what they cost then.
+#[test]
+fn opening_by_the_ends_costs_two_requests() {
+    let test = "opening_by_the_ends_costs_two_requests";
+    let Some(moto) = Moto::shared(test) else {
+        return;
+    };
+    let bucket = bucket_for(test);
+    moto.create_bucket(&bucket);
+    let s3 = moto.options();
+    let u = url(&bucket, "ends.mimg");
+    let regs = vec![
+        (0x10_0000, crate::support::content(3 << 20, 7)),
+        (0x4000_0000, crate::support::content(5 << 20, 8)),
+    ];
+    let store = Store::new(&bucket, &s3).unwrap();
+    let w = store.writer(&u, UploadOptions::default()).unwrap();
+    write_image(w, Kind::Plain, &regs).commit().unwrap();
+    let head = Arc::new(store.reader(&u, ReaderOptions::default()).unwrap());
+    let want = Image::from_read_at(head.clone(), None).unwrap();
+    let size = head.len();
+    let index_and_trailer = size - want.trailer().index_offset;
+    assert!(want.trailer().index_len > 256, "{:?}", want.trailer());
+    // The trailer is read with the 256 bytes before it: a tail of 512
+    // bytes holds that read, not the whole index.
+    for (tail, gets) in [(256 << 10, 2), (index_and_trailer, 2), (512, 3)] {
+        let r = Arc::new(
+            store
+                .reader_by_ends(&u, ReaderOptions::default(), 4096, tail)
+                .unwrap(),
+        );
+        assert_eq!(r.len(), size);
+        assert_eq!(r.e_tag(), head.e_tag());
+        let img = Image::from_read_at(r.clone(), None).unwrap();
+        let st = r.stats();
+        assert_eq!(st.head_requests, 0, "tail {tail}: {st:?}");
+        assert_eq!(st.get_requests, gets, "tail {tail}: {st:?}");
+        assert_eq!(img.header_bytes(), want.header_bytes());
+        assert_eq!(img.trailer().index_checksum, want.trailer().index_checksum);
+        assert_eq!(img.regions().unwrap(), want.regions().unwrap());
+        // Every byte of the memory reads back.
+        for (addr, data) in &regs {
+            let mut b = vec![0u8; data.len()];
+            img.read_at(*addr, &mut b).unwrap();
+            assert!(b == *data, "tail {tail}: region {addr:#x}");
+        }
+    }
+    // An object shorter than the tail asked for: all of it in one GET.
+    let small = url(&bucket, "small.bin");
+    moto.put(&bucket, "small.bin", &[7u8; 3000]);
+    let r = store
+        .reader_by_ends(&small, ReaderOptions::default(), 4096, 256 << 10)
+        .unwrap();
+    assert_eq!(r.len(), 3000);
+    let mut b = [0u8; 100];
+    r.read_exact_at(&mut b, 2900).unwrap();
+    assert_eq!(b, [7u8; 100]);
+    assert_eq!(r.stats().bytes_fetched, 6000, "both ends of it");
+    // A missing key is named as with a HEAD.
+    let e = store
+        .reader_by_ends(&url(&bucket, "nope"), ReaderOptions::default(), 4096, 1024)
+        .unwrap_err();
+    assert_eq!(e.kind(), memimg_remote::ErrorKind::NoSuchKey, "{e}");
+}
+
 /// A plain object of `len` pseudo-random bytes, put past the code under test.
 fn object(moto: &Moto, bucket: &str, key: &str, len: usize) -> Vec<u8> {
     moto.create_bucket(bucket);
