@@ -483,6 +483,18 @@ fn main() {
                 let (pid, out) = rest.split_once(':').unwrap();
                 child_capture(pid.parse().unwrap(), out);
             }
+            // Not used by the bench: writes the restore section's image, to
+            // time or trace one restore by hand (`MEMIMG_BENCH_CHILD=
+            // persist:1024:none:/tmp/m.img`, then `restore:mmap:/tmp/m.img`).
+            "persist" => {
+                let p: Vec<&str> = rest.splitn(3, ':').collect();
+                let codec = if p[1] == "none" {
+                    Codec::None
+                } else {
+                    Codec::Zstd(1)
+                };
+                persist_mixed(p[0].parse::<usize>().unwrap() * MIB, Path::new(p[2]), codec);
+            }
             _ => panic!("unknown role {role}"),
         }
         return;
@@ -630,6 +642,13 @@ fn section_stop(prog: &Path, mib: usize, runs: usize, dir: &Path) {
             );
         }
         if cname == "none" {
+            let work = if fork {
+                "wall time until the file is durable: memimg fsyncs its image, gcore's core is fsynced after it returns; \
+                 the target runs on during a fork capture, and its clock thread spins on one of the two cores while the nice-19 capture runs"
+            } else {
+                "wall time until the file is durable: memimg fsyncs its image, gcore's core is fsynced after it returns; \
+                 the target is stopped throughout on both sides"
+            };
             emit(
                 &format!("capture, {mib} MiB, codec none, {how}, both synced"),
                 total.median * 1e3,
@@ -638,13 +657,30 @@ fn section_stop(prog: &Path, mib: usize, runs: usize, dir: &Path) {
                 g_flushed.median * 1e3,
                 g_flushed.median / total.median,
                 Some(1.5),
-                "wall time until the file is durable: memimg fsyncs its image, gcore's core is fsynced after it returns",
+                work,
             );
         }
+    }
+    // When the disk's sustained durable rate bounds both sides, the best
+    // ratio is the bytes gcore writes over the bytes memimg writes (memimg
+    // leaves out the zero pages): say so beside the figures.
+    let (ours, theirs) = (file_len(&out), file_len(&core_file));
+    if ours > 0 && theirs > 0 {
+        println!(
+            "  bytes made durable: memimg {} MiB (the last image, codec none), gcore {} MiB: \
+             where the disk's sustained write rate is the bound, the best synced ratio is {:.2}x",
+            ours >> 20,
+            theirs >> 20,
+            theirs as f64 / ours as f64
+        );
     }
     let _ = std::fs::remove_file(&core_file);
     set_nice(0);
     println!();
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Sets the nice value of the calling thread (and so of the threads it
@@ -840,7 +876,7 @@ fn section_restore(mib: usize, runs: usize, dir: &Path) {
         5.0,
         5e-3 / d2.median,
         Some(1.0),
-        "time for restore() to return in a new process",
+        "time for restore() to return in a new process; it makes one mapping per run of stored pages (the mixed memory has a zero run in every MiB: about 1,000 per GiB), and mmap, mostly splitting the reserved region, is most of the time",
     );
     let zimg = dir.join("mz.img");
     persist_mixed(mib * MIB, &zimg, Codec::Zstd(1));
@@ -902,7 +938,8 @@ fn section_restore(mib: usize, runs: usize, dir: &Path) {
             gbs(zd.median),
             zd.median / eager1.median,
             Some(1.5),
-            "one thread each, decoding the same non-zero pages: restore into fresh memory in a new process (zero pages mapped, not written), zstd -d to /dev/null; GB/s of process memory",
+            "one thread each, decoding the same non-zero pages: restore into fresh memory in a new process (zero pages mapped, not written), zstd -d to /dev/null; GB/s of process memory. \
+             The gap is the fresh memory: restore has the kernel allocate and zero every page it fills (MADV_POPULATE_WRITE, about a quarter of its CPU time in perf), zstd reuses one buffer",
         );
         emit(
             &format!("restore, eager, zstd-1, {mib} MiB, 2 threads"),

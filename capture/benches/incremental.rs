@@ -12,7 +12,11 @@
 //!
 //! Each figure is the best of `MEMIMG_BENCH_RUNS` runs (3 by default), warm
 //! page cache, images not synced (`durable: false` for captures; persists
-//! sync, both sides alike). The 1% are scattered pages, chosen at random:
+//! sync, both sides alike); a line `samples` after each gives every run's
+//! figure on both sides, and their medians. The restores of the chain and
+//! of the flattened image alternate. `MEMIMG_BENCH_INCR_CAPTURE=0` leaves
+//! out figures 1 and 2; `MEMIMG_BENCH_INCR_KEEP=DIR` writes the chain and
+//! its flattened copy into DIR and keeps them (to profile a restore). The 1% are scattered pages, chosen at random:
 //! the hardest case for chunk-level comparison, which the capture answers by
 //! comparing the differing chunks page by page.
 //!
@@ -162,6 +166,35 @@ fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     (0..runs).map(|_| f()).min().unwrap()
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Prints every run's figure of both sides, and their medians.
+fn samples(ours: &[f64], full: &[f64], unit: &str) {
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  samples ({unit}): ours [{}] median {:.1}; full [{}] median {:.1}; ratio of medians {:.3}",
+        show(ours),
+        median(ours),
+        show(full),
+        median(full),
+        median(ours) / median(full)
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -208,13 +241,17 @@ fn main() {
     }
     let mib = env_num("MEMIMG_BENCH_INCR_MIB", 1024);
     let runs = env_num("MEMIMG_BENCH_RUNS", 3);
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("MEMIMG_BENCH_INCR_KEEP").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
     println!(
         "== incremental images: {mib} MiB, 1% of pages changed (scattered), best of {runs}; load {}",
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
-    capture_figures(dir.path(), mib, runs);
-    persist_and_restore_figures(dir.path(), mib, runs);
+    if env_num("MEMIMG_BENCH_INCR_CAPTURE", 1) != 0 {
+        capture_figures(dir, mib, runs);
+    }
+    persist_and_restore_figures(dir, mib, runs, keep.is_some());
 }
 
 /// Figures 1 and 2: a live process captured full, then as a child.
@@ -235,10 +272,13 @@ fn capture_figures(dir: &Path, mib: usize, runs: usize) {
         ..CaptureOptions::default()
     };
     let base = dir.join("base.mimg");
+    let mut full_ms = Vec::new();
     let full = best(runs, || {
         let t = Instant::now();
         capture_to_path(pid, &base, &opts).unwrap();
-        t.elapsed()
+        let d = t.elapsed();
+        full_ms.push(ms(d));
+        d
     });
     let full_size = std::fs::metadata(&base).unwrap().len();
     writeln!(stdin, "change 1").unwrap();
@@ -251,11 +291,14 @@ fn capture_figures(dir: &Path, mib: usize, runs: usize) {
     };
     let child_img = dir.join("child.mimg");
     let mut stored = 0;
+    let mut incr_ms = Vec::new();
     let incr = best(runs, || {
         let t = Instant::now();
         let r = capture_to_path(pid, &child_img, &copts).unwrap();
         stored = r.stats.data_bytes;
-        t.elapsed()
+        let d = t.elapsed();
+        incr_ms.push(ms(d));
+        d
     });
     let child_size = std::fs::metadata(&child_img).unwrap().len();
     let _ = child.kill();
@@ -282,13 +325,14 @@ fn capture_figures(dir: &Path, mib: usize, runs: usize) {
         0.25,
         "capture --parent (reads and hashes every page) against a full capture, zstd:1, not synced",
     );
+    samples(&incr_ms, &full_ms, "ms");
     let _ = std::fs::remove_file(&base);
     let _ = std::fs::remove_file(&child_img);
 }
 
 /// Figures 3 and 4: a tracked persist, its children, a 5-deep chain
 /// restored against its flattened image.
-fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
+fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize, keep: bool) {
     let len = mib << 20;
     let pages = len / PS;
     let base = map_at(ADDR, len);
@@ -310,10 +354,12 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut full = Duration::MAX;
     let mut incr = Duration::MAX;
+    let (mut full_ms, mut incr_ms) = (Vec::new(), Vec::new());
     for run in 0..runs.max(1) {
         let t = Instant::now();
         persister.write_to_path(&full_path, &po).unwrap();
         full = full.min(t.elapsed());
+        full_ms.push(ms(t.elapsed()));
         paths = vec![full_path.clone()];
         // Five children, 1% each; the first is timed.
         for g in 1..=5u64 {
@@ -329,6 +375,7 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
                 .unwrap();
             if g == 1 {
                 incr = incr.min(t.elapsed());
+                incr_ms.push(ms(t.elapsed()));
             }
             paths.push(path);
         }
@@ -341,6 +388,7 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
         0.05,
         "persist of a child with write tracking against a full persist, codec none, synced",
     );
+    samples(&incr_ms, &full_ms, "ms");
     // The 5-deep chain and its flattened copy.
     let last = paths.last().unwrap().clone();
     let chain = Chain::open(&last, None, &ChainOptions::default()).unwrap();
@@ -355,17 +403,21 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
     drop(persister);
     let exe = std::env::current_exe().unwrap();
     for strategy in [Strategy::Mmap, Strategy::Eager, Strategy::Lazy] {
-        let time = |img: &Path| {
-            best(runs, || {
-                let mut c = Command::new(&exe);
-                c.env(ROLE, format!("restore:{}:{strategy}:{len}", img.display()));
-                let out = sh(c);
-                let line = out.lines().find(|l| l.starts_with("TIME ")).unwrap();
-                let all: u64 = line.split(' ').nth(2).unwrap().parse().unwrap();
-                Duration::from_nanos(all)
-            })
+        let once = |img: &Path| {
+            let mut c = Command::new(&exe);
+            c.env(ROLE, format!("restore:{}:{strategy}:{len}", img.display()));
+            let out = sh(c);
+            let line = out.lines().find(|l| l.starts_with("TIME ")).unwrap();
+            let all: u64 = line.split(' ').nth(2).unwrap().parse().unwrap();
+            Duration::from_nanos(all)
         };
-        let (c, f) = (time(&last), time(&flat));
+        // The chain and the flattened image alternate, run by run.
+        let (mut cs, mut fs) = (Vec::new(), Vec::new());
+        for _ in 0..runs.max(1) {
+            cs.push(once(&last));
+            fs.push(once(&flat));
+        }
+        let (c, f) = (*cs.iter().min().unwrap(), *fs.iter().min().unwrap());
         emit(
             &format!("restore of a 5-deep chain, {strategy}"),
             ms(c),
@@ -374,9 +426,15 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize) {
             1.2,
             "restore + read of every page, chain of a full image and 5 children against the flattened image",
         );
+        let v = |d: &[Duration]| d.iter().map(|&x| ms(x)).collect::<Vec<_>>();
+        samples(&v(&cs), &v(&fs), "ms");
     }
     // SAFETY: our own mapping, no longer borrowed.
     unsafe { libc::munmap(base.cast(), len) };
+    if keep {
+        println!("  kept: {} and {}", last.display(), flat.display());
+        return;
+    }
     for p in paths.iter().chain([&flat]) {
         let _ = std::fs::remove_file(p);
     }

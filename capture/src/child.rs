@@ -18,10 +18,12 @@
 //! the parent lacks (a gap, absent, a region it recorded without data) are
 //! stored.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use memimg::{Chain, Extent, RegionInfo, SegmentKind, Writer};
+use memimg::{Chain, Extent, RegionInfo, Segment, SegmentKind, Writer};
+use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::CaptureError;
@@ -69,8 +71,6 @@ pub(crate) struct ChildWriter<'c, W: Write> {
     parent: &'c Chain,
     /// The next address of the open region.
     at: u64,
-    /// The last extent decoded, by (link, address), and its bytes.
-    cache: Option<((usize, u64), Vec<u8>)>,
     stats: CompareStats,
 }
 
@@ -80,7 +80,6 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             w,
             parent,
             at: 0,
-            cache: None,
             stats: CompareStats::default(),
         }
     }
@@ -90,86 +89,131 @@ impl<'c, W: Write> ChildWriter<'c, W> {
         Ok((w, st, self.stats))
     }
 
-    /// The decoded bytes of `ext` of link `link`, decoded once for the
-    /// pieces of it that follow.
-    fn decoded(&mut self, link: usize, ext: &Extent) -> Result<&[u8], memimg::Error> {
-        let key = (link, ext.addr);
-        if self.cache.as_ref().map(|(k, _)| *k) != Some(key) {
-            let ps = self.w.page_size();
-            let len = usize::try_from(ext.len(ps)).unwrap_or(usize::MAX);
-            let mut buf = self.cache.take().map(|(_, b)| b).unwrap_or_default();
-            buf.resize(len, 0);
-            self.parent.decode(link, ext, &mut buf)?;
-            self.stats.decoded += len as u64;
-            self.cache = Some((key, buf));
-        }
-        Ok(self
-            .cache
-            .as_ref()
-            .map(|(_, b)| b.as_slice())
-            .unwrap_or(&[]))
-    }
-
     /// Pushes `data`, the next bytes of the open region, storing only what
     /// differs from the parent chain.
+    ///
+    /// The work that costs (hashing each run, decoding each parent extent
+    /// whose checksum differs and comparing it page by page) is done for
+    /// the whole of `data` at once, in parallel (rayon), each extent
+    /// decoded once for all its pieces; then the runs go to the writer in
+    /// order.
     pub(crate) fn push_against(&mut self, data: &[u8]) -> Result<(), memimg::Error> {
         let start = self.at;
         let end = start + data.len() as u64;
         self.at = end;
         let ps = self.w.page_size();
         let psz = ps as usize;
-        for seg in self.parent.segments(start, end)? {
-            let from = usize::try_from(seg.start - start).unwrap_or(usize::MAX);
-            let to = usize::try_from(seg.end - start).unwrap_or(usize::MAX);
-            let piece = &data[from..to];
-            match seg.kind {
-                SegmentKind::Data(e)
-                    if e.addr == seg.start
-                        && e.end(ps) == seg.end
-                        && xxh3_128(piece) == e.raw_checksum =>
-                {
-                    self.stats.same_by_checksum += piece.len() as u64;
-                    self.w.push_in_parent(piece.len() as u64)?;
-                }
+        let segs = self.parent.segments(start, end)?;
+        let piece = |s: &Segment| -> &[u8] {
+            let from = usize::try_from(s.start - start).unwrap_or(usize::MAX);
+            let to = usize::try_from(s.end - start).unwrap_or(usize::MAX);
+            &data[from..to]
+        };
+        // 1. Runs that are a whole data extent of the chain, equal by its
+        //    raw checksum.
+        let same_sum: Vec<bool> = segs
+            .par_iter()
+            .map(|s| match s.kind {
                 SegmentKind::Data(e) => {
-                    let off = usize::try_from(seg.start - e.addr).unwrap_or(usize::MAX);
-                    let theirs = self.decoded(seg.link, &e)?;
-                    let theirs = theirs.get(off..off + piece.len()).ok_or_else(|| {
-                        memimg::Error::plain(
-                            memimg::ErrorKind::InvalidInput,
-                            "a segment outside its extent",
-                        )
-                    })?;
-                    // Runs of equal and differing pages, in order.
-                    let same: Vec<bool> = piece
-                        .chunks(psz)
-                        .zip(theirs.chunks(psz))
-                        .map(|(a, b)| a == b)
-                        .collect();
-                    let mut i = 0;
-                    while i < same.len() {
-                        let s = same[i];
-                        let j = (i..same.len())
-                            .find(|&k| same[k] != s)
-                            .unwrap_or(same.len());
-                        let run = &piece[i * psz..j * psz];
-                        if s {
-                            self.stats.same_by_compare += run.len() as u64;
-                            self.w.push_in_parent(run.len() as u64)?;
-                        } else {
-                            self.stats.stored += run.len() as u64;
-                            self.w.push_data(run)?;
-                        }
-                        i = j;
-                    }
+                    e.addr == s.start && e.end(ps) == s.end && xxh3_128(piece(s)) == e.raw_checksum
                 }
-                _ => {
-                    self.stats.stored += piece.len() as u64;
-                    self.w.push_data(piece)?;
+                _ => false,
+            })
+            .collect();
+        // 2. The other data runs, by extent: each extent decoded once and
+        //    its runs compared page by page.
+        let mut groups: Vec<((usize, Extent), Vec<usize>)> = Vec::new();
+        let mut at: HashMap<(usize, u64), usize> = HashMap::new();
+        for (i, s) in segs.iter().enumerate() {
+            if let SegmentKind::Data(e) = s.kind {
+                if !same_sum[i] {
+                    let g = *at.entry((s.link, e.addr)).or_insert_with(|| {
+                        groups.push(((s.link, e), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[g].1.push(i);
                 }
             }
         }
+        let parent = self.parent;
+        let compared: Vec<Vec<(usize, Vec<bool>)>> = groups
+            .par_iter()
+            .map_init(Scratch::default, |buf, ((link, e), idx)| {
+                let len = usize::try_from(e.len(ps)).unwrap_or(usize::MAX);
+                buf.0.resize(len, 0);
+                parent.decode(*link, e, &mut buf.0)?;
+                idx.iter()
+                    .map(|&i| {
+                        let s = &segs[i];
+                        let off = usize::try_from(s.start - e.addr).unwrap_or(usize::MAX);
+                        let ours = piece(s);
+                        let theirs = buf.0.get(off..off + ours.len()).ok_or_else(|| {
+                            memimg::Error::plain(
+                                memimg::ErrorKind::InvalidInput,
+                                "a segment outside its extent",
+                            )
+                        })?;
+                        let same = ours
+                            .chunks(psz)
+                            .zip(theirs.chunks(psz))
+                            .map(|(a, b)| a == b)
+                            .collect();
+                        Ok((i, same))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, memimg::Error>>()?;
+        for ((_, e), _) in &groups {
+            self.stats.decoded += e.len(ps);
+        }
+        let mut pages: Vec<Option<Vec<bool>>> = vec![None; segs.len()];
+        for (i, same) in compared.into_iter().flatten() {
+            pages[i] = Some(same);
+        }
+        // 3. In order, to the writer.
+        for (i, s) in segs.iter().enumerate() {
+            let piece = piece(s);
+            if same_sum[i] {
+                self.stats.same_by_checksum += piece.len() as u64;
+                self.w.push_in_parent(piece.len() as u64)?;
+                continue;
+            }
+            let Some(same) = &pages[i] else {
+                // Zeros, or pages the parent lacks: stored.
+                self.stats.stored += piece.len() as u64;
+                self.w.push_data(piece)?;
+                continue;
+            };
+            // Runs of equal and differing pages, in order.
+            let mut k = 0;
+            while k < same.len() {
+                let eq = same[k];
+                let j = (k..same.len())
+                    .find(|&x| same[x] != eq)
+                    .unwrap_or(same.len());
+                let run = &piece[k * psz..j * psz];
+                if eq {
+                    self.stats.same_by_compare += run.len() as u64;
+                    self.w.push_in_parent(run.len() as u64)?;
+                } else {
+                    self.stats.stored += run.len() as u64;
+                    self.w.push_data(run)?;
+                }
+                k = j;
+            }
+        }
         Ok(())
+    }
+}
+
+/// A buffer for a decoded parent extent, reused by one worker and zeroed
+/// when dropped (plaintext process memory).
+#[derive(Default)]
+struct Scratch(Vec<u8>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.0.fill(0);
     }
 }
 

@@ -241,6 +241,15 @@ impl Source {
         Ok((usize_of(offset)?, usize_of(end)?))
     }
 
+    /// Reads the bytes at `offset` into `out`, exactly its length: straight
+    /// into the caller's buffer, with no buffer of our own to allocate and
+    /// clear first.
+    pub(crate) fn read_exact_into(&self, offset: u64, what: &str, out: &mut [u8]) -> Result<()> {
+        let len = out.len() as u64;
+        self.bounds(offset, len, what)?;
+        self.fill(offset, len, what, out)
+    }
+
     /// Reads the `len` bytes at `offset` into `buf`, resized to `len`.
     fn read_into(&self, offset: u64, len: u64, what: &str, buf: &mut Vec<u8>) -> Result<()> {
         let (s, e) = self.bounds(offset, len, what)?;

@@ -2,10 +2,22 @@
 //! from whichever link of the chain holds it (`Chain::segments`), with every
 //! strategy.
 //!
+//! Eager and mmap restores go link by link, deepest first (see `plan`): an
+//! extent of a parent that its children override in part is placed over
+//! its whole range, as a flattened image's chunk would be, and the
+//! children's pages are laid over it afterwards (zeros a child recorded
+//! there are cleared again). So a parent's chunk cut into pieces by
+//! scattered changes costs one decode into place or one mapping, not one
+//! per piece.
+//!
 //! - mmap maps each run of raw pages straight from the file of the link
-//!   that holds it (all links plain, uncompressed, local files);
-//! - eager decodes each chunk a run needs once, from its link, and copies
-//!   the runs it holds into place, in parallel;
+//!   that holds it (all links plain, uncompressed, local files), runs of
+//!   adjacent chunks of one file as one mapping; a run of at most
+//!   [`MMAP_COPY_MAX_PAGES`] pages (a child's few changed pages) is copied
+//!   into the private mapping instead of being mapped;
+//! - eager decodes each chunk the chain shows once, from its link, in
+//!   parallel: straight into place when the chain shows at least half of
+//!   it, else into a buffer from which its pieces are copied;
 //! - lazy serves each run on first touch from its link's chunk (a chunk
 //!   that several runs share is decoded once for consecutive faults).
 //!
@@ -60,8 +72,9 @@ pub fn restore_chain(chain: Chain, opts: &RestoreOptions) -> Result<Restored, Re
     for r in &regions {
         for s in chain.segments(r.info.start, r.info.end())? {
             match s.kind {
-                SegmentKind::Data(_) => segs.push(s),
-                SegmentKind::Zero => {}
+                // Zeros too: a restore clears them where a deeper link's
+                // extent placed whole lies under them.
+                SegmentKind::Data(_) | SegmentKind::Zero => segs.push(s),
                 SegmentKind::ParentMissing => {
                     // The error a read gives: ParentRequired, naming the link.
                     let mut b = [0u8; 1];
@@ -96,7 +109,7 @@ pub fn restore_chain(chain: Chain, opts: &RestoreOptions) -> Result<Restored, Re
             res.protect(&regions)?;
         }
         Strategy::Eager => {
-            decode_segments(&chain, &segs)?;
+            decode_segments(&chain, &regions, &segs)?;
             res.protect(&regions)?;
         }
         _ => {
@@ -159,10 +172,212 @@ fn mmap_unavailable(chain: &Chain, segs: &[Segment]) -> Option<String> {
     None
 }
 
-/// Maps each data segment from its link's file, merging neighbours that
-/// are adjacent in memory and in the same file.
+/// Address ranges `[start, end)` of the segments read from one extent.
+type Pieces = Vec<(u64, u64)>;
+
+/// One data extent of a link and how a restore places it.
+struct Placement {
+    link: usize,
+    ext: Extent,
+    /// The parts of `ext` the chain shows (its segments), in address order.
+    pieces: Pieces,
+    /// Placed over its whole range (decoded or mapped straight into place),
+    /// the nearer links' pages laid over it afterwards; else only its
+    /// pieces are placed.
+    whole: bool,
+}
+
+impl Placement {
+    /// The ranges this placement writes: the whole extent, or its pieces.
+    fn ranges(&self, ps: u32) -> Pieces {
+        if self.whole {
+            vec![(self.ext.addr, self.ext.end(ps))]
+        } else {
+            self.pieces.clone()
+        }
+    }
+}
+
+/// What one link places, in the order of the restore.
+#[derive(Default)]
+struct Phase {
+    placements: Vec<Placement>,
+    /// Zero segments of this link that lie over an extent of a deeper link
+    /// placed whole: they are cleared after it.
+    zeros: Pieces,
+}
+
+/// The restore of a chain, link by link, deepest first: each data extent
+/// the chain shows, placed whole or by pieces, and the zeros to clear over
+/// the extents of deeper links placed whole. A link's phase writes only
+/// ranges that no other extent of that link writes, so a phase's
+/// placements may run in any order, in parallel; a phase runs after the
+/// deeper ones, so the nearer links' pages end up on top.
+///
+/// `whole_ok(ext, shown)` says whether a partly shown extent (`shown` of
+/// its bytes are the chain's) lying inside one region is placed whole;
+/// a wholly shown extent always is.
+fn plan(
+    chain: &Chain,
+    regions: &[Region],
+    segs: &[Segment],
+    whole_ok: impl Fn(&Extent, u64) -> bool,
+) -> Vec<Phase> {
+    let ps = ps_of(chain.image());
+    let mut index: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut all: Vec<Placement> = Vec::new();
+    for s in segs {
+        if let SegmentKind::Data(e) = s.kind {
+            let i = *index.entry((s.link, e.addr)).or_insert_with(|| {
+                all.push(Placement {
+                    link: s.link,
+                    ext: e,
+                    pieces: Vec::new(),
+                    whole: false,
+                });
+                all.len() - 1
+            });
+            all[i].pieces.push((s.start, s.end));
+        }
+    }
+    let in_one_region = |a: u64, b: u64| {
+        let i = regions.partition_point(|r| r.info.end() <= a);
+        regions
+            .get(i)
+            .is_some_and(|r| r.info.start <= a && b <= r.info.end())
+    };
+    for p in &mut all {
+        let (a, b) = (p.ext.addr, p.ext.end(ps));
+        let shown: u64 = p.pieces.iter().map(|(x, y)| y - x).sum();
+        p.whole =
+            p.pieces.as_slice() == [(a, b)] || (in_one_region(a, b) && whole_ok(&p.ext, shown));
+    }
+    // Extents placed whole while nearer links show part of them: the
+    // ranges that may need zeros laid over them.
+    let mut under: Vec<(u64, u64, usize)> = all
+        .iter()
+        .filter(|p| p.whole && p.pieces.as_slice() != [(p.ext.addr, p.ext.end(ps))])
+        .map(|p| (p.ext.addr, p.ext.end(ps), p.link))
+        .collect();
+    under.sort_unstable();
+    let longest = under.iter().map(|u| u.1 - u.0).max().unwrap_or(0);
+    let depth = chain.links().len();
+    let mut phases: Vec<Phase> = (0..depth).map(|_| Phase::default()).collect();
+    for p in all {
+        let l = p.link;
+        phases[l].placements.push(p);
+    }
+    if !under.is_empty() {
+        for s in segs {
+            if s.kind != SegmentKind::Zero {
+                continue;
+            }
+            // Extents placed whole that start before the segment ends and
+            // may reach into it (none is longer than `longest`).
+            let lo = under.partition_point(|u| u.0 < s.start.saturating_sub(longest));
+            let hi = under.partition_point(|u| u.0 < s.end);
+            if under[lo..hi]
+                .iter()
+                .any(|u| u.2 > s.link && u.1 > s.start && u.0 < s.end)
+            {
+                phases[s.link].zeros.push((s.start, s.end));
+            }
+        }
+    }
+    phases.reverse();
+    phases
+}
+
+/// Clears `[a, b)` to zeros with a fresh anonymous private mapping (what
+/// the reservation was), replacing whatever a deeper link placed there.
+fn clear(a: u64, b: u64, prot: libc::c_int) -> Result<(), RestoreError> {
+    // SAFETY: a..b lies inside a region this restore reserved and still
+    // owns (MAP_FIXED only replaces our own mappings there).
+    let p = unsafe {
+        libc::mmap(
+            usize_of(a) as *mut libc::c_void,
+            usize_of(b - a),
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(RestoreError::last_os(format!("clearing {a:#x}-{b:#x}")));
+    }
+    Ok(())
+}
+
+/// A buffer for decoding a chunk that is placed in part, reused by one
+/// worker and zeroed when dropped (plaintext process memory).
+#[derive(Default)]
+struct Scratch(Vec<u8>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+/// Places `ranges` of `ext` (a data extent of link `link`) by decoding it:
+/// straight into its place when the range is the whole extent, else into
+/// `scratch` and copied from there.
+fn decode_into_place(
+    chain: &Chain,
+    link: usize,
+    ext: &Extent,
+    ranges: &[(u64, u64)],
+    scratch: &mut Scratch,
+    populate: bool,
+) -> Result<(), RestoreError> {
+    let ps = ps_of(chain.image());
+    if ranges == [(ext.addr, ext.end(ps))] {
+        // SAFETY: the extent lies inside a region reserved read-write by
+        // this restore, and no other task of this phase writes it (see
+        // `plan`).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(usize_of(ext.addr) as *mut u8, usize_of(ext.len(ps)))
+        };
+        if populate {
+            // Fault the pages in with one call rather than one trap per
+            // page (Linux 5.14+; elsewhere the decode faults them in).
+            // SAFETY: our own read-write mapping, about to be overwritten.
+            unsafe { libc::madvise(out.as_mut_ptr().cast(), out.len(), MADV_POPULATE_WRITE) };
+        }
+        return chain.decode(link, ext, out).map_err(RestoreError::from);
+    }
+    let buf = &mut scratch.0;
+    buf.resize(usize_of(ext.len(ps)), 0);
+    chain.decode(link, ext, buf)?;
+    for &(a, b) in ranges {
+        // SAFETY: as above: a..b is a segment of a reserved region that no
+        // other task of this phase writes.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a)) };
+        let from = usize_of(a - ext.addr);
+        out.copy_from_slice(&buf[from..from + out.len()]);
+    }
+    Ok(())
+}
+
+/// Runs of pages at most this long (64 KiB of 4 KiB pages) are copied
+/// into place by an mmap restore of a chain rather than mapped: a child's
+/// changed pages, scattered over its parent's chunks, would otherwise cost
+/// one mapping each and cut the parent's mapping into as many more
+/// (measured in the README, *Incremental images*, *Benchmark*).
+const MMAP_COPY_MAX_PAGES: u64 = 16;
+
+/// Maps the chain from its links' files: phase by phase (see `plan`),
+/// each extent placed whole, and each extent shown only in part inside one
+/// region, is mapped over its whole range, adjacent ones of one file
+/// merged into one mapping; the nearer links' pages follow, each run of at
+/// most [`MMAP_COPY_MAX_PAGES`] decoded (copied) into the private mapping,
+/// longer runs mapped. Mappings are made writable and get their
+/// protection afterwards (`Reservation::protect`).
 fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(), RestoreError> {
     use std::os::unix::io::AsRawFd;
+    let ps = ps_of(chain.image());
     let mut files = Vec::new();
     for l in chain.links() {
         let p = l.path().unwrap_or(Path::new(""));
@@ -172,12 +387,16 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
         );
     }
     let prot_at = |addr: u64| {
+        let i = regions.partition_point(|r| r.info.end() <= addr);
         regions
-            .iter()
-            .find(|r| r.info.start <= addr && addr < r.info.end())
+            .get(i)
+            .filter(|r| r.info.start <= addr)
             .map_or(libc::PROT_READ, |r| prot_bits(r.info.prot))
+            | libc::PROT_READ
+            | libc::PROT_WRITE
     };
-    let map = |(link, addr, off, len): (usize, u64, u64, u64)| -> Result<(), RestoreError> {
+    let region_of = |a: u64| regions.partition_point(|r| r.info.end() <= a);
+    let map = |link: usize, addr: u64, off: u64, len: u64| -> Result<(), RestoreError> {
         let off = libc::off_t::try_from(off).map_err(|_| {
             RestoreError::io(
                 "mapping",
@@ -185,7 +404,7 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
             )
         })?;
         // SAFETY: addr..addr+len lies inside a region this restore reserved
-        // (MAP_FIXED only replaces our own fresh mapping).
+        // (MAP_FIXED only replaces our own mappings there).
         let p = unsafe {
             libc::mmap(
                 usize_of(addr) as *mut libc::c_void,
@@ -204,95 +423,81 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
         }
         Ok(())
     };
-    let region_of = |a: u64| {
-        regions
-            .iter()
-            .position(|r| r.info.start <= a && a < r.info.end())
-    };
-    let mut run: Option<(usize, u64, u64, u64)> = None;
-    for s in segs {
-        let SegmentKind::Data(e) = s.kind else {
-            continue;
-        };
-        let img = &chain.links()[s.link];
-        let off = img
-            .raw_file_offset(&e)
-            .ok_or_else(|| RestoreError::StrategyUnavailable {
-                strategy: "mmap",
-                why: format!("the chunk at {:#x} is not stored raw", e.addr),
-            })?
-            + (s.start - e.addr);
-        let len = s.end - s.start;
-        run = match run {
-            Some((l, a, o, n))
-                if l == s.link
-                    && a + n == s.start
-                    && o + n == off
-                    && region_of(a) == region_of(s.start) =>
-            {
-                Some((l, a, o, n + len))
-            }
-            prev => {
-                if let Some(p) = prev {
-                    map(p)?;
+    // Every extent inside one region is mapped whole: hidden pages cost
+    // nothing until touched, and the nearer links' pages are laid over.
+    let phases = plan(chain, regions, segs, |_, _| true);
+    let mut scratch = Scratch::default();
+    for phase in phases {
+        // Runs of adjacent ranges of one file: (link, addr, offset, len,
+        // the placements and ranges it holds).
+        type Run<'p> = (usize, u64, u64, u64, Vec<(&'p Placement, u64, u64)>);
+        let mut runs: Vec<Run<'_>> = Vec::new();
+        for p in &phase.placements {
+            let base = chain.links()[p.link]
+                .raw_file_offset(&p.ext)
+                .ok_or_else(|| RestoreError::StrategyUnavailable {
+                    strategy: "mmap",
+                    why: format!("the chunk at {:#x} is not stored raw", p.ext.addr),
+                })?;
+            for (a, b) in p.ranges(ps) {
+                let off = base + (a - p.ext.addr);
+                match runs.last_mut() {
+                    Some((l, ra, ro, rn, parts))
+                        if *l == p.link
+                            && *ra + *rn == a
+                            && *ro + *rn == off
+                            && region_of(*ra) == region_of(a) =>
+                    {
+                        *rn += b - a;
+                        parts.push((p, a, b));
+                    }
+                    _ => runs.push((p.link, a, off, b - a, vec![(p, a, b)])),
                 }
-                Some((s.link, s.start, off, len))
             }
-        };
-    }
-    if let Some(p) = run {
-        map(p)?;
+        }
+        for (link, addr, off, len, parts) in runs {
+            if len > MMAP_COPY_MAX_PAGES * u64::from(ps) {
+                map(link, addr, off, len)?;
+                continue;
+            }
+            for (p, a, b) in parts {
+                decode_into_place(chain, p.link, &p.ext, &[(a, b)], &mut scratch, false)?;
+            }
+        }
+        for (a, b) in phase.zeros {
+            clear(a, b, prot_at(a))?;
+        }
     }
     Ok(())
 }
 
-/// Address ranges `[start, end)` of the segments read from one extent.
-type Pieces = Vec<(u64, u64)>;
-
-/// Decodes each extent the segments need once, in parallel, and copies
-/// its segments into place.
-fn decode_segments(chain: &Chain, segs: &[Segment]) -> Result<(), RestoreError> {
+/// Decodes the chain into place, phase by phase (see `plan`), each
+/// phase's extents in parallel: an extent of which the chain shows most
+/// inside one region is decoded straight into its place, and the nearer
+/// links' pages laid over it after, as a flattened image is decoded; one
+/// shown mostly in part is decoded into a buffer and its pieces copied.
+fn decode_segments(
+    chain: &Chain,
+    regions: &[Region],
+    segs: &[Segment],
+) -> Result<(), RestoreError> {
     let ps = ps_of(chain.image());
-    let mut groups: HashMap<(usize, u64), (Extent, Pieces)> = HashMap::new();
-    for s in segs {
-        if let SegmentKind::Data(e) = s.kind {
-            groups
-                .entry((s.link, e.addr))
-                .or_insert_with(|| (e, Vec::new()))
-                .1
-                .push((s.start, s.end));
+    // In place when at least half of it is shown: the rest is written
+    // twice (decoded, then overlaid), still less than decoding into a
+    // buffer and copying every piece.
+    let phases = plan(chain, regions, segs, |e, shown| 2 * shown >= e.len(ps));
+    for phase in phases {
+        phase
+            .placements
+            .par_iter()
+            .try_for_each_init(Scratch::default, |scratch, p| {
+                decode_into_place(chain, p.link, &p.ext, &p.ranges(ps), scratch, true)
+            })?;
+        for (a, b) in phase.zeros {
+            clear(a, b, libc::PROT_READ | libc::PROT_WRITE)?;
         }
     }
-    let work: Vec<(usize, Extent, Pieces)> = groups
-        .into_iter()
-        .map(|((link, _), (e, v))| (link, e, v))
-        .collect();
-    work.par_iter().try_for_each(|(link, e, pieces)| {
-        let whole = pieces.len() == 1 && pieces[0] == (e.addr, e.end(ps));
-        if whole {
-            // SAFETY: the extent lies inside a region reserved read-write by
-            // this restore; segments do not overlap, so each task writes its
-            // own bytes.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(usize_of(e.addr) as *mut u8, usize_of(e.len(ps)))
-            };
-            // SAFETY: our own read-write mapping, about to be overwritten.
-            unsafe { libc::madvise(out.as_mut_ptr().cast(), out.len(), MADV_POPULATE_WRITE) };
-            return chain.decode(*link, e, out).map_err(RestoreError::from);
-        }
-        let mut buf = vec![0u8; usize_of(e.len(ps))];
-        chain.decode(*link, e, &mut buf)?;
-        for &(a, b) in pieces {
-            // SAFETY: as above: a..b is a segment of a reserved region that
-            // no other task writes.
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(usize_of(a) as *mut u8, usize_of(b - a)) };
-            let from = usize_of(a - e.addr);
-            out.copy_from_slice(&buf[from..from + out.len()]);
-        }
-        buf.fill(0);
-        Ok(())
-    })
+    Ok(())
 }
 
 /// The pieces a lazy restore of the chain places: each data segment, and

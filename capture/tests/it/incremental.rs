@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use memimg::{
-    Chain, ChainOptions, Codec, ExtentKind, Image, RegionInfo, RegionKind, Writer, WriterOptions,
+    Chain, ChainOptions, Codec, ExtentKind, Image, Prot, RegionInfo, RegionKind, Writer,
+    WriterOptions,
 };
 use memimg_capture::{
     restore, PersistOptions, Persister, RestoreOptions, Strategy, TrackError, TrackMethod,
@@ -235,8 +236,15 @@ fn write_chain(dir: &Path, seed: u64, depth: u64, slot: u64) -> Vec<PathBuf> {
         }
         let mut w = Writer::new(std::fs::File::create(&path).unwrap(), o).unwrap();
         let before = content(seed, g.saturating_sub(1));
-        for ((addr, data), old) in addrs.iter().zip(content(seed, g)).zip(before) {
+        for (k, ((addr, data), old)) in addrs.iter().zip(content(seed, g)).zip(before).enumerate() {
+            // The second region read-only: a restore that copies pages into
+            // it must do so before protecting it.
             let info = RegionInfo::new(*addr, data.len() as u64);
+            let info = if k == 1 {
+                info.prot(Prot(Prot::READ))
+            } else {
+                info
+            };
             match &parent {
                 // The last generation, and every second one before it, as
                 // a capture writes them: page by page, only the pages that
@@ -296,6 +304,20 @@ pub fn child_role(role: &str) -> bool {
     }
     if let Some(h) = restored.lazy.as_ref() {
         assert!(h.stats().error.is_none(), "{:?}", h.stats());
+    }
+    // Each region ends with its recorded protection, wherever its pages
+    // came from (mapped, copied, decoded or cleared).
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for (addr, perms) in region_addrs(slot).iter().zip(["rw-p", "r--p"]) {
+        let len = [R1_PAGES, R2_PAGES][usize::from(perms == "r--p")] * PS;
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (a, _) = range.split_once('-').unwrap();
+            let a = u64::from_str_radix(a, 16).unwrap();
+            if (*addr..*addr + len as u64).contains(&a) {
+                assert!(rest.starts_with(perms), "{strategy}: {line}");
+            }
+        }
     }
     println!("CHAIN-RESTORED-OK");
     true

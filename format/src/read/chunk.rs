@@ -97,8 +97,65 @@ impl Image {
         let loc = Location::chunk(ext.chunk, c.offset)
             .with_region(ext.region)
             .with_addr(ext.addr);
+        if self.dek.is_none()
+            && !self.is_encrypted()
+            && ext.codec == ChunkCodec::None
+            && u64::from(c.stored_len) == out.len() as u64
+        {
+            // A raw chunk of a plain image is its pages: read it straight
+            // into `out`, with the same checks as `read_stored` then
+            // `decode_stored` (padding, stored checksum, raw checksum), but
+            // no buffer allocated, cleared and copied from per chunk.
+            return self.decode_raw_into(ext, c, loc, out);
+        }
         let stored = self.read_stored(ext.chunk).map_err(|e| e.within(loc))?;
         self.decode_stored(ext, stored, out)
+    }
+
+    /// [`Image::decode_data`] of a raw chunk of a plain image, `out` being
+    /// exactly its stored length.
+    fn decode_raw_into(
+        &self,
+        ext: &Extent,
+        c: ChunkLoc,
+        loc: Location,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let within = |e: Error| e.within(loc);
+        let (pad_at, pad_len) = self.padding_before(usize_of(ext.chunk)?);
+        if pad_len > 0 {
+            let pad = self.src.get(pad_at, pad_len, "padding").map_err(within)?;
+            check_padding(ext.chunk, pad_at, &pad).map_err(within)?;
+        }
+        self.src
+            .read_exact_into(c.offset, "chunk", out)
+            .map_err(within)?;
+        let sum = xxh3_64(out);
+        if sum != c.stored_checksum {
+            return Err(Error::new(
+                ErrorKind::Checksum,
+                Location::chunk(ext.chunk, c.offset),
+                format!(
+                    "stored checksum mismatch (index says {:016x}, bytes hash to {sum:016x})",
+                    c.stored_checksum
+                ),
+            )
+            .within(loc));
+        }
+        if self.check_raw {
+            let sum = xxh3_128(out);
+            if sum != ext.raw_checksum {
+                return Err(Error::new(
+                    ErrorKind::Checksum,
+                    loc,
+                    format!(
+                        "raw content checksum mismatch (index says {:032x}, content hashes to {sum:032x})",
+                        ext.raw_checksum
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Decodes a data extent from its stored bytes, which the caller has

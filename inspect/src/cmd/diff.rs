@@ -681,13 +681,19 @@ pub fn compare_with(ca: &Chain, cb: &Chain, check: Check) -> Result<DiffDoc> {
             .map(|&(side, e)| stored_len(&chains[side].links()[e.link], &e.real))
             .sum();
     }
+    // Each worker keeps its two decode buffers (one per side) across the
+    // items it takes: allocated once at the chunk size, never cleared again
+    // before a decode (decoding fills the part it uses), zeroized on drop.
     let results: Vec<Result<(usize, Runs)>> = items
         .par_iter()
-        .map(|it| {
-            let r = compare_item(ca, cb, it, ps)?;
-            pb.inc(it.end - it.start);
-            Ok((it.pair, r))
-        })
+        .map_init(
+            || (None, None),
+            |(cache_a, cache_b), it| {
+                let r = compare_item(ca, cb, it, ps, cache_a, cache_b)?;
+                pb.inc(it.end - it.start);
+                Ok((it.pair, r))
+            },
+        )
         .collect();
     pb.finish_and_clear();
     for r in results {
@@ -807,9 +813,12 @@ fn merge(mut v: Vec<Range>) -> Vec<Range> {
 /// Runs of differing pages, `[start, end)`.
 type Runs = Vec<(u64, u64)>;
 
-/// A decoded extent, kept while the walk stays inside it.
+/// A decoded extent, kept while the walk stays inside it; its buffer is
+/// reused for the next extent.
 struct Cached {
     at: (usize, u64),
+    /// `bytes[..len]` holds the extent; the rest is left from larger ones.
+    len: usize,
     bytes: Zeroizing<Vec<u8>>,
 }
 
@@ -829,31 +838,45 @@ fn bytes_of<'c>(
     let (img, x) = (&chain.links()[p.link], &p.real);
     if cache.as_ref().map(|c| c.at) != Some((p.link, x.addr)) {
         // Plaintext memory: zeroized on drop, and allocated at the chunk size
-        // once, so that growing leaves no copy behind.
+        // once, so that growing leaves no copy behind. It is zeroed only
+        // when it grows: the decode overwrites `[..len]`, so clearing it
+        // before each extent would only cost a pass over memory.
         let len = usize::try_from(x.len(ps))?;
         let mut buf = cache.take().map(|c| c.bytes).unwrap_or_else(|| {
             Zeroizing::new(Vec::with_capacity(
                 len.max(img.header().chunk_size as usize),
             ))
         });
-        buf.clear();
-        buf.resize(len, 0);
-        chain.decode(p.link, x, &mut buf)?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        // A failed decode leaves the cache empty: part of the buffer may
+        // hold bytes of the failed extent, and none of it is used again.
+        chain.decode(p.link, x, &mut buf[..len])?;
         *cache = Some(Cached {
             at: (p.link, x.addr),
+            len,
             bytes: buf,
         });
     }
-    let c = cache.as_ref().map(|c| &c.bytes[..]).unwrap_or(&[]);
+    let c = cache.as_ref().map(|c| &c.bytes[..c.len]).unwrap_or(&[]);
     let lo = usize::try_from(s - x.addr)?;
     let hi = usize::try_from(e - x.addr)?;
     Ok(Some(&c[lo..hi]))
 }
 
 /// Decodes and compares one item; returns the differing page runs.
-fn compare_item(a: &Chain, b: &Chain, it: &Item<'_>, ps: u32) -> Result<Runs> {
+/// `cache_a` and `cache_b` hold the last extent decoded on each side (by
+/// this worker, for any item: an extent is the same bytes in every item).
+fn compare_item(
+    a: &Chain,
+    b: &Chain,
+    it: &Item<'_>,
+    ps: u32,
+    cache_a: &mut Option<Cached>,
+    cache_b: &mut Option<Cached>,
+) -> Result<Runs> {
     let psz = ps as usize;
-    let (mut ca, mut cb) = (None, None);
     let mut runs: Runs = Vec::new();
     let mut cur = it.start;
     while cur < it.end {
@@ -863,21 +886,29 @@ fn compare_item(a: &Chain, b: &Chain, it: &Item<'_>, ps: u32) -> Result<Runs> {
             bail!("{cur:#x}: the extents do not cover the region");
         };
         let seg_end = xa.end(ps).min(xb.end(ps)).min(it.end);
-        let ba = bytes_of(a, xa, cur, seg_end, ps, &mut ca)?;
-        let bb = bytes_of(b, xb, cur, seg_end, ps, &mut cb)?;
-        let pages = usize::try_from((seg_end - cur) / u64::from(ps))?;
-        for k in 0..pages {
-            let r = k * psz..(k + 1) * psz;
-            let same = match (ba.map(|s| &s[r.clone()]), bb.map(|s| &s[r])) {
-                (Some(x), Some(y)) => x == y,
-                (Some(x), None) | (None, Some(x)) => x.iter().all(|&v| v == 0),
-                (None, None) => true,
-            };
-            if !same {
-                let at = cur + (k * psz) as u64;
-                match runs.last_mut() {
-                    Some(last) if last.1 == at => last.1 = at + u64::from(ps),
-                    _ => runs.push((at, at + u64::from(ps))),
+        let ba = bytes_of(a, xa, cur, seg_end, ps, cache_a)?;
+        let bb = bytes_of(b, xb, cur, seg_end, ps, cache_b)?;
+        match (ba, bb) {
+            // Equal as a whole (one memcmp): no page differs. Only a
+            // segment that differs somewhere is walked page by page.
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => {}
+            _ => {
+                let pages = usize::try_from((seg_end - cur) / u64::from(ps))?;
+                for k in 0..pages {
+                    let r = k * psz..(k + 1) * psz;
+                    let same = match (ba.map(|s| &s[r.clone()]), bb.map(|s| &s[r])) {
+                        (Some(x), Some(y)) => x == y,
+                        (Some(x), None) | (None, Some(x)) => x.iter().all(|&v| v == 0),
+                        (None, None) => true,
+                    };
+                    if !same {
+                        let at = cur + (k * psz) as u64;
+                        match runs.last_mut() {
+                            Some(last) if last.1 == at => last.1 = at + u64::from(ps),
+                            _ => runs.push((at, at + u64::from(ps))),
+                        }
+                    }
                 }
             }
         }
