@@ -55,11 +55,18 @@ fn main() {
     // Descriptions for the structured target: plain and encrypted, raw and
     // compressed, a few regions, no mutation, then the same with a few.
     let mut rng = memimg_tests::Rng::new(8);
-    for i in 0..16u8 {
-        let mut v = vec![0u8; 40 + usize::from(i) * 8];
+    // From seed 16 on, format 1.1's other features too (flag 0x80, then a
+    // byte of them: a bound key slot, an index nonce salt, a load order).
+    for i in 0..24u8 {
+        let mut v = vec![0u8; 40 + usize::from(i % 16) * 8];
         rng.fill(&mut v);
         v[0] = i & 0x3c | (i >> 2 & 0x30);
-        if i < 8 {
+        if i >= 16 {
+            // Encrypted or not, raw or compressed; slot, salt, load order.
+            v[0] = 0x80 | (i & 1) << 4 | (i & 2) << 4 | (i & 0x0c);
+            v[1] = 7;
+        }
+        if i % 16 < 8 {
             v.truncate(40);
         }
         std::fs::write(dir.join("structured").join(format!("seed-{i}")), v).unwrap();

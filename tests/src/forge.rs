@@ -57,6 +57,38 @@ pub struct Forge {
     /// With a key, seal each chunk (on by default); off, chunks are stored
     /// exactly as given, to forge chunks without a tag.
     pub seal_chunks: bool,
+    /// With a key, bind the key slot to the image (format 1.1,
+    /// `SLOT_BOUND`: the slot gets its `kek_check` and the wrap the v2
+    /// associated data); `None` (the default) makes a 1.0 slot. The header's
+    /// `SLOT_BOUND` bit is left as `header` says.
+    pub slot_binding: Option<SlotBinding>,
+    /// The index nonce salt (format 1.1): written in the index head, and
+    /// the salt of the nonce that seals the index body of an encrypted
+    /// image. 0 by default, as every writer seals a new data key's first
+    /// index.
+    pub index_nonce_salt: u64,
+    /// The layout order (format 1.1, `LOAD_ORDER`): chunk numbers stored
+    /// first, in this order, then every other chunk in ascending number
+    /// (numbers past the chunks, or listed twice, are skipped). `None`
+    /// (the default) stores them in number order. The load-order record and
+    /// the header's `LOAD_ORDER` bit are left to `meta` and `header`.
+    pub layout: Option<Vec<u64>>,
+}
+
+/// How a forged key slot is bound to its image (format 1.1, `SLOT_BOUND`;
+/// spec.md, *Key slot*): the slot holds `kek_check` = BLAKE2b-128(key =
+/// KEK, "memimg kek check v2"), and the wrap's associated data is
+/// `"memimg key slot v2"` ‖ image id ‖ the slot's bytes `[0, 32)` ‖
+/// `kek_check`. The default binds the header's image id and the slot's own
+/// fields, as a writer does; the others forge a slot copied from another
+/// image or edited after it was wrapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotBinding {
+    /// Bind this image id instead of the header's.
+    pub image_id: Option<[u8; 16]>,
+    /// Bind these bytes instead of the slot's own `[0, 32)` (kdf, reserved,
+    /// `m_cost`, `t_cost`, `p_cost`, salt).
+    pub kdf_fields: Option<[u8; 32]>,
 }
 
 /// One page of a region given to [`Forge::push_region`].
@@ -91,6 +123,10 @@ pub struct Assembly {
     pub fix_stored_checksums: bool,
     /// The index head.
     pub index_head: IndexHeadRaw,
+    /// The salt of the nonce that seals the index body of an encrypted
+    /// image: the forge's `index_nonce_salt`, and so the head's, unless an
+    /// edit makes them differ.
+    pub seal_salt: u64,
     /// The trailer (its `index_checksum` and `trailer_checksum` are computed
     /// after the edit; the rest is kept).
     pub trailer: TrailerRaw,
@@ -147,6 +183,9 @@ impl Forge {
             keep_header_checksum: false,
             key,
             seal_chunks: true,
+            slot_binding: None,
+            index_nonce_salt: 0,
+            layout: None,
         }
     }
 
@@ -193,6 +232,9 @@ impl Forge {
             keep_header_checksum: false,
             key: None,
             seal_chunks: true,
+            slot_binding: None,
+            index_nonce_salt: head.index_nonce_salt,
+            layout: None,
         }
     }
 
@@ -271,6 +313,44 @@ impl Forge {
         self.strings.extend_from_slice(name);
     }
 
+    /// Sets incompatible feature `bit` (a [`memimg::Features`] constant) in
+    /// the header, and version 1.1 (each feature of 1.1 is one).
+    pub fn set_incompat(&mut self, bit: u64) {
+        let h = &mut self.header;
+        let incompat = u64::from_le_bytes(h[0x10..0x18].try_into().unwrap_or([0; 8]));
+        h[0x10..0x18].copy_from_slice(&(incompat | bit).to_le_bytes());
+        h[10..12].copy_from_slice(&1u16.to_le_bytes());
+    }
+
+    /// Appends a load-order record listing `chunks` to the body meta
+    /// (format 1.1; spec.md, *Load order*: type 2, each chunk number a
+    /// u64); it sets neither `LOAD_ORDER` nor the layout.
+    pub fn push_load_order(&mut self, chunks: &[u64]) {
+        let m = &mut self.meta;
+        m.extend_from_slice(&2u16.to_le_bytes());
+        m.extend_from_slice(&0u16.to_le_bytes());
+        m.extend_from_slice(&((8 * chunks.len()) as u32).to_le_bytes());
+        for c in chunks {
+            m.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    /// The chunk numbers in the order `assemble` stores them: `layout`'s
+    /// (those in range, each once), then the others ascending.
+    pub fn layout_order(&self) -> Vec<usize> {
+        let n = self.chunks.len();
+        let mut seen = vec![false; n];
+        let mut out = Vec::with_capacity(n);
+        for &c in self.layout.iter().flatten() {
+            if let Some(k) = usize::try_from(c).ok().filter(|&k| k < n && !seen[k]) {
+                seen[k] = true;
+                out.push(k);
+            }
+        }
+        out.extend((0..n).filter(|&k| !seen[k]));
+        out
+    }
+
     /// The page size the header names (4096 when it names none that fits).
     pub fn page_size(&self) -> u64 {
         let ps = u32::from_le_bytes(self.header[0x28..0x2c].try_into().unwrap_or([0; 4]));
@@ -303,8 +383,9 @@ impl Forge {
             .unwrap_or([0; 16]);
         let dek = self.key.map(|k| ChaCha20Poly1305::new(&k.dek.into()));
         let mut out = header.clone();
-        let mut map = Vec::new();
-        for (i, c) in self.chunks.iter().enumerate() {
+        let mut map = vec![ChunkEntryRaw::default(); self.chunks.len()];
+        for i in self.layout_order() {
+            let c = &self.chunks[i];
             let ext = self
                 .extents
                 .iter()
@@ -325,12 +406,12 @@ impl Forge {
                 let pad = (ps - out.len() as u64 % ps) % ps;
                 out.resize(out.len() + pad as usize, 0);
             }
-            map.push(ChunkEntryRaw {
+            map[i] = ChunkEntryRaw {
                 offset: out.len() as u64,
                 stored_len: stored.len() as u32,
                 reserved: 0,
                 stored_checksum: 0,
-            });
+            };
             out.extend_from_slice(&stored);
         }
         let mut bh = self.body_head.clone();
@@ -362,9 +443,10 @@ impl Forge {
                 chunk_count: self.chunks.len() as u64,
                 body_len: body.len() as u64 + tag,
                 body_plain_len: body.len() as u64,
-                index_nonce_salt: 0,
+                index_nonce_salt: self.index_nonce_salt,
                 reserved: [0; 24],
             },
+            seal_salt: self.index_nonce_salt,
             trailer: TrailerRaw {
                 magic: TRAILER_MAGIC,
                 trailer_offset: 0,
@@ -374,7 +456,10 @@ impl Forge {
                 generation: 0,
                 reserved0: 0,
                 image_id,
-                key_slot: self.key.map(key_slot).unwrap_or_default(),
+                key_slot: self
+                    .key
+                    .map(|k| key_slot(k, self.slot_binding.as_ref(), &image_id))
+                    .unwrap_or_default(),
                 reserved1: [0; 56],
                 checksum: 0,
             },
@@ -399,7 +484,7 @@ impl Forge {
         if let Some(cipher) = &dek {
             let mut aad = header.clone();
             aad.extend_from_slice(&index);
-            seal(cipher, &INDEX_NONCE, &aad, &mut body);
+            seal(cipher, &index_nonce(a.seal_salt), &aad, &mut body);
         }
         index.extend_from_slice(&body);
         out.extend_from_slice(&index);
@@ -446,8 +531,13 @@ fn chunk_nonce(i: u64) -> [u8; 12] {
     n
 }
 
-/// The nonce of the index body.
-const INDEX_NONCE: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+/// The nonce of the index body: the salt, then `01 00 00 00`.
+fn index_nonce(salt: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&salt.to_le_bytes());
+    n[8] = 1;
+    n
+}
 
 fn seal(cipher: &ChaCha20Poly1305, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) {
     match cipher.encrypt_in_place_detached(nonce.into(), aad, buf) {
@@ -457,22 +547,47 @@ fn seal(cipher: &ChaCha20Poly1305, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u
 }
 
 /// A key-file key slot (KDF 1) wrapping `k.dek` under `k.kek` (spec.md, *Key
-/// slot*).
-fn key_slot(k: ForgeKey) -> KeySlotRaw {
+/// slot*): a 1.0 slot, or with `binding` one bound to the image `image_id`
+/// (format 1.1, `SLOT_BOUND`), unless the binding names other values.
+fn key_slot(k: ForgeKey, binding: Option<&SlotBinding>, image_id: &[u8; 16]) -> KeySlotRaw {
     let mut slot = KeySlotRaw {
         kdf: 1,
         wrap_nonce: k.wrap_nonce,
         ..KeySlotRaw::default()
     };
+    let aad = match binding {
+        None => b"memimg key slot v1".to_vec(),
+        Some(b) => {
+            slot.kek_check = kek_check(&k.kek);
+            let mut aad = b"memimg key slot v2".to_vec();
+            aad.extend_from_slice(b.image_id.as_ref().unwrap_or(image_id));
+            let fields = to_bytes(&slot);
+            aad.extend_from_slice(b.kdf_fields.as_ref().map_or(&fields[..32], |f| &f[..]));
+            aad.extend_from_slice(&slot.kek_check);
+            aad
+        }
+    };
     let cipher = XChaCha20Poly1305::new(&k.kek.into());
     let mut dek = k.dek;
-    if let Ok(tag) = cipher.encrypt_in_place_detached(
-        XNonce::from_slice(&k.wrap_nonce),
-        b"memimg key slot v1",
-        &mut dek,
-    ) {
+    if let Ok(tag) =
+        cipher.encrypt_in_place_detached(XNonce::from_slice(&k.wrap_nonce), &aad, &mut dek)
+    {
         slot.wrapped_dek[..32].copy_from_slice(&dek);
         slot.wrapped_dek[32..].copy_from_slice(&tag);
     }
     slot
+}
+
+/// `kek_check` of a bound key slot: BLAKE2b (RFC 7693) keyed with the
+/// 32-byte KEK, 16 bytes of output, of `"memimg kek check v2"`.
+pub fn kek_check(kek: &[u8; 32]) -> [u8; 16] {
+    use blake2::digest::{consts::U16, Mac};
+    match <blake2::Blake2bMac<U16> as Mac>::new_from_slice(kek) {
+        Ok(mut mac) => {
+            mac.update(b"memimg kek check v2");
+            mac.finalize().into_bytes().into()
+        }
+        // A 32-byte key is within BLAKE2b's 64: this does not happen.
+        Err(_) => [0; 16],
+    }
 }

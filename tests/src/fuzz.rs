@@ -15,6 +15,11 @@ pub const FUZZ_KEY: [u8; 32] = [0x5a; 32];
 fn walk(img: &Image) {
     let ps = img.header().page_size;
     let _ = (img.parent(), img.as_parent(), img.index_nonce_salt());
+    let _ = (
+        img.load_order(),
+        img.layout_order(),
+        img.working_set_range(),
+    );
     let _ = img.verify(&VerifyOptions {
         decode: true,
         progress: None,
@@ -414,12 +419,21 @@ const MAX_PAGES: u8 = 6;
 /// `PARENT`, a parent record of any id, index checksum and depth 1 to 64, a
 /// hint, and its absent runs made in-parent extents), up to 8 regions (gap,
 /// pages, name, and for each page zero, absent or data of one of three
-/// contents) and up to 2 notes. It
+/// contents) and up to 2 notes; and, when the first byte's top bit is set, a
+/// byte of the other format 1.1 features: a key slot bound to the image
+/// (`SLOT_BOUND`, encrypted images), an index nonce salt (encrypted images
+/// with a 1.1 feature), and a load-order profile (`LOAD_ORDER`: 1 to all of
+/// the chunks, in an order from the input, as the body's load-order record,
+/// with the chunks laid out in that order). It
 /// is built with [`crate::Forge`], which lays it out by spec.md and fixes
 /// every checksum and tag. The rest of `data` is a list of mutations of
 /// semantic fields: region names, extents and counts, extent kinds, codecs,
 /// chunk numbers, addresses, body counts, chunk map offsets and lengths,
-/// index head and trailer fields, string and note bytes, chunk contents. The
+/// index head and trailer fields, string and note bytes, chunk contents,
+/// load-order entries (out of range, twice, a bad length, no record, two),
+/// a layout that does not follow the record, the key slot's binding (another
+/// image id, other KDF fields, none) and its stored fields (KDF, costs,
+/// salt, `kek_check`, nonce, wrapped key), and the index nonce salt. The
 /// mutated image is opened (with its key when encrypted, and without),
 /// walked, and verified with decoding, inside `measure(image_len, run)`,
 /// which the fuzz binary uses to bound allocation by the image's size.
@@ -440,7 +454,17 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
     });
     let zstd = flags & 0x20 != 0;
     let child = flags & 0x40 != 0;
+    // Format 1.1's other features, in a byte of their own: inputs without
+    // it keep the meaning they had before it.
+    let v11 = if flags & 0x80 != 0 { b.u8() } else { 0 };
+    let bound = key.is_some() && v11 & 1 != 0;
+    let salt = if v11 & 2 != 0 { b.u64() } else { 0 };
+    let load_order = v11 & 4 != 0;
     let mut f = crate::Forge::new(ps, ps * chunk_pages as u32, key);
+    if bound {
+        f.slot_binding = Some(crate::SlotBinding::default());
+        f.set_incompat(memimg::Features::SLOT_BOUND);
+    }
     if child {
         // The parent record: an id and index checksum from the input, a
         // depth from 1 to 64; and a hint.
@@ -452,10 +476,7 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
         if !hint.is_empty() {
             add_header_record(&mut f.header, meta_parent::HINT, &hint);
         }
-        let incompat = u64::from_le_bytes(f.header[0x10..0x18].try_into().unwrap_or([0; 8]));
-        f.header[0x10..0x18].copy_from_slice(&(incompat | memimg::Features::PARENT).to_le_bytes());
-        // Version 1.1.
-        f.header[10..12].copy_from_slice(&1u16.to_le_bytes());
+        f.set_incompat(memimg::Features::PARENT);
     }
     let psu = u64::from(ps);
     let mut addr = 0x10_0000u64;
@@ -503,13 +524,40 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
     if !f.meta.is_empty() {
         set_compat(&mut f.header, memimg::Features::NOTES);
     }
+    // The load-order profile (an image with no chunk has none: the record
+    // lists at least one), its record after the notes, and the layout.
+    let mut profile: Option<Vec<u64>> = None;
+    let mut record: Option<(usize, usize)> = None;
+    if load_order && !f.chunks.is_empty() {
+        let mut rest: Vec<u64> = (0..f.chunks.len() as u64).collect();
+        let count = 1 + usize::from(b.u8()) % rest.len();
+        let p: Vec<u64> = (0..count)
+            .map(|_| rest.remove(usize::from(b.u8()) % rest.len()))
+            .collect();
+        record = Some((f.meta.len(), p.len()));
+        f.push_load_order(&p);
+        f.layout = Some(p.clone());
+        f.set_incompat(memimg::Features::LOAD_ORDER);
+        profile = Some(p);
+    }
+    let incompat = u64::from_le_bytes(f.header[0x10..0x18].try_into().unwrap_or([0; 8]));
+    if key.is_some() && incompat & memimg::Features::V1_1_INCOMPAT != 0 {
+        f.index_nonce_salt = salt;
+    }
     let kek = key.map(|k| Key::raw(k.kek));
     let mutations = b.0;
     if mutations.is_empty() {
         // An input that ends with its description checks that the reader
         // accepts what the builder lays out by spec.md; the fuzzer keeps such
         // inputs, and checking only those halves the cost of the others.
-        check_unmutated(&f.assemble(), kek.as_ref(), &want, ps);
+        let img = check_unmutated(&f.assemble(), kek.as_ref(), &want, ps);
+        // And that it reads the 1.1 features as described.
+        assert_eq!(img.header().is_slot_bound(), bound, "SLOT_BOUND");
+        assert_eq!(img.index_nonce_salt(), f.index_nonce_salt, "index salt");
+        match img.load_order() {
+            Ok(p) => assert_eq!(p, profile.as_deref(), "load order"),
+            Err(e) => panic!("load order: {e}"),
+        }
         return;
     }
     let mut late = Vec::new();
@@ -518,7 +566,7 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
         if m.0.is_empty() {
             break;
         }
-        mutate(&mut f, &mut m, &mut late);
+        mutate(&mut f, &mut m, &mut late, record);
     }
     let bytes = f.assemble_with(&mut |a| {
         for l in &late {
@@ -554,8 +602,13 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
 }
 
 /// An image built with no mutation opens, reads back what was described,
-/// and verifies intact.
-fn check_unmutated(bytes: &[u8], key: Option<&Key>, want: &[(u64, Vec<crate::Page>)], ps: u32) {
+/// and verifies intact; returns it opened.
+fn check_unmutated(
+    bytes: &[u8],
+    key: Option<&Key>,
+    want: &[(u64, Vec<crate::Page>)],
+    ps: u32,
+) -> Image {
     let img = Image::from_bytes(bytes.to_vec(), key)
         .unwrap_or_else(|e| panic!("a forged image does not open: {e}"));
     for (start, pages) in want {
@@ -589,6 +642,7 @@ fn check_unmutated(bytes: &[u8], key: Option<&Key>, want: &[(u64, Vec<crate::Pag
         r.fatal,
         r.problems
     );
+    img
 }
 
 /// Appends a note record (spec.md, *Strings and meta*).
@@ -681,10 +735,25 @@ enum Late {
     IndexLen(u8),
     Generation(u8),
     /// Format 1.1: the index nonce salt (0 in an image without a 1.1
-    /// feature; it also changes the nonce of an encrypted image's index).
+    /// feature), in the head and in the nonce that seals the index.
     IndexSalt(u8),
+    /// Format 1.1: the index sealed under a nonce of another salt than the
+    /// head's.
+    SealSalt(u8),
+    /// A field of the stored key slot (`Slot(field, value)`), after the
+    /// wrap: see [`Late::apply`].
+    Slot(u8, u8),
     StaleChecksums,
 }
+
+/// Argon2id costs a mutated key slot takes: the limits of each field and of
+/// the cost bound, each side (spec.md, *Key slot*, *Argon2id cost bound*).
+/// No value makes a reader derive with more than 64 KiB × 64 passes: a
+/// slot within the bound that asks for 256 MiB is one the reader must
+/// compute, and the allocation bound of the target would call it a bug.
+const M_COSTS: [u32; 8] = [0, 7, 8, 16, 64, 262_145, 1_048_576, u32::MAX];
+const T_COSTS: [u32; 6] = [0, 1, 2, 64, 65, u32::MAX];
+const P_COSTS: [u32; 5] = [0, 1, 2, 16, 17];
 
 impl Late {
     fn apply(&self, a: &mut crate::Assembly) {
@@ -707,19 +776,52 @@ impl Late {
             Late::IndexOffset(d) => a.trailer.index_offset = step(a.trailer.index_offset, d),
             Late::IndexLen(d) => a.trailer.index_len = step(a.trailer.index_len, d),
             Late::Generation(d) => a.trailer.generation = u32::from(d),
-            Late::IndexSalt(d) => a.index_head.index_nonce_salt = step(0, d),
+            Late::IndexSalt(d) => {
+                let s = step(a.index_head.index_nonce_salt, d);
+                a.index_head.index_nonce_salt = s;
+                a.seal_salt = s;
+            }
+            Late::SealSalt(d) => a.seal_salt = step(a.seal_salt, d | 1),
+            Late::Slot(field, v) => {
+                let k = &mut a.trailer.key_slot;
+                let bit = |x: &mut u8| *x ^= 1 << (v % 8);
+                match field % 9 {
+                    0 => k.kdf = v % 4,
+                    1 => k.m_cost = M_COSTS[usize::from(v) % M_COSTS.len()],
+                    2 => k.t_cost = T_COSTS[usize::from(v) % T_COSTS.len()],
+                    3 => k.p_cost = P_COSTS[usize::from(v) % P_COSTS.len()],
+                    4 => bit(&mut k.salt[usize::from(v / 8) % 16]),
+                    5 => bit(&mut k.kek_check[usize::from(v / 8) % 16]),
+                    6 => bit(&mut k.wrap_nonce[usize::from(v / 8) % 24]),
+                    7 => bit(&mut k.wrapped_dek[usize::from(v / 8) % 48]),
+                    _ => {
+                        if v & 1 == 0 {
+                            bit(&mut k.reserved0[usize::from(v / 8) % 3]);
+                        } else {
+                            bit(&mut k.reserved1[usize::from(v / 8) % 8]);
+                        }
+                    }
+                }
+            }
             Late::StaleChecksums => a.fix_stored_checksums = false,
         }
     }
 }
 
 /// Applies one mutation chosen by `m` to `f`, or records it in `late`.
-fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
+/// `record` is where the load-order record starts in `f.meta`, and how many
+/// chunks it lists, when the description made one.
+fn mutate(
+    f: &mut crate::Forge,
+    m: &mut Bytes<'_>,
+    late: &mut Vec<Late>,
+    record: Option<(usize, usize)>,
+) {
     let which = m.u8();
     let nr = f.regions.len();
     let ne = f.extents.len();
     let nc = f.chunks.len();
-    match which % 24 {
+    match which % 28 {
         0 => {
             if let Some(i) = m.index(nr) {
                 f.regions[i].name_off = m.near(u64::from(f.regions[i].name_off)) as u32;
@@ -809,11 +911,12 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
             1 => Late::BodyLen(m.u8()),
             _ => Late::BodyPlainLen(m.u8()),
         }),
-        16 => late.push(match m.u8() % 5 {
+        16 => late.push(match m.u8() % 6 {
             0 => Late::IndexOffset(m.u8()),
             1 => Late::IndexLen(m.u8()),
             2 => Late::Generation(m.u8()),
             3 => Late::IndexSalt(m.u8()),
+            4 => Late::SealSalt(m.u8()),
             _ => Late::StaleChecksums,
         }),
         17 => {
@@ -904,6 +1007,55 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
                 f.extents[i].raw_checksum ^= 1u128 << (m.u8() % 128);
             }
         }
+        24 => mutate_load_order(f, m, record),
+        25 => {
+            // The layout (format 1.1): two chunks swapped, a chunk moved to
+            // the front, or number order, whatever the record says.
+            match (m.u8() % 3, f.layout.as_mut()) {
+                (0, Some(l)) if l.len() >= 2 => {
+                    let (i, j) = (usize::from(m.u8()) % l.len(), usize::from(m.u8()) % l.len());
+                    l.swap(i, j);
+                }
+                (1, _) => f.layout = None,
+                _ => {
+                    if let Some(c) = m.index(nc) {
+                        f.layout.get_or_insert_with(Vec::new).insert(0, c as u64);
+                    }
+                }
+            }
+        }
+        26 => {
+            // The key slot's binding (format 1.1): to another image id, to
+            // other KDF fields, none (a 1.0 slot) or one (a bound slot in an
+            // image without SLOT_BOUND); or the image's own id changed
+            // (everything that binds it follows).
+            let own = memimg::raw::to_bytes(&memimg::raw::KeySlotRaw {
+                kdf: 1,
+                ..Default::default()
+            });
+            match m.u8() % 4 {
+                0 => {
+                    let mut id: [u8; 16] = f.header[0x30..0x40].try_into().unwrap_or([0; 16]);
+                    id[usize::from(m.u8()) % 16] ^= m.u8() | 1;
+                    f.slot_binding.get_or_insert_with(Default::default).image_id = Some(id);
+                }
+                1 => {
+                    let mut fields: [u8; 32] = own[..32].try_into().unwrap_or([0; 32]);
+                    fields[usize::from(m.u8()) % 32] ^= m.u8() | 1;
+                    f.slot_binding
+                        .get_or_insert_with(Default::default)
+                        .kdf_fields = Some(fields);
+                }
+                2 => {
+                    f.slot_binding = match f.slot_binding {
+                        Some(_) => None,
+                        None => Some(crate::SlotBinding::default()),
+                    }
+                }
+                _ => f.header[0x30 + usize::from(m.u8()) % 16] ^= m.u8() | 1,
+            }
+        }
+        27 => late.push(Late::Slot(m.u8(), m.u8())),
         _ => {
             // A header field: chunk size, feature bits (up to format 1.1's
             // SLOT_BOUND, PARENT and LOAD_ORDER), cipher.
@@ -916,6 +1068,64 @@ fn mutate(f: &mut crate::Forge, m: &mut Bytes<'_>, late: &mut Vec<Late>) {
                 }
                 1 => f.header[0x10] ^= 1 << (m.u8() % 5),
                 _ => f.header[0x54] ^= 1,
+            }
+        }
+    }
+}
+
+/// A mutation of the load-order record (format 1.1), which starts at
+/// `record.0` in `f.meta` and lists `record.1` chunks: an entry changed (past
+/// the chunk map, or any value), an entry made another's (twice), its length
+/// (not a multiple of 8, zero, past the body), its type (no record), or a
+/// second record. Without a record, one is added after the others: a record
+/// of unknown type where `LOAD_ORDER` is not set, or a second one.
+fn mutate_load_order(f: &mut crate::Forge, m: &mut Bytes<'_>, record: Option<(usize, usize)>) {
+    let entry = |meta: &[u8], at: usize, k: usize| -> Option<u64> {
+        let b = meta.get(at + 8 + 8 * k..at + 16 + 8 * k)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    };
+    let set = |meta: &mut [u8], at: usize, k: usize, v: u64| {
+        if let Some(b) = meta.get_mut(at + 8 + 8 * k..at + 16 + 8 * k) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    let Some((at, count)) = record else {
+        let n = usize::from(m.u8() % 4);
+        let chunks: Vec<u64> = (0..n).map(|_| m.near(0)).collect();
+        f.push_load_order(&chunks);
+        return;
+    };
+    match m.u8() % 5 {
+        0 => {
+            let k = usize::from(m.u8()) % count;
+            if let Some(old) = entry(&f.meta, at, k) {
+                let v = match m.u8() % 2 {
+                    0 => f.chunks.len() as u64 + u64::from(m.u8() % 4),
+                    _ => m.near(old),
+                };
+                set(&mut f.meta, at, k, v);
+            }
+        }
+        1 => {
+            let (i, j) = (usize::from(m.u8()) % count, usize::from(m.u8()) % count);
+            if let Some(v) = entry(&f.meta, at, j) {
+                set(&mut f.meta, at, i, v);
+            }
+        }
+        2 => {
+            if let Some(b) = f.meta.get_mut(at + 4..at + 8) {
+                let old = u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+                b.copy_from_slice(&(step(u64::from(old), m.u8()) as u32).to_le_bytes());
+            }
+        }
+        3 => {
+            if let Some(b) = f.meta.get_mut(at..at + 2) {
+                b.copy_from_slice(&u16::from(m.u8()).to_le_bytes());
+            }
+        }
+        _ => {
+            if let Some(r) = f.meta.get(at..at + 8 + 8 * count).map(<[u8]>::to_vec) {
+                f.meta.extend_from_slice(&r);
             }
         }
     }

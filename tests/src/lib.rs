@@ -9,7 +9,7 @@ pub mod alloc;
 pub mod forge;
 pub mod fuzz;
 
-pub use forge::{Assembly, Forge, ForgeKey, Page};
+pub use forge::{Assembly, Forge, ForgeKey, Page, SlotBinding};
 
 /// Records that the test `test` cannot run here, for the reason `why`, so a
 /// skip shows as a skip and never as a pass (the skip protocol shared by the

@@ -102,6 +102,44 @@ fn fuzz_regression_inputs_replay() {
         m.extend_from_slice(&mutation);
         fuzz::structured(&m);
     }
+    // Format 1.1's other features (flags 0x80, then a byte of them): an
+    // encrypted image (0x10) with a bound key slot, an index nonce salt and
+    // a load-order profile (7), one region "abc" of five pages (data, data,
+    // zero, absent, data: three chunks), no note, and a profile of two
+    // chunks (2, then 0); then a plain one with the profile alone (4). Each
+    // with no mutation opens, reads back, verifies and reads as described;
+    // then with mutations of the load-order record, the layout, the slot's
+    // binding and stored fields, and the index nonce salt.
+    for (flags, v11) in [(0x90u8, 7u8), (0x80, 4)] {
+        let mut desc = vec![flags, v11];
+        if v11 & 2 != 0 {
+            desc.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        }
+        desc.extend_from_slice(&[0, 0, 5, 3, b'a', b'b', b'c', 2, 3, 0, 1, 6, 0, 1, 2, 0]);
+        fuzz::structured(&desc);
+        for mutation in [
+            &[24, 0, 0, 0][..],
+            &[24, 1, 0, 1],
+            &[24, 2, 3],
+            &[24, 3, 9],
+            &[24, 4],
+            &[25, 0, 0, 1],
+            &[25, 1],
+            &[25, 2, 1],
+            &[26, 0, 3, 1],
+            &[26, 1, 4, 8],
+            &[26, 2],
+            &[26, 3, 0, 1],
+            &[27, 0, 2],
+            &[27, 1, 4],
+            &[27, 5, 17],
+            &[16, 4, 3],
+        ] {
+            let mut m = desc.clone();
+            m.extend_from_slice(mutation);
+            fuzz::structured(&m);
+        }
+    }
     println!(
         "replayed {} regression inputs and {} seed images",
         replayed.len(),
