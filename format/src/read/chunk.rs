@@ -142,20 +142,7 @@ impl Image {
             )
             .within(loc));
         }
-        if self.check_raw {
-            let sum = xxh3_128(out);
-            if sum != ext.raw_checksum {
-                return Err(Error::new(
-                    ErrorKind::Checksum,
-                    loc,
-                    format!(
-                        "raw content checksum mismatch (index says {:032x}, content hashes to {sum:032x})",
-                        ext.raw_checksum
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        self.check_raw_checksum(ext, loc, out)
     }
 
     /// Decodes a data extent from its stored bytes, which the caller has
@@ -219,6 +206,12 @@ impl Image {
                 codec::decompress_into(plain, out).map_err(|m| malformed(loc, m))?;
             }
         }
+        self.check_raw_checksum(ext, loc, out)
+    }
+
+    /// Checks decoded content against its extent's raw checksum, when this
+    /// reader checks raw checksums.
+    fn check_raw_checksum(&self, ext: &Extent, loc: Location, out: &[u8]) -> Result<()> {
         if self.check_raw {
             let sum = xxh3_128(out);
             if sum != ext.raw_checksum {
