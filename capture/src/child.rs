@@ -25,6 +25,7 @@ use std::path::Path;
 use memimg::{Chain, Extent, RegionInfo, Segment, SegmentKind, Writer};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_128;
+use zeroize::Zeroizing;
 
 use crate::error::CaptureError;
 use crate::live::Sink;
@@ -138,16 +139,18 @@ impl<'c, W: Write> ChildWriter<'c, W> {
         let parent = self.parent;
         let compared: Vec<Vec<(usize, Vec<bool>)>> = groups
             .par_iter()
-            .map_init(Scratch::default, |buf, ((link, e), idx)| {
+            // A decoded parent extent is plaintext process memory: each worker's
+            // buffer is zeroed when dropped.
+            .map_init(Zeroizing::<Vec<u8>>::default, |buf, ((link, e), idx)| {
                 let len = usize::try_from(e.len(ps)).unwrap_or(usize::MAX);
-                buf.0.resize(len, 0);
-                parent.decode(*link, e, &mut buf.0)?;
+                buf.resize(len, 0);
+                parent.decode(*link, e, buf)?;
                 idx.iter()
                     .map(|&i| {
                         let s = &segs[i];
                         let off = usize::try_from(s.start - e.addr).unwrap_or(usize::MAX);
                         let ours = piece(s);
-                        let theirs = buf.0.get(off..off + ours.len()).ok_or_else(|| {
+                        let theirs = buf.get(off..off + ours.len()).ok_or_else(|| {
                             memimg::Error::plain(
                                 memimg::ErrorKind::InvalidInput,
                                 "a segment outside its extent",
@@ -203,17 +206,6 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             }
         }
         Ok(())
-    }
-}
-
-/// A buffer for a decoded parent extent, reused by one worker and zeroed
-/// when dropped (plaintext process memory).
-#[derive(Default)]
-struct Scratch(Vec<u8>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.0.fill(0);
     }
 }
 

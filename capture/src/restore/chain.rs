@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use memimg::{Chain, Extent, Image, Region, Segment, SegmentKind};
 use rayon::prelude::*;
+use zeroize::Zeroizing;
 
 use super::lazy::{ChunkSource, LazyHandle};
 use super::{
@@ -311,14 +312,7 @@ fn clear(a: u64, b: u64, prot: libc::c_int) -> Result<(), RestoreError> {
 
 /// A buffer for decoding a chunk that is placed in part, reused by one
 /// worker and zeroed when dropped (plaintext process memory).
-#[derive(Default)]
-struct Scratch(Vec<u8>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.0.fill(0);
-    }
-}
+type Scratch = Zeroizing<Vec<u8>>;
 
 /// Places `ranges` of `ext` (a data extent of link `link`) by decoding it:
 /// straight into its place when the range is the whole extent, else into
@@ -347,7 +341,7 @@ fn decode_into_place(
         }
         return chain.decode(link, ext, out).map_err(RestoreError::from);
     }
-    let buf = &mut scratch.0;
+    let buf = &mut **scratch;
     buf.resize(usize_of(ext.len(ps)), 0);
     chain.decode(link, ext, buf)?;
     for &(a, b) in ranges {
