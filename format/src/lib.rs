@@ -52,6 +52,7 @@ mod rewrite;
 mod source;
 mod verify;
 mod write;
+mod zero;
 
 pub use chain::{
     flatten, hint_path, rebase, rebase_in_place, Chain, ChainOptions, ParentKey, Resolution,

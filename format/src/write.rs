@@ -22,6 +22,7 @@ use crate::model::{
     Features, MachineFacts, Note, ParentRecord, ProcessFacts, RegionInfo, Validation,
 };
 use crate::raw::{self, *};
+use crate::zero::is_zero;
 use crate::{meta, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 
 /// Options for a [`Writer`], set through a builder.
@@ -1353,9 +1354,3 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::plain(ErrorKind::InvalidInput, msg)
 }
 
-/// True when every byte of `page` is zero.
-pub(crate) fn is_zero(page: &[u8]) -> bool {
-    // OR-folding fixed blocks vectorises well; stop at the first non-zero block.
-    page.chunks(256)
-        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}

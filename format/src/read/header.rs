@@ -170,7 +170,7 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
         ));
     }
     let tlv_end = HEADER_FIXED_LEN + meta_len;
-    if let Some(p) = page[tlv_end..psu - 8].iter().position(|&b| b != 0) {
+    if let Some(p) = crate::zero::first_non_zero(&page[tlv_end..psu - 8]) {
         sink.report(Error::new(
             ErrorKind::NonZeroPadding,
             loc((tlv_end + p) as u64),

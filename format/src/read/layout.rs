@@ -89,7 +89,7 @@ impl Image {
 /// `n`, is all zero (spec.md, *Chunk data*: "the bytes skipped by rounding
 /// are padding and must be zero").
 pub(crate) fn check_padding(n: u64, start: u64, bytes: &[u8]) -> Result<()> {
-    match bytes.iter().position(|&b| b != 0) {
+    match crate::zero::first_non_zero(bytes) {
         None => Ok(()),
         Some(p) => Err(Error::new(
             ErrorKind::NonZeroPadding,

@@ -8,6 +8,7 @@ use crate::error::{malformed, Error, ErrorKind, Location, Result};
 use crate::model::*;
 use crate::raw::{self, *};
 use crate::source::Source;
+use crate::zero::is_zero;
 
 /// The unit a power cut may tear a write at: a disk writes a 512-byte sector
 /// whole (and a 4096-byte page is whole sectors), so a torn 256-byte write is
@@ -36,8 +37,7 @@ fn pieces(at: u64, b: &[u8]) -> (&[u8], &[u8]) {
 /// one sector).
 fn torn(at: u64, b: &[u8]) -> bool {
     let (first, rest) = pieces(at, b);
-    let zero = |p: &[u8]| p.iter().all(|&x| x == 0);
-    zero(first) || (!rest.is_empty() && zero(rest))
+    is_zero(first) || (!rest.is_empty() && is_zero(rest))
 }
 
 /// What a 256-byte block between the index and the active trailer is.
@@ -54,7 +54,7 @@ enum Block {
 }
 
 fn block_at(b: &[u8], p: u64, active: &TrailerRaw) -> Block {
-    if b.iter().all(|&x| x == 0) {
+    if is_zero(b) {
         return Block::Zero;
     }
     if let Some(old) = valid_trailer(b, p) {
@@ -73,7 +73,7 @@ fn block_at(b: &[u8], p: u64, active: &TrailerRaw) -> Block {
     // What is left of a trailer: a first piece long enough to hold the magic
     // and the offset must hold this trailer's.
     let (first, _) = pieces(p, b);
-    if first.len() >= 16 && first.iter().any(|&x| x != 0) {
+    if first.len() >= 16 && !is_zero(first) {
         let at = first[8..16].try_into().ok().map(u64::from_le_bytes);
         if first[..8] != TRAILER_MAGIC || at != Some(p) {
             return Block::Foreign;
