@@ -8,6 +8,13 @@
 # It runs cargo in fuzz/, so .cargo/config.toml applies: crates from crates.io
 # are built without coverage instrumentation (see rustc-wrapper.sh).
 #
+# The build has debug assertions and overflow checks on (-a) and, by default,
+# AddressSanitizer. FUZZ_SANITIZER=none builds without a sanitizer, in
+# fuzz/target-none/, for long runs: about N times more executions a second
+# (see the README, *Fuzzing speed*); -malloc_limit_mb is then not enforced
+# (libFuzzer needs the sanitizer's malloc hooks for it), but -rss_limit_mb is,
+# and `structured` bounds its allocations itself.
+#
 # Crashes land in fuzz/artifacts/TARGET/. Each one found becomes a named
 # regression input in fuzz/regressions/TARGET/ that `cargo test` replays.
 set -euo pipefail
@@ -27,13 +34,18 @@ if [ -z "$(ls -A corpus/elf_core)" ] && command -v gcore >/dev/null 2>&1; then
   gcore -o corpus/elf_core/gcore "$sp" >/dev/null 2>&1 || true
   kill "$sp" 2>/dev/null || true
 fi
-cargo +nightly fuzz build -O "${targets[@]/#/}" 2>/dev/null || for t in "${targets[@]}"; do cargo +nightly fuzz build -O "$t"; done
+san=${FUZZ_SANITIZER:-address}
+build=(-O -a -s "$san")
+[ "$san" = address ] || build+=(--target-dir "target-$san")
+export FUZZ_BUILD="${build[*]}"
+cargo +nightly fuzz build "${build[@]}" "${targets[@]}" 2>/dev/null || for t in "${targets[@]}"; do cargo +nightly fuzz build "${build[@]}" "$t"; done
 mkdir -p logs
 run_one() {
   t=$1; secs=$2
   mkdir -p "corpus/$t" "artifacts/$t"
   # -malloc_limit_mb: one allocation over 64 MiB is a bug (the largest chunk is 16 MiB).
-  cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=131072 \
+  # shellcheck disable=SC2086 # FUZZ_BUILD is a list of flags
+  cargo +nightly fuzz run $FUZZ_BUILD "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=131072 \
     -rss_limit_mb=1024 -malloc_limit_mb=64 -print_final_stats=1 -timeout=10 > "logs/$t.log" 2>&1 || true
 }
 export -f run_one
