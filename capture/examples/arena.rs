@@ -205,10 +205,16 @@ fn walk(n: u64) {
     }
 }
 
+/// The validation tag, as in capi/examples/arena.c; its data is the key count.
+const TAG: &str = "arena-example";
+
 fn child(strategy: &str, img: &str, n: u64) {
     let strategy: Strategy = strategy.parse().unwrap();
+    // The same check as the C example's child: the image must carry this
+    // program's tag and key count.
     let opts = RestoreOptions {
         strategy,
+        expect_validation: Some((TAG.into(), n.to_ne_bytes().to_vec())),
         ..RestoreOptions::default()
     };
     let t = Instant::now();
@@ -580,6 +586,7 @@ fn main() {
                 RegionKind::Heap,
                 "arena",
             )
+            .validation(TAG, n.to_ne_bytes())
         };
         let st = p
             .write_to_path(
