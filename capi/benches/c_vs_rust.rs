@@ -27,8 +27,8 @@
 //! comes after it, outside the figure, on both sides. Neither side warms
 //! anything up first, so each figure includes the first touch of the code
 //! it runs (page faults on the library's pages, the C side's first
-//! `malloc`). The C side also checks the validation data (a comparison of a
-//! few bytes). A restore figure is a fraction of a millisecond for mmap and
+//! `malloc`). Both sides persist the key count as validation data and check
+//! it on restore. A restore figure is a fraction of a millisecond for mmap and
 //! lazy: read the medians with their spreads, and run it on a quiet machine.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
