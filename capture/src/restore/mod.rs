@@ -10,9 +10,8 @@
 //!   copy-on-write), each gap between runs (zero pages) as anonymous
 //!   memory, every piece at the region's protection. The time is
 //!   O(extents), not O(bytes). Only for plain images whose chunks are all
-//!   stored raw. (A chain's mmap restore reserves each region and maps
-//!   over it instead: its links' pages are laid over each other; see
-//!   `chain.rs`.)
+//!   stored raw. (A chain's mmap restore maps its deepest link so and
+//!   lays the nearer links' pages over it; see `chain.rs`.)
 //! - [`Strategy::Eager`] decodes every chunk in parallel (rayon) into
 //!   anonymous memory: any image, including compressed and encrypted ones.
 //! - [`Strategy::Lazy`] registers the regions with userfaultfd and returns at
@@ -609,8 +608,7 @@ fn usize_of(v: u64) -> usize {
 
 impl Reservation {
     /// Reserves each region whole with one anonymous read-write mapping,
-    /// for the strategies that fill it afterwards (eager, lazy, a chain's
-    /// mmap).
+    /// for the strategies that fill it afterwards (eager, lazy).
     fn new(regions: &[Region]) -> Result<Reservation, RestoreError> {
         let mut res = Reservation { ranges: Vec::new() };
         for r in regions {

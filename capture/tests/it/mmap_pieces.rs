@@ -4,11 +4,14 @@
 //! has its region's protection, gaps read zeros, stored pages read the
 //! image, and an address in use anywhere in a region (on stored pages or
 //! in a gap, in the first region or a later one) is `AddressInUse` with
-//! nothing of the restore left mapped.
+//! nothing of the restore left mapped. The mmap restore of a chain maps
+//! its deepest link that way and the nearer links' pages over it: the same
+//! checks, on a parent with gaps, short runs (copied) and long ones
+//! (mapped), and a child that writes into its gaps and zeros its pages.
 
 use std::path::Path;
 
-use memimg::{Codec, Prot, RegionInfo, RegionKind, Writer, WriterOptions};
+use memimg::{Chain, ChainOptions, Codec, Prot, RegionInfo, RegionKind, Writer, WriterOptions};
 use memimg_capture::{restore, RestoreError, RestoreOptions, Strategy};
 
 use crate::child::pattern_page;
@@ -94,6 +97,9 @@ fn perms(prot: u8) -> String {
 /// mapped with the region's protection (and nothing else around it), and
 /// reads the image's bytes (zeros in the gaps), whatever its protection.
 pub fn child_role(role: &str) -> bool {
+    if role == "mmap-chain" {
+        return chain_child();
+    }
     if role != "mmap-pieces" {
         return false;
     }
@@ -107,8 +113,28 @@ pub fn child_role(role: &str) -> bool {
     )
     .unwrap();
     assert_eq!(r.strategy, Strategy::Mmap);
+    let want: Vec<_> = LAYOUT
+        .iter()
+        .map(|&(addr, pages, prot, seed)| (addr, pages, prot, bytes(pages, seed)))
+        .collect();
+    check_restored(&want);
+    // The first region is writable as recorded, and a write lands in this
+    // process's private copy.
+    // SAFETY: page 2 of the first region is mapped read-write by restore.
+    unsafe { *((BASE + 2 * PS) as usize as *mut u8) = 0xa5 };
+    // SAFETY: as above.
+    assert_eq!(unsafe { *((BASE + 2 * PS) as usize as *const u8) }, 0xa5);
+    println!("PIECES-OK");
+    true
+}
+
+/// Checks regions restored in this process, given as (address, page
+/// string, protection, bytes): mapped exactly with their protection, and
+/// holding `bytes` (read through /proc/self/mem, whatever the protection).
+fn check_restored(want: &[(u64, &str, u8, Vec<u8>)]) {
     let pid = std::process::id() as i32;
-    for &(addr, pages, prot, seed) in &LAYOUT {
+    for (addr, pages, prot, want) in want {
+        let (addr, prot) = (*addr, *prot);
         let end = addr + pages.len() as u64 * PS;
         let maps = maps_within(addr, end);
         // The mappings cover the region exactly, page after page.
@@ -123,24 +149,15 @@ pub fn child_role(role: &str) -> bool {
         }
         assert!(at >= end, "region {addr:#x} mapped only up to {at:#x}");
         let got = common::read_mem(pid, addr, (end - addr) as usize).unwrap();
-        let want = bytes(pages, seed);
         for (i, c) in pages.bytes().enumerate() {
             let page = i * PS as usize..(i + 1) * PS as usize;
             assert!(
                 got[page.clone()] == want[page],
                 "page {i} ({}) of region {addr:#x} differs",
-                if c == b'D' { "stored" } else { "zero" }
+                if c == b'.' { "zero" } else { "stored" }
             );
         }
     }
-    // The first region is writable as recorded, and a write lands in this
-    // process's private copy.
-    // SAFETY: page 2 of the first region is mapped read-write by restore.
-    unsafe { *((BASE + 2 * PS) as usize as *mut u8) = 0xa5 };
-    // SAFETY: as above.
-    assert_eq!(unsafe { *((BASE + 2 * PS) as usize as *const u8) }, 0xa5);
-    println!("PIECES-OK");
-    true
 }
 
 #[test]
@@ -251,4 +268,164 @@ fn mmap_restore_over_an_address_in_use_leaves_nothing_mapped() {
     let n = cases.len() as u64 + 1;
     refused_at(n * 0x100_0000, 2, 1, Strategy::Eager);
     refused_at((n + 1) * 0x100_0000, 1, 4, Strategy::Auto);
+}
+
+/// The chain of the chain tests, at `CHAIN_BASE`: (offset, the parent's
+/// pages, protection, seed). `D` is stored, `.` zero: short runs (at most
+/// 16 pages, which a chain's mmap restore copies) and long ones (mapped).
+const CHAIN_BASE: u64 = BASE + 0x4000_0000;
+
+const CHAIN: [Layout; 2] = [
+    (
+        0,
+        "..DDDD..DDDDDDDDDDDDDDDDDDDD......DDDDDDDDDDDDDDDDDDDDDDDD.....",
+        Prot::READ | Prot::WRITE,
+        5,
+    ),
+    (0x10_0000, "DDDDDDDDDDDDDDDDDDDD..........DD", Prot::READ, 6),
+];
+
+/// The child's changes to each region of [`CHAIN`]: `D` rewritten, `.`
+/// zeroed, `-` as in the parent. Region 0: a page in the leading gap, a
+/// page zeroed inside a long run, 22 pages across a gap and a run (long:
+/// mapped over the parent's), a page in the trailing gap. Region 1
+/// (read-only): a page zeroed, three pages in the gap, the last page.
+const CHANGES: [&str; 2] = [
+    "D------------.----------------DDDDDDDDDDDDDDDDDDDDDD-------D---",
+    "-----.----------------DDD------D",
+];
+
+/// The bytes of region `k` of the chain: the parent's, or the child's.
+fn chain_bytes(k: usize, child: bool) -> Vec<u8> {
+    let (_, pages, _, seed) = CHAIN[k];
+    let mut b = bytes(pages, seed);
+    if child {
+        for (i, c) in CHANGES[k].bytes().enumerate() {
+            let page = &mut b[i * PS as usize..(i + 1) * PS as usize];
+            match c {
+                b'D' => page.copy_from_slice(&pattern_page((seed << 8) ^ 0xc0de, i)),
+                b'.' => page.fill(0),
+                _ => {}
+            }
+        }
+    }
+    b
+}
+
+/// Writes the parent and its child (page by page against it, as a capture
+/// does), moved by `shift`; returns the child's path.
+fn write_chain(dir: &Path, shift: u64) -> std::path::PathBuf {
+    let mut parent = None;
+    for g in 0..2 {
+        let path = dir.join(format!("g{g}.img"));
+        let mut o = WriterOptions::new()
+            .page_size(PS as u32)
+            .chunk_size(4 * PS as u32)
+            .codec(Codec::None);
+        if let Some(p) = &parent {
+            let c = Chain::open(p, None, &ChainOptions::default()).unwrap();
+            o = o.parent_of(c.image()).unwrap().parent_hint("g0.img");
+        }
+        let mut w = Writer::new(std::fs::File::create(&path).unwrap(), o).unwrap();
+        for (k, &(off, pages, prot, _)) in CHAIN.iter().enumerate() {
+            let info = RegionInfo::new(CHAIN_BASE + shift + off, pages.len() as u64 * PS)
+                .prot(Prot(prot))
+                .kind(RegionKind::Anonymous)
+                .name("chain");
+            let data = chain_bytes(k, g == 1);
+            if g == 0 {
+                w.add_region(info, &data).unwrap();
+                continue;
+            }
+            let old = chain_bytes(k, false);
+            w.begin_region(info).unwrap();
+            for (new, was) in data.chunks(PS as usize).zip(old.chunks(PS as usize)) {
+                if new == was {
+                    w.push_in_parent(PS).unwrap();
+                } else {
+                    w.push_data(new).unwrap();
+                }
+            }
+            w.end_region().unwrap();
+        }
+        w.finish().unwrap();
+        parent = Some(path);
+    }
+    parent.unwrap()
+}
+
+fn chain_child() -> bool {
+    let img = std::env::var("IMG").unwrap();
+    let r = restore(
+        Path::new(&img),
+        &RestoreOptions {
+            strategy: Strategy::Mmap,
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.strategy, Strategy::Mmap);
+    let want: Vec<_> = CHAIN
+        .iter()
+        .enumerate()
+        .map(|(k, &(off, pages, prot, _))| (CHAIN_BASE + off, pages, prot, chain_bytes(k, true)))
+        .collect();
+    check_restored(&want);
+    println!("CHAIN-PIECES-OK");
+    true
+}
+
+#[test]
+fn mmap_restore_of_a_chain_maps_each_piece_with_its_regions_protection() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = write_chain(dir.path(), 0);
+    let (ok, out) = run_role("mmap-chain", &[("IMG", img.display().to_string())]);
+    assert!(ok && out.contains("CHAIN-PIECES-OK"), "{out}");
+}
+
+/// The chain restored while one page of it is in use: AddressInUse naming
+/// the region, only that page left in the chain's range.
+#[test]
+fn mmap_restore_of_a_chain_over_an_address_in_use_leaves_nothing_mapped() {
+    // (region, page): in the parent's gap where the child writes, on a
+    // page the child zeroes, inside a long parent run, on the read-only
+    // region's gap.
+    let cases = [(0, 30), (0, 13), (0, 40), (1, 23), (1, 0)];
+    for (i, &(k, page)) in cases.iter().enumerate() {
+        let shift = (i as u64 + 1) * 0x100_0000;
+        let dir = tempfile::tempdir().unwrap();
+        let img = write_chain(dir.path(), shift);
+        let (start, end) = (CHAIN_BASE + shift, CHAIN_BASE + shift + 0x20_0000);
+        assert!(
+            maps_within(start, end).is_empty(),
+            "the test range is in use"
+        );
+        let (off, pages, _, _) = CHAIN[k];
+        let at = CHAIN_BASE + shift + off + page as u64 * PS;
+        let marker = 0x6368_6169_0000_0000 | at;
+        block(at, marker);
+        let e = restore(
+            &img,
+            &RestoreOptions {
+                strategy: Strategy::Mmap,
+                ..RestoreOptions::default()
+            },
+        )
+        .unwrap_err();
+        let region = CHAIN_BASE + shift + off;
+        let range = region..region + pages.len() as u64 * PS;
+        assert!(
+            matches!(e, RestoreError::AddressInUse { range: ref r, ref name } if *r == range && name == "chain"),
+            "page {page} of region {k}: {e}"
+        );
+        assert_eq!(
+            maps_within(start, end),
+            vec![(at, at + PS, "rw-p".to_string())],
+            "page {page} of region {k}: mappings left behind"
+        );
+        // SAFETY: the blocking page, still ours and read-write.
+        assert_eq!(unsafe { *(at as usize as *const u64) }, marker);
+        // SAFETY: our own page.
+        unsafe { libc::munmap(at as usize as *mut libc::c_void, PS as usize) };
+    }
 }
