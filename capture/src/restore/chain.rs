@@ -295,8 +295,9 @@ fn plan(
 /// Clears `[a, b)` to zeros with a fresh anonymous private mapping (what
 /// the reservation was), replacing whatever a deeper link placed there.
 fn clear(a: u64, b: u64, prot: libc::c_int) -> Result<(), RestoreError> {
-    // SAFETY: a..b lies inside a region this restore reserved and still
-    // owns (MAP_FIXED only replaces our own mappings there).
+    // SAFETY: a..b lies inside a region this restore reserved, or mapped
+    // whole in the first phase of an mmap restore, and still owns
+    // (MAP_FIXED only replaces our own mappings there).
     let p = unsafe {
         libc::mmap(
             usize_of(a) as *mut libc::c_void,
@@ -330,9 +331,9 @@ fn decode_into_place(
 ) -> Result<(), RestoreError> {
     let ps = ps_of(chain.image());
     if ranges == [(ext.addr, ext.end(ps))] {
-        // SAFETY: the extent lies inside a region reserved read-write by
-        // this restore, and no other task of this phase writes it (see
-        // `plan`).
+        // SAFETY: the extent lies inside a region this restore reserved
+        // read-write (or mapped read-write whole, the first phase of an mmap
+        // restore), and no other task of this phase writes it (see `plan`).
         let out = unsafe {
             std::slice::from_raw_parts_mut(usize_of(ext.addr) as *mut u8, usize_of(ext.len(ps)))
         };
@@ -409,8 +410,9 @@ fn map_segments(
                 std::io::Error::from_raw_os_error(libc::EOVERFLOW),
             )
         })?;
-        // SAFETY: addr..addr+len lies inside a region this restore reserved
-        // (MAP_FIXED only replaces our own mappings there).
+        // SAFETY: addr..addr+len lies inside a region the first phase has
+        // mapped whole (`placed`; MAP_FIXED only replaces our own mappings
+        // there).
         let p = unsafe {
             libc::mmap(
                 usize_of(addr) as *mut libc::c_void,
