@@ -15,7 +15,9 @@
 //! sync, both sides alike); a line `samples` after each gives every run's
 //! figure on both sides, and their medians. The restores of the chain and
 //! of the flattened image alternate. `MEMIMG_BENCH_INCR_CAPTURE=0` leaves
-//! out figures 1 and 2; `MEMIMG_BENCH_INCR_KEEP=DIR` writes the chain and
+//! out figures 1 and 2; `MEMIMG_BENCH_INCR_ZEROS=1` leaves a quarter of
+//! every MiB of the persisted memory zero (a gap between the full image's
+//! runs in every MiB); `MEMIMG_BENCH_INCR_KEEP=DIR` writes the chain and
 //! its flattened copy into DIR and keeps them (to profile a restore). The 1% are scattered pages, chosen at random:
 //! the hardest case for chunk-level comparison, which the capture answers by
 //! comparing the differing chunks page by page.
@@ -339,7 +341,14 @@ fn persist_and_restore_figures(dir: &Path, mib: usize, runs: usize, keep: bool) 
     // SAFETY: the mapping just made, `len` bytes; written below only
     // between persists.
     let mem = unsafe { std::slice::from_raw_parts_mut(base, len) };
+    // MEMIMG_BENCH_INCR_ZEROS=1: the second quarter of every MiB is left
+    // zero (as in the capture bench's mixed memory), so that the full image
+    // has a gap between its runs in every MiB.
+    let zeros = env_num("MEMIMG_BENCH_INCR_ZEROS", 0) != 0;
     for (p, page) in mem.chunks_mut(PS).enumerate() {
+        if zeros && p % 256 / 64 == 1 {
+            continue;
+        }
         fill_page(page, p as u64, 0);
     }
     // SAFETY: as above: a shared view the persister reads.

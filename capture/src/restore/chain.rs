@@ -12,7 +12,9 @@
 //!
 //! - mmap maps each run of raw pages straight from the file of the link
 //!   that holds it (all links plain, uncompressed, local files), runs of
-//!   adjacent chunks of one file as one mapping; a run of at most
+//!   adjacent chunks of one file as one mapping, the deepest link's into
+//!   free space with anonymous gaps between them (as for one image), the
+//!   nearer links' over those; a run of at most
 //!   [`MMAP_COPY_MAX_PAGES`] pages (a child's few changed pages) is copied
 //!   into the private mapping instead of being mapped;
 //! - eager decodes each chunk the chain shows once, from its link, in
@@ -35,8 +37,8 @@ use zeroize::Zeroizing;
 
 use super::lazy::{ChunkSource, LazyHandle};
 use super::{
-    check, choose_strategy, prot_bits, usize_of, Reservation, RestoreOptions, Restored, Strategy,
-    MADV_POPULATE_WRITE,
+    check, choose_strategy, prot_bits, usize_of, Pages, Reservation, RestoreOptions, Restored,
+    Strategy, MADV_POPULATE_WRITE,
 };
 use crate::error::RestoreError;
 
@@ -102,13 +104,14 @@ pub fn restore_chain(chain: Chain, opts: &RestoreOptions) -> Result<Restored, Re
     }
     let not_mappable = mmap_unavailable(&chain, &segs);
     let strategy = choose_strategy(opts.strategy, not_mappable)?;
-    let res = Reservation::new(&regions)?;
     let mut lazy = None;
+    let res = match strategy {
+        // The deepest link mapped into free space, the rest over it.
+        Strategy::Mmap => map_segments(&chain, &regions, &segs)?,
+        _ => Reservation::new(&regions)?,
+    };
     match strategy {
-        Strategy::Mmap => {
-            map_segments(&chain, &regions, &segs)?;
-            res.protect(&regions)?;
-        }
+        Strategy::Mmap => res.protect(&regions)?,
         Strategy::Eager => {
             decode_segments(&chain, &regions, &segs)?;
             res.protect(&regions)?;
@@ -292,8 +295,9 @@ fn plan(
 /// Clears `[a, b)` to zeros with a fresh anonymous private mapping (what
 /// the reservation was), replacing whatever a deeper link placed there.
 fn clear(a: u64, b: u64, prot: libc::c_int) -> Result<(), RestoreError> {
-    // SAFETY: a..b lies inside a region this restore reserved and still
-    // owns (MAP_FIXED only replaces our own mappings there).
+    // SAFETY: a..b lies inside a region this restore reserved, or mapped
+    // whole in the first phase of an mmap restore, and still owns
+    // (MAP_FIXED only replaces our own mappings there).
     let p = unsafe {
         libc::mmap(
             usize_of(a) as *mut libc::c_void,
@@ -327,9 +331,9 @@ fn decode_into_place(
 ) -> Result<(), RestoreError> {
     let ps = ps_of(chain.image());
     if ranges == [(ext.addr, ext.end(ps))] {
-        // SAFETY: the extent lies inside a region reserved read-write by
-        // this restore, and no other task of this phase writes it (see
-        // `plan`).
+        // SAFETY: the extent lies inside a region this restore reserved
+        // read-write (or mapped read-write whole, the first phase of an mmap
+        // restore), and no other task of this phase writes it (see `plan`).
         let out = unsafe {
             std::slice::from_raw_parts_mut(usize_of(ext.addr) as *mut u8, usize_of(ext.len(ps)))
         };
@@ -367,9 +371,18 @@ const MMAP_COPY_MAX_PAGES: u64 = 16;
 /// region, is mapped over its whole range, adjacent ones of one file
 /// merged into one mapping; the nearer links' pages follow, each run of at
 /// most [`MMAP_COPY_MAX_PAGES`] decoded (copied) into the private mapping,
-/// longer runs mapped. Mappings are made writable and get their
-/// protection afterwards (`Reservation::protect`).
-fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(), RestoreError> {
+/// longer runs mapped. The first phase (the deepest link) maps into free
+/// space, as the restore of one image does (`map_from_file`): its runs
+/// and the anonymous gaps between them with `MAP_FIXED_NOREPLACE`, so an
+/// address in use is `AddressInUse` and nothing is split; the later
+/// phases map over those mappings of ours. Mappings are made writable and
+/// get their protection afterwards (`Reservation::protect`). On error,
+/// everything mapped is unmapped (the returned value's drop).
+fn map_segments(
+    chain: &Chain,
+    regions: &[Region],
+    segs: &[Segment],
+) -> Result<Reservation, RestoreError> {
     use std::os::unix::io::AsRawFd;
     let ps = ps_of(chain.image());
     let mut files = Vec::new();
@@ -397,8 +410,9 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
                 std::io::Error::from_raw_os_error(libc::EOVERFLOW),
             )
         })?;
-        // SAFETY: addr..addr+len lies inside a region this restore reserved
-        // (MAP_FIXED only replaces our own mappings there).
+        // SAFETY: addr..addr+len lies inside a region the first phase has
+        // mapped whole (`placed`; MAP_FIXED only replaces our own mappings
+        // there).
         let p = unsafe {
             libc::mmap(
                 usize_of(addr) as *mut libc::c_void,
@@ -421,7 +435,8 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
     // nothing until touched, and the nearer links' pages are laid over.
     let phases = plan(chain, regions, segs, |_, _| true);
     let mut scratch = Scratch::default();
-    for phase in phases {
+    let mut placed = Reservation { ranges: Vec::new() };
+    for (i, phase) in phases.into_iter().enumerate() {
         // Runs of adjacent ranges of one file: (link, addr, offset, len,
         // the placements and ranges it holds).
         type Run<'p> = (usize, u64, u64, u64, Vec<(&'p Placement, u64, u64)>);
@@ -449,9 +464,53 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
                 }
             }
         }
+        let long = |len: u64| len > MMAP_COPY_MAX_PAGES * u64::from(ps);
+        if i == 0 {
+            // Into free space, region by region in address order: zeros
+            // (anonymous) up to each run mapped from its file, and over the
+            // short runs, which are copied in below.
+            runs.sort_unstable_by_key(|run| run.1);
+            let mut next = runs.iter().filter(|run| long(run.3)).peekable();
+            for r in regions {
+                let mut at = r.info.start;
+                while let Some(&&(link, addr, off, len, _)) =
+                    next.peek().filter(|run| run.1 < r.info.end())
+                {
+                    next.next();
+                    if addr < at || addr.saturating_add(len) > r.info.end() {
+                        return Err(RestoreError::StrategyUnavailable {
+                            strategy: "mmap",
+                            why: format!(
+                                "the run at {addr:#x} (link {link}) is out of order in region {:#x}-{:#x}",
+                                r.info.start,
+                                r.info.end()
+                            ),
+                        });
+                    }
+                    let prot = prot_at(addr);
+                    if at < addr {
+                        placed.place(r, at, addr - at, prot, Pages::Zeros)?;
+                    }
+                    let fd = files[link].as_raw_fd();
+                    placed.place(r, addr, len, prot, Pages::File { fd, offset: off })?;
+                    at = addr + len;
+                }
+                if at < r.info.end() {
+                    placed.place(r, at, r.info.end() - at, prot_at(at), Pages::Zeros)?;
+                }
+            }
+            if let Some(&(link, addr, ..)) = next.next() {
+                return Err(RestoreError::StrategyUnavailable {
+                    strategy: "mmap",
+                    why: format!("the run at {addr:#x} (link {link}) lies outside every region"),
+                });
+            }
+        }
         for (link, addr, off, len, parts) in runs {
-            if len > MMAP_COPY_MAX_PAGES * u64::from(ps) {
-                map(link, addr, off, len)?;
+            if long(len) {
+                if i > 0 {
+                    map(link, addr, off, len)?;
+                }
                 continue;
             }
             for (p, a, b) in parts {
@@ -462,7 +521,7 @@ fn map_segments(chain: &Chain, regions: &[Region], segs: &[Segment]) -> Result<(
             clear(a, b, prot_at(a))?;
         }
     }
-    Ok(())
+    Ok(placed)
 }
 
 /// Decodes the chain into place, phase by phase (see `plan`), each

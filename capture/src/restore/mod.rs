@@ -1,13 +1,17 @@
 //! Restoring an image's regions at their recorded addresses in this process.
 //!
 //! Every strategy first checks the machine facts and the validation data,
-//! then reserves each region with `MAP_FIXED_NOREPLACE`, so an address
-//! already in use is an error naming the range, never a silent overwrite.
-//! Then it fills the regions:
+//! then maps every region with `MAP_FIXED_NOREPLACE`, so an address
+//! already in use is an error naming the range, never a silent overwrite,
+//! and a restore that fails unmaps whatever it had mapped. Then:
 //!
-//! - [`Strategy::Mmap`] maps each raw data extent straight from the file
-//!   (private, copy-on-write): the time is O(extents), not O(bytes). Only
-//!   for plain images whose chunks are all stored raw.
+//! - [`Strategy::Mmap`] maps each region piece by piece into free space:
+//!   each run of raw data extents straight from the file (private,
+//!   copy-on-write), each gap between runs (zero pages) as anonymous
+//!   memory, every piece at the region's protection. The time is
+//!   O(extents), not O(bytes). Only for plain images whose chunks are all
+//!   stored raw. (A chain's mmap restore maps its deepest link so and
+//!   lays the nearer links' pages over it; see `chain.rs`.)
 //! - [`Strategy::Eager`] decodes every chunk in parallel (rayon) into
 //!   anonymous memory: any image, including compressed and encrypted ones.
 //! - [`Strategy::Lazy`] registers the regions with userfaultfd and returns at
@@ -22,9 +26,10 @@
 //! ([`RestoreOptions::record_profile`], [`LazyHandle::profile`]). See
 //! `order.rs`.
 //!
-//! Finally the recorded protections are applied. Regions recorded without
-//! data (`[vvar]`, guard pages of a capture) are not mapped; a region with
-//! pages that were not captured cannot be restored.
+//! The other strategies reserve each region whole with one anonymous
+//! mapping, fill it, and finally apply the recorded protections. Regions
+//! recorded without data (`[vvar]`, guard pages of a capture) are not
+//! mapped; a region with pages that were not captured cannot be restored.
 //!
 //! # What a lazily restored program may do, and what it costs
 //!
@@ -273,13 +278,14 @@ fn restore_image(
         ),
     };
     let strategy = choose_strategy(opts.strategy, not_mappable)?;
-    let res = Reservation::new(&regions)?;
     let mut lazy = None;
+    let res = match (strategy, file) {
+        // Mapped piece by piece into free space, at the final protections.
+        (Strategy::Mmap, Some(path)) => map_from_file(&img, path, &regions)?,
+        _ => Reservation::new(&regions)?,
+    };
     match (strategy, file) {
-        (Strategy::Mmap, Some(path)) => {
-            map_from_file(&img, path, &regions)?;
-            res.protect(&regions)?;
-        }
+        (Strategy::Mmap, Some(_)) => {}
         (Strategy::Eager, _) if fetch.is_some() => {
             // Each decode of a remote chunk waits for its GET: as many
             // threads as requests wanted in flight.
@@ -564,9 +570,21 @@ fn mmap_unavailable(img: &Image, regions: &[Region]) -> Option<String> {
     None
 }
 
-/// The reserved ranges; unmapped on drop unless kept.
+/// The ranges a restore mapped: each region reserved whole, or an mmap
+/// restore's pieces. Unmapped on drop unless kept, so a restore that fails
+/// leaves nothing of its own mapped.
 struct Reservation {
+    /// `(start, len)`; pieces mapped next to each other are one range.
     ranges: Vec<(u64, u64)>,
+}
+
+/// Where the pages of a piece that [`Reservation::place`] maps come from.
+#[derive(Clone, Copy)]
+enum Pages {
+    /// Anonymous memory: zeros.
+    Zeros,
+    /// The open file `fd`, from byte `offset` (a multiple of the page size).
+    File { fd: libc::c_int, offset: u64 },
 }
 
 fn prot_bits(p: memimg::Prot) -> libc::c_int {
@@ -589,50 +607,85 @@ fn usize_of(v: u64) -> usize {
 }
 
 impl Reservation {
+    /// Reserves each region whole with one anonymous read-write mapping,
+    /// for the strategies that fill it afterwards (eager, lazy).
     fn new(regions: &[Region]) -> Result<Reservation, RestoreError> {
         let mut res = Reservation { ranges: Vec::new() };
         for r in regions {
-            let (start, len) = (r.info.start, r.info.len);
-            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping:
-            // it fails with EEXIST instead, so no memory of ours is touched.
-            let p = unsafe {
-                libc::mmap(
-                    usize_of(start) as *mut libc::c_void,
-                    usize_of(len),
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE
-                        | libc::MAP_ANONYMOUS
-                        | libc::MAP_FIXED_NOREPLACE
-                        | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    return Err(RestoreError::AddressInUse {
-                        range: start..start + len,
-                        name: r.info.name_lossy(),
-                    });
-                }
-                return Err(RestoreError::io(
-                    format!("reserving {start:#x}-{:#x}", start + len),
-                    e,
-                ));
-            }
-            if p as usize as u64 != start {
-                // A kernel older than 4.17 takes the flag as a hint.
-                // SAFETY: p..p+len is the mapping just made, ours alone.
-                unsafe { libc::munmap(p, usize_of(len)) };
-                return Err(RestoreError::AddressInUse {
-                    range: start..start + len,
-                    name: r.info.name_lossy(),
-                });
-            }
-            res.ranges.push((start, len));
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            res.place(r, r.info.start, r.info.len, rw, Pages::Zeros)?;
         }
         Ok(res)
+    }
+
+    /// Maps `addr..addr + len`, inside region `r`, at protection `prot`
+    /// from `pages`, private, with `MAP_FIXED_NOREPLACE`, and records it.
+    /// Any address of the range already mapped, by anyone (this restore
+    /// included), is [`RestoreError::AddressInUse`] naming the region:
+    /// nothing is ever mapped over.
+    fn place(
+        &mut self,
+        r: &Region,
+        addr: u64,
+        len: u64,
+        prot: libc::c_int,
+        pages: Pages,
+    ) -> Result<(), RestoreError> {
+        let (flags, fd, offset, what) = match pages {
+            Pages::Zeros => (
+                libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+                "reserving",
+            ),
+            Pages::File { fd, offset } => {
+                let offset = libc::off_t::try_from(offset).map_err(|_| {
+                    RestoreError::io(
+                        "mapping",
+                        std::io::Error::from_raw_os_error(libc::EOVERFLOW),
+                    )
+                })?;
+                (0, fd, offset, "mapping from the file")
+            }
+        };
+        let in_use = || RestoreError::AddressInUse {
+            range: r.info.start..r.info.end(),
+            name: r.info.name_lossy(),
+        };
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: it
+        // fails with EEXIST instead, so no memory of ours or anyone's is
+        // touched; a file mapping is private, so the file is never written.
+        let p = unsafe {
+            libc::mmap(
+                usize_of(addr) as *mut libc::c_void,
+                usize_of(len),
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | flags,
+                fd,
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                return Err(in_use());
+            }
+            return Err(RestoreError::io(
+                format!("{what} {addr:#x}-{:#x}", addr + len),
+                e,
+            ));
+        }
+        if p as usize as u64 != addr {
+            // A kernel older than 4.17 takes the flag as a hint.
+            // SAFETY: p..p+len is the mapping just made, ours alone.
+            unsafe { libc::munmap(p, usize_of(len)) };
+            return Err(in_use());
+        }
+        match self.ranges.last_mut() {
+            Some((s, l)) if *s + *l == addr => *l += len,
+            _ => self.ranges.push((addr, len)),
+        }
+        Ok(())
     }
 
     fn protect(&self, regions: &[Region]) -> Result<(), RestoreError> {
@@ -664,53 +717,38 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         for &(start, len) in &self.ranges {
-            // SAFETY: each range was mapped by Reservation::new and nothing
-            // outside this module has seen it yet.
+            // SAFETY: each range was mapped by `place` (with
+            // MAP_FIXED_NOREPLACE, so over nothing else) and nothing outside
+            // this module has seen it yet.
             unsafe { libc::munmap(usize_of(start) as *mut libc::c_void, usize_of(len)) };
         }
     }
 }
 
-/// Maps every data extent from the file, merging extents that are adjacent
-/// both in memory and in the file into one mapping.
-fn map_from_file(img: &Image, path: &Path, regions: &[Region]) -> Result<(), RestoreError> {
+/// Maps every region into free space, piece by piece in address order:
+/// each run of data extents adjacent both in memory and in the file as one
+/// private mapping of the file, each gap between runs (zero pages, which
+/// the image does not store) as one anonymous mapping. Every piece is
+/// mapped with `MAP_FIXED_NOREPLACE` at the region's protection, so an
+/// address in use is [`RestoreError::AddressInUse`], no mapping is split
+/// and none needs an `mprotect` afterwards. On error, every piece mapped so
+/// far is unmapped (the returned value's drop); the caller keeps it.
+fn map_from_file(
+    img: &Image,
+    path: &Path,
+    regions: &[Region],
+) -> Result<Reservation, RestoreError> {
     use std::os::unix::io::AsRawFd;
     let file = std::fs::File::open(path)
         .map_err(|e| RestoreError::io(format!("opening {}", path.display()), e))?;
+    let fd = file.as_raw_fd();
     let ps = img.header().page_size;
+    let mut placed = Reservation { ranges: Vec::new() };
     for r in regions {
         let prot = prot_bits(r.info.prot);
+        // Everything of the region before `at` is mapped.
+        let mut at = r.info.start;
         let mut run: Option<(u64, u64, u64)> = None; // (addr, file offset, len)
-        let flush = |run: Option<(u64, u64, u64)>| -> Result<(), RestoreError> {
-            let Some((addr, off, len)) = run else {
-                return Ok(());
-            };
-            let off = libc::off_t::try_from(off).map_err(|_| {
-                RestoreError::io(
-                    "mapping",
-                    std::io::Error::from_raw_os_error(libc::EOVERFLOW),
-                )
-            })?;
-            // SAFETY: addr..addr+len lies inside a region this restore
-            // reserved (MAP_FIXED only replaces our own fresh mapping).
-            let p = unsafe {
-                libc::mmap(
-                    usize_of(addr) as *mut libc::c_void,
-                    usize_of(len),
-                    prot,
-                    libc::MAP_PRIVATE | libc::MAP_FIXED,
-                    file.as_raw_fd(),
-                    off,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(RestoreError::last_os(format!(
-                    "mapping {addr:#x}-{:#x} from the file",
-                    addr + len
-                )));
-            }
-            Ok(())
-        };
         for e in img.region_extents(r)? {
             if e.kind != ExtentKind::Data {
                 continue;
@@ -725,13 +763,51 @@ fn map_from_file(img: &Image, path: &Path, regions: &[Region]) -> Result<(), Res
             run = match run {
                 Some((a, o, l)) if a + l == e.addr && o + l == off => Some((a, o, l + len)),
                 prev => {
-                    flush(prev)?;
+                    if let Some(prev) = prev {
+                        place_run(&mut placed, r, prot, fd, &mut at, prev)?;
+                    }
                     Some((e.addr, off, len))
                 }
             };
         }
-        flush(run)?;
+        if let Some(last) = run {
+            place_run(&mut placed, r, prot, fd, &mut at, last)?;
+        }
+        if at < r.info.end() {
+            placed.place(r, at, r.info.end() - at, prot, Pages::Zeros)?;
+        }
     }
+    Ok(placed)
+}
+
+/// Maps zeros from `*at` up to a run of stored pages of region `r`, then
+/// the run `(addr, file offset, len)` from the file `fd`, both at `prot`;
+/// `*at` moves past the run.
+fn place_run(
+    placed: &mut Reservation,
+    r: &Region,
+    prot: libc::c_int,
+    fd: libc::c_int,
+    at: &mut u64,
+    (addr, offset, len): (u64, u64, u64),
+) -> Result<(), RestoreError> {
+    // The reader checks that a region's extents cover it in address order;
+    // refuse anything else rather than map it.
+    if addr < *at || addr.saturating_add(len) > r.info.end() {
+        return Err(RestoreError::StrategyUnavailable {
+            strategy: "mmap",
+            why: format!(
+                "the extent at {addr:#x} is out of order in region {:#x}-{:#x}",
+                r.info.start,
+                r.info.end()
+            ),
+        });
+    }
+    if *at < addr {
+        placed.place(r, *at, addr - *at, prot, Pages::Zeros)?;
+    }
+    placed.place(r, addr, len, prot, Pages::File { fd, offset })?;
+    *at = addr + len;
     Ok(())
 }
 

@@ -39,6 +39,9 @@ fn role_entry() {
             if crate::protect::child_role(other) {
                 return;
             }
+            if crate::mmap_pieces::child_role(other) {
+                return;
+            }
             #[cfg(feature = "remote")]
             if crate::remote::child_role(other) {
                 return;

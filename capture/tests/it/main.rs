@@ -21,6 +21,7 @@ mod lazy_events;
 mod lazy_support;
 mod live;
 mod loadorder;
+mod mmap_pieces;
 mod protect;
 mod registers;
 #[cfg(feature = "remote")]
