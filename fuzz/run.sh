@@ -10,7 +10,7 @@
 #
 # The build has debug assertions and overflow checks on (-a) and, by default,
 # AddressSanitizer. FUZZ_SANITIZER=none builds without a sanitizer, in
-# fuzz/target-none/, for long runs: about N times more executions a second
+# fuzz/target-none/, for long runs: about six times more executions a second
 # (see the README, *Fuzzing speed*); -malloc_limit_mb is then not enforced
 # (libFuzzer needs the sanitizer's malloc hooks for it), but -rss_limit_mb is,
 # and `structured` bounds its allocations itself.
