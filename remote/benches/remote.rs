@@ -1517,20 +1517,27 @@ fn main() {
             dir: dir.clone(),
             runs,
         };
-        let mut boto = match Boto::start(&cx.server.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT)
-        {
-            Ok(b) => Some(b),
-            Err(why) => {
+        // The load-order section has no boto3 peer.
+        let started = (only != "loadorder")
+            .then(|| Boto::start(&cx.server.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT));
+        let mut boto = match started {
+            Some(Ok(b)) => Some(b),
+            Some(Err(why)) => {
                 println!("no peer figures: {why}");
                 None
             }
+            None => None,
         };
-        println!(
-            "{} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
-            cx.server.label,
-            cx.server.endpoint,
-            boto.as_ref().map_or("missing", |b| b.version.as_str())
-        );
+        if only == "loadorder" {
+            println!("{} on {}", cx.server.label, cx.server.endpoint);
+        } else {
+            println!(
+                "{} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
+                cx.server.label,
+                cx.server.endpoint,
+                boto.as_ref().map_or("missing", |b| b.version.as_str())
+            );
+        }
         if let Ok(mut s) = SERVER.lock() {
             s.clone_from(&cx.server.label);
         }
