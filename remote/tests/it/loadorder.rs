@@ -242,6 +242,14 @@ fn a_lazy_restore_with_a_profile_fetches_the_working_set_in_one_get() {
         at_return <= opened + 1,
         "{at_return} GETs when the restore returned: opening takes {opened}, and the working set one at most"
     );
+    if 4096 + st.working_set_bytes <= memimg_capture::REMOTE_OPEN_HEAD {
+        // It came with the object's head, in the opening's own GETs.
+        assert_eq!(
+            at_return, opened,
+            "a working set of {} bytes within the head fetched when opening",
+            st.working_set_bytes
+        );
+    }
     assert_eq!(end, at_return, "the lookups made requests");
     assert_eq!(waited, 0, "faults waited");
 
