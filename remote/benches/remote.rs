@@ -1157,7 +1157,7 @@ fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
         20.0,
         20e-3 / ret.median,
         Some(1.0),
-        "time for restore_from(s3://…, Lazy) to return in a new process (the header page, trailer and index fetched; no chunk)",
+        "time for restore_from(s3://…, Lazy) to return in a new process (the trailer and index, and the first RemoteOptions::open_head bytes with the header page, fetched; no chunk decoded)",
     );
     emit(
         &format!("lazy restore from s3://, {mib} MiB: walked"),

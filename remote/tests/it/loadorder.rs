@@ -55,7 +55,7 @@ fn startup_child() {
         }
         _ => {
             let s3 = S3Options::default()
-                .with_endpoint(&std::env::var(ENDPOINT).unwrap())
+                .with_endpoint(std::env::var(ENDPOINT).unwrap())
                 .with_region("us-east-1")
                 .with_credentials("testing", "testing")
                 .with_request_timeout(Duration::from_secs(180));
