@@ -11,7 +11,9 @@
 //! arena twice (raw, and zstd-compressed), then starts this program again as
 //! a new process once per restore strategy. Each child restores the arena,
 //! walks every bucket, looks every key up and checks every value, then
-//! reports its times.
+//! reports its times. The arena itself (build, persist, lookups) is in
+//! `shared/arena.rs`, which the load-order section of
+//! remote/benches/remote.rs and remote/tests/it/loadorder.rs include too.
 //!
 //! **The remote run** (feature `remote`): the compressed image is copied to
 //! object storage and restored from its URL, lazily and eagerly. The store
@@ -49,164 +51,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use memimg::{Codec, Image, Profile, Prot, RegionKind};
-use memimg_capture::{restore, PersistOptions, Persister, RestoreOptions, Strategy};
+use memimg::{Codec, Image, Profile};
+use memimg_capture::{restore, RestoreOptions, Strategy};
 
-const ARENA: u64 = 0x2000_0000_0000;
-const RESERVE: usize = 4 << 30;
-const MAGIC: u64 = 0x4152_454e_4131_0001;
+#[path = "shared/arena.rs"]
+mod arena;
 
-/// The arena's first bytes.
-#[repr(C)]
-struct Head {
-    magic: u64,
-    used: u64,
-    buckets: *mut *mut Node,
-    nbuckets: u64,
-    count: u64,
-}
-
-/// A map entry: the key's bytes follow the node.
-#[repr(C)]
-struct Node {
-    next: *mut Node,
-    hash: u64,
-    value: u64,
-    len: u32,
-}
-
-struct Arena {
-    next: u64,
-}
-
-impl Arena {
-    fn map() -> Arena {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-        let p = unsafe {
-            libc::mmap(
-                ARENA as usize as *mut libc::c_void,
-                RESERVE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE
-                    | libc::MAP_ANONYMOUS
-                    | libc::MAP_FIXED_NOREPLACE
-                    | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_eq!(p as u64, ARENA, "the arena address is taken");
-        Arena {
-            next: ARENA + std::mem::size_of::<Head>() as u64,
-        }
-    }
-
-    fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
-        let a = self.next.next_multiple_of(align as u64);
-        self.next = a + size as u64;
-        assert!(self.next < ARENA + RESERVE as u64, "arena full");
-        a as usize as *mut u8
-    }
-}
-
-fn hash(b: &[u8]) -> u64 {
-    // FNV-1a.
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
-        (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-fn key(i: u64, out: &mut String) {
-    use std::fmt::Write;
-    out.clear();
-    write!(out, "k{i}-{:x}", i.wrapping_mul(0x9e37_79b9)).unwrap();
-}
-
-fn value_of(i: u64) -> u64 {
-    i.wrapping_mul(7) + 1
-}
-
-fn head() -> *mut Head {
-    ARENA as usize as *mut Head
-}
-
-fn build(n: u64) -> u64 {
-    let mut a = Arena::map();
-    let nb = n.next_power_of_two();
-    let buckets = a.alloc(nb as usize * 8, 8).cast::<*mut Node>();
-    let mut k = String::new();
-    for i in 0..n {
-        key(i, &mut k);
-        let h = hash(k.as_bytes());
-        let node = a
-            .alloc(std::mem::size_of::<Node>() + k.len(), 8)
-            .cast::<Node>();
-        // SAFETY: node and buckets point into the arena mapping, allocated
-        // above with room for the node and its key bytes.
-        unsafe {
-            let slot = buckets.add((h & (nb - 1)) as usize);
-            node.write(Node {
-                next: *slot,
-                hash: h,
-                value: value_of(i),
-                len: k.len() as u32,
-            });
-            std::ptr::copy_nonoverlapping(k.as_ptr(), node.add(1).cast::<u8>(), k.len());
-            *slot = node;
-        }
-    }
-    let used = (a.next - ARENA).next_multiple_of(4096);
-    // SAFETY: the head is at the start of the arena.
-    unsafe {
-        head().write(Head {
-            magic: MAGIC,
-            used,
-            buckets,
-            nbuckets: nb,
-            count: n,
-        });
-    }
-    used
-}
-
-/// Walks every bucket and looks every key up; panics on any difference.
-fn walk(n: u64) {
-    // SAFETY: the arena was restored at its address; every pointer in it
-    // points into it, as built.
-    unsafe {
-        let h = &*head();
-        assert_eq!(h.magic, MAGIC, "arena head is wrong");
-        assert_eq!(h.count, n);
-        let mut seen = 0u64;
-        for b in 0..h.nbuckets {
-            let mut p = *h.buckets.add(b as usize);
-            while !p.is_null() {
-                assert_eq!((*p).hash & (h.nbuckets - 1), b, "node in the wrong bucket");
-                seen += 1;
-                p = (*p).next;
-            }
-        }
-        assert_eq!(seen, n, "walked {seen} nodes");
-        let mut k = String::new();
-        for i in 0..n {
-            key(i, &mut k);
-            let hv = hash(k.as_bytes());
-            let mut p = *h.buckets.add((hv & (h.nbuckets - 1)) as usize);
-            loop {
-                assert!(!p.is_null(), "key {k} is missing");
-                let bytes = std::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).len as usize);
-                if (*p).hash == hv && bytes == k.as_bytes() {
-                    assert_eq!((*p).value, value_of(i), "key {k} has the wrong value");
-                    break;
-                }
-                p = (*p).next;
-            }
-        }
-    }
-}
-
-/// The validation tag, as in capi/examples/arena.c; its data is the key count.
-const TAG: &str = "arena-example";
+use arena::{build, lookup, persist, sample, walk, ARENA, TAG};
 
 fn child(strategy: &str, img: &str, n: u64) {
     let strategy: Strategy = strategy.parse().unwrap();
@@ -246,34 +97,6 @@ fn child(strategy: &str, img: &str, n: u64) {
         faults,
         fetched
     );
-}
-
-/// The keys a "startup" looks up: `k` keys spread over the whole map.
-fn sample(n: u64, k: u64) -> impl Iterator<Item = u64> {
-    let stride = (n / k.max(1)).max(1);
-    (0..k.min(n)).map(move |j| (j * stride).wrapping_mul(0x9e37_79b9) % n)
-}
-
-/// Looks key `i` up; panics when it is missing or wrong.
-fn lookup(i: u64, k: &mut String) {
-    key(i, k);
-    let hv = hash(k.as_bytes());
-    // SAFETY: the arena was restored at its address; every pointer in it
-    // points into it, as built.
-    unsafe {
-        let h = &*head();
-        assert_eq!(h.magic, MAGIC, "arena head is wrong");
-        let mut p = *h.buckets.add((hv & (h.nbuckets - 1)) as usize);
-        loop {
-            assert!(!p.is_null(), "key {k} is missing");
-            let bytes = std::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).len as usize);
-            if (*p).hash == hv && bytes == k.as_bytes() {
-                assert_eq!((*p).value, value_of(i), "key {k} has the wrong value");
-                return;
-            }
-            p = (*p).next;
-        }
-    }
 }
 
 /// A startup in a child: restore (`mode`: `record`, `plain`, `profile` or
@@ -349,25 +172,7 @@ fn load_order_phase(used: u64, n: u64, dir: &Path) {
     // 64 KiB chunks: a lookup touches a few random pages, and a smaller
     // chunk makes each fault, and the working set, smaller.
     let img = dir.join("lo.img");
-    // SAFETY: the arena is mapped and nothing writes it while we persist.
-    let p = unsafe {
-        Persister::new().region_raw(
-            ARENA as usize as *const u8,
-            used as usize,
-            Prot::RW,
-            RegionKind::Heap,
-            "arena",
-        )
-    };
-    p.write_to_path(
-        &img,
-        &PersistOptions {
-            codec: Codec::Zstd(1),
-            chunk_size: Some(64 << 10),
-            ..PersistOptions::default()
-        },
-    )
-    .unwrap();
+    persist(used, n, &img, Codec::Zstd(1), Some(64 << 10));
     let exe = std::env::current_exe().unwrap();
     let profile = dir.join("startup.profile");
     let run = |mode: &str, img: &Path| -> Vec<f64> {
@@ -577,29 +382,10 @@ fn main() {
     let zst: PathBuf = dir.join("arena-zstd.img");
     for (path, codec) in [(&raw, Codec::None), (&zst, Codec::Zstd(1))] {
         let t = Instant::now();
-        // SAFETY: the arena is mapped and nothing writes it while we persist.
-        let p = unsafe {
-            Persister::new().region_raw(
-                ARENA as usize as *const u8,
-                used as usize,
-                Prot::RW,
-                RegionKind::Heap,
-                "arena",
-            )
-            .validation(TAG, n.to_ne_bytes())
-        };
-        let st = p
-            .write_to_path(
-                path,
-                &PersistOptions {
-                    codec,
-                    ..PersistOptions::default()
-                },
-            )
-            .unwrap();
+        let file_len = persist(used, n, path, codec, None);
         println!(
             "persisted with codec {codec}: {} MiB file in {:.0} ms",
-            st.file_len >> 20,
+            file_len >> 20,
             t.elapsed().as_secs_f64() * 1e3
         );
     }

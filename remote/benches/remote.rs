@@ -22,8 +22,18 @@
 //!   size, to show they stay flat.
 //! - `MEMIMG_REMOTE_BENCH_RUNS` (default 5): timed runs per figure, after one
 //!   untimed warm-up run; figures are **medians**, with the spread (min–max).
-//! - `MEMIMG_REMOTE_BENCH_ONLY=capture|restore`: the capture, reads and
-//!   RSS sections, or the restore section, alone.
+//! - `MEMIMG_REMOTE_BENCH_ONLY=capture|restore|loadorder`: the capture,
+//!   reads and RSS sections, or the restore section, alone; or the
+//!   load-order section, which runs only when asked for
+//!   (scripts/bench.d/loadorder-s3.sh): the arena example's startup
+//!   (capture/examples/shared/arena.rs) restored from the store lazily from
+//!   a plain image, lazily from the image laid out by its recorded profile
+//!   (working set fetched before returning, and in the background), and
+//!   eagerly; first answer, all answers, faults waited, GETs. It reads
+//!   `ARENA_N` (3,000,000 keys), `ARENA_SAMPLE` (n / 20,000 lookups),
+//!   `ARENA_RUNS` (default `MEMIMG_REMOTE_BENCH_RUNS`) and
+//!   `MEMIMG_REMOTE_BENCH_EAGER_RUNS` (1: an eager restore from moto makes a
+//!   GET per chunk and takes minutes), and needs no imgtool.
 //! - `MEMIMG_REMOTE_BENCH_DIR`: scratch directory (default the system temp
 //!   dir); it holds at most one image and one download at a time (and the
 //!   objects s3s-fs serves).
@@ -1147,7 +1157,7 @@ fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
         20.0,
         20e-3 / ret.median,
         Some(1.0),
-        "time for restore_from(s3://…, Lazy) to return in a new process (the header page, trailer and index fetched; no chunk)",
+        "time for restore_from(s3://…, Lazy) to return in a new process (the trailer and index, and the first RemoteOptions::open_head bytes with the header page, fetched; no chunk decoded)",
     );
     emit(
         &format!("lazy restore from s3://, {mib} MiB: walked"),
@@ -1171,8 +1181,282 @@ fn section_restore(cx: &Ctx, mib: usize, boto: Option<&mut Boto>) {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Load order from object storage (issue 13)
+
+/// The arena example's structure (capture/examples/shared/arena.rs): a hash
+/// map of short strings at a fixed address, looked up by a startup.
+#[path = "../../capture/examples/shared/arena.rs"]
+mod arena;
+
+/// Child: one startup of the arena from `loc` (`mode`: `record` from a
+/// local file, writing the profile to `MEMIMG_REMOTE_BENCH_PROFILE`;
+/// `plain` or `profile`, lazy; `profile-bg`, lazy with the working set in
+/// the background; `eager`): restore, look the sample up, print the times
+/// from the restore call to the first and the last answer, the faults that
+/// waited, the pieces prefetched, and the GETs and bytes this process asked
+/// of the store (its only reader's).
+fn child_startup(mode: &str, n: u64, k: u64, loc: &str) {
+    let loc: Location = loc.parse().unwrap();
+    let t = Instant::now();
+    let r = restore_from(
+        &loc,
+        &RemoteOptions::default(),
+        &RestoreOptions {
+            strategy: if mode == "eager" {
+                Strategy::Eager
+            } else {
+                Strategy::Lazy
+            },
+            record_profile: (mode == "record").then_some(Duration::from_secs(600)),
+            working_set_in_background: mode == "profile-bg",
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    let mut key = String::new();
+    let mut first = None;
+    for i in arena::sample(n, k) {
+        arena::lookup(i, &mut key);
+        first.get_or_insert_with(|| t.elapsed());
+    }
+    let end = t.elapsed();
+    let (waited, prefetched) = r.lazy.as_ref().map_or((0, 0), |l| {
+        let s = l.stats();
+        (s.faults_waited, s.units_prefetched)
+    });
+    let st = remote::global_stats();
+    if let (Some(l), "record") = (&r.lazy, mode) {
+        l.profile_ready();
+        let to = std::env::var("MEMIMG_REMOTE_BENCH_PROFILE").unwrap();
+        l.profile().unwrap().write(Path::new(&to)).unwrap();
+    }
+    println!(
+        "STARTUP {} {} {waited} {prefetched} {} {}",
+        first.unwrap_or(end).as_nanos(),
+        end.as_nanos(),
+        st.get_requests,
+        st.bytes_fetched
+    );
+    drop(r);
+}
+
+/// One startup's figures: first answer and all answers (s), faults waited,
+/// pieces prefetched, GETs, bytes fetched.
+fn startup_child(cx: &Ctx, mode: &str, loc: &str, n: u64, k: u64, profile: &Path) -> [f64; 6] {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.env(
+        "MEMIMG_REMOTE_BENCH_CHILD",
+        format!("startup:{mode}:{n}:{k}:{loc}"),
+    )
+    .env("MEMIMG_REMOTE_BENCH_PROFILE", profile);
+    for (key, v) in cx.aws_env() {
+        c.env(key, v);
+    }
+    let r = run(&mut c);
+    let text = String::from_utf8_lossy(&r.stdout);
+    let f: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("STARTUP "))
+        .unwrap_or_else(|| panic!("startup child ({mode}): {text}{}", r.stderr))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    [f[0] / 1e9, f[1] / 1e9, f[2], f[3], f[4], f[5]]
+}
+
+/// The arena example's load-order phase with the images in the store:
+/// build the arena, persist it (zstd:1, 64 KiB chunks), record the profile
+/// of a startup of `ARENA_SAMPLE` lookups (restored lazily from the local
+/// file: the chunks touched are the same), lay the image out by it, upload
+/// the plain and the optimized image, then run the startup from their URLs:
+/// plain lazy, lazy with the profile, the working set in the background,
+/// and eager. The lazy startups are interleaved run by run, after one
+/// untimed warm-up round; eager (a GET per chunk, minutes against moto)
+/// runs `MEMIMG_REMOTE_BENCH_EAGER_RUNS` times (1), without a warm-up.
+fn section_loadorder(cx: &Ctx) {
+    let n = env_num("ARENA_N", 3_000_000) as u64;
+    let k = std::env::var("ARENA_SAMPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((n / 20_000).max(1));
+    let runs = env_num("ARENA_RUNS", cx.runs).max(1);
+    let eager_runs = env_num("MEMIMG_REMOTE_BENCH_EAGER_RUNS", 1).max(1);
+    let t = Instant::now();
+    let used = arena::build(n);
+    println!(
+        "load order: a hash map of {n} strings in a {} MiB arena, built in {:.0} ms",
+        used >> 20,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let plain = cx.dir.join("lo.img");
+    let plain_len = arena::persist(used, n, &plain, Codec::Zstd(1), Some(64 << 10));
+    arena::unmap();
+    let profile = cx.dir.join("startup.profile");
+    let plain_s = plain.to_str().unwrap();
+    let rec = startup_child(cx, "record", plain_s, n, k, &profile);
+    let prof = memimg::Profile::read(&profile).unwrap();
+    let opt = cx.dir.join("lo-optimized.img");
+    let src = Image::open(&plain).unwrap();
+    let f = std::io::BufWriter::new(std::fs::File::create(&opt).unwrap());
+    let (w, st) = memimg::relayout(&src, &prof, f).unwrap();
+    w.into_inner().unwrap().sync_all().unwrap();
+    drop(src);
+    println!(
+        "load order: {k} lookups touched {} of {} chunks ({:.1}%, {} KiB stored; recording waited on {} faults); images {:.1} MiB",
+        st.working_set_chunks,
+        st.chunks,
+        100.0 * st.working_set_chunks as f64 / st.chunks.max(1) as f64,
+        st.working_set_bytes >> 10,
+        rec[2],
+        plain_len as f64 / MIB as f64
+    );
+    let copy = CopyOptions {
+        overwrite: true,
+        ..CopyOptions::default()
+    };
+    let (plain_url, opt_url) = (Ctx::url("lo.img"), Ctx::url("lo-optimized.img"));
+    for (from, to) in [(&plain, &plain_url), (&opt, &opt_url)] {
+        remote::copy(
+            &Location::Local(from.clone()),
+            &to.parse().unwrap(),
+            &cx.s3(),
+            &copy,
+        )
+        .unwrap();
+    }
+    let _ = std::fs::remove_file(&plain);
+    let _ = std::fs::remove_file(&opt);
+    let (small, _) = get_latency(cx, "lo.img");
+    println!(
+        "the store answers a 4 KiB ranged GET of the plain image in {:.1} ms (median of 7)",
+        small * 1e3
+    );
+    let modes = [
+        ("plain", &plain_url),
+        ("profile", &opt_url),
+        ("profile-bg", &opt_url),
+    ];
+    let mut all: Vec<Vec<[f64; 6]>> = vec![Vec::new(); 4];
+    for round in 0..=runs {
+        for (m, (mode, url)) in modes.iter().enumerate() {
+            let r = startup_child(cx, mode, url, n, k, &profile);
+            if round > 0 {
+                all[m].push(r);
+            }
+        }
+    }
+    for _ in 0..eager_runs {
+        all[3].push(startup_child(cx, "eager", &plain_url, n, k, &profile));
+    }
+    let med: Vec<[Stat; 6]> = all
+        .iter()
+        .map(|rs| std::array::from_fn(|c| Stat::of(rs.iter().map(|r| r[c]).collect())))
+        .collect();
+    println!(
+        "{:<34} {:>24} {:>24} {:>8} {:>6} {:>9}",
+        "startup from s3://", "first answer", "all answers", "waited", "GETs", "fetched"
+    );
+    for (i, name) in [
+        "lazy",
+        "lazy with the profile",
+        "lazy, working set in background",
+        "eager",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = &med[i];
+        println!(
+            "{name:<34} {:>24} {:>24} {:>8.0} {:>6.0} {:>5.1} MiB",
+            m[0].ms(),
+            m[1].ms(),
+            m[2].median,
+            m[4].median,
+            m[5].median / MIB as f64
+        );
+    }
+    println!(
+        "medians of {runs} run(s) of each lazy startup (interleaved, after a warm-up round), {eager_runs} of eager"
+    );
+    let (pl, pr, bg, eg) = (&med[0], &med[1], &med[2], &med[3]);
+    let work = format!(
+        "{k} lookups of a {} MiB arena (zstd:1, 64 KiB chunks) in a new process, restored with restore_from(s3://…): lazy from the plain image vs lazy from the image laid out by the recorded profile (working set fetched before returning); eager: fetch and decode all, then look up",
+        used >> 20
+    );
+    emit(
+        "load order from s3://: faults waited",
+        pr[2].median,
+        "faults",
+        "plain lazy",
+        pl[2].median,
+        pl[2].median / pr[2].median.max(1.0),
+        Some(10.0),
+        &work,
+    );
+    for (c, what) in [(0, "first answer"), (1, "all answers")] {
+        emit(
+            &format!("load order from s3://: time to {what}"),
+            pr[c].median * 1e3,
+            "ms",
+            "plain lazy",
+            pl[c].median * 1e3,
+            pl[c].median / pr[c].median,
+            Some(3.0),
+            &work,
+        );
+    }
+    for (c, what) in [(0, "first answer"), (1, "all answers")] {
+        emit(
+            &format!("load order from s3://: time to {what}, vs eager"),
+            pr[c].median * 1e3,
+            "ms",
+            "eager",
+            eg[c].median * 1e3,
+            eg[c].median / pr[c].median,
+            Some(1.0),
+            &work,
+        );
+    }
+    emit(
+        "load order from s3://: GETs to all answers",
+        pr[4].median,
+        "GETs",
+        "plain lazy",
+        pl[4].median,
+        pl[4].median / pr[4].median.max(1.0),
+        None,
+        &work,
+    );
+    emit(
+        "load order from s3://: first answer, working set in background",
+        bg[0].median * 1e3,
+        "ms",
+        "plain lazy",
+        pl[0].median * 1e3,
+        pl[0].median / bg[0].median,
+        None,
+        &work,
+    );
+    emit(
+        "load order from s3://: faults waited, working set in background",
+        bg[2].median,
+        "faults",
+        "plain lazy",
+        pl[2].median,
+        pl[2].median / bg[2].median.max(1.0),
+        None,
+        &work,
+    );
+}
+
 fn main() {
     if let Ok(what) = std::env::var("MEMIMG_REMOTE_BENCH_CHILD") {
+        if let Some(rest) = what.strip_prefix("startup:") {
+            let p: Vec<&str> = rest.splitn(4, ':').collect();
+            child_startup(p[0], p[1].parse().unwrap(), p[2].parse().unwrap(), p[3]);
+            return;
+        }
         let parts: Vec<&str> = what.splitn(6, ':').collect();
         match parts[0] {
             "hold" => child_hold(parts[1].parse().unwrap()),
@@ -1219,31 +1503,52 @@ fn main() {
             ("s3s-fs", Some(bin)) => start_s3s_fs(bin, &dir),
             _ => start_moto(&moto_version()),
         };
+        // MEMIMG_REMOTE_BENCH_ONLY=restore: the restore section alone;
+        // `loadorder`: the load-order section alone (run only when asked).
+        let only = std::env::var("MEMIMG_REMOTE_BENCH_ONLY").unwrap_or_default();
         let cx = Ctx {
-            imgtool: imgtool_path(),
+            // The load-order section runs no imgtool.
+            imgtool: if only == "loadorder" {
+                PathBuf::new()
+            } else {
+                imgtool_path()
+            },
             server,
             dir: dir.clone(),
             runs,
         };
-        let mut boto = match Boto::start(&cx.server.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT)
-        {
-            Ok(b) => Some(b),
-            Err(why) => {
+        // The load-order section has no boto3 peer.
+        let started = (only != "loadorder")
+            .then(|| Boto::start(&cx.server.endpoint, 3, memimg_capture::DEFAULT_IN_FLIGHT));
+        let mut boto = match started {
+            Some(Ok(b)) => Some(b),
+            Some(Err(why)) => {
                 println!("no peer figures: {why}");
                 None
             }
+            None => None,
         };
-        println!(
-            "{} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
-            cx.server.label,
-            cx.server.endpoint,
-            boto.as_ref().map_or("missing", |b| b.version.as_str())
-        );
+        if only == "loadorder" {
+            println!("{} on {}", cx.server.label, cx.server.endpoint);
+        } else {
+            println!(
+                "{} on {}; boto3 {}; {mib} MiB; medians of {runs} runs after a warm-up",
+                cx.server.label,
+                cx.server.endpoint,
+                boto.as_ref().map_or("missing", |b| b.version.as_str())
+            );
+        }
         if let Ok(mut s) = SERVER.lock() {
             s.clone_from(&cx.server.label);
         }
-        // MEMIMG_REMOTE_BENCH_ONLY=restore: the restore section alone.
-        let only = std::env::var("MEMIMG_REMOTE_BENCH_ONLY").unwrap_or_default();
+        if only == "loadorder" {
+            if memimg_capture::lazy_unavailable().is_none() {
+                section_loadorder(&cx);
+            }
+            drop(boto);
+            drop(cx);
+            continue;
+        }
         if only.is_empty() || only == "capture" {
             let held = Held::spawn(mib);
             let cap_rss = section_capture(&cx, &held, mib, boto.as_mut());

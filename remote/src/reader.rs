@@ -247,6 +247,13 @@ impl RemoteReader {
     /// two round trips instead of four. Bytes of the header's GET are used
     /// only when its answer has the tail's ETag and size.
     ///
+    /// A `head` larger than the header page brings the start of the data
+    /// with it, where an image laid out by a profile keeps its working set
+    /// (spec.md, *Load order*): a large read that the ends hold is served
+    /// from them, and one that runs past them fetches only the rest, with
+    /// one GET. Memory: the ends are `head + tail` bytes at most, kept
+    /// while the reader lives, besides the two caches.
+    ///
     /// A store that does not answer the suffix GET as asked (an empty
     /// object, a server without suffix ranges) is opened as by
     /// [`RemoteReader::open_with`], with a HEAD.
@@ -464,11 +471,15 @@ impl RemoteReader {
                 buf.copy_from_slice(&d);
                 return Ok(());
             }
-            // Blocks that small reads brought in are not fetched again: the
-            // block holding the trailer also holds the end of the index, so
-            // opening fetches the header page, the index and the trailer
-            // and nothing twice.
-            let (s, e) = self.copy_cached_ends(buf, offset, end)?;
+            // What the object's ends hold at either end of the range is not
+            // fetched again (the start of the data, where an optimized
+            // image keeps its working set, comes with the header page),
+            // nor are blocks that small reads brought in: the block holding
+            // the trailer also holds the end of the index, so opening
+            // fetches the header page, the index and the trailer and
+            // nothing twice.
+            let (s, e) = self.copy_held_ends(buf, offset, end);
+            let (s, e) = self.copy_cached_ends(buf, offset, s, e)?;
             let data = if (s, e) == (offset, end) {
                 let d = block_on(self.fetch_fut(offset..end))??;
                 self.add_bytes(d.len());
@@ -554,14 +565,42 @@ impl RemoteReader {
         Ok(())
     }
 
-    /// Copies into `buf` (the bytes `offset..end`) what cached blocks hold
-    /// at either end of the range, and returns the part `s..e` left to
-    /// fetch (empty when the cache holds it all).
-    fn copy_cached_ends(&self, buf: &mut [u8], offset: u64, end: u64) -> Result<(u64, u64)> {
+    /// Copies into `buf` (the bytes `offset..end`) what the object's ends
+    /// (fetched when opening) hold at either end of the range, and returns
+    /// the part `s..e` left to fetch (empty when they hold it all).
+    fn copy_held_ends(&self, buf: &mut [u8], offset: u64, end: u64) -> (u64, u64) {
+        let (mut s, mut e) = (offset, end);
+        for (at, b) in &self.ends {
+            let (lo, hi) = (*at, at.saturating_add(b.len() as u64));
+            if s < e && lo <= s && s < hi {
+                let upto = hi.min(e);
+                buf[usize_of(s - offset)..usize_of(upto - offset)]
+                    .copy_from_slice(&b[usize_of(s - lo)..usize_of(upto - lo)]);
+                s = upto;
+            }
+            if s < e && lo < e && e <= hi {
+                let from = lo.max(s);
+                buf[usize_of(from - offset)..usize_of(e - offset)]
+                    .copy_from_slice(&b[usize_of(from - lo)..usize_of(e - lo)]);
+                e = from;
+            }
+        }
+        if (s, e) != (offset, end) {
+            count(&self.counters, |c| {
+                c.hits.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        (s, e)
+    }
+
+    /// Copies into `buf` (the bytes `offset..end`, of which `s..e` are
+    /// still wanted) what cached blocks hold at either end of `s..e`, and
+    /// returns the part left to fetch (empty when the cache holds it all).
+    fn copy_cached_ends(&self, buf: &mut [u8], offset: u64, s: u64, e: u64) -> Result<(u64, u64)> {
         let bs = self.block;
         let mut c = self.cache.lock().map_err(|_| poisoned(&self.name))?;
         let mut hits = 0;
-        let (mut s, mut e) = (offset, end);
+        let (mut s, mut e) = (s, e);
         // From the front: block `s / bs` holds the object's bytes from
         // `(s / bs) * bs`.
         while s < e {

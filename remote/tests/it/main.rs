@@ -5,6 +5,7 @@
 
 mod copy;
 mod failures;
+mod loadorder;
 mod reads;
 mod roundtrip;
 mod support;

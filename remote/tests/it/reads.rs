@@ -359,3 +359,56 @@ fn fetch_many_merges_neighbours_and_delivers_in_order() {
     assert_eq!(e.message(), "stop here");
     assert_eq!(calls, 2);
 }
+
+/// A reader opened by its ends with a large head serves the start of the
+/// object from it: a large read it holds makes no request, and one that
+/// runs past its end fetches only the rest, with one GET.
+#[test]
+fn a_large_head_serves_the_start_and_a_read_past_it_fetches_the_rest() {
+    let test = "a_large_head_serves_the_start_and_a_read_past_it_fetches_the_rest";
+    let Some(moto) = Moto::shared(test) else {
+        return;
+    };
+    let bucket = bucket_for(test);
+    let data = object(moto, &bucket, "obj.bin", 3 << 20);
+    let store = Store::new(&bucket, &moto.options()).unwrap();
+    let head: u64 = 1 << 20;
+    let r = store
+        .reader_by_ends(
+            &url(&bucket, "obj.bin"),
+            ReaderOptions::default(),
+            head,
+            4096,
+        )
+        .unwrap();
+    let opened = r.stats();
+    assert_eq!(opened.get_requests, 2, "{opened:?}");
+    assert_eq!(opened.bytes_fetched, head + 4096, "{opened:?}");
+    // Held: 512 KiB from 4096, as a working set right after the header.
+    let mut b = vec![0u8; 512 << 10];
+    r.read_exact_at(&mut b, 4096).unwrap();
+    assert!(b == data[4096..4096 + (512 << 10)]);
+    assert_eq!(r.stats().get_requests, 2, "{:?}", r.stats());
+    assert_eq!(r.stats().bytes_fetched, opened.bytes_fetched);
+    // Past the head's end: one GET of the 256 KiB that it does not hold.
+    let at = (1 << 20) - (256 << 10);
+    let mut b = vec![0u8; 512 << 10];
+    r.read_exact_at(&mut b, at as u64).unwrap();
+    assert!(b == data[at..at + (512 << 10)]);
+    let st = r.stats();
+    assert_eq!(st.get_requests, 3, "{st:?}");
+    assert_eq!(
+        st.bytes_fetched,
+        opened.bytes_fetched + (256 << 10),
+        "{st:?}"
+    );
+    // Reaching into the tail from before it: the tail's part is not
+    // fetched again.
+    let at = data.len() - 4096 - (64 << 10);
+    let mut b = vec![0u8; (64 << 10) + 4096];
+    r.read_exact_at(&mut b, at as u64).unwrap();
+    assert!(b == data[at..]);
+    let st2 = r.stats();
+    assert_eq!(st2.get_requests, 4, "{st2:?}");
+    assert_eq!(st2.bytes_fetched, st.bytes_fetched + (64 << 10), "{st2:?}");
+}
