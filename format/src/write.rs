@@ -1353,4 +1353,3 @@ pub(crate) fn rewrite_header(
 fn invalid(msg: impl Into<String>) -> Error {
     Error::plain(ErrorKind::InvalidInput, msg)
 }
-
