@@ -654,7 +654,7 @@ impl Reservation {
                 libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
-                "reserving",
+                "mapping anonymous memory at",
             ),
             Pages::File { fd, offset } => {
                 let offset = libc::off_t::try_from(offset).map_err(|_| {
