@@ -37,8 +37,8 @@ use zeroize::Zeroizing;
 
 use super::lazy::{ChunkSource, LazyHandle};
 use super::{
-    check, choose_strategy, prot_bits, usize_of, Pages, Reservation, RestoreOptions, Restored,
-    Strategy, MADV_POPULATE_WRITE,
+    check, choose_strategy, place_run, prot_bits, usize_of, Pages, Reservation, RestoreOptions,
+    Restored, Strategy, MADV_POPULATE_WRITE,
 };
 use crate::error::RestoreError;
 
@@ -473,30 +473,17 @@ fn map_segments(
             let mut next = runs.iter().filter(|run| long(run.3)).peekable();
             for r in regions {
                 let mut at = r.info.start;
+                // The region's protection, writable until `protect`.
+                let prot = prot_at(r.info.start);
                 while let Some(&&(link, addr, off, len, _)) =
                     next.peek().filter(|run| run.1 < r.info.end())
                 {
                     next.next();
-                    if addr < at || addr.saturating_add(len) > r.info.end() {
-                        return Err(RestoreError::StrategyUnavailable {
-                            strategy: "mmap",
-                            why: format!(
-                                "the run at {addr:#x} (link {link}) is out of order in region {:#x}-{:#x}",
-                                r.info.start,
-                                r.info.end()
-                            ),
-                        });
-                    }
-                    let prot = prot_at(addr);
-                    if at < addr {
-                        placed.place(r, at, addr - at, prot, Pages::Zeros)?;
-                    }
                     let fd = files[link].as_raw_fd();
-                    placed.place(r, addr, len, prot, Pages::File { fd, offset: off })?;
-                    at = addr + len;
+                    place_run(&mut placed, r, prot, fd, &mut at, (addr, off, len))?;
                 }
                 if at < r.info.end() {
-                    placed.place(r, at, r.info.end() - at, prot_at(at), Pages::Zeros)?;
+                    placed.place(r, at, r.info.end() - at, prot, Pages::Zeros)?;
                 }
             }
             if let Some(&(link, addr, ..)) = next.next() {

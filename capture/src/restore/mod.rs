@@ -815,7 +815,7 @@ fn place_run(
         return Err(RestoreError::StrategyUnavailable {
             strategy: "mmap",
             why: format!(
-                "the extent at {addr:#x} is out of order in region {:#x}-{:#x}",
+                "the run at {addr:#x} is out of order in region {:#x}-{:#x}",
                 r.info.start,
                 r.info.end()
             ),
