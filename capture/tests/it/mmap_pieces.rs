@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use memimg::{Chain, ChainOptions, Codec, Prot, RegionInfo, RegionKind, Writer, WriterOptions};
-use memimg_capture::{restore, RestoreError, RestoreOptions, Strategy};
+use memimg_capture::{restore, RestoreError, RestoreOptions, Restored, Strategy};
 
 use crate::child::pattern_page;
 use crate::common::{self, run_role};
@@ -103,16 +103,7 @@ pub fn child_role(role: &str) -> bool {
     if role != "mmap-pieces" {
         return false;
     }
-    let img = std::env::var("IMG").unwrap();
-    let r = restore(
-        Path::new(&img),
-        &RestoreOptions {
-            strategy: Strategy::Mmap,
-            ..RestoreOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(r.strategy, Strategy::Mmap);
+    let _restored = restore_env_image_by_mmap();
     let want: Vec<_> = LAYOUT
         .iter()
         .map(|&(addr, pages, prot, seed)| (addr, pages, prot, bytes(pages, seed)))
@@ -126,6 +117,22 @@ pub fn child_role(role: &str) -> bool {
     assert_eq!(unsafe { *((BASE + 2 * PS) as usize as *const u8) }, 0xa5);
     println!("PIECES-OK");
     true
+}
+
+/// Restores the image named by `$IMG` in this process with mmap (no
+/// fallback to another strategy).
+fn restore_env_image_by_mmap() -> Restored {
+    let img = std::env::var("IMG").unwrap();
+    let r = restore(
+        Path::new(&img),
+        &RestoreOptions {
+            strategy: Strategy::Mmap,
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.strategy, Strategy::Mmap);
+    r
 }
 
 /// Checks regions restored in this process, given as (address, page
@@ -355,16 +362,7 @@ fn write_chain(dir: &Path, shift: u64) -> std::path::PathBuf {
 }
 
 fn chain_child() -> bool {
-    let img = std::env::var("IMG").unwrap();
-    let r = restore(
-        Path::new(&img),
-        &RestoreOptions {
-            strategy: Strategy::Mmap,
-            ..RestoreOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(r.strategy, Strategy::Mmap);
+    let _restored = restore_env_image_by_mmap();
     let want: Vec<_> = CHAIN
         .iter()
         .enumerate()
