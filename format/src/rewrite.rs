@@ -431,7 +431,7 @@ pub fn rewrap_in_place(path: &Path, old_key: &Key, new_key: &Key) -> Result<Rewr
     let mut p = t.index_offset + t.index_len;
     while p < end {
         let block = img.file_range(p, TRAILER_LEN as u64)?;
-        if block.iter().any(|&b| b != 0) {
+        if !crate::zero::is_zero(&block) {
             f.write_all_at(&zeros, p)
                 .map_err(|e| Error::io("zeroing a superseded key slot", e))?;
             written += TRAILER_LEN as u64;

@@ -1,5 +1,5 @@
 //! Zero checks of byte runs: zero pages on write, padding and zeroed
-//! trailers on read.
+//! trailers on read, superseded trailers on key rotation.
 //!
 //! They OR the bytes together a block at a time and compare once per block,
 //! rather than comparing every byte: the OR loop vectorises, and under the
