@@ -566,27 +566,82 @@ struct Ran {
     stderr: String,
 }
 
-/// Runs `cmd` to its end, timing it and reading its peak RSS (wait4);
-/// panics unless it exits 0.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot see
+/// Runs `cmd` to its end, timing it and reading its peak RSS; panics
+/// unless it exits 0.
+///
+/// The command is started by a new process of this bench (the `spawn`
+/// child), which times it and reads its `ru_maxrss` with wait4, and reports
+/// both on its last line of stderr. Started from this process directly, the
+/// figure would be wrong: at exec the kernel counts the peak RSS of the
+/// memory the new program replaced, which for a child of this bench is this
+/// bench's own (over 1 GiB once it has built the restore section's
+/// structure), so every later figure would read as that. The `spawn`
+/// child's memory is a few MB, less than any command it measures.
 fn run(cmd: &mut Command) -> Ran {
+    let mut outer = Command::new(std::env::current_exe().unwrap());
+    outer.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        // A child of this bench gets its role through the spawn child.
+        let k = if k == CHILD_VAR {
+            INNER_CHILD_VAR.as_ref()
+        } else {
+            k
+        };
+        match v {
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
+        };
+    }
+    outer.env(CHILD_VAR, "spawn");
+    if let Some(d) = cmd.get_current_dir() {
+        outer.current_dir(d);
+    }
+    let o = outer.stdin(Stdio::null()).output().unwrap();
+    let all = String::from_utf8_lossy(&o.stderr).into_owned();
+    let (err, report) = match all.rfind(SPAWN_REPORT) {
+        Some(i) => (all[..i].to_string(), &all[i + SPAWN_REPORT.len()..]),
+        None => panic!("{cmd:?}: the spawn child reported nothing: {all}"),
+    };
+    let f: Vec<&str> = report.split_whitespace().collect();
+    let (status, rss_kib, secs): (i32, u64, f64) = (
+        f[0].parse().unwrap(),
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed (status {status:#x}): {err}"
+    );
+    Ran {
+        secs,
+        rss_kib,
+        stdout: o.stdout,
+        stderr: err,
+    }
+}
+
+/// What the `spawn` child's last line of stderr starts with.
+const SPAWN_REPORT: &str = "\n@@spawn ";
+/// The variable that gives a child of this bench its role.
+const CHILD_VAR: &str = "MEMIMG_REMOTE_BENCH_CHILD";
+/// The role the `spawn` child passes on to the command it starts.
+const INNER_CHILD_VAR: &str = "MEMIMG_REMOTE_BENCH_INNER_CHILD";
+
+/// The `spawn` child (see [`run`]): runs its arguments as a command with
+/// this process's stdio, and reports its wait status, peak RSS (KiB) and
+/// seconds from start to end.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot see
+fn child_spawn() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let t = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let mut err = String::new();
-    let _ = se.read_to_string(&mut err);
-    let stdout = out.join().unwrap();
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .env_remove(CHILD_VAR)
+        .env_remove(INNER_CHILD_VAR);
+    if let Some(role) = std::env::var_os(INNER_CHILD_VAR) {
+        cmd.env(CHILD_VAR, role);
+    }
+    let child = cmd.spawn().unwrap();
     let mut status = 0;
     // SAFETY: rusage is plain data, which wait4 fills.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -596,16 +651,7 @@ fn run(cmd: &mut Command) -> Ran {
     let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(r, child.id() as libc::pid_t, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (status {status:#x}): {err}"
-    );
-    Ran {
-        secs,
-        rss_kib: ru.ru_maxrss as u64,
-        stdout,
-        stderr: err,
-    }
+    eprint!("{SPAWN_REPORT}{status} {} {secs}", ru.ru_maxrss);
 }
 
 /// The release imgtool: `IMGTOOL`, or beside this bench's directory.
@@ -1453,6 +1499,7 @@ fn main() {
         }
         let parts: Vec<&str> = what.splitn(6, ':').collect();
         match parts[0] {
+            "spawn" => child_spawn(),
             "hold" => child_hold(parts[1].parse().unwrap()),
             "restore" => child_restore(
                 parts[1],
