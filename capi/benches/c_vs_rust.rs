@@ -18,8 +18,11 @@
 //! and the spread (min to max) of each, and the ratio C / Rust of the
 //! medians; the target is within 5%.
 //!
-//! The C example is compiled with `cc -O2` against `libmemimg.so` of this
-//! build; the Rust example is built with `cargo build --release`.
+//! The C example is compiled twice with `cc -O2`: against `libmemimg.so` of
+//! this build ("C"), and with `libmemimg.a` linked into the executable ("C
+//! static"), as the Rust example, built with `cargo build --release`, has
+//! the library in its own. The three programs run in turn, each run
+//! starting with the next side; the table gives both C sides against Rust.
 //!
 //! Each side's restore figure is the time of one call in a new process:
 //! `memimg_restore()` in C, `memimg_capture::restore()` in Rust, with the
@@ -60,27 +63,42 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().to_path_buf()
 }
 
-fn build_c(out: &Path) {
+/// Compiles the C example: against `libmemimg.so`, or with `libmemimg.a`
+/// linked in (`static_lib`), as the Rust example has the library in its
+/// executable.
+fn build_c(out: &Path, static_lib: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = target_dir();
-    assert!(
-        lib.join("libmemimg.so").exists(),
-        "no libmemimg.so in {}",
-        lib.display()
-    );
+    let file = if static_lib {
+        "libmemimg.a"
+    } else {
+        "libmemimg.so"
+    };
+    assert!(lib.join(file).exists(), "no {file} in {}", lib.display());
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let o = Command::new(&cc)
-        .args(["-O2", "-Wall"])
+    let mut c = Command::new(&cc);
+    c.args(["-O2", "-Wall"])
         .arg("-I")
         .arg(root.join("include"))
-        .arg(root.join("examples/arena.c"))
-        .arg(format!("-L{}", lib.display()))
-        .arg("-lmemimg")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(out)
-        .output()
-        .unwrap();
+        .arg(root.join("examples/arena.c"));
+    if static_lib {
+        // The system libraries the Rust standard library needs (as the
+        // README's static link line).
+        c.arg(lib.join(file)).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]);
+    } else {
+        c.arg(format!("-L{}", lib.display()))
+            .arg("-lmemimg")
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
+    }
+    let o = c.arg("-o").arg(out).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -180,52 +198,66 @@ fn main() {
     let runs = env_or("CAPI_BENCH_RUNS", 5).max(1);
     let dir = tempfile::tempdir().unwrap();
     let c_exe = dir.path().join("arena-c");
-    build_c(&c_exe);
+    build_c(&c_exe, false);
+    let cs_exe = dir.path().join("arena-c-static");
+    build_c(&cs_exe, true);
     let rust_exe = build_rust();
+    // The sides, in the order of the table; each run starts with the next
+    // one in turn, so that no side always goes first.
+    let sides: [(&str, &Path); 3] = [
+        ("C", c_exe.as_path()),
+        ("C static", cs_exe.as_path()),
+        ("Rust", rust_exe.as_path()),
+    ];
     println!("arena of {n} strings, {runs} runs of each side after one warm-up run each");
-    let (_, c_sizes) = run(&c_exe, n);
-    let (_, rust_sizes) = run(&rust_exe, n);
-    println!("C:    {}", c_sizes.join(", "));
-    println!("Rust: {}", rust_sizes.join(", "));
-    assert_eq!(
-        c_sizes, rust_sizes,
-        "the two programs did not build the same data"
+    let mut sizes = Vec::new();
+    for (name, exe) in sides {
+        let (_, s) = run(exe, n);
+        println!("{name:<9} {}", s.join(", "));
+        sizes.push(s);
+    }
+    assert!(
+        sizes.windows(2).all(|w| w[0] == w[1]),
+        "the programs did not build the same data"
     );
-    let mut c: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut r: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for i in 0..runs {
-        // Alternate which side goes first.
-        let order: [(&Path, bool); 2] = if i % 2 == 0 {
-            [(c_exe.as_path(), true), (rust_exe.as_path(), false)]
-        } else {
-            [(rust_exe.as_path(), false), (c_exe.as_path(), true)]
-        };
-        for (exe, is_c) in order {
-            let (t, _) = run(exe, n);
-            let side = if is_c { &mut c } else { &mut r };
+    let mut times: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(); sides.len()];
+    for i in 0..runs as usize {
+        for j in 0..sides.len() {
+            let side = (i + j) % sides.len();
+            let (t, _) = run(sides[side].1, n);
             for (k, v) in t {
-                side.entry(k).or_default().push(v);
+                times[side].entry(k).or_default().push(v);
             }
         }
     }
     println!(
-        "\n{:<16} {:>12} {:>20} {:>12} {:>20} {:>8}  target",
-        "measure", "C ms", "C min-max", "Rust ms", "Rust min-max", "C/Rust"
+        "\n{:<16} {:>9} {:>17} {:>9} {:>17} {:>9} {:>17} {:>7} {:>9}  target <= 1.05",
+        "measure",
+        "C ms",
+        "min-max",
+        "static",
+        "min-max",
+        "Rust ms",
+        "min-max",
+        "C/Rust",
+        "static/R"
     );
+    let spread = |v: &[f64]| format!("{:.3}-{:.3}", v[0], v[v.len() - 1]);
+    let verdict = |r: f64| if r <= 1.05 { "met" } else { "missed" };
     for m in MEASURES {
-        let (cv, rv) = (c.get_mut(m).unwrap(), r.get_mut(m).unwrap());
-        let (cm, rm) = (median(cv), median(rv));
-        let spread = |v: &[f64]| format!("{:.3}-{:.3}", v[0], v[v.len() - 1]);
-        let ratio = cm / rm;
+        let mut cells = String::new();
+        let mut medians = Vec::new();
+        for side in times.iter_mut() {
+            let v = side.get_mut(m).unwrap();
+            let med = median(v);
+            cells.push_str(&format!(" {med:>9.3} {:>17}", spread(v)));
+            medians.push(med);
+        }
+        let (c, cs) = (medians[0] / medians[2], medians[1] / medians[2]);
         println!(
-            "{m:<16} {cm:>12.3} {:>20} {rm:>12.3} {:>20} {ratio:>8.3}  {}",
-            spread(cv),
-            spread(rv),
-            if ratio <= 1.05 {
-                "met (<= 1.05)"
-            } else {
-                "missed (> 1.05)"
-            }
+            "{m:<16}{cells} {c:>7.3} {cs:>9.3}  {}, {}",
+            verdict(c),
+            verdict(cs)
         );
     }
 }
