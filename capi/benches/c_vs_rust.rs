@@ -39,6 +39,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The tests' way of finding the compiler and the library and compiling C.
+#[allow(dead_code)]
+#[path = "../tests/c/support.rs"]
+mod support;
+use support::Link;
+
 /// The measures both programs print, by name: milliseconds.
 type Times = BTreeMap<&'static str, f64>;
 
@@ -63,43 +69,13 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().to_path_buf()
 }
 
-/// Compiles the C example: against `libmemimg.so`, or with `libmemimg.a`
-/// linked in (`static_lib`), as the Rust example has the library in its
-/// executable.
-fn build_c(out: &Path, static_lib: bool) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lib = target_dir();
-    let file = if static_lib {
-        "libmemimg.a"
-    } else {
-        "libmemimg.so"
-    };
-    assert!(lib.join(file).exists(), "no {file} in {}", lib.display());
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let mut c = Command::new(&cc);
-    c.args(["-O2", "-Wall"])
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg(root.join("examples/arena.c"));
-    if static_lib {
-        // The system libraries the Rust standard library needs (as the
-        // README's static link line).
-        c.arg(lib.join(file)).args([
-            "-lgcc_s",
-            "-lutil",
-            "-lrt",
-            "-lpthread",
-            "-lm",
-            "-ldl",
-            "-lc",
-        ]);
-    } else {
-        c.arg(format!("-L{}", lib.display()))
-            .arg("-lmemimg")
-            .arg(format!("-Wl,-rpath,{}", lib.display()));
-    }
-    let o = c.arg("-o").arg(out).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+/// Compiles the C example (`-O2`) as the tests do: against `libmemimg.so`,
+/// or with `libmemimg.a` linked in (`Link::Static`), as the Rust example
+/// has the library in its executable.
+fn build_c(out: &Path, link: Link) {
+    let cc = support::cc().expect("no working C compiler ($CC or cc)");
+    let src = support::crate_dir().join("examples/arena.c");
+    support::compile(cc, &[src], out, link, &["-O2"]);
 }
 
 fn build_rust() -> PathBuf {
@@ -198,9 +174,9 @@ fn main() {
     let runs = env_or("CAPI_BENCH_RUNS", 5).max(1);
     let dir = tempfile::tempdir().unwrap();
     let c_exe = dir.path().join("arena-c");
-    build_c(&c_exe, false);
+    build_c(&c_exe, Link::Shared);
     let cs_exe = dir.path().join("arena-c-static");
-    build_c(&cs_exe, true);
+    build_c(&cs_exe, Link::Static);
     let rust_exe = build_rust();
     // The sides, in the order of the table; each run starts with the next
     // one in turn, so that no side always goes first.
@@ -221,7 +197,7 @@ fn main() {
         "the programs did not build the same data"
     );
     let mut times: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(); sides.len()];
-    for i in 0..runs as usize {
+    for i in 0..usize::try_from(runs).unwrap() {
         for j in 0..sides.len() {
             let side = (i + j) % sides.len();
             let (t, _) = run(sides[side].1, n);
