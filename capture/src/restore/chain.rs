@@ -20,8 +20,10 @@
 //! - eager decodes each chunk the chain shows once, from its link, in
 //!   parallel: straight into place when the chain shows at least half of
 //!   it, else into a buffer from which its pieces are copied;
-//! - lazy serves each run on first touch from its link's chunk (a chunk
-//!   that several runs share is decoded once for consecutive faults).
+//! - lazy serves each chunk-sized piece of a region on first touch,
+//!   composed from the links that hold its pages (each extent that several
+//!   runs share decoded once), so that a chain takes as many faults as its
+//!   flattened image.
 //!
 //! A page whose parent is missing (a partial chain) or not captured fails
 //! the restore before anything is mapped, naming the link and address:
@@ -540,8 +542,14 @@ fn decode_segments(
     Ok(())
 }
 
-/// The pieces a lazy restore of the chain places: each data segment, and
-/// the rest of each region as zeros, in chunk-sized pieces.
+/// The pieces a lazy restore of the chain places: each region cut into
+/// chunk-sized pieces, as a flattened image's are. A piece that any data
+/// segment touches is fetched whole from [`ChainSource`], which composes it
+/// from the links; one that none touches is zeros.
+///
+/// One piece per segment instead would cost a fault and a placement for
+/// every run a child cut out of its parent's chunk: scattered changes make
+/// several times as many pieces as chunks.
 fn units(
     regions: &[Region],
     segs: &[Segment],
@@ -549,92 +557,102 @@ fn units(
     piece: u64,
 ) -> Vec<(u64, u64, Option<Extent>)> {
     let mut out = Vec::new();
-    let zeros = |a: u64, b: u64, out: &mut Vec<(u64, u64, Option<Extent>)>| {
-        let mut x = a;
-        while x < b {
-            let len = piece.min(b - x);
-            out.push((x, len, None));
-            x += len;
-        }
-    };
     let mut i = 0;
     for r in regions {
         let mut at = r.info.start;
-        while i < segs.len() && segs[i].start < r.info.end() {
-            let s = &segs[i];
-            if let SegmentKind::Data(e) = s.kind {
-                zeros(at, s.start, &mut out);
-                // The segment as an extent of its own: ChainSource finds its
-                // link and real extent by its address.
-                let pages = u32::try_from((s.end - s.start) / u64::from(ps)).unwrap_or(u32::MAX);
-                out.push((
-                    s.start,
-                    s.end - s.start,
-                    Some(Extent {
-                        addr: s.start,
-                        page_count: pages,
-                        ..e
-                    }),
-                ));
-                at = s.end;
+        while at < r.info.end() {
+            let end = r.info.end().min(at.saturating_add(piece));
+            // The first data segment that reaches into at..end, if any.
+            while i < segs.len() && segs[i].end <= at {
+                i += 1;
             }
-            i += 1;
+            let data = segs[i..]
+                .iter()
+                .take_while(|s| s.start < end)
+                .find_map(|s| match s.kind {
+                    SegmentKind::Data(e) => Some(e),
+                    _ => None,
+                });
+            let pages = u32::try_from((end - at) / u64::from(ps)).unwrap_or(u32::MAX);
+            out.push((
+                at,
+                end - at,
+                // The piece as an extent of its own: ChainSource composes it
+                // from the segments in its range.
+                data.map(|e| Extent {
+                    addr: at,
+                    page_count: pages,
+                    ..e
+                }),
+            ));
+            at = end;
         }
-        zeros(at, r.info.end(), &mut out);
     }
     out
 }
 
-/// A lazy restore's source of a chain's pages: each piece is a data
-/// segment, found by its address, read from its link's extent (decoded
-/// once while consecutive pieces share it).
+/// A lazy restore's source of a chain's pages: a piece (see [`units`]) is
+/// composed from the data segments in its range, each read from its link's
+/// extent, and zeros between them.
+///
+/// The last extent decoded in part is kept for each link, so that a
+/// parent's chunk that its children cut into several segments is decoded
+/// once, although the children's segments come between its own. A segment
+/// that is a whole extent is decoded straight into place.
 struct ChainSource {
     chain: Chain,
-    by_addr: HashMap<u64, (usize, Extent)>,
-    cache: Option<((usize, u64), Vec<u8>)>,
+    /// The data segments in address order: start, end, link, extent.
+    data: Vec<(u64, u64, usize, Extent)>,
+    /// Per link: the address of the extent decoded last, and its bytes.
+    cache: Vec<Option<(u64, Vec<u8>)>>,
 }
 
 impl ChainSource {
     fn new(chain: Chain, segs: &[Segment]) -> ChainSource {
-        let by_addr = segs
+        let data = segs
             .iter()
             .filter_map(|s| match s.kind {
-                SegmentKind::Data(e) => Some((s.start, (s.link, e))),
+                SegmentKind::Data(e) => Some((s.start, s.end, s.link, e)),
                 _ => None,
             })
             .collect();
+        let links = segs.iter().map(|s| s.link + 1).max().unwrap_or(0);
         ChainSource {
             chain,
-            by_addr,
-            cache: None,
+            data,
+            cache: vec![None; links],
         }
     }
-}
 
-impl ChunkSource for ChainSource {
-    fn fetch(&mut self, ext: &Extent, out: &mut [u8]) -> Result<(), memimg::Error> {
+    /// Copies `a..b` of `real` (an extent of `link`) into `out`, decoding
+    /// the extent once into the link's slot.
+    fn copy_part(
+        &mut self,
+        link: usize,
+        real: &Extent,
+        (a, b): (u64, u64),
+        out: &mut [u8],
+    ) -> Result<(), memimg::Error> {
         let ps = ps_of(self.chain.image());
-        let (link, real) = *self.by_addr.get(&ext.addr).ok_or_else(|| {
+        let slot = self.cache.get_mut(link).ok_or_else(|| {
             memimg::Error::plain(
                 memimg::ErrorKind::InvalidInput,
-                format!("no segment of the chain at {:#x}", ext.addr),
+                format!("no link {link} in the chain"),
             )
         })?;
-        if real.addr == ext.addr && real.page_count == ext.page_count {
-            return self.chain.decode(link, &real, out);
-        }
-        let key = (link, real.addr);
-        if self.cache.as_ref().map(|(k, _)| *k) != Some(key) {
-            let mut buf = self.cache.take().map(|(_, b)| b).unwrap_or_default();
+        if slot.as_ref().map(|(at, _)| *at) != Some(real.addr) {
+            let mut buf = slot.take().map(|(_, b)| b).unwrap_or_default();
             buf.resize(usize_of(real.len(ps)), 0);
-            self.chain.decode(link, &real, &mut buf)?;
-            self.cache = Some((key, buf));
+            if let Err(e) = self.chain.decode(link, real, &mut buf) {
+                buf.fill(0);
+                return Err(e);
+            }
+            *slot = Some((real.addr, buf));
         }
-        let from = usize_of(ext.addr - real.addr);
-        let src = self
-            .cache
+        let from = usize_of(a.wrapping_sub(real.addr));
+        let src = slot
             .as_ref()
-            .and_then(|(_, b)| b.get(from..from + out.len()))
+            .and_then(|(_, buf)| buf.get(from..from + usize_of(b - a)))
             .ok_or_else(|| {
                 memimg::Error::plain(
                     memimg::ErrorKind::InvalidInput,
@@ -646,10 +664,38 @@ impl ChunkSource for ChainSource {
     }
 }
 
+impl ChunkSource for ChainSource {
+    fn fetch(&mut self, ext: &Extent, out: &mut [u8]) -> Result<(), memimg::Error> {
+        let ps = ps_of(self.chain.image());
+        let (lo, hi) = (ext.addr, ext.addr + out.len() as u64);
+        out.fill(0);
+        let first = self.data.partition_point(|d| d.1 <= lo);
+        let mut k = first;
+        while let Some(&(s, e, link, real)) = self.data.get(k).filter(|d| d.0 < hi) {
+            k += 1;
+            let (a, b) = (s.max(lo), e.min(hi));
+            let dst = out
+                .get_mut(usize_of(a - lo)..usize_of(b - lo))
+                .ok_or_else(|| {
+                    memimg::Error::plain(
+                        memimg::ErrorKind::InvalidInput,
+                        "a segment outside its piece",
+                    )
+                })?;
+            if real.addr == a && real.len(ps) == b - a {
+                self.chain.decode(link, &real, dst)?;
+            } else {
+                self.copy_part(link, &real, (a, b), dst)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ChainSource {
     fn drop(&mut self) {
-        // Plaintext memory of the last chunk decoded.
-        if let Some((_, b)) = &mut self.cache {
+        // Plaintext memory of the last extent decoded from each link.
+        for (_, b) in self.cache.iter_mut().flatten() {
             b.fill(0);
         }
     }
