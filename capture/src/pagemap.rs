@@ -95,6 +95,12 @@ impl Pagemap {
             end,
             vec: out.as_mut_ptr() as usize as u64,
             vec_len: 1,
+            // Stop at the first page found. Without a limit the kernel
+            // goes on walking to extend the one region it reports, to the
+            // end of the run of matching pages: for a resident range that
+            // is the rest of it, and a capture that asks once per window
+            // walked its regions' page tables over and over.
+            max_pages: 1,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             // A page matches when (categories ^ inverted) & mask == mask:
             // here, when it has none of `without`.
