@@ -48,6 +48,10 @@ fn process_exits_during_capture() {
             if !k.swap(true, Ordering::Relaxed) {
                 // SAFETY: kill has no memory preconditions.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SIGKILL takes effect asynchronously: wait until the
+                // process is dead, so that the capture's next read fails
+                // however fast the rest of the capture would have been.
+                wait_dead(pid);
             }
         })),
         fork: false,
@@ -57,6 +61,23 @@ fn process_exits_during_capture() {
     assert!(matches!(e, CaptureError::ProcessExited { .. }), "{e}");
     assert!(e.to_string().contains("exited during the capture"), "{e}");
     no_files_left(dir.path());
+}
+
+/// Waits (up to 5 s) until `pid` is a zombie or gone.
+fn wait_dead(pid: i32) {
+    for _ in 0..500 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                // "PID (COMM) STATE …": COMM may hold spaces and parentheses.
+                let after = s.rsplit_once(')')?.1;
+                after.split_whitespace().next().map(str::to_string)
+            });
+        match state.as_deref() {
+            None | Some("Z") | Some("X") => return,
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
 }
 
 #[test]
