@@ -270,6 +270,11 @@ pub fn state(pid: i32) -> u8 {
     memimg_capture::procfs::state(pid).unwrap_or(b'?')
 }
 
+/// Process `pid` is gone, or a zombie (dead, holding no memory).
+pub fn dead(pid: i32) -> bool {
+    matches!(memimg_capture::procfs::state(pid), None | Some(b'Z' | b'X'))
+}
+
 /// Maps `len` bytes of anonymous read-write memory.
 pub fn map_anon(len: usize) -> *mut u8 {
     // SAFETY: a fresh anonymous mapping; no existing memory is touched.

@@ -66,17 +66,10 @@ fn process_exits_during_capture() {
 /// Waits (up to 5 s) until `pid` is a zombie or gone.
 fn wait_dead(pid: i32) {
     for _ in 0..500 {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                // "PID (COMM) STATE …": COMM may hold spaces and parentheses.
-                let after = s.rsplit_once(')')?.1;
-                after.split_whitespace().next().map(str::to_string)
-            });
-        match state.as_deref() {
-            None | Some("Z") | Some("X") => return,
-            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        if crate::common::dead(pid) {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -416,11 +416,6 @@ fn exit_code(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(49)?.parse().ok()
 }
 
-/// Process `pid` is gone, or a zombie (dead, holding no memory).
-fn dead(pid: i32) -> bool {
-    matches!(memimg_capture::procfs::state(pid), None | Some(b'Z' | b'X'))
-}
-
 /// The process is killed at several moments of a fork capture: while
 /// stopped (the capture fails, no file) or while the copy is read (the copy
 /// holds the snapshot: the image is complete). Either way no copy is left
@@ -465,7 +460,7 @@ fn target_killed_at_several_moments_of_a_fork_capture() {
                 };
                 // Its parent died with it: the copy went to PID 1 (or a
                 // subreaper), which reaps it, or not (this sandbox's).
-                assert!(dead(copy), "moment {m}: the copy {copy} is alive");
+                assert!(common::dead(copy), "moment {m}: the copy {copy} is alive");
                 let report = memimg::verify_path(&out, None, &Default::default());
                 assert!(report.is_intact(), "{report:?}");
                 // The copy held the whole snapshot.
@@ -480,7 +475,10 @@ fn target_killed_at_several_moments_of_a_fork_capture() {
         }
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(r.is_ok() || left.is_empty(), "files left: {left:?}");
-        assert!(dead(pid), "moment {moment}: the target survived SIGKILL");
+        assert!(
+            common::dead(pid),
+            "moment {moment}: the target survived SIGKILL"
+        );
     }
 }
 

@@ -442,19 +442,16 @@ fn lazy_chain_restore_never_serves_a_damaged_link() {
         }
     }
     assert!(!skip.is_empty());
-    let list = |v: &BTreeSet<usize>| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     let env = [
         ("IMG", last.display().to_string()),
         ("SEED", seed.to_string()),
         ("GEN", depth.to_string()),
         ("SLOT", slot.to_string()),
         ("STRATEGY", "lazy".to_string()),
-        ("SKIP", list(&skip)),
+        (
+            "SKIP",
+            crate::loadorder::list(&skip.iter().copied().collect::<Vec<_>>()),
+        ),
     ];
     let o = run_limited("chain-restore", &env, limit());
     assert_eq!(
