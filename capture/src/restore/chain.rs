@@ -669,8 +669,7 @@ impl ChunkSource for ChainSource {
         let ps = ps_of(self.chain.image());
         let (lo, hi) = (ext.addr, ext.addr + out.len() as u64);
         out.fill(0);
-        let first = self.data.partition_point(|d| d.1 <= lo);
-        let mut k = first;
+        let mut k = self.data.partition_point(|d| d.1 <= lo);
         while let Some(&(s, e, link, real)) = self.data.get(k).filter(|d| d.0 < hi) {
             k += 1;
             let (a, b) = (s.max(lo), e.min(hi));
