@@ -10,19 +10,29 @@
 //! - a fault on a chunk not yet fetched **demands** it: demanded chunks are
 //!   fetched first, in the order asked, by the next free worker, each with
 //!   a ranged GET of its own, and the fault waits (parked) while the
-//!   handler goes on with other faults. A demand never waits behind a large
-//!   request: a chunk that a run (below) is still fetching is fetched again
-//!   on its own, and one whose run has arrived is decoded from the run's
-//!   bytes at once;
+//!   handler goes on with other faults. A chunk whose run (below) has
+//!   arrived is decoded from the run's bytes at once. A chunk that a run
+//!   is still fetching **waits for the run** (and is decoded first when it
+//!   arrives) rather than being fetched twice, but never longer than a GET
+//!   of its own has taken (a moving average of the demands' fetch times,
+//!   `State::patience`): then it is fetched on its own after all. So once
+//!   a demand's fetch has been timed, a fault waits at most about twice
+//!   as long as a GET of its own (before that, it waits for its run); and
+//!   on a store whose GETs are slow or served one at a time (moto), where
+//!   a GET of its own would queue behind the runs anyway, it makes none;
 //! - when prefetching is on (`LazyHandle::prefetch`, or the restore must
 //!   finish: the handle is dropped, or the process forks), idle workers
 //!   take the chunk still wanted **nearest to the last fault** (by image
 //!   address; lowest first before any fault) and fetch it together with
-//!   the chunks next to it **in the file** that are still wanted, as one
-//!   **run**: one ranged GET of up to `max_request` bytes (by default
-//!   16 MiB), at most `runs` of them under way or
-//!   waiting to be decoded at once (by default 2, and always
-//!   fewer than the workers, so a worker is left for demands). Any idle
+//!   the chunks next to it **in the file** that are still wanted and lie
+//!   in the same `max_request` bytes of the file (its *cell*: by default
+//!   16 MiB), as one **run**: one ranged GET, at most `runs` of them under
+//!   way or waiting to be decoded at once (by default 2, and always fewer
+//!   than the workers, so a worker is left for demands). Cells keep runs
+//!   whole, so that a prefetch makes about one GET per `max_request` bytes
+//!   of the file wherever the faults fall, and a run bridges chunks that a
+//!   fault fetched meanwhile (up to 1 MiB in a row, fetched again) rather
+//!   than split in two. Any idle
 //!   worker then decodes the run's chunks from its bytes, checked as bytes
 //!   read from the file (`Image::decode_extent_with`). A store answers one
 //!   large GET far sooner than many small ones (a request costs a round
@@ -31,7 +41,8 @@
 //!   eventfd.
 //!
 //! **Memory.** At most `runs` runs are held, each at most `max_request`
-//! bytes (a single chunk larger than that is a run of its own), and twice
+//! bytes and the end of one chunk (a single chunk larger than that is a
+//! run of its own), and twice
 //! that for a moment while a run's bytes are copied out of the reader; and
 //! at most `2 × workers` decoded chunks wait for the handler before idle
 //! workers stop decoding. With the defaults (8 workers, 2 runs of 16 MiB,
@@ -61,6 +72,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use memimg::{Extent, Image};
 
@@ -89,7 +101,7 @@ pub(super) struct Plan {
     /// Requests made for it and their bytes, for the handle's statistics.
     pub counts: Arc<[AtomicU64; 2]>,
     /// Stored bytes fetched twice (a fault's own fetch of a chunk whose run
-    /// was under way), for the handle's statistics.
+    /// was under way, chunks a run bridged), for the handle's statistics.
     pub twice: Arc<AtomicU64>,
 }
 
@@ -107,6 +119,10 @@ struct Run {
     range: Range<u64>,
     /// Made of the working set's units.
     planned: bool,
+    /// Bytes of `range` that hold no unit of the run: chunks already
+    /// fetched another way, between two of its units (fetched again and
+    /// dropped, so that one request still brings both sides).
+    bridged: u64,
 }
 
 /// What a worker does next.
@@ -242,6 +258,15 @@ struct State {
     in_flight: usize,
     /// Each unit's phase.
     phase: Vec<Phase>,
+    /// Units demanded while their run's request was under way, and since
+    /// when: decoded first, as demands, when it arrives, or fetched on
+    /// their own once they have waited `patience`.
+    awaited: HashMap<usize, Instant>,
+    /// How long a fault waits for a run under way before its chunk is
+    /// fetched on its own: as long as such a fetch has taken (a moving
+    /// average), since waiting longer could only be slower. `None` until
+    /// one was timed: a fault then waits for its run.
+    patience: Option<Duration>,
     /// Units of runs that have arrived, to decode, in file order.
     buffered: VecDeque<usize>,
     /// The bytes of each `Buffered` unit's run.
@@ -438,12 +463,31 @@ fn next(
                 let b = s.bufs.remove(&u);
                 return Some(Job::Unit(u, b));
             }
-            phase @ (Phase::Idle | Phase::InRun) => {
-                if phase == Phase::InRun {
-                    // Its run brings it too; the fault does not wait.
-                    let r = lay.span.get(u).map_or(0, |r| r.end - r.start);
-                    twice.fetch_add(r, Ordering::Relaxed);
-                }
+            // Its run's request is under way: the fault waits for it (it
+            // is decoded first when the run arrives) rather than fetching
+            // the chunk again with a request of its own, unless it waits
+            // longer than such a request takes (below).
+            Phase::InRun => {
+                s.awaited.entry(u).or_insert_with(Instant::now);
+            }
+            Phase::Idle => {
+                s.set(u, Phase::Coming);
+                return Some(Job::Unit(u, None));
+            }
+        }
+    }
+    if let Some(p) = s.patience {
+        let late = s
+            .awaited
+            .iter()
+            .find(|(_, t)| t.elapsed() >= p)
+            .map(|(&u, _)| u);
+        if let Some(u) = late {
+            s.awaited.remove(&u);
+            if s.phase(u) == Phase::InRun {
+                // Its run brings it too: fetched twice.
+                let r = lay.span.get(u).map_or(0, |r| r.end - r.start);
+                twice.fetch_add(r, Ordering::Relaxed);
                 s.set(u, Phase::Coming);
                 return Some(Job::Unit(u, None));
             }
@@ -519,11 +563,26 @@ fn plan_run(s: &mut State, max: u64, lay: &Layout) -> Option<Run> {
         units,
         range,
         planned: true,
+        bridged: 0,
     })
 }
 
+/// Bytes of chunks not wanted (fetched by a fault meanwhile) that a run
+/// bridges at most, in a row, between two of its units: it fetches them
+/// again, and drops them, rather than split into two requests. 1 MiB: two
+/// chunks of the default size (one, compressed); a request costs more than
+/// that on every store measured (README, *Lazy restore from a URL*).
+const BRIDGE: u64 = 1 << 20;
+
 /// A run around the wanted unit nearest to the last fault: the wanted
-/// units after it in the file, then before it, up to `max` bytes.
+/// units next to it in the file, after it then before it, that lie in the
+/// same **cell** of the file, the `max` bytes `k × max .. (k + 1) × max`
+/// where their spans start. Cells keep runs whole: a run started near a
+/// fault never leaves a short piece of the file for another request to
+/// fetch, so a prefetch makes about one request per `max` bytes of the
+/// file (its range ends at most one chunk past its cell). Chunks not
+/// wanted between two wanted ones are bridged, up to [`BRIDGE`] bytes in a
+/// row (counted in `bridged`).
 fn near_run(s: &mut State, max: u64, lay: &Layout) -> Option<Run> {
     let h = s.hint;
     let above = s.wanted.range(h..).next().map(|(&a, &u)| (a, u));
@@ -542,29 +601,40 @@ fn near_run(s: &mut State, max: u64, lay: &Layout) -> Option<Run> {
     s.wanted.remove(&a);
     let mut units = VecDeque::from([u]);
     let mut range = lay.span.get(u).cloned().unwrap_or(0..0);
+    let cell = range.start / max.max(1);
+    let mut bridged = 0;
     for forward in [true, false] {
-        loop {
-            let edge = if forward { units.back() } else { units.front() };
-            let Some(v) = edge.and_then(|&e| lay.beside(e, forward)) else {
-                break;
-            };
-            let r = &lay.span[v];
-            let (start, end) = (range.start.min(r.start), range.end.max(r.end));
-            if end - start > max || !take_wanted(s, lay, v) {
+        let mut at = u;
+        // Bytes passed over since the last unit taken.
+        let mut skipped = 0;
+        while let Some(v) = lay.beside(at, forward) {
+            let r = lay.span[v].clone();
+            if r.start / max.max(1) != cell {
                 break;
             }
-            range = start..end;
-            if forward {
-                units.push_back(v);
+            if take_wanted(s, lay, v) {
+                range = range.start.min(r.start)..range.end.max(r.end);
+                bridged += skipped;
+                skipped = 0;
+                if forward {
+                    units.push_back(v);
+                } else {
+                    units.push_front(v);
+                }
             } else {
-                units.push_front(v);
+                skipped += r.end - r.start;
+                if skipped > BRIDGE {
+                    break;
+                }
             }
+            at = v;
         }
     }
     Some(Run {
         units: units.into(),
         range,
         planned: false,
+        bridged,
     })
 }
 
@@ -583,9 +653,18 @@ fn worker(inner: &Inner) {
             &inner.twice,
         );
         let Some(job) = job else {
-            s = match inner.work.wait(s) {
-                Ok(s) => s,
-                Err(_) => return,
+            // A fault waiting for a run is looked at again when its
+            // patience may have run out.
+            let waits = s.patience.filter(|_| !s.awaited.is_empty());
+            s = match waits {
+                Some(p) => match inner.work.wait_timeout(s, p / 4 + Duration::from_millis(1)) {
+                    Ok((s, _)) => s,
+                    Err(_) => return,
+                },
+                None => match inner.work.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
             };
             continue;
         };
@@ -603,7 +682,7 @@ fn worker(inner: &Inner) {
                     Err(_) => return,
                 };
                 s.in_flight -= 1;
-                arrived(inner, &mut s, run, got);
+                arrived(&mut s, run, got, &*inner.poke);
                 // Its chunks wait for workers to decode them.
                 inner.work.notify_all();
             }
@@ -611,16 +690,26 @@ fn worker(inner: &Inner) {
                 let broken = s.broken.clone();
                 s.in_flight += 1;
                 drop(s);
+                let t = Instant::now();
                 let res = match (broken, inner.extents.get(unit).copied().flatten()) {
                     (Some(why), _) => Err((format!("not fetched: {why}"), false)),
                     (None, None) => Err(("not a data extent".to_string(), false)),
                     (None, Some(ext)) => fetch(&inner.img, &ext, buf.as_deref()),
                 };
+                let took = t.elapsed();
                 s = match inner.st.lock() {
                     Ok(s) => s,
                     Err(_) => return,
                 };
                 s.in_flight -= 1;
+                if buf.is_none() && res.is_ok() {
+                    // A chunk fetched with a request of its own: what a
+                    // fault waiting for a run could have had instead.
+                    s.patience = Some(match s.patience {
+                        Some(p) => (p * 3 + took) / 4,
+                        None => took,
+                    });
+                }
                 if let Some(b) = buf {
                     s.release(b);
                 }
@@ -641,7 +730,12 @@ fn worker(inner: &Inner) {
 /// A run's request has ended: its units still waiting for it are decoded
 /// from its bytes; on failure they fail at once (the store is broken), or,
 /// when the failure is damage, are fetched one by one.
-fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String, bool)>) {
+fn arrived(
+    s: &mut State,
+    run: Run,
+    got: Result<Vec<u8>, (String, bool)>,
+    poke: &(dyn Fn() + Send + Sync),
+) {
     match got {
         Ok(bytes) => {
             let b = Arc::new(RunBuf {
@@ -652,7 +746,12 @@ fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String,
                 if s.phase(u) == Phase::InRun {
                     s.set(u, Phase::Buffered);
                     s.bufs.insert(u, Arc::clone(&b));
-                    s.buffered.push_back(u);
+                    if s.awaited.remove(&u).is_some() {
+                        // A fault waits for it: before the rest.
+                        s.demand.push_back(u);
+                    } else {
+                        s.buffered.push_back(u);
+                    }
                 }
             }
             s.release(b);
@@ -664,6 +763,7 @@ fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String,
             }
             let mut failed = false;
             for &u in &run.units {
+                s.awaited.remove(&u);
                 if s.phase(u) != Phase::InRun {
                     continue;
                 }
@@ -677,7 +777,7 @@ fn arrived(inner: &Inner, s: &mut State, run: Run, got: Result<Vec<u8>, (String,
                 }
             }
             if failed {
-                (inner.poke)();
+                poke();
             }
         }
     }
@@ -695,6 +795,7 @@ fn fetch_run(inner: &Inner, run: &Run) -> Result<Vec<u8>, (String, bool)> {
         inner.counts[0].fetch_add(1, Ordering::Relaxed);
         inner.counts[1].fetch_add(len, Ordering::Relaxed);
     }
+    inner.twice.fetch_add(run.bridged, Ordering::Relaxed);
     Ok(b.into_owned())
 }
 
@@ -798,62 +899,169 @@ mod tests {
             units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
             Some((vec![2, 0, 3, 1], Some(0..40)))
         );
-        // A gap in the file (a unit not wanted) ends a run.
+        // A unit not wanted (fetched by a fault) in the file between two
+        // wanted ones is fetched again with them rather than split the run.
         let mut s = state(&addrs);
         s.prefetch = true;
         s.wanted.remove(&20); // unit 2, the second in the file order below
         let lay = layout(&addrs, &[0, 2, 1, 3]);
         assert_eq!(
             units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
-            Some((vec![0], Some(0..10)))
-        );
-        assert_eq!(
-            units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
-            Some((vec![1, 3], Some(20..40)))
+            Some((vec![0, 1, 3], Some(0..40)))
         );
     }
 
+    fn run_of(j: Option<Job>) -> Run {
+        match j {
+            Some(Job::Run(r)) => r,
+            _ => panic!("a run was expected"),
+        }
+    }
+
     #[test]
-    fn a_demand_never_waits_behind_a_run() {
+    fn a_demand_waits_for_its_run_and_is_decoded_first() {
         let addrs = [0, 10, 20];
         let lay = layout(&addrs, &[0, 1, 2]);
         let mut s = state(&addrs);
         s.prefetch = true;
+        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
+        assert_eq!(
+            (run.units.clone(), run.range.clone()),
+            (vec![0, 1, 2], 0..30)
+        );
+        // A fault on 1 while the run is under way: no request of its own
+        // (no fetch has been timed yet, so it waits however long).
+        s.demand.push_back(1);
+        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        assert!(s.awaited.contains_key(&1));
+        // The run arrives: 1 comes first, then 0 and 2 in file order.
+        arrived(&mut s, run, Ok(vec![0; 30]), &|| {});
+        assert!(s.awaited.is_empty());
+        let mut order = Vec::new();
+        while let Some(j) = next(&mut s, 8, 2, 100, &lay, &TWICE) {
+            match j {
+                Job::Unit(u, Some(b)) => {
+                    order.push(u);
+                    s.release(b);
+                }
+                _ => panic!("decoded from the run's bytes"),
+            }
+        }
+        assert_eq!(order, vec![1, 0, 2]);
+        assert_eq!(s.runs_live, 0);
+    }
+
+    #[test]
+    fn a_demand_stops_waiting_for_its_run_after_a_fetch_time() {
+        let addrs = [0, 10, 20];
+        let lay = layout(&addrs, &[0, 1, 2]);
+        let twice = AtomicU64::new(0);
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        let run = run_of(next(&mut s, 8, 2, 100, &lay, &twice));
+        // A fetch of its own took an hour: the fault waits for the run.
+        s.patience = Some(Duration::from_secs(3600));
+        s.demand.push_back(1);
+        assert!(next(&mut s, 8, 2, 100, &lay, &twice).is_none());
+        // It took no time: the fault has waited as long, and its chunk is
+        // fetched on its own (and counted as fetched twice).
+        s.patience = Some(Duration::ZERO);
+        assert_eq!(
+            units(next(&mut s, 8, 2, 100, &lay, &twice)),
+            Some((vec![1], None))
+        );
+        assert_eq!(twice.load(Ordering::Relaxed), 10);
+        assert!(s.awaited.is_empty());
+        // The run arrives: 1 is not decoded from it again.
+        arrived(&mut s, run, Ok(vec![0; 30]), &|| {});
+        let mut got = Vec::new();
+        while let Some(Job::Unit(u, Some(b))) = next(&mut s, 8, 2, 100, &lay, &twice) {
+            got.push(u);
+            s.release(b);
+        }
+        assert_eq!(got, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_failed_run_answers_the_faults_that_wait_for_it() {
+        let addrs = [0, 10];
+        let lay = layout(&addrs, &[0, 1]);
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
+        s.demand.push_back(1);
+        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        // The store is gone: both fail at once, none waits.
+        arrived(&mut s, run, Err(("gone".into(), true)), &|| {});
+        assert!(s.awaited.is_empty());
+        assert_eq!(s.done.len(), 2);
+        assert!(s.broken.is_some());
+        // Damage instead: each is fetched on its own.
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
+        s.demand.push_back(1);
+        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        arrived(&mut s, run, Err(("short".into(), false)), &|| {});
+        assert!(s.awaited.is_empty());
         assert_eq!(
             units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
-            Some((vec![0, 1, 2], Some(0..30)))
+            Some((vec![0], None))
         );
-        // A fault on 1 while the run is under way: fetched on its own.
-        s.demand.push_back(1);
         assert_eq!(
             units(next(&mut s, 8, 2, 100, &lay, &TWICE)),
             Some((vec![1], None))
         );
-        // Asked again before it arrived: nothing more.
-        s.demand.push_back(1);
-        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
-        // The run arrives: 1 is not decoded from it again, 0 and 2 are; a
-        // demand of 2 takes it from the run's bytes first.
-        let b = Arc::new(RunBuf {
-            at: 0,
-            bytes: Vec::new(),
-        });
-        for u in [0, 2] {
-            s.set(u, Phase::Buffered);
-            s.bufs.insert(u, Arc::clone(&b));
-            s.buffered.push_back(u);
+    }
+
+    #[test]
+    fn runs_keep_to_their_cell_of_the_file() {
+        // Eight units of 10 bytes, in file order; cells of 40 bytes.
+        let addrs = [0, 10, 20, 30, 40, 50, 60, 70];
+        let lay = layout(&addrs, &[0, 1, 2, 3, 4, 5, 6, 7]);
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        // Nearest to a fault at 25 is unit 2: its cell is units 0 to 3,
+        // not 2 to 5, which would leave 0 and 1 for a request of their own.
+        s.hint = 22;
+        assert_eq!(
+            units(next(&mut s, 8, 4, 40, &lay, &TWICE)),
+            Some((vec![0, 1, 2, 3], Some(0..40)))
+        );
+        assert_eq!(
+            units(next(&mut s, 8, 4, 40, &lay, &TWICE)),
+            Some((vec![4, 5, 6, 7], Some(40..80)))
+        );
+    }
+
+    #[test]
+    fn runs_bridge_a_chunk_already_fetched() {
+        let addrs = [0, 10, 20, 30];
+        let lay = layout(&addrs, &[0, 1, 2, 3]);
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        // A fault took unit 1 on its own: one request still brings 0, 2
+        // and 3, and 1's 10 bytes again.
+        s.wanted.remove(&10);
+        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
+        assert_eq!(
+            (run.units, run.range, run.bridged),
+            (vec![0, 2, 3], 0..40, 10)
+        );
+        // Not more than BRIDGE bytes in a row: units of 600 KiB, two gone.
+        let big = 600 << 10;
+        let mut lay = layout(&addrs, &[0, 1, 2, 3]);
+        for (k, sp) in lay.span.iter_mut().enumerate() {
+            *sp = k as u64 * big..(k as u64 + 1) * big;
         }
-        drop(b);
-        s.demand.push_back(2);
-        match next(&mut s, 8, 2, 100, &lay, &TWICE) {
-            Some(Job::Unit(2, Some(_))) => {}
-            _ => panic!("2 is decoded from its run"),
-        }
-        match next(&mut s, 8, 2, 100, &lay, &TWICE) {
-            Some(Job::Unit(0, Some(b))) => s.release(b),
-            _ => panic!("then 0"),
-        }
-        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        let mut s = state(&addrs);
+        s.prefetch = true;
+        s.wanted.remove(&10);
+        s.wanted.remove(&20);
+        let run = run_of(next(&mut s, 8, 2, 64 << 20, &lay, &TWICE));
+        assert_eq!((run.units, run.bridged), (vec![0], 0));
+        let run = run_of(next(&mut s, 8, 2, 64 << 20, &lay, &TWICE));
+        assert_eq!((run.units, run.bridged), (vec![3], 0));
     }
 
     #[test]

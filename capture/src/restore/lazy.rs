@@ -209,9 +209,11 @@ pub struct LazyStats {
     /// Bytes of those reads.
     pub working_set_bytes: u64,
     /// Stored bytes a remote restore fetched twice: chunks a fault fetched
-    /// on its own, at once, while a prefetch request holding them was still
-    /// under way (a fault never waits behind such a request). 0 for a local
-    /// image.
+    /// on its own because the prefetch request holding them was still under
+    /// way after as long as such a fetch takes (a fault waits for the
+    /// request until then), and chunks already fetched that a prefetch
+    /// request bridged (fetched again rather than split the request in
+    /// two). 0 for a local image.
     pub bytes_fetched_twice: u64,
     /// Recording a load-order profile
     /// ([`super::RestoreOptions::record_profile`]) is still on.

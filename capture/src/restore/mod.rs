@@ -339,8 +339,11 @@ pub struct RemoteOptions {
     /// Bytes one prefetch request of a lazy restore asks for at most: the
     /// prefetcher (and the fetch of a working set) takes chunks that are
     /// next to each other in the file in one ranged GET of up to this
-    /// many bytes (a single larger chunk is still one request). A fault
-    /// still fetches its own chunk at once. By default
+    /// many bytes (and the end of the last chunk; a single larger chunk is
+    /// still one request), each request within one such stretch of the
+    /// file. A fault on a chunk that no request is fetching fetches it at
+    /// once; one on a chunk a request is fetching waits for that request,
+    /// for as long as a fetch of its own has taken. By default
     /// [`DEFAULT_MAX_REQUEST`].
     pub max_request: u64,
     /// Such requests held at once, under way or waiting to be decoded: with
@@ -429,7 +432,8 @@ impl Default for RemoteOptions {
 ///   rest nearest to the latest faults first, taking the chunks next to
 ///   each other in the file in one ranged GET of up to
 ///   [`RemoteOptions::max_request`] bytes (`prefetch_requests` of them at
-///   a time, and a fault's own GET never waits behind them). Fetching runs on those threads, never on the thread that
+///   a time; a fault on a chunk such a request is fetching waits for it,
+///   but no longer than a GET of its own has taken). Fetching runs on those threads, never on the thread that
 ///   answers faults, so a slow request never holds up pages already
 ///   fetched. Everything `restore`'s docs say a lazily restored program
 ///   may do holds, and the first fork through the C library still waits
