@@ -104,6 +104,8 @@ pub struct RemoteWriter {
     /// Buffers of parts sent, for the next parts: with `buf` and the parts
     /// under way, never more than `in_flight + 1`.
     spare: Vec<Vec<u8>>,
+    /// Part buffers made (not reused), for the tests.
+    made: u64,
     part_size: usize,
     in_flight: usize,
     stats: UploadStats,
@@ -163,6 +165,7 @@ impl RemoteWriter {
             },
             buf: Vec::new(),
             spare: Vec::new(),
+            made: 0,
             part_size,
             in_flight: opts.parts_in_flight.max(1),
             stats: UploadStats::default(),
@@ -329,7 +332,13 @@ impl Write for RemoteWriter {
         let n = data.len();
         while !data.is_empty() {
             if self.buf.capacity() == 0 {
-                self.buf = self.spare.pop().unwrap_or_default();
+                self.buf = match self.spare.pop() {
+                    Some(b) => b,
+                    None => {
+                        self.made += 1;
+                        Vec::new()
+                    }
+                };
                 self.buf.clear();
                 self.buf.reserve_exact(self.part_size);
             }
@@ -356,5 +365,83 @@ impl Drop for RemoteWriter {
             // invisible either way.
             let _ = abort_upload(upload, tasks);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use object_store::{PutResult, UploadPart};
+
+    use super::*;
+
+    /// Keeps the bytes of every part, by part number, and lets go of the
+    /// payload at once.
+    #[derive(Debug, Default)]
+    struct Sink {
+        parts: usize,
+        got: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for Sink {
+        fn put_part(&mut self, data: PutPayload) -> UploadPart {
+            let got = Arc::clone(&self.got);
+            let n = self.parts;
+            self.parts += 1;
+            Box::pin(async move {
+                let mut g = got
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                g.push((n, data.iter().flatten().copied().collect()));
+                Ok(())
+            })
+        }
+
+        async fn complete(&mut self) -> object_store::Result<PutResult> {
+            Ok(PutResult {
+                e_tag: None,
+                version: None,
+                extensions: Default::default(),
+            })
+        }
+
+        async fn abort(&mut self) -> object_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn part_buffers_come_back_and_stay_bounded() {
+        let sink = Sink::default();
+        let got = Arc::clone(&sink.got);
+        let opts = UploadOptions {
+            part_size: MIN_PART_SIZE,
+            parts_in_flight: 2,
+        };
+        let mut w = RemoteWriter::from_upload(Box::new(sink), "test", opts);
+        let data: Vec<u8> = (0..MIN_PART_SIZE * 7 + 123)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for piece in data.chunks(300_000) {
+            w.write_all(piece).unwrap();
+            // Part buffers: the one filling, the spares and those under way.
+            let State::Open { tasks, .. } = &w.state else {
+                panic!("the upload failed")
+            };
+            let filling = usize::from(w.buf.capacity() > 0);
+            assert!(filling + w.spare.len() + tasks.len() <= opts.parts_in_flight + 1);
+        }
+        assert_eq!(w.stats().parts, 7);
+        // Eight buffers were filled (the last is filling), but parts that
+        // were answered gave theirs back: no more were made than the bound.
+        assert!(w.made <= 3, "{} part buffers made", w.made);
+        let c = w.commit().unwrap();
+        assert_eq!(c.stats.parts, 8);
+        let mut got = std::mem::take(&mut *got.lock().unwrap());
+        got.sort_by_key(|(n, _)| *n);
+        let got: Vec<u8> = got.into_iter().flat_map(|(_, b)| b).collect();
+        assert!(got == data, "every byte, in order");
     }
 }
