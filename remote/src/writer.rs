@@ -422,7 +422,7 @@ mod tests {
         };
         let mut w = RemoteWriter::from_upload(Box::new(sink), "test", opts);
         let data: Vec<u8> = (0..MIN_PART_SIZE * 7 + 123)
-            .map(|i| (i % 251) as u8)
+            .map(|i| (i % 251).to_le_bytes()[0])
             .collect();
         for piece in data.chunks(300_000) {
             w.write_all(piece).unwrap();
