@@ -376,12 +376,15 @@ mod tests {
 
     use super::*;
 
+    /// The parts received, each with its number (from 0).
+    type Got = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+
     /// Keeps the bytes of every part, by part number, and lets go of the
     /// payload at once.
     #[derive(Debug, Default)]
     struct Sink {
         parts: usize,
-        got: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+        got: Got,
     }
 
     #[async_trait::async_trait]
