@@ -45,7 +45,7 @@ mod writer;
 
 pub use config::{
     S3Options, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES,
-    DEFAULT_RETRY_TIMEOUT,
+    DEFAULT_RETRY_TIMEOUT, DEFAULT_UPLOAD_CHECKSUM,
 };
 pub use copy::{copy, CopyOptions, CopyReport};
 pub use error::{Error, ErrorKind, Result};

@@ -12,7 +12,10 @@
 //!
 //! **Memory.** At most `(parts_in_flight + 1) × part_size` bytes are held:
 //! the parts being sent and the one filling. By default 3 in flight of 8 MiB,
-//! so 32 MiB, whatever the size of the image.
+//! so 32 MiB, whatever the size of the image. A part's buffer is reused for
+//! a later part once the store has answered (when the client has let go of
+//! it), so a long upload touches those 32 MiB instead of fresh memory for
+//! every part: fresh pages cost a fault and a zeroing each.
 //!
 //! **What cannot be cleaned up.** A process killed outright (SIGKILL, power
 //! loss) cannot abort its upload: the store keeps the parts, invisible as an
@@ -21,6 +24,7 @@
 
 use std::io::Write;
 
+use bytes::Bytes;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::task::JoinSet;
 
@@ -75,8 +79,9 @@ pub struct Committed {
     pub stats: UploadStats,
 }
 
-/// The parts under way, each answering with its number.
-type Parts = JoinSet<(u64, object_store::Result<()>)>;
+/// The parts under way, each answering with its number and, when the client
+/// has let go of it, its buffer for reuse.
+type Parts = JoinSet<(u64, object_store::Result<()>, Option<Vec<u8>>)>;
 
 enum State {
     Open {
@@ -96,6 +101,11 @@ pub struct RemoteWriter {
     name: String,
     state: State,
     buf: Vec<u8>,
+    /// Buffers of parts sent, for the next parts: with `buf` and the parts
+    /// under way, never more than `in_flight + 1`.
+    spare: Vec<Vec<u8>>,
+    /// Part buffers made (not reused), for the tests.
+    made: u64,
     part_size: usize,
     in_flight: usize,
     stats: UploadStats,
@@ -154,6 +164,8 @@ impl RemoteWriter {
                 tasks: JoinSet::new(),
             },
             buf: Vec::new(),
+            spare: Vec::new(),
+            made: 0,
             part_size,
             in_flight: opts.parts_in_flight.max(1),
             stats: UploadStats::default(),
@@ -185,7 +197,7 @@ impl RemoteWriter {
         let State::Open { upload, tasks } = &mut self.state else {
             return Err(self.failed_error());
         };
-        if let Err((part, e)) = block_on(wait_parts(tasks, 0))? {
+        if let Err((part, e)) = block_on(wait_parts(tasks, 0, &mut self.spare))? {
             let doing = format!("uploading part {part}");
             return Err(self.fail(from_store(&self.name.clone(), &doing, &e)));
         }
@@ -242,14 +254,25 @@ impl RemoteWriter {
         let State::Open { upload, tasks } = &mut self.state else {
             return Err(self.failed_error());
         };
-        if let Err((part, e)) = block_on(wait_parts(tasks, in_flight - 1))? {
+        if let Err((part, e)) = block_on(wait_parts(tasks, in_flight - 1, &mut self.spare))? {
             let doing = format!("uploading part {part}");
             return Err(self.fail(from_store(&self.name.clone(), &doing, &e)));
         }
-        let data = std::mem::take(&mut self.buf);
+        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let mine = data.clone();
         self.stats.parts += 1;
         let (n, fut) = (self.stats.parts, upload.put_part(PutPayload::from(data)));
-        tasks.spawn_on(async move { (n, fut.await) }, &handle()?);
+        tasks.spawn_on(
+            async move {
+                let r = fut.await;
+                // The request and its retries are over (the future is
+                // gone): the buffer comes back unless something still
+                // holds it, in which case a new one is made.
+                let back = mine.try_into_mut().ok().map(Vec::from);
+                (n, r, back)
+            },
+            &handle()?,
+        );
         Ok(())
     }
 
@@ -271,16 +294,18 @@ impl RemoteWriter {
     }
 }
 
-/// Waits until at most `left` parts are under way; the first part that
-/// failed stops the wait, with its number.
+/// Waits until at most `left` parts are under way, keeping the buffers
+/// they give back in `spare`; the first part that failed stops the wait,
+/// with its number.
 async fn wait_parts(
     tasks: &mut Parts,
     left: usize,
+    spare: &mut Vec<Vec<u8>>,
 ) -> std::result::Result<(), (u64, object_store::Error)> {
     while tasks.len() > left {
         match tasks.join_next().await {
-            Some(Ok((_, Ok(())))) => {}
-            Some(Ok((n, Err(e)))) => return Err((n, e)),
+            Some(Ok((_, Ok(()), back))) => spare.extend(back),
+            Some(Ok((n, Err(e), _))) => return Err((n, e)),
             Some(Err(e)) => return Err((0, object_store::Error::JoinError { source: e })),
             None => break,
         }
@@ -307,6 +332,14 @@ impl Write for RemoteWriter {
         let n = data.len();
         while !data.is_empty() {
             if self.buf.capacity() == 0 {
+                self.buf = match self.spare.pop() {
+                    Some(b) => b,
+                    None => {
+                        self.made += 1;
+                        Vec::new()
+                    }
+                };
+                self.buf.clear();
                 self.buf.reserve_exact(self.part_size);
             }
             let take = (self.part_size - self.buf.len()).min(data.len());
@@ -332,5 +365,86 @@ impl Drop for RemoteWriter {
             // invisible either way.
             let _ = abort_upload(upload, tasks);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use object_store::{PutResult, UploadPart};
+
+    use super::*;
+
+    /// The parts received, each with its number (from 0).
+    type Got = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+
+    /// Keeps the bytes of every part, by part number, and lets go of the
+    /// payload at once.
+    #[derive(Debug, Default)]
+    struct Sink {
+        parts: usize,
+        got: Got,
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for Sink {
+        fn put_part(&mut self, data: PutPayload) -> UploadPart {
+            let got = Arc::clone(&self.got);
+            let n = self.parts;
+            self.parts += 1;
+            Box::pin(async move {
+                let mut g = got
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                g.push((n, data.iter().flatten().copied().collect()));
+                Ok(())
+            })
+        }
+
+        async fn complete(&mut self) -> object_store::Result<PutResult> {
+            Ok(PutResult {
+                e_tag: None,
+                version: None,
+                extensions: Default::default(),
+            })
+        }
+
+        async fn abort(&mut self) -> object_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn part_buffers_come_back_and_stay_bounded() {
+        let sink = Sink::default();
+        let got = Arc::clone(&sink.got);
+        let opts = UploadOptions {
+            part_size: MIN_PART_SIZE,
+            parts_in_flight: 2,
+        };
+        let mut w = RemoteWriter::from_upload(Box::new(sink), "test", opts);
+        let data: Vec<u8> = (0..MIN_PART_SIZE * 7 + 123)
+            .map(|i| (i % 251).to_le_bytes()[0])
+            .collect();
+        for piece in data.chunks(300_000) {
+            w.write_all(piece).unwrap();
+            // Part buffers: the one filling, the spares and those under way.
+            let State::Open { tasks, .. } = &w.state else {
+                panic!("the upload failed")
+            };
+            let filling = usize::from(w.buf.capacity() > 0);
+            assert!(filling + w.spare.len() + tasks.len() <= opts.parts_in_flight + 1);
+        }
+        assert_eq!(w.stats().parts, 7);
+        // Eight buffers were filled (the last is filling), but parts that
+        // were answered gave theirs back: no more were made than the bound.
+        assert!(w.made <= 3, "{} part buffers made", w.made);
+        let c = w.commit().unwrap();
+        assert_eq!(c.stats.parts, 8);
+        let mut got = std::mem::take(&mut *got.lock().unwrap());
+        got.sort_by_key(|(n, _)| *n);
+        let got: Vec<u8> = got.into_iter().flat_map(|(_, b)| b).collect();
+        assert!(got == data, "every byte, in order");
     }
 }

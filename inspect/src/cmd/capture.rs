@@ -39,13 +39,15 @@ impl Plan {
             bail!("--pid {}: a process id is a positive number", a.pid);
         }
         let output = crate::open::location(&a.output)?;
-        let exists = match &output {
-            Location::Local(p) => p.exists(),
-            Location::S3(url) => Store::new(&url.bucket, crate::open::s3())
-                .and_then(|s| s.exists(url))
-                .map_err(anyhow::Error::new)?,
-        };
-        if exists && !a.force {
+        // With --force the answer does not matter: no HEAD request for it.
+        let exists = !a.force
+            && match &output {
+                Location::Local(p) => p.exists(),
+                Location::S3(url) => Store::new(&url.bucket, crate::open::s3())
+                    .and_then(|s| s.exists(url))
+                    .map_err(anyhow::Error::new)?,
+            };
+        if exists {
             bail!("{output} exists: choose another name, or pass --force to replace it");
         }
         Ok(Plan {
