@@ -11,6 +11,9 @@
 //!
 //! - `MEMIMG_BENCH_MIB` (default 1024): the process of the capture, restore
 //!   and RSS sections.
+//! - `MEMIMG_BENCH_CAPTURE_MIB` (default: `MEMIMG_BENCH_MIB`): the
+//!   processes of the capture section, a comma list (`256,1024,4096` covers
+//!   the sizes of the stop section).
 //! - `MEMIMG_BENCH_STOP_MIB` (default `256,1024,4096`): the processes whose
 //!   stop is measured from inside.
 //! - `MEMIMG_BENCH_RUNS` (default 5): timed runs per figure, after one
@@ -81,6 +84,14 @@ fn env_num(k: &str, d: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
+}
+
+/// A comma list of sizes from the environment, or `d` when unset.
+fn env_list(k: &str, d: &[usize]) -> Vec<usize> {
+    std::env::var(k).map_or_else(
+        |_| d.to_vec(),
+        |v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+    )
 }
 
 /// Fills `buf` (whole pages) with the mixed pattern.
@@ -524,11 +535,7 @@ fn main() {
     }
     let mib = env_num("MEMIMG_BENCH_MIB", 1024);
     let runs = env_num("MEMIMG_BENCH_RUNS", 5);
-    let stop_sizes: Vec<usize> = std::env::var("MEMIMG_BENCH_STOP_MIB")
-        .unwrap_or_else(|_| "256,1024,4096".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let stop_sizes = env_list("MEMIMG_BENCH_STOP_MIB", &[256, 1024, 4096]);
     let dir: PathBuf = std::env::var("MEMIMG_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
@@ -546,7 +553,9 @@ fn main() {
         }
     }
     if run("capture") {
-        section_capture(&prog, mib, runs, &dir);
+        for size in env_list("MEMIMG_BENCH_CAPTURE_MIB", &[mib]) {
+            section_capture(&prog, size, runs, &dir);
+        }
     }
     if run("durable") {
         section_durable(mib, runs, &dir);
@@ -667,6 +676,10 @@ fn section_stop(prog: &Path, mib: usize, runs: usize, dir: &Path) {
                 "wall time until the file is durable: memimg fsyncs its image, gcore's core is fsynced after it returns; \
                  the target is stopped throughout on both sides"
             };
+            // With the fork, the nice-19 capture shares the cores with the
+            // target's spinning clock thread, which gcore (the target
+            // stopped) does not: not like with like, so no target here; the
+            // capture section has the figure, the target idle on both sides.
             emit(
                 &format!("capture, {mib} MiB, codec none, {how}, both synced"),
                 total.median * 1e3,
@@ -674,7 +687,7 @@ fn section_stop(prog: &Path, mib: usize, runs: usize, dir: &Path) {
                 "gcore + fsync of the core",
                 g_flushed.median * 1e3,
                 g_flushed.median / total.median,
-                Some(1.5),
+                (!fork).then_some(1.5),
                 work,
             );
         }
@@ -715,15 +728,27 @@ fn section_capture(prog: &Path, mib: usize, runs: usize, dir: &Path) {
     let t = Target::spawn(prog, mib, 0, false);
     let img = dir.join("cap.img");
     let mut ours = Vec::new();
-    for (cname, codec) in [("none", Codec::None), ("zstd-1", Codec::Zstd(1))] {
+    let mut none_len = 0;
+    // Codec none with and without the fork snapshot (the target is idle
+    // here, so both have the two cores, as gcore has); zstd-1 with it.
+    for (cname, codec, fork) in [
+        ("none", Codec::None, true),
+        ("none", Codec::None, false),
+        ("zstd-1", Codec::Zstd(1), true),
+    ] {
         for durable in [true, false] {
-            let opts = capture_opts(codec, true, durable);
+            let opts = capture_opts(codec, fork, durable);
             let [total] = measure(runs, || {
                 [capture(t.pid(), &img, &opts).elapsed.as_secs_f64()]
             });
             let sync = if durable { "synced" } else { "not synced" };
-            println!("  memimg {cname:<7} fork, {sync:<11} {}", total.ms());
-            ours.push((cname, durable, total));
+            let how = if fork { "fork" } else { "no fork" };
+            let how = format!("{how},");
+            println!("  memimg {cname:<7} {how:<8} {sync:<11} {}", total.ms());
+            ours.push((cname, fork, durable, total));
+            if cname == "none" {
+                none_len = file_len(&img);
+            }
         }
     }
     if !have("gcore") {
@@ -749,6 +774,16 @@ fn section_capture(prog: &Path, mib: usize, runs: usize, dir: &Path) {
         g.ms(),
         gs.ms()
     );
+    let core_len = file_len(&core_file);
+    if none_len > 0 && core_len > 0 {
+        println!(
+            "  bytes written: memimg {} MiB (codec none), gcore {} MiB: \
+             where the disk's sustained write rate bounds both, the best synced ratio is {:.2}x",
+            none_len >> 20,
+            core_len >> 20,
+            core_len as f64 / none_len as f64
+        );
+    }
     let zstd = have("zstd");
     let zout = dir.join("core.zst");
     // The zstd peer compresses the process's own bytes: gcore's core of it.
@@ -784,7 +819,7 @@ fn section_capture(prog: &Path, mib: usize, runs: usize, dir: &Path) {
             [plain, t0.elapsed().as_secs_f64()]
         })
     });
-    for (cname, durable, total) in ours {
+    for (cname, fork, durable, total) in ours {
         let (peer_s, peer_label) = if durable {
             (gs, "gcore + fsync")
         } else {
@@ -796,15 +831,20 @@ fn section_capture(prog: &Path, mib: usize, runs: usize, dir: &Path) {
             "neither synced"
         };
         if cname == "none" {
+            let (how, work) = if fork {
+                ("fork", "memimg: fork snapshot, zero pages not stored; gcore: gdb (no symbols to load) writes every page; the target is idle, both sides have both cores")
+            } else {
+                ("no fork", "memimg: the target stopped throughout, zero pages not stored; gcore: gdb (no symbols to load) writes every page")
+            };
             emit(
-                &format!("capture, {mib} MiB, codec none, {sync}"),
+                &format!("capture, {mib} MiB, codec none, {how}, {sync}"),
                 total.median * 1e3,
                 "ms",
                 peer_label,
                 peer_s.median * 1e3,
                 peer_s.median / total.median,
                 Some(1.5),
-                "memimg: fork snapshot, zero pages not stored; gcore: gdb (no symbols to load) writes every page",
+                work,
             );
         } else {
             if let Some([z, zsync]) = zs {
