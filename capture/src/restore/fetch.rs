@@ -986,22 +986,23 @@ mod tests {
     fn a_failed_run_answers_the_faults_that_wait_for_it() {
         let addrs = [0, 10];
         let lay = layout(&addrs, &[0, 1]);
-        let mut s = state(&addrs);
-        s.prefetch = true;
-        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
-        s.demand.push_back(1);
-        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        // A run of both under way, and a fault on 1 waiting for it.
+        let waiting = || {
+            let mut s = state(&addrs);
+            s.prefetch = true;
+            let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
+            s.demand.push_back(1);
+            assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+            (s, run)
+        };
         // The store is gone: both fail at once, none waits.
+        let (mut s, run) = waiting();
         arrived(&mut s, run, Err(("gone".into(), true)), &|| {});
         assert!(s.awaited.is_empty());
         assert_eq!(s.done.len(), 2);
         assert!(s.broken.is_some());
         // Damage instead: each is fetched on its own.
-        let mut s = state(&addrs);
-        s.prefetch = true;
-        let run = run_of(next(&mut s, 8, 2, 100, &lay, &TWICE));
-        s.demand.push_back(1);
-        assert!(next(&mut s, 8, 2, 100, &lay, &TWICE).is_none());
+        let (mut s, run) = waiting();
         arrived(&mut s, run, Err(("short".into(), false)), &|| {});
         assert!(s.awaited.is_empty());
         assert_eq!(
