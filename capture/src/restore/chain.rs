@@ -603,8 +603,9 @@ struct ChainSource {
     chain: Chain,
     /// The data segments in address order: start, end, link, extent.
     data: Vec<(u64, u64, usize, Extent)>,
-    /// Per link: the address of the extent decoded last, and its bytes.
-    cache: Vec<Option<(u64, Vec<u8>)>>,
+    /// Per link: the address of the extent decoded last, and its bytes
+    /// (plaintext process memory: zeroed when dropped).
+    cache: Vec<Option<(u64, Scratch)>>,
 }
 
 impl ChainSource {
@@ -643,10 +644,7 @@ impl ChainSource {
         if slot.as_ref().map(|(at, _)| *at) != Some(real.addr) {
             let mut buf = slot.take().map(|(_, b)| b).unwrap_or_default();
             buf.resize(usize_of(real.len(ps)), 0);
-            if let Err(e) = self.chain.decode(link, real, &mut buf) {
-                buf.fill(0);
-                return Err(e);
-            }
+            self.chain.decode(link, real, &mut buf)?;
             *slot = Some((real.addr, buf));
         }
         let from = usize_of(a.wrapping_sub(real.addr));
@@ -688,14 +686,5 @@ impl ChunkSource for ChainSource {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for ChainSource {
-    fn drop(&mut self) {
-        // Plaintext memory of the last extent decoded from each link.
-        for (_, b) in self.cache.iter_mut().flatten() {
-            b.fill(0);
-        }
     }
 }
