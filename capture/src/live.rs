@@ -6,7 +6,6 @@
 //! copy.
 
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use memimg::atomic::AtomicFile;
 use memimg::{Codec, Key, RegionInfo, RegionKind, WriteStats, Writer, WriterOptions};
 
-use crate::bgwrite::Background;
+use crate::bgwrite::{Background, ImageFile};
 use crate::error::CaptureError;
 use crate::fork;
 use crate::freeze::{self, Frozen, SignalGuard};
@@ -209,24 +208,20 @@ pub fn capture_to_path(
     opts: &CaptureOptions,
 ) -> Result<CaptureReport, CaptureError> {
     check_exists(pid)?;
-    let mut file = AtomicFile::create(out)?;
-    let fd = file.file().as_raw_fd();
-    let sink = Writeback {
-        file,
-        fd,
-        pos: 0,
-        kicked: 0,
-        kick: opts.durable,
-    };
+    let file = AtomicFile::create(out)?;
+    // A durable capture writes its full buffers with O_DIRECT where the
+    // file system takes it (see ImageFile).
+    let sink = ImageFile::new(file, opts.durable);
     let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
     // The page-cache copies happen on a thread of their own, overlapping the
     // reading of the process (see bgwrite).
     let (w, report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
     let sink = w.into_inner().map_err(io)?;
     if opts.durable {
-        sink.file.commit()?;
+        sink.into_file().commit()?;
     } else {
-        let tmp = sink.file.tmp_path().to_path_buf();
+        let file = sink.into_file();
+        let tmp = file.tmp_path().to_path_buf();
         std::fs::rename(&tmp, out).map_err(|e| {
             CaptureError::io(
                 format!("renaming {} to {}", tmp.display(), out.display()),
@@ -234,7 +229,7 @@ pub fn capture_to_path(
             )
         })?;
         // The temporary name is gone: the drop finds nothing to remove.
-        drop(sink);
+        drop(file);
     }
     Ok(report)
 }
@@ -412,43 +407,6 @@ impl<'c, W: Write> Out<'c, W> {
                 (w, s, Some(c))
             }
         })
-    }
-}
-
-/// Bytes written between two requests to start writeback.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Starts writeback of what was written every few MiB, so the disk works
-/// while the capture goes on and the final fsync of the commit has little
-/// left to do.
-struct Writeback {
-    file: AtomicFile,
-    fd: std::os::unix::io::RawFd,
-    pos: u64,
-    kicked: u64,
-    /// Start writeback as we go (a durable capture).
-    kick: bool,
-}
-
-impl Write for Writeback {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.pos += n as u64;
-        if self.kick && self.pos - self.kicked >= WRITEBACK_STEP {
-            let (off, len) = (self.kicked, self.pos - self.kicked);
-            if let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len))
-            {
-                // SAFETY: sync_file_range only takes integers; a failure only
-                // means the final fsync does all the work.
-                unsafe { libc::sync_file_range(self.fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
-            }
-            self.kicked = self.pos;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
     }
 }
 

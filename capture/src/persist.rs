@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use memimg::atomic::AtomicFile;
 use memimg::{Codec, Key, Prot, RegionInfo, RegionKind, WriteStats, Writer, WriterOptions};
 
-use crate::bgwrite::Background;
+use crate::bgwrite::{Background, ImageFile};
 use crate::pagemap::{self, Pagemap};
 use crate::procfs;
 use crate::track::{
@@ -212,10 +212,10 @@ impl<'a> Persister<'a> {
             path: path.display().to_string(),
             source,
         };
-        let file = AtomicFile::create(path)?;
+        let file = ImageFile::new(AtomicFile::create(path)?, true);
         let (w, stats) = self.write_to(Background::new(file).map_err(io)?, opts)?;
         let file = w.into_inner().map_err(io)?;
-        file.commit()?;
+        file.into_file().commit()?;
         Ok(stats)
     }
 
@@ -485,10 +485,10 @@ impl<'a> Persister<'a> {
             path: path.display().to_string(),
             source,
         };
-        let file = AtomicFile::create(path)?;
+        let file = ImageFile::new(AtomicFile::create(path)?, true);
         let (w, report) = self.write_child_to(Background::new(file).map_err(io)?, hint, opts)?;
         let file = w.into_inner().map_err(io)?;
-        file.commit()?;
+        file.into_file().commit()?;
         Ok(report)
     }
 
