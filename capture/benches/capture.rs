@@ -751,6 +751,34 @@ fn section_capture(prog: &Path, mib: usize, runs: usize, dir: &Path) {
             }
         }
     }
+    // The same durable capture through the page cache (direct_io off), to
+    // show what O_DIRECT changes in this run.
+    let cached = CaptureOptions {
+        direct_io: false,
+        ..capture_opts(Codec::None, false, true)
+    };
+    let [pc] = measure(runs, || {
+        [capture(t.pid(), &img, &cached).elapsed.as_secs_f64()]
+    });
+    println!(
+        "  memimg none    no fork, synced, page cache (direct_io off) {}",
+        pc.ms()
+    );
+    if let Some(&(_, _, _, direct)) = ours
+        .iter()
+        .find(|(c, fork, durable, _)| *c == "none" && !*fork && *durable)
+    {
+        emit(
+            &format!("capture, {mib} MiB, codec none, no fork, synced: O_DIRECT"),
+            direct.median * 1e3,
+            "ms",
+            "the same through the page cache",
+            pc.median * 1e3,
+            pc.median / direct.median,
+            None,
+            "memimg both sides, the same process and bytes, synced; only the way of writing differs",
+        );
+    }
     if !have("gcore") {
         println!("  gcore is not installed: no peer rows\n");
         return;

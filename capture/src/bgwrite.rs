@@ -245,10 +245,15 @@ pub(crate) struct ImageFile {
 }
 
 impl ImageFile {
-    /// Writes `file`; `durable` when it will be synced at the end.
-    pub(crate) fn new(mut file: AtomicFile, durable: bool) -> ImageFile {
+    /// Writes `file`; `durable` when it will be synced at the end, and then
+    /// with `O_DIRECT` when `direct` (and the file system takes it).
+    pub(crate) fn new(mut file: AtomicFile, durable: bool, direct: bool) -> ImageFile {
         let fd = file.file().as_raw_fd();
-        let direct = if durable { open_direct(fd) } else { None };
+        let direct = if durable && direct {
+            open_direct(fd)
+        } else {
+            None
+        };
         ImageFile {
             file,
             fd,
@@ -397,7 +402,7 @@ mod tests {
         let mut af = AtomicFile::create(&path).unwrap();
         let takes_direct = open_direct(af.file().as_raw_fd()).is_some();
         let want = pattern(5 * BUF_SIZE + 123);
-        let mut b = Background::new(ImageFile::new(af, true)).unwrap();
+        let mut b = Background::new(ImageFile::new(af, true, true)).unwrap();
         for piece in want.chunks(70_001) {
             b.write_all(piece).unwrap();
         }
@@ -415,19 +420,22 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
-    /// A file that need not be durable stays in the page cache.
+    /// A file that need not be durable stays in the page cache, and so does
+    /// a durable one asked not to use O_DIRECT.
     #[test]
-    fn a_file_not_durable_is_not_written_direct() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        let want = pattern(2 * BUF_SIZE);
-        let mut b =
-            Background::new(ImageFile::new(AtomicFile::create(&path).unwrap(), false)).unwrap();
-        b.write_all(&want).unwrap();
-        let f = b.into_inner().unwrap();
-        assert_eq!(f.direct_bytes(), 0);
-        f.into_file().commit().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), want);
+    fn o_direct_only_when_durable_and_asked() {
+        for (durable, direct) in [(false, true), (true, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("img");
+            let want = pattern(2 * BUF_SIZE);
+            let file = ImageFile::new(AtomicFile::create(&path).unwrap(), durable, direct);
+            let mut b = Background::new(file).unwrap();
+            b.write_all(&want).unwrap();
+            let f = b.into_inner().unwrap();
+            assert_eq!(f.direct_bytes(), 0, "durable {durable}, direct {direct}");
+            f.into_file().commit().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), want);
+        }
     }
 
     /// Fails after `left` bytes.
