@@ -11,7 +11,7 @@
 //! Each buffer's bytes start at a page boundary ([`ALIGN`]), so a full
 //! buffer is a page-aligned piece of memory at a page-aligned offset of
 //! the stream: an inner writer can pass it to `O_DIRECT` as it is (see
-//! `live::Writeback`).
+//! `ImageFile`).
 
 use std::fs::File;
 use std::io::{self, Write};
