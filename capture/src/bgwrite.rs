@@ -266,8 +266,7 @@ impl ImageFile {
     }
 
     /// Bytes written with `O_DIRECT` so far.
-    #[cfg(test)]
-    fn direct_bytes(&self) -> u64 {
+    pub(crate) fn direct_bytes(&self) -> u64 {
         self.direct_bytes
     }
 

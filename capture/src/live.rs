@@ -202,6 +202,11 @@ pub struct CaptureReport {
     pub warnings: Vec<String>,
     /// With a parent: how the pages read compared with the parent's.
     pub compare: Option<crate::CompareStats>,
+    /// Bytes of the image written with `O_DIRECT` ([`capture_to_path`] of
+    /// a durable capture, see [`CaptureOptions::direct_io`]); 0 when all
+    /// went through the page cache (not durable, asked, refused by the
+    /// file system, or an image under 1 MiB) or to a writer.
+    pub direct_bytes: u64,
 }
 
 /// Captures process `pid` into a new image file at `out`.
@@ -225,8 +230,9 @@ pub fn capture_to_path(
     let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
     // The page-cache copies happen on a thread of their own, overlapping the
     // reading of the process (see bgwrite).
-    let (w, report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
+    let (w, mut report) = capture_to_writer(pid, Background::new(sink).map_err(io)?, opts)?;
     let sink = w.into_inner().map_err(io)?;
+    report.direct_bytes = sink.direct_bytes();
     if opts.durable {
         sink.into_file().commit()?;
     } else {
@@ -353,6 +359,7 @@ pub fn capture_to_writer<W: Write>(
             method,
             warnings,
             compare,
+            direct_bytes: 0,
         },
     ))
 }

@@ -329,3 +329,77 @@ fn exclude_file_backed_keeps_private_copies_only() {
     img.read_at(noaccess, &mut got).unwrap();
     assert!(got == pattern_page(PROT_SEED, 0));
 }
+
+/// Whether files in `dir` can be opened with O_DIRECT (tmpfs before Linux
+/// 6.6 cannot, for one).
+fn takes_o_direct(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.join("probe"))
+        .is_ok()
+}
+
+/// A durable capture writes its full 1 MiB buffers with O_DIRECT and
+/// reports how much; asked not to, or not durable, it writes none so. Each
+/// image verifies and holds the child's random bytes.
+#[test]
+fn a_durable_capture_writes_with_o_direct() {
+    need_ptrace!("a_durable_capture_writes_with_o_direct");
+    let child = spawn_role("patterns", &[]);
+    let pid = child.pid();
+    let dir = tempfile::tempdir().unwrap();
+    if !takes_o_direct(dir.path()) {
+        common::skip(
+            common::test_name!("a_durable_capture_writes_with_o_direct"),
+            &format!("{} refuses O_DIRECT", dir.path().display()),
+        );
+        return;
+    }
+    let rand = child.var("rand");
+    let mut want = vec![0u8; RAND_LEN];
+    common::fill_random(&mut want, RAND_SEED);
+    for (durable, direct_io) in [(true, true), (true, false), (false, true)] {
+        let out = dir.path().join(format!("c-{durable}-{direct_io}.img"));
+        let opts = CaptureOptions {
+            codec: Codec::None,
+            durable,
+            direct_io,
+            ..CaptureOptions::default()
+        };
+        let report = capture_to_path(pid, &out, &opts).unwrap();
+        if durable && direct_io {
+            // The image holds 8 MiB of random bytes and more: all but its
+            // last, partial buffer go direct.
+            assert!(
+                report.direct_bytes >= RAND_LEN as u64
+                    && report.direct_bytes % (1 << 20) == 0
+                    && report.direct_bytes <= report.stats.file_len,
+                "direct {} of {}",
+                report.direct_bytes,
+                report.stats.file_len
+            );
+        } else {
+            assert_eq!(
+                report.direct_bytes, 0,
+                "durable {durable}, direct_io {direct_io}"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().len(),
+            report.stats.file_len
+        );
+        let r = memimg::verify_path(&out, None, &memimg::VerifyOptions::default());
+        assert!(r.is_intact(), "{r:?}");
+        let img = Image::open(&out).unwrap();
+        let mut got = vec![0u8; RAND_LEN];
+        img.read_at(rand, &mut got).unwrap();
+        assert!(
+            got == want,
+            "the random bytes differ (durable {durable}, direct_io {direct_io})"
+        );
+    }
+}

@@ -225,6 +225,9 @@ pub struct CaptureDoc {
     pub held_bytes: Option<u64>,
     /// The whole capture, up to the durable image, in milliseconds.
     pub total_ms: f64,
+    /// Bytes written with `O_DIRECT` (a durable capture writes its full
+    /// 1 MiB buffers so); 0 when the page cache was used for all.
+    pub direct_io_bytes: u64,
     /// Regions recorded.
     pub regions: u64,
     /// Bytes of data (non-zero pages).
@@ -276,6 +279,7 @@ impl CaptureDoc {
             fork_ms,
             held_bytes,
             total_ms: ms(rep.elapsed),
+            direct_io_bytes: rep.direct_bytes,
             regions: s.regions,
             data_bytes: s.data_bytes,
             chunks: s.chunks,

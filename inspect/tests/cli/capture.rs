@@ -12,6 +12,7 @@
 //! scripts/test.sh's summary, and fails on CI.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -661,4 +662,38 @@ fn errors_no_such_pid_and_existing_output() {
     }
     assert_eq!(code, 0, "{o}{err}");
     assert_eq!(read(&out, None, ADDR, 64), pattern()[..64]);
+}
+
+/// `capture --json` says how many bytes went to the disk with O_DIRECT: a
+/// durable capture of an 8 MiB child writes all but its last buffer so
+/// (where the temporary directory's file system takes O_DIRECT).
+#[test]
+fn capture_json_reports_direct_io_bytes() {
+    let t = Target::spawn("big", 8);
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("big.mimg");
+    let (code, text, err) = capture(t.pid(), &img, &["--codec", "none", "--json"]);
+    if code == 2 && err.contains("ermission") {
+        skip(
+            concat!(module_path!(), "::capture_json_reports_direct_io_bytes"),
+            &format!("ptrace is not permitted here: {err}"),
+        );
+        return;
+    }
+    assert_eq!(code, 0, "{text}{err}");
+    let doc = json(&text);
+    let direct = doc["direct_io_bytes"].as_u64().expect("direct_io_bytes");
+    let size = doc["file_size"].as_u64().expect("file_size");
+    assert_eq!(direct % (1 << 20), 0, "{doc}");
+    assert!(direct <= size, "{doc}");
+    let probe = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(d.path().join("probe"));
+    if probe.is_ok() {
+        // 6 MiB of the child's big mapping is not zero.
+        assert!(direct >= 5 << 20, "{doc}");
+    }
 }
