@@ -376,7 +376,7 @@ fn a_durable_capture_writes_with_o_direct() {
             // last, partial buffer go direct.
             assert!(
                 report.direct_bytes >= RAND_LEN as u64
-                    && report.direct_bytes % (1 << 20) == 0
+                    && report.direct_bytes.is_multiple_of(1 << 20)
                     && report.direct_bytes <= report.stats.file_len,
                 "direct {} of {}",
                 report.direct_bytes,
