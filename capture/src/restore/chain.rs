@@ -104,8 +104,7 @@ pub fn restore_chain(chain: Chain, opts: &RestoreOptions) -> Result<Restored, Re
             }
         }
     }
-    let not_mappable = mmap_unavailable(&chain, &segs);
-    let strategy = choose_strategy(opts.strategy, not_mappable)?;
+    let strategy = choose_strategy(opts.strategy, || mmap_unavailable(&chain, &segs))?;
     let mut lazy = None;
     let res = match strategy {
         // The deepest link mapped into free space, the rest over it.

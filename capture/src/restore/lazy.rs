@@ -402,21 +402,24 @@ impl LazyHandle {
             .map(|r| (r.info.start, r.info.end()))
             .collect();
         // The working set of an image with a load order is placed first,
-        // in profile order (see order.rs).
-        let mut unit_of = std::collections::HashMap::new();
-        for (i, u) in units.iter().enumerate() {
-            if let Some(e) = &u.extent {
-                unit_of.insert(e.chunk, i);
+        // in profile order (see order.rs). The map from chunk to unit is
+        // built only for such an image: for any other it was a hash map of
+        // every chunk (384 for a 192 MiB region) built and dropped inside
+        // the restore call.
+        let plan: VecDeque<usize> = match img.load_order().ok().flatten() {
+            Some(order) if !order.is_empty() => {
+                let unit_of: std::collections::HashMap<u64, usize> = units
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, u)| u.extent.as_ref().map(|e| (e.chunk, i)))
+                    .collect();
+                order
+                    .iter()
+                    .filter_map(|c| unit_of.get(c).copied())
+                    .collect()
             }
-        }
-        let plan: VecDeque<usize> = img
-            .load_order()
-            .ok()
-            .flatten()
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|c| unit_of.get(c).copied())
-            .collect();
+            _ => VecDeque::new(),
+        };
         let recorder = record.map(|d| {
             Arc::new(Recorder::new(
                 img.header().image_id,

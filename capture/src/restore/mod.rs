@@ -269,7 +269,7 @@ fn restore_image(
             });
         }
     }
-    let not_mappable = match file {
+    let not_mappable = || match file {
         Some(_) => mmap_unavailable(&img, &regions),
         None => Some(
             "the image is not a local file (it is in object storage): there is no file to map; \
@@ -511,22 +511,32 @@ fn abbreviate(b: &[u8]) -> String {
     }
 }
 
-/// The strategy a restore uses: `Auto` maps when it can (`not_mappable` is
-/// `None`), else decodes eagerly; `Mmap` asked where it cannot map is
+/// The strategy a restore uses: `Auto` maps when it can (`not_mappable()`
+/// is `None`), else decodes eagerly; `Mmap` asked where it cannot map is
 /// refused with the reason. Shared by the restore of one image and of a
 /// chain.
+///
+/// `not_mappable` runs only for `Auto` and `Mmap`: an eager or lazy
+/// restore does not scan the extents for a compressed chunk, nor format
+/// the reason (a `format!` whose code, in a C program's first restore,
+/// cost page faults on the library's text; README, *C ABI*).
 fn choose_strategy(
     asked: Strategy,
-    not_mappable: Option<String>,
+    not_mappable: impl FnOnce() -> Option<String>,
 ) -> Result<Strategy, RestoreError> {
-    match (asked, not_mappable) {
-        (Strategy::Auto, None) => Ok(Strategy::Mmap),
-        (Strategy::Auto, Some(_)) => Ok(Strategy::Eager),
-        (Strategy::Mmap, Some(why)) => Err(RestoreError::StrategyUnavailable {
-            strategy: "mmap",
-            why,
+    match asked {
+        Strategy::Eager | Strategy::Lazy => Ok(asked),
+        Strategy::Auto => Ok(match not_mappable() {
+            None => Strategy::Mmap,
+            Some(_) => Strategy::Eager,
         }),
-        (s, _) => Ok(s),
+        Strategy::Mmap => match not_mappable() {
+            None => Ok(Strategy::Mmap),
+            Some(why) => Err(RestoreError::StrategyUnavailable {
+                strategy: "mmap",
+                why,
+            }),
+        },
     }
 }
 
