@@ -219,18 +219,21 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 ///
 /// A durable write must put every byte on the disk before it returns.
 /// Through the page cache that costs a copy of each byte into the cache on
-/// the writing thread, which at several GiB is the longest path of a
-/// capture (`perf record` of a 4 GiB capture with `--codec none`: 47% of
-/// all samples on that thread, 34% in `copy_folio_from_iter_atomic`). So
-/// a durable `ImageFile` writes each full buffer of [`Background`]
-/// (page-aligned memory at a page-aligned offset) with `O_DIRECT`,
-/// straight from the buffer to the disk, and only what is not aligned (the
-/// end of the image) through the page cache; the commit's fsync then makes
-/// both durable. Where `O_DIRECT` is refused (at open, or `EINVAL` on a
-/// write) it writes through the page cache and starts writeback every few
-/// MiB, so the disk works while the writer goes on and the final fsync has
-/// little left. A file that need not be durable is written through the
-/// page cache, where it stays for whoever reads it next.
+/// the writing thread, and once the kernel's writeback threshold is passed
+/// the writer is also throttled: at several GiB that thread was the longest
+/// path of a capture (`perf record` of a 4 GiB capture with `--codec none`:
+/// 47% of all samples on it, 34% in `copy_folio_from_iter_atomic`). Below
+/// that threshold the page cache is the faster way here (a quiet 1 GiB
+/// capture: 435 ms through it, 592 ms with `O_DIRECT`). So a durable
+/// `ImageFile` writes through the page cache, starting writeback every few
+/// MiB, until the file holds `direct_after` bytes (by default the kernel's
+/// background writeback threshold, see [`writeback_threshold`]), and from
+/// there writes each full buffer of [`Background`] (page-aligned memory at
+/// a page-aligned offset) with `O_DIRECT`, straight from the buffer to the
+/// disk; the commit's fsync then makes both durable. Where `O_DIRECT` is
+/// refused (at open, or `EINVAL` on a write) the page cache is used to the
+/// end. A file that need not be durable is written through the page cache,
+/// where it stays for whoever reads it next.
 pub(crate) struct ImageFile {
     file: AtomicFile,
     fd: RawFd,
@@ -242,12 +245,21 @@ pub(crate) struct ImageFile {
     kick: bool,
     /// Bytes written with `O_DIRECT`.
     direct_bytes: u64,
+    /// Bytes written through the page cache before `O_DIRECT` is used.
+    direct_after: u64,
 }
 
 impl ImageFile {
     /// Writes `file`; `durable` when it will be synced at the end, and then
-    /// with `O_DIRECT` when `direct` (and the file system takes it).
-    pub(crate) fn new(mut file: AtomicFile, durable: bool, direct: bool) -> ImageFile {
+    /// with `O_DIRECT` when `direct` (and the file system takes it) past
+    /// `direct_after` bytes (`None`: the kernel's background writeback
+    /// threshold).
+    pub(crate) fn new(
+        mut file: AtomicFile,
+        durable: bool,
+        direct: bool,
+        direct_after: Option<u64>,
+    ) -> ImageFile {
         let fd = file.file().as_raw_fd();
         let direct = if durable && direct {
             open_direct(fd)
@@ -262,6 +274,7 @@ impl ImageFile {
             kicked: 0,
             kick: durable,
             direct_bytes: 0,
+            direct_after: direct_after.unwrap_or_else(writeback_threshold),
         }
     }
 
@@ -273,6 +286,28 @@ impl ImageFile {
     /// The file, to commit or rename.
     pub(crate) fn into_file(self) -> AtomicFile {
         self.file
+    }
+}
+
+/// The bytes of dirty page cache at which the kernel starts writing back
+/// in the background: `vm.dirty_background_bytes` when set, else
+/// `vm.dirty_background_ratio` percent of the available memory (the
+/// kernel counts free and reclaimable page-cache memory; `MemAvailable` is
+/// close). Below it a writer is never throttled. 256 MiB when it cannot be
+/// read.
+pub(crate) fn writeback_threshold() -> u64 {
+    let num = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    if let Some(b) = num("/proc/sys/vm/dirty_background_bytes").filter(|&b| b > 0) {
+        return b;
+    }
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    match (num("/proc/sys/vm/dirty_background_ratio"), avail) {
+        (Some(r), Some(kib)) => kib.saturating_mul(1024) / 100 * r.min(100),
+        _ => 256 << 20,
     }
 }
 
@@ -292,7 +327,8 @@ impl Write for ImageFile {
         let aligned = !buf.is_empty()
             && (buf.as_ptr() as usize).is_multiple_of(ALIGN)
             && buf.len().is_multiple_of(ALIGN)
-            && self.pos.is_multiple_of(ALIGN as u64);
+            && self.pos.is_multiple_of(ALIGN as u64)
+            && self.pos >= self.direct_after;
         if let (true, Some(d)) = (aligned, &self.direct) {
             match d.write_at(buf, self.pos) {
                 Ok(n) => {
@@ -401,7 +437,7 @@ mod tests {
         let mut af = AtomicFile::create(&path).unwrap();
         let takes_direct = open_direct(af.file().as_raw_fd()).is_some();
         let want = pattern(5 * BUF_SIZE + 123);
-        let mut b = Background::new(ImageFile::new(af, true, true)).unwrap();
+        let mut b = Background::new(ImageFile::new(af, true, true, Some(0))).unwrap();
         for piece in want.chunks(70_001) {
             b.write_all(piece).unwrap();
         }
@@ -419,6 +455,36 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
+    /// The first `direct_after` bytes go through the page cache, the full
+    /// buffers after them with O_DIRECT.
+    #[test]
+    fn o_direct_only_past_direct_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mut af = AtomicFile::create(&path).unwrap();
+        if open_direct(af.file().as_raw_fd()).is_none() {
+            eprintln!(
+                "note: {} refuses O_DIRECT: not tested",
+                dir.path().display()
+            );
+            return;
+        }
+        let want = pattern(5 * BUF_SIZE + 99);
+        let file = ImageFile::new(af, true, true, Some(2 * BUF_SIZE as u64));
+        let mut b = Background::new(file).unwrap();
+        b.write_all(&want).unwrap();
+        let f = b.into_inner().unwrap();
+        assert_eq!(f.direct_bytes(), 3 * BUF_SIZE as u64);
+        f.into_file().commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn the_writeback_threshold_is_read() {
+        let t = writeback_threshold();
+        assert!(t >= 1 << 20, "{t}");
+    }
+
     /// A file that need not be durable stays in the page cache, and so does
     /// a durable one asked not to use O_DIRECT.
     #[test]
@@ -427,7 +493,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("img");
             let want = pattern(2 * BUF_SIZE);
-            let file = ImageFile::new(AtomicFile::create(&path).unwrap(), durable, direct);
+            let file = ImageFile::new(AtomicFile::create(&path).unwrap(), durable, direct, Some(0));
             let mut b = Background::new(file).unwrap();
             b.write_all(&want).unwrap();
             let f = b.into_inner().unwrap();

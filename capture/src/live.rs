@@ -78,12 +78,19 @@ pub struct CaptureOptions {
     /// on.
     pub durable: bool,
     /// With [`CaptureOptions::durable`], writes the image's full 1 MiB
-    /// buffers with `O_DIRECT`, from memory straight to the disk, rather
-    /// than copying them into the page cache and starting writeback every
-    /// 8 MiB: at several GiB that copy was the capture's longest path.
-    /// Where the file system refuses `O_DIRECT`, the page cache is used
-    /// anyway. By default on.
+    /// buffers with `O_DIRECT`, from memory straight to the disk, once the
+    /// file holds [`CaptureOptions::direct_io_after`] bytes, rather than
+    /// copying them into the page cache and starting writeback every 8 MiB:
+    /// past the kernel's writeback threshold that copy, throttled, was the
+    /// capture's longest path. Where the file system refuses `O_DIRECT`,
+    /// the page cache is used anyway. By default on.
     pub direct_io: bool,
+    /// With [`CaptureOptions::direct_io`], the bytes written through the
+    /// page cache before `O_DIRECT` takes over (below the kernel's
+    /// writeback threshold the page cache is the faster way). By default
+    /// `None`: that threshold, `vm.dirty_background_bytes` or
+    /// `vm.dirty_background_ratio` percent of the available memory.
+    pub direct_io_after: Option<u64>,
     /// With a fork snapshot, the thread that runs the `clone` (it must be in
     /// a plain ptrace stop, else the capture does without the fork). By
     /// default the main thread, or the first thread that can.
@@ -115,6 +122,7 @@ impl std::fmt::Debug for CaptureOptions {
             .field("fork_thread", &self.fork_thread)
             .field("durable", &self.durable)
             .field("direct_io", &self.direct_io)
+            .field("direct_io_after", &self.direct_io_after)
             .field(
                 "parent",
                 &self
@@ -142,6 +150,7 @@ impl Default for CaptureOptions {
             fork_thread: None,
             durable: true,
             direct_io: true,
+            direct_io_after: None,
             parent: None,
             parent_hint: None,
         }
@@ -226,7 +235,7 @@ pub fn capture_to_path(
     let file = AtomicFile::create(out)?;
     // A durable capture writes its full buffers with O_DIRECT where the
     // file system takes it (see ImageFile).
-    let sink = ImageFile::new(file, opts.durable, opts.direct_io);
+    let sink = ImageFile::new(file, opts.durable, opts.direct_io, opts.direct_io_after);
     let io = |e| CaptureError::io(format!("writing {}", out.display()), e);
     // The page-cache copies happen on a thread of their own, overlapping the
     // reading of the process (see bgwrite).

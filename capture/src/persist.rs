@@ -212,7 +212,7 @@ impl<'a> Persister<'a> {
             path: path.display().to_string(),
             source,
         };
-        let file = ImageFile::new(AtomicFile::create(path)?, true, true);
+        let file = ImageFile::new(AtomicFile::create(path)?, true, true, None);
         let (w, stats) = self.write_to(Background::new(file).map_err(io)?, opts)?;
         let file = w.into_inner().map_err(io)?;
         file.into_file().commit()?;
@@ -485,7 +485,7 @@ impl<'a> Persister<'a> {
             path: path.display().to_string(),
             source,
         };
-        let file = ImageFile::new(AtomicFile::create(path)?, true, true);
+        let file = ImageFile::new(AtomicFile::create(path)?, true, true, None);
         let (w, report) = self.write_child_to(Background::new(file).map_err(io)?, hint, opts)?;
         let file = w.into_inner().map_err(io)?;
         file.into_file().commit()?;

@@ -105,8 +105,12 @@ pub fn compile(cc: &str, sources: &[PathBuf], out: &Path, link: Link, extra: &[&
                 .arg(format!("-Wl,-rpath,{}", lib.display()));
         }
         Link::Static => {
-            // What `rustc --print native-static-libs` lists for a staticlib
-            // on Linux.
+            // `--gc-sections` drops the archive's code the program does not
+            // call, as rustc's own link of an executable does (the archive
+            // is built with one section per function); then what
+            // `rustc --print native-static-libs` lists for a staticlib on
+            // Linux.
+            c.arg("-Wl,--gc-sections");
             c.arg(lib.join("libmemimg.a")).args([
                 "-lgcc_s",
                 "-lutil",

@@ -368,6 +368,9 @@ fn a_durable_capture_writes_with_o_direct() {
             codec: Codec::None,
             durable,
             direct_io,
+            // From the first byte: the default keeps an image this small
+            // in the page cache.
+            direct_io_after: Some(0),
             ..CaptureOptions::default()
         };
         let report = capture_to_path(pid, &out, &opts).unwrap();
