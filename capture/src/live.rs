@@ -88,8 +88,9 @@ pub struct CaptureOptions {
     /// With [`CaptureOptions::direct_io`], the bytes written through the
     /// page cache before `O_DIRECT` takes over (below the kernel's
     /// writeback threshold the page cache is the faster way). By default
-    /// `None`: that threshold, `vm.dirty_background_bytes` or
-    /// `vm.dirty_background_ratio` percent of the available memory.
+    /// `None`: that threshold (`vm.dirty_background_bytes` or
+    /// `vm.dirty_background_ratio` percent of the available memory), at
+    /// most 256 MiB.
     pub direct_io_after: Option<u64>,
     /// With a fork snapshot, the thread that runs the `clone` (it must be in
     /// a plain ptrace stop, else the capture does without the fork). By
