@@ -228,10 +228,9 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// `ImageFile` writes through the page cache, starting writeback every few
 /// MiB, until the file holds `direct_after` bytes (by default the kernel's
 /// background writeback threshold, see [`writeback_threshold`], and at most
-/// [`PAGE_CACHE_MAX`]), and from
-/// there writes each full buffer of [`Background`] (page-aligned memory at
-/// a page-aligned offset) with `O_DIRECT`, straight from the buffer to the
-/// disk; the commit's fsync then makes both durable. Where `O_DIRECT` is
+/// [`PAGE_CACHE_MAX`]), and from there writes each full buffer of
+/// [`Background`] (page-aligned memory at a page-aligned offset) with
+/// `O_DIRECT`, straight from the buffer to the disk; the commit's fsync then makes both durable. Where `O_DIRECT` is
 /// refused (at open, or `EINVAL` on a write) the page cache is used to the
 /// end. A file that need not be durable is written through the page cache,
 /// where it stays for whoever reads it next.
@@ -254,7 +253,7 @@ impl ImageFile {
     /// Writes `file`; `durable` when it will be synced at the end, and then
     /// with `O_DIRECT` when `direct` (and the file system takes it) past
     /// `direct_after` bytes (`None`: the kernel's background writeback
-    /// threshold).
+    /// threshold, at most [`PAGE_CACHE_MAX`]).
     pub(crate) fn new(
         mut file: AtomicFile,
         durable: bool,
