@@ -273,6 +273,13 @@ struct Encoder {
 }
 
 impl Encoder {
+    fn new(codec: Codec, dek: Option<&DataKey>) -> Result<Encoder> {
+        Ok(Encoder {
+            compressor: Compressor::new(codec).map_err(|e| Error::io("starting zstd", e))?,
+            dek: dek.cloned(),
+        })
+    }
+
     fn encode(&mut self, mut job: Job) -> Result<Done> {
         let raw_checksum = xxh3_128(&job.raw);
         let compressed = self.compressor.compress(&job.raw, &mut job.out);
@@ -326,10 +333,7 @@ impl Pool {
         for i in 0..workers {
             let jrx = Arc::clone(&jrx);
             let rtx = rtx.clone();
-            let mut enc = Encoder {
-                compressor: Compressor::new(codec).map_err(|e| Error::io("starting zstd", e))?,
-                dek: dek.cloned(),
-            };
+            let mut enc = Encoder::new(codec, dek)?;
             let t = std::thread::Builder::new()
                 .name(format!("memimg-enc-{i}"))
                 .spawn(move || loop {
@@ -439,10 +443,9 @@ pub struct Writer<W: Write> {
     written_chunks: u64,
     reorder: BTreeMap<u64, Done>,
     in_flight: usize,
+    /// The encoder of the writer's own thread: every chunk without workers,
+    /// chunks of at most [`INLINE_MAX`] bytes with them (made on first use).
     inline: Option<Encoder>,
-    /// Encodes chunks of at most [`INLINE_MAX`] bytes on the calling thread
-    /// when there are workers (made on first use).
-    small: Option<Encoder>,
     codec: Codec,
     pool: Option<Pool>,
     max_in_flight: usize,
@@ -504,17 +507,10 @@ impl<W: Write> Writer<W> {
         let mut out = Counting { inner: out, pos: 0 };
         out.put(&header_page)?;
         let workers = opts.workers;
-        let (inline, pool) = if workers == 0 {
-            (
-                Some(Encoder {
-                    compressor: Compressor::new(opts.codec)
-                        .map_err(|e| Error::io("starting zstd", e))?,
-                    dek: dek.clone(),
-                }),
-                None,
-            )
+        let pool = if workers == 0 {
+            None
         } else {
-            (None, Some(Pool::new(workers, opts.codec, dek.as_ref())?))
+            Some(Pool::new(workers, opts.codec, dek.as_ref())?)
         };
         Ok(Writer {
             out,
@@ -539,8 +535,7 @@ impl<W: Write> Writer<W> {
             written_chunks: 0,
             reorder: BTreeMap::new(),
             in_flight: 0,
-            inline,
-            small: None,
+            inline: None,
             codec: opts.codec,
             pool,
             max_in_flight: workers * 2 + 1,
@@ -956,27 +951,16 @@ impl<W: Write> Writer<W> {
             raw,
             out,
         };
-        if let Some(enc) = self.inline.as_mut() {
-            let done = enc.encode(job)?;
-            self.write_done(done)?;
-            return Ok(());
-        }
-        if job.raw.len() <= INLINE_MAX {
-            let enc = match self.small.as_mut() {
+        if self.pool.is_none() || job.raw.len() <= INLINE_MAX {
+            let enc = match self.inline.as_mut() {
                 Some(e) => e,
-                None => self.small.insert(Encoder {
-                    compressor: Compressor::new(self.codec)
-                        .map_err(|e| Error::io("starting zstd", e))?,
-                    dek: self.dek.clone(),
-                }),
+                None => self
+                    .inline
+                    .insert(Encoder::new(self.codec, self.dek.as_ref())?),
             };
             let done = enc.encode(job)?;
-            // In order: after the chunks still with the workers.
-            self.reorder.insert(done.ordinal, done);
-            while let Some(d) = self.reorder.remove(&self.written_chunks) {
-                self.write_done(d)?;
-            }
-            return Ok(());
+            // In order: after the chunks still with the workers, if any.
+            return self.write_in_order(done);
         }
         while self.in_flight >= self.max_in_flight {
             self.receive_one()?;
@@ -1003,6 +987,12 @@ impl<W: Write> Writer<W> {
             .recv()
             .map_err(|_| Error::plain(ErrorKind::Io, "a writer thread stopped"))??;
         self.in_flight -= 1;
+        self.write_in_order(done)
+    }
+
+    /// Writes `done` and every chunk after it already encoded, once the
+    /// chunks before it are written.
+    fn write_in_order(&mut self, done: Done) -> Result<()> {
         self.reorder.insert(done.ordinal, done);
         while let Some(d) = self.reorder.remove(&self.written_chunks) {
             self.write_done(d)?;
