@@ -266,6 +266,12 @@ impl ImageFile {
         } else {
             None
         };
+        // Read from /proc only where O_DIRECT will be used.
+        let direct_after = match (&direct, direct_after) {
+            (None, _) => u64::MAX,
+            (Some(_), Some(b)) => b,
+            (Some(_), None) => writeback_threshold().min(PAGE_CACHE_MAX),
+        };
         ImageFile {
             file,
             fd,
@@ -274,7 +280,7 @@ impl ImageFile {
             kicked: 0,
             kick: durable,
             direct_bytes: 0,
-            direct_after: direct_after.unwrap_or_else(|| writeback_threshold().min(PAGE_CACHE_MAX)),
+            direct_after,
         }
     }
 
