@@ -65,7 +65,7 @@ pub use crypt::{
 pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use profile::{Profile, PROFILE_MAGIC, PROFILE_VERSION};
-pub use read::{fuzz_api, Image, TrailerInfo};
+pub use read::{fuzz_api, page_digests_of, Image, TrailerInfo};
 pub use relayout::{relayout, relayout_in_place, RelayoutStats};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};

@@ -142,6 +142,31 @@ pub(crate) fn push_parent_hint(out: &mut Vec<u8>, hint: &str) -> Result<()> {
     Ok(())
 }
 
+/// Body record type 3: the page digests (1.1, `PAGE_DIGESTS` only).
+pub(crate) const B_PAGE_DIGESTS: u16 = 3;
+
+/// Appends the page-digests record (spec.md, *Page digests*) to the body
+/// meta.
+pub(crate) fn push_page_digests(out: &mut Vec<u8>, digests: &[u64]) -> Result<()> {
+    let len = digests
+        .len()
+        .checked_mul(8)
+        .and_then(|l| u32::try_from(l).ok())
+        .ok_or_else(|| {
+            Error::plain(
+                ErrorKind::InvalidInput,
+                "page digests exceed 4 GiB (more than 2 TiB of stored 4 KiB pages)",
+            )
+        })?;
+    out.extend_from_slice(&B_PAGE_DIGESTS.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    for d in digests {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    Ok(())
+}
+
 /// Appends a note record to the body meta.
 pub(crate) fn push_note(out: &mut Vec<u8>, n: &Note) -> Result<()> {
     let name = n.name.as_bytes();

@@ -39,6 +39,9 @@ impl Features {
     pub const PROCESS_FACTS: u64 = 1 << 0;
     /// Compatible: the index body carries named notes.
     pub const NOTES: u64 = 1 << 1;
+    /// Compatible (1.1): the index body carries a digest of every stored
+    /// page (spec.md, *Page digests*).
+    pub const PAGE_DIGESTS: u64 = 1 << 2;
 
     /// Names of the set bits, for display (`encrypted`, `zstd`, `bit5` …).
     pub fn names(&self) -> Vec<String> {
@@ -73,6 +76,7 @@ impl Features {
             &[
                 (Self::PROCESS_FACTS, "process-facts"),
                 (Self::NOTES, "notes"),
+                (Self::PAGE_DIGESTS, "page-digests"),
             ],
             "compat",
             &mut out,

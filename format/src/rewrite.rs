@@ -17,8 +17,9 @@ use crate::read::Image;
 use crate::write::{build_index, build_trailer, WriteStats, Writer, WriterOptions};
 
 /// Options for a transcode that keep the source's facts: page size, chunk
-/// size, machine, validation data, process facts, producer, notes, and the
-/// parent record and hint of an incremental image (so a recompressed child
+/// size, machine, validation data, process facts, producer, notes, page
+/// digests (computed again from the pages written), and the parent record
+/// and hint of an incremental image (so a recompressed child
 /// is a child of the same parent). The caller then sets the codec, key and
 /// workers.
 ///
@@ -34,6 +35,7 @@ pub fn options_from(src: &Image) -> Result<WriterOptions> {
         .process(h.process.clone())
         .producer(h.producer.clone())
         .notes(src.notes()?.to_vec())
+        .page_digests(src.has_page_digests())
         .parent_opt(h.parent, h.parent_hint.clone()))
 }
 

@@ -559,13 +559,16 @@ impl Walk<'_, '_> {
                 let raw = xxh3_128(stored);
                 if raw != e.raw_checksum {
                     probs.push(raw_mismatch(loc, e.raw_checksum, raw));
+                } else {
+                    self.digests(&e, stored, loc, probs);
                 }
             } else {
                 let len = usize::try_from(e.len(self.img.header().page_size)).unwrap_or(0);
                 pages.clear();
                 pages.resize(len, 0);
-                if let Err(err) = self.img.decode_stored(&e, Cow::Borrowed(stored), pages) {
-                    probs.push(Problem::from(err).at(loc));
+                match self.img.decode_stored(&e, Cow::Borrowed(stored), pages) {
+                    Ok(()) => self.digests(&e, pages, loc, probs),
+                    Err(err) => probs.push(Problem::from(err).at(loc)),
                 }
             }
         }
@@ -573,6 +576,21 @@ impl Walk<'_, '_> {
             p(u64::from(c.stored_len));
         }
         decoded
+    }
+
+    /// Checks the page digests of `e`'s decoded `pages`, when the image
+    /// has them (spec.md, *Page digests*): a page whose digest differs is
+    /// damage, at its address.
+    fn digests(&self, e: &Extent, pages: &[u8], loc: Location, probs: &mut Vec<Problem>) {
+        if let Some((addr, want, got)) = self.img.digest_mismatch(e, pages) {
+            probs.push(Problem {
+                kind: ErrorKind::Checksum,
+                location: loc.with_addr(addr),
+                message: format!(
+                    "page digest mismatch (index says {want:016x}, the page hashes to {got:016x})"
+                ),
+            });
+        }
     }
 }
 

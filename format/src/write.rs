@@ -43,6 +43,7 @@ pub struct WriterOptions {
     pub(crate) machine: MachineFacts,
     pub(crate) process: Option<ProcessFacts>,
     pub(crate) notes: Vec<Note>,
+    pub(crate) page_digests: bool,
     pub(crate) parent: Option<ParentRecord>,
     pub(crate) parent_hint: Option<String>,
     /// The page size and machine of the parent named through
@@ -75,6 +76,7 @@ impl WriterOptions {
             machine: MachineFacts::current(),
             process: None,
             notes: Vec::new(),
+            page_digests: false,
             parent: None,
             parent_hint: None,
             parent_facts: None,
@@ -151,6 +153,16 @@ impl WriterOptions {
     /// spec's limits. By default none.
     pub fn process(mut self, process: Option<ProcessFacts>) -> Self {
         self.process = process;
+        self
+    }
+
+    /// Writes a digest of every stored page in the index (spec.md, *Page
+    /// digests*), so that a child written against this image can tell
+    /// which pages changed from its index alone, without decoding its
+    /// chunks. It costs 8 bytes of index per stored page and a hash of each
+    /// page. By default off.
+    pub fn page_digests(mut self, on: bool) -> Self {
+        self.page_digests = on;
         self
     }
 
@@ -259,6 +271,8 @@ struct Job {
 struct Done {
     ordinal: u64,
     raw_checksum: u128,
+    /// The digest of each page, when the image has page digests.
+    digests: Vec<u64>,
     stored_checksum: u64,
     compressed: bool,
     /// When `compressed` or encrypted, the stored bytes; otherwise empty and
@@ -270,18 +284,25 @@ struct Done {
 struct Encoder {
     compressor: Compressor,
     dek: Option<DataKey>,
+    /// The page size, when each page's digest is taken.
+    digest_pages: Option<u32>,
 }
 
 impl Encoder {
-    fn new(codec: Codec, dek: Option<&DataKey>) -> Result<Encoder> {
+    fn new(codec: Codec, dek: Option<&DataKey>, digest_pages: Option<u32>) -> Result<Encoder> {
         Ok(Encoder {
             compressor: Compressor::new(codec).map_err(|e| Error::io("starting zstd", e))?,
             dek: dek.cloned(),
+            digest_pages,
         })
     }
 
     fn encode(&mut self, mut job: Job) -> Result<Done> {
         let raw_checksum = xxh3_128(&job.raw);
+        let digests = match self.digest_pages {
+            Some(ps) => crate::read::page_digests_of(&job.raw, ps).collect(),
+            None => Vec::new(),
+        };
         let compressed = self.compressor.compress(&job.raw, &mut job.out);
         let stored_checksum;
         if let Some(dek) = &self.dek {
@@ -301,6 +322,7 @@ impl Encoder {
         Ok(Done {
             ordinal: job.ordinal,
             raw_checksum,
+            digests,
             stored_checksum,
             compressed,
             stored: job.out,
@@ -325,7 +347,12 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(workers: usize, codec: Codec, dek: Option<&DataKey>) -> Result<Pool> {
+    fn new(
+        workers: usize,
+        codec: Codec,
+        dek: Option<&DataKey>,
+        digest_pages: Option<u32>,
+    ) -> Result<Pool> {
         let (jtx, jrx) = mpsc::sync_channel::<Job>(workers * 2);
         let (rtx, rrx) = mpsc::channel();
         let jrx = Arc::new(Mutex::new(jrx));
@@ -333,7 +360,7 @@ impl Pool {
         for i in 0..workers {
             let jrx = Arc::clone(&jrx);
             let rtx = rtx.clone();
-            let mut enc = Encoder::new(codec, dek)?;
+            let mut enc = Encoder::new(codec, dek, digest_pages)?;
             let t = std::thread::Builder::new()
                 .name(format!("memimg-enc-{i}"))
                 .spawn(move || loop {
@@ -430,6 +457,9 @@ pub struct Writer<W: Write> {
     key_slot: KeySlotRaw,
     parent: Option<ParentRecord>,
     notes: Vec<Note>,
+    /// The digest of every stored page, in chunk order, when the image has
+    /// page digests (`PAGE_DIGESTS`).
+    digests: Option<Vec<u64>>,
     regions: Vec<RegionRaw>,
     extents: Vec<ExtentRaw>,
     strings: Vec<u8>,
@@ -510,7 +540,12 @@ impl<W: Write> Writer<W> {
         let pool = if workers == 0 {
             None
         } else {
-            Some(Pool::new(workers, opts.codec, dek.as_ref())?)
+            Some(Pool::new(
+                workers,
+                opts.codec,
+                dek.as_ref(),
+                opts.page_digests.then_some(ps),
+            )?)
         };
         Ok(Writer {
             out,
@@ -523,6 +558,7 @@ impl<W: Write> Writer<W> {
             key_slot,
             parent: opts.parent,
             notes: opts.notes,
+            digests: opts.page_digests.then(Vec::new),
             regions: Vec::new(),
             extents: Vec::new(),
             strings: Vec::new(),
@@ -782,9 +818,11 @@ impl<W: Write> Writer<W> {
     /// `parent` stores them: each run that lines up with a whole data extent
     /// of the parent's chain at the same addresses, and whose content
     /// checksum (XXH3-128) equals that extent's, is recorded as the
-    /// parent's pages ([`Writer::push_in_parent`]); everything else is
-    /// pushed as data (zero pages recorded as zero). Only `data` is hashed:
-    /// nothing of the parent is read but its index.
+    /// parent's pages ([`Writer::push_in_parent`]); so is each page of the
+    /// other data runs whose digest equals the page digest of the link that
+    /// holds it, when that link has page digests (spec.md, *Page digests*);
+    /// everything else is pushed as data (zero pages recorded as zero).
+    /// Only `data` is hashed: nothing of the parent is read but its index.
     ///
     /// This is how a capture with a parent writes a child: read every page,
     /// store what differs.
@@ -823,10 +861,59 @@ impl<W: Write> Writer<W> {
                 {
                     self.push_in_parent(piece.len() as u64)?;
                 }
+                crate::SegmentKind::Data(e) => {
+                    // Page by page, when the link has page digests.
+                    let link = parent.links().get(seg.link);
+                    match link
+                        .map(|l| l.same_pages(&e, seg.start, piece))
+                        .transpose()?
+                    {
+                        Some(Some(same)) => {
+                            self.push_pages_against(piece, &same)?;
+                        }
+                        _ => self.push_data(piece)?,
+                    }
+                }
                 _ => self.push_data(piece)?,
             }
         }
         Ok(())
+    }
+
+    /// Pushes `data`, the next bytes of the open region, page by page: the
+    /// runs of pages whose `same` is true as the parent's pages
+    /// ([`Writer::push_in_parent`]), the others as data. Returns the bytes
+    /// pushed as the parent's.
+    ///
+    /// # Errors
+    /// `InvalidInput` when `same` does not have one entry per page of
+    /// `data`; otherwise as [`Writer::push_data`].
+    pub fn push_pages_against(&mut self, data: &[u8], same: &[bool]) -> Result<u64> {
+        let psz = self.page_size as usize;
+        if same.len().checked_mul(psz) != Some(data.len()) {
+            return Err(invalid(format!(
+                "{} page flags for {} bytes of {psz}-byte pages",
+                same.len(),
+                data.len()
+            )));
+        }
+        let mut kept = 0;
+        let mut k = 0;
+        while k < same.len() {
+            let eq = same[k];
+            let j = (k..same.len())
+                .find(|&x| same[x] != eq)
+                .unwrap_or(same.len());
+            let run = &data[k * psz..j * psz];
+            if eq {
+                kept += run.len() as u64;
+                self.push_in_parent(run.len() as u64)?;
+            } else {
+                self.push_data(run)?;
+            }
+            k = j;
+        }
+        Ok(kept)
     }
 
     /// Adds a region whose bytes are `data`, as a child of `parent` stores
@@ -954,9 +1041,11 @@ impl<W: Write> Writer<W> {
         if self.pool.is_none() || job.raw.len() <= INLINE_MAX {
             let enc = match self.inline.as_mut() {
                 Some(e) => e,
-                None => self
-                    .inline
-                    .insert(Encoder::new(self.codec, self.dek.as_ref())?),
+                None => self.inline.insert(Encoder::new(
+                    self.codec,
+                    self.dek.as_ref(),
+                    self.digests.is_some().then_some(self.page_size),
+                )?),
             };
             let done = enc.encode(job)?;
             // In order: after the chunks still with the workers, if any.
@@ -1032,6 +1121,9 @@ impl<W: Write> Writer<W> {
             e.codec = u8::from(d.compressed);
             e.raw_checksum = d.raw_checksum;
         }
+        if let Some(all) = self.digests.as_mut() {
+            all.extend_from_slice(&d.digests);
+        }
         self.written_chunks += 1;
         let mut raw = d.raw;
         raw.clear();
@@ -1101,6 +1193,9 @@ impl<W: Write> Writer<W> {
         for n in &self.notes {
             meta::push_note(&mut meta, n)?;
         }
+        if let Some(d) = &self.digests {
+            meta::push_page_digests(&mut meta, d)?;
+        }
         let mut body = Vec::with_capacity(
             BODY_HEAD_LEN
                 + REGION_LEN * self.regions.len()
@@ -1115,7 +1210,8 @@ impl<W: Write> Writer<W> {
             extent_count: self.extents.len() as u64,
             strings_len: u32::try_from(self.strings.len())
                 .map_err(|_| invalid("names exceed 4 GiB"))?,
-            meta_len: u32::try_from(meta.len()).map_err(|_| invalid("notes exceed 4 GiB"))?,
+            meta_len: u32::try_from(meta.len())
+                .map_err(|_| invalid("the body's records exceed 4 GiB"))?,
             body_checksum: 0,
         };
         body.extend_from_slice(&raw::to_bytes(&head));
@@ -1266,6 +1362,9 @@ fn build_header(opts: &WriterOptions, image_id: &[u8; 16]) -> Result<Vec<u8>> {
     }
     if !opts.notes.is_empty() {
         compat |= Features::NOTES;
+    }
+    if opts.page_digests {
+        compat |= Features::PAGE_DIGESTS;
     }
     if let Some(p) = &opts.parent {
         // The parent record and hint: 1.1, with PARENT only.

@@ -322,6 +322,21 @@ impl Forge {
         h[10..12].copy_from_slice(&1u16.to_le_bytes());
     }
 
+    /// Sets compatible feature `bit` (a [`memimg::Features`] constant) in
+    /// the header.
+    pub fn set_compat(&mut self, bit: u64) {
+        let h = &mut self.header;
+        let compat = u64::from_le_bytes(h[0x20..0x28].try_into().unwrap_or([0; 8]));
+        h[0x20..0x28].copy_from_slice(&(compat | bit).to_le_bytes());
+    }
+
+    /// Clears compatible feature `bit` in the header.
+    pub fn clear_compat(&mut self, bit: u64) {
+        let h = &mut self.header;
+        let compat = u64::from_le_bytes(h[0x20..0x28].try_into().unwrap_or([0; 8]));
+        h[0x20..0x28].copy_from_slice(&(compat & !bit).to_le_bytes());
+    }
+
     /// Appends a load-order record listing `chunks` to the body meta
     /// (format 1.1; spec.md, *Load order*: type 2, each chunk number a
     /// u64); it sets neither `LOAD_ORDER` nor the layout.

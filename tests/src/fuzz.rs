@@ -33,6 +33,10 @@ fn walk(img: &Image) {
                     if e.len(ps) <= 1 << 20 {
                         let mut buf = vec![0u8; e.len(ps) as usize];
                         let _ = img.decode_extent(e, &mut buf);
+                        // Page digests (1.1): the extent's, and its pages
+                        // compared with them.
+                        let _ = img.page_digests(e.chunk);
+                        let _ = img.same_pages(e, e.addr, &buf);
                     }
                     let mut small = [0u8; 64];
                     let _ = img.read_at(e.addr.saturating_add(e.len(ps) / 2), &mut small);
@@ -151,14 +155,18 @@ pub fn roundtrip(data: &[u8]) {
         2 => Codec::Zstd(-3),
         _ => Codec::Zstd(5),
     };
-    let key = (b.u8() % 2 == 1).then(|| Key::raw(FUZZ_KEY));
+    let kb = b.u8();
+    let key = (kb % 2 == 1).then(|| Key::raw(FUZZ_KEY));
+    // Page digests (1.1) in one input in two.
+    let digests = kb & 2 != 0;
     let workers = usize::from(b.u8() % 3);
     let opts = WriterOptions::new()
         .page_size(ps)
         .chunk_size(ps * chunk_pages)
         .codec(codec)
         .workers(workers)
-        .key_opt(key.clone());
+        .key_opt(key.clone())
+        .page_digests(digests);
     let Ok(mut w) = Writer::new(Vec::new(), opts) else {
         return;
     };
@@ -228,9 +236,19 @@ pub fn roundtrip(data: &[u8]) {
     }
     let regions = img.regions().unwrap_or_else(|e| panic!("regions: {e}"));
     assert_eq!(regions.len(), want.len());
+    assert_eq!(img.has_page_digests(), digests);
     for r in regions {
         for e in img.region_extents(r).unwrap_or_default() {
             assert!(e.kind != ExtentKind::Data || e.page_count <= chunk_pages);
+            if digests && e.kind == ExtentKind::Data {
+                let mut buf = vec![0u8; e.len(ps) as usize];
+                assert!(img.decode_extent(e, &mut buf).is_ok());
+                let same = img.same_pages(e, e.addr, &buf);
+                assert!(
+                    matches!(same, Ok(Some(ref v)) if v.iter().all(|&s| s)),
+                    "digests: {same:?}"
+                );
+            }
         }
     }
     let rep = verify_bytes(
@@ -424,7 +442,8 @@ const MAX_PAGES: u8 = 6;
 /// (`SLOT_BOUND`, encrypted images), an index nonce salt (encrypted images
 /// with a 1.1 feature), and a load-order profile (`LOAD_ORDER`: 1 to all of
 /// the chunks, in an order from the input, as the body's load-order record,
-/// with the chunks laid out in that order). It
+/// with the chunks laid out in that order), and page digests
+/// (`PAGE_DIGESTS`: the body's page-digests record, of every data page). It
 /// is built with [`crate::Forge`], which lays it out by spec.md and fixes
 /// every checksum and tag. The rest of `data` is a list of mutations of
 /// semantic fields: region names, extents and counts, extent kinds, codecs,
@@ -522,7 +541,26 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
         push_note(&mut f.meta, &name, &data);
     }
     if !f.meta.is_empty() {
-        set_compat(&mut f.header, memimg::Features::NOTES);
+        f.set_compat(memimg::Features::NOTES);
+    }
+    // Page digests (1.1, compatible): the digest of every data page, in
+    // chunk order (address order, as the regions were pushed).
+    let digests = v11 & 8 != 0;
+    if digests {
+        let d: Vec<u8> = want
+            .iter()
+            .flat_map(|(_, pages)| pages.iter())
+            .filter_map(|p| match p {
+                crate::Page::Data(d) => Some(xxhash_rust::xxh3::xxh3_64(d).to_le_bytes()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        f.meta.extend_from_slice(&3u16.to_le_bytes());
+        f.meta.extend_from_slice(&0u16.to_le_bytes());
+        f.meta.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        f.meta.extend_from_slice(&d);
+        f.set_compat(memimg::Features::PAGE_DIGESTS);
     }
     // The load-order profile (an image with no chunk has none: the record
     // lists at least one), its record after the notes, and the layout.
@@ -554,6 +592,7 @@ pub fn structured_with(data: &[u8], measure: &mut dyn FnMut(usize, &mut dyn FnMu
         // And that it reads the 1.1 features as described.
         assert_eq!(img.header().is_slot_bound(), bound, "SLOT_BOUND");
         assert_eq!(img.index_nonce_salt(), f.index_nonce_salt, "index salt");
+        assert_eq!(img.has_page_digests(), digests, "PAGE_DIGESTS");
         match img.load_order() {
             Ok(p) => assert_eq!(p, profile.as_deref(), "load order"),
             Err(e) => panic!("load order: {e}"),
@@ -678,12 +717,6 @@ fn add_header_record(header: &mut [u8], ty: u16, value: &[u8]) {
         let new = old + 4 + u32::from(len);
         header[0x58..0x5c].copy_from_slice(&new.to_le_bytes());
     }
-}
-
-fn set_compat(header: &mut [u8], bit: u64) {
-    let mut c = u64::from_le_bytes(header[0x20..0x28].try_into().unwrap_or([0; 8]));
-    c |= bit;
-    header[0x20..0x28].copy_from_slice(&c.to_le_bytes());
 }
 
 impl Bytes<'_> {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use memimg::{verify_path, Codec, Image, Key, VerifyOptions, WriterOptions};
 use memimg_tests::{golden_page, write_golden, GOLDEN_KEY, GOLDEN_REGIONS};
 
-fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
@@ -158,7 +158,7 @@ fn newer_major_version_and_unknown_feature_are_named() {
 /// [`golden_page`]; each later one changes the pages whose number `n` has
 /// `(n + gen) % 7 == 0` (to random bytes) and, from generation 2, zeroes those
 /// with `n % 13 == 5`. So a child holds about one page in seven.
-fn gen_page(gen: u64, addr: u64, page: &mut [u8]) {
+pub(crate) fn gen_page(gen: u64, addr: u64, page: &mut [u8]) {
     golden_page(addr, page);
     let n = addr / 4096;
     for g in 1..=gen {
@@ -172,7 +172,7 @@ fn gen_page(gen: u64, addr: u64, page: &mut [u8]) {
 }
 
 /// The bytes of region `start` (`pages` pages) in generation `gen`.
-fn gen_region(gen: u64, start: u64, pages: usize) -> Vec<u8> {
+pub(crate) fn gen_region(gen: u64, start: u64, pages: usize) -> Vec<u8> {
     let mut buf = vec![0u8; pages * 4096];
     for (i, p) in buf.chunks_mut(4096).enumerate() {
         gen_page(gen, start + (i * 4096) as u64, p);
@@ -182,7 +182,11 @@ fn gen_region(gen: u64, start: u64, pages: usize) -> Vec<u8> {
 
 /// Writes generation `gen` of the golden layout (4-page chunks) as a child of
 /// `parent` (hint `hint`), storing only what differs, or as a full image.
-fn write_gen(gen: u64, parent: Option<(&memimg::Chain, &str)>, opts: WriterOptions) -> Vec<u8> {
+pub(crate) fn write_gen(
+    gen: u64,
+    parent: Option<(&memimg::Chain, &str)>,
+    opts: WriterOptions,
+) -> Vec<u8> {
     let mut opts = opts.page_size(4096).chunk_size(4 * 4096);
     if let Some((p, hint)) = parent {
         opts = opts.parent_of(p.image()).unwrap().parent_hint(hint);

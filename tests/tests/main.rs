@@ -10,6 +10,7 @@
 mod binding;
 mod chain;
 mod corrupt;
+mod digests;
 mod files;
 mod forge;
 mod fuzz_regressions;

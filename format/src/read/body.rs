@@ -348,12 +348,58 @@ pub(super) fn parse_body(
             ),
         ));
     }
+    let page_digests = super::digests::parse_page_digests(
+        &body[m_start..],
+        header,
+        &extents,
+        base + m_start as u64,
+    )?;
     Ok(Body {
         regions,
         extents,
         notes,
         load_order,
+        page_digests,
     })
+}
+
+/// The one body meta record of type `ty` (`meta` at file offset `base`),
+/// as the file offset of its value and the value; `None` when there is
+/// none. `name` names the record in errors.
+///
+/// # Errors
+/// `Malformed` when a record runs past the body, or when there are two
+/// records of the type (the body carries at most one).
+pub(super) fn single_record<'a>(
+    meta: &'a [u8],
+    base: u64,
+    ty: u16,
+    name: &str,
+) -> Result<Option<(u64, &'a [u8])>> {
+    let mut found: Option<(u64, &[u8])> = None;
+    let mut at = 0usize;
+    while meta.len().saturating_sub(at) >= 8 {
+        let t = u16::from_le_bytes([meta[at], meta[at + 1]]);
+        let len = u32::from_le_bytes([meta[at + 4], meta[at + 5], meta[at + 6], meta[at + 7]]);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let Some(value) = meta.get(at + 8..).and_then(|v| v.get(..len)) else {
+            return Err(malformed(
+                Location::at(base + at as u64),
+                "index meta record runs past the body",
+            ));
+        };
+        if t == ty {
+            if found.is_some() {
+                return Err(malformed(
+                    Location::at(base + at as u64),
+                    format!("a second {name} record (the body carries exactly one)"),
+                ));
+            }
+            found = Some((base + at as u64 + 8, value));
+        }
+        at += 8 + len;
+    }
+    Ok(found)
 }
 
 /// Parses the body meta records; `loc` locates the meta for errors.

@@ -20,6 +20,7 @@ use crate::source::{open_path, usize_of, ReadAt, ReadSeek, Source};
 
 mod body;
 mod chunk;
+mod digests;
 mod header;
 mod index;
 mod layout;
@@ -27,6 +28,7 @@ mod order;
 mod trailer;
 
 use body::parse_body;
+pub use digests::page_digests_of;
 use header::parse_header;
 use index::parse_index;
 use layout::check_layout;
@@ -65,6 +67,8 @@ pub(crate) struct Body {
     pub notes: Vec<Note>,
     /// The load-order record (1.1, `LOAD_ORDER` only).
     pub load_order: Option<order::LoadOrder>,
+    /// The page-digests record (1.1, `PAGE_DIGESTS` only).
+    pub page_digests: Option<digests::PageDigests>,
 }
 
 /// What holds a piece of an image's address space (see `Image::walk`).

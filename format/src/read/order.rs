@@ -56,30 +56,8 @@ pub(super) fn parse_load_order(
     if header.features.incompat & Features::LOAD_ORDER == 0 {
         return Ok(None);
     }
-    let mut found: Option<(u64, &[u8])> = None;
-    let mut at = 0usize;
-    while meta.len().saturating_sub(at) >= 8 {
-        let ty = u16::from_le_bytes([meta[at], meta[at + 1]]);
-        let len = u32::from_le_bytes([meta[at + 4], meta[at + 5], meta[at + 6], meta[at + 7]]);
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        let Some(value) = meta.get(at + 8..).and_then(|v| v.get(..len)) else {
-            return Err(malformed(
-                Location::at(base + at as u64),
-                "index meta record runs past the body",
-            ));
-        };
-        if ty == B_LOAD_ORDER {
-            if found.is_some() {
-                return Err(malformed(
-                    Location::at(base + at as u64),
-                    "a second load-order record (the body carries exactly one)",
-                ));
-            }
-            found = Some((base + at as u64 + 8, value));
-        }
-        at += 8 + len;
-    }
-    let Some((vbase, value)) = found else {
+    let Some((vbase, value)) = super::body::single_record(meta, base, B_LOAD_ORDER, "load-order")?
+    else {
         return Err(malformed(
             Location::at(base),
             "the image sets LOAD_ORDER but its body holds no load-order record",
