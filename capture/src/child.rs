@@ -10,9 +10,13 @@
 //!    equal, the run is recorded as the parent's pages without reading
 //!    anything of the parent.
 //! 2. Otherwise (the checksum differs, or the run covers part of an extent)
-//!    that extent is decoded once and compared page by page: the pages that
-//!    are equal are the parent's, the others are stored. So a child holds
-//!    exactly the pages that changed, not the whole chunks around them.
+//!    it is compared page by page: the pages that are equal are the
+//!    parent's, the others are stored. So a child holds exactly the pages
+//!    that changed, not the whole chunks around them. When the link that
+//!    holds the extent has page digests (spec.md, *Page digests*), each
+//!    page is hashed (XXH3-64) and compared with its digest, and nothing
+//!    of the parent is read but its index; otherwise the extent is decoded
+//!    once and compared byte for byte.
 //!
 //! Zero pages are recorded as zero (they cost nothing either way); pages
 //! the parent lacks (a gap, absent, a region it recorded without data) are
@@ -58,6 +62,9 @@ pub struct CompareStats {
     pub same_by_checksum: u64,
     /// Bytes found equal to the parent's after decoding its chunk.
     pub same_by_compare: u64,
+    /// Bytes found equal to the parent's by their page digests (the parent
+    /// has them), without decoding anything.
+    pub same_by_digest: u64,
     /// Bytes stored: they differ from the parent's, or it has none there.
     pub stored: u64,
     /// Bytes of the parent chain decoded to compare.
@@ -93,8 +100,9 @@ impl<'c, W: Write> ChildWriter<'c, W> {
     /// Pushes `data`, the next bytes of the open region, storing only what
     /// differs from the parent chain.
     ///
-    /// The work that costs (hashing each run, decoding each parent extent
-    /// whose checksum differs and comparing it page by page) is done for
+    /// The work that costs (hashing each run, comparing each parent extent
+    /// whose checksum differs page by page, by its digests or decoded) is
+    /// done for
     /// the whole of `data` at once, in parallel (rayon), each extent
     /// decoded once for all its pieces; then the runs go to the writer in
     /// order.
@@ -121,8 +129,8 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                 _ => false,
             })
             .collect();
-        // 2. The other data runs, by extent: each extent decoded once and
-        //    its runs compared page by page.
+        // 2. The other data runs, by extent: compared page by page, by the
+        //    link's page digests, or each extent decoded once.
         let mut groups: Vec<((usize, Extent), Vec<usize>)> = Vec::new();
         let mut at: HashMap<(usize, u64), usize> = HashMap::new();
         for (i, s) in segs.iter().enumerate() {
@@ -137,11 +145,24 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             }
         }
         let parent = self.parent;
+        let links = parent.links();
+        let by_digest = |link: usize| links.get(link).is_some_and(memimg::Image::has_page_digests);
         let compared: Vec<Vec<(usize, Vec<bool>)>> = groups
             .par_iter()
             // A decoded parent extent is plaintext process memory: each worker's
             // buffer is zeroed when dropped.
             .map_init(Zeroizing::<Vec<u8>>::default, |buf, ((link, e), idx)| {
+                if by_digest(*link) {
+                    return idx
+                        .iter()
+                        .map(|&i| {
+                            let s = &segs[i];
+                            let ours = piece(s);
+                            let same = links[*link].same_pages(e, s.start, ours)?;
+                            Ok((i, same.unwrap_or_else(|| vec![false; ours.len() / psz])))
+                        })
+                        .collect();
+                }
                 let len = usize::try_from(e.len(ps)).unwrap_or(usize::MAX);
                 buf.resize(len, 0);
                 parent.decode(*link, e, buf)?;
@@ -166,8 +187,10 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                     .collect()
             })
             .collect::<Result<_, memimg::Error>>()?;
-        for ((_, e), _) in &groups {
-            self.stats.decoded += e.len(ps);
+        for ((link, e), _) in &groups {
+            if !by_digest(*link) {
+                self.stats.decoded += e.len(ps);
+            }
         }
         let mut pages: Vec<Option<Vec<bool>>> = vec![None; segs.len()];
         for (i, same) in compared.into_iter().flatten() {
@@ -188,21 +211,12 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                 continue;
             };
             // Runs of equal and differing pages, in order.
-            let mut k = 0;
-            while k < same.len() {
-                let eq = same[k];
-                let j = (k..same.len())
-                    .find(|&x| same[x] != eq)
-                    .unwrap_or(same.len());
-                let run = &piece[k * psz..j * psz];
-                if eq {
-                    self.stats.same_by_compare += run.len() as u64;
-                    self.w.push_in_parent(run.len() as u64)?;
-                } else {
-                    self.stats.stored += run.len() as u64;
-                    self.w.push_data(run)?;
-                }
-                k = j;
+            let kept = self.w.push_pages_against(piece, same)?;
+            self.stats.stored += piece.len() as u64 - kept;
+            if by_digest(s.link) {
+                self.stats.same_by_digest += kept;
+            } else {
+                self.stats.same_by_compare += kept;
             }
         }
         Ok(())

@@ -108,6 +108,14 @@ pub struct CaptureOptions {
     /// [`crate::hint_for`]). By default none: readers must be given the
     /// parent.
     pub parent_hint: Option<String>,
+    /// Writes a digest of every stored page in the image's index (spec.md,
+    /// *Page digests*), so that a later capture with this image as its
+    /// parent compares each page with its digest instead of decoding the
+    /// parent's chunks. Costs 8 bytes of index per stored page (2 MiB per
+    /// GiB) and a hash of each page. A child is written with digests
+    /// whatever this says when its parent has them, so that a chain keeps
+    /// them. By default off.
+    pub page_digests: bool,
 }
 
 impl std::fmt::Debug for CaptureOptions {
@@ -132,6 +140,7 @@ impl std::fmt::Debug for CaptureOptions {
                     .map(|c| c.image().header().image_id_hex()),
             )
             .field("parent_hint", &self.parent_hint)
+            .field("page_digests", &self.page_digests)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +163,7 @@ impl Default for CaptureOptions {
             direct_io_after: None,
             parent: None,
             parent_hint: None,
+            page_digests: false,
         }
     }
 }
@@ -278,7 +288,14 @@ pub fn capture_to_writer<W: Write>(
         .codec(opts.codec)
         .key_opt(opts.key.clone())
         .workers(opts.workers)
-        .process(Some(facts));
+        .process(Some(facts))
+        .page_digests(
+            opts.page_digests
+                || opts
+                    .parent
+                    .as_ref()
+                    .is_some_and(|c| c.image().has_page_digests()),
+        );
     if let Some(cs) = opts.chunk_size {
         wo = wo.chunk_size(cs);
     }

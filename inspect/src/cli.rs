@@ -714,15 +714,19 @@ Examples:
   imgtool capture --pid 1234 -o app.mimg
   imgtool capture --pid 1234 -o app.mimg --codec zstd:3 --key-file app.key
   imgtool capture --pid $$ -o shell.mimg --exclude-file-backed --no-fork
+  imgtool capture --pid 1234 -o app.mimg --page-digests
   imgtool capture --pid 1234 --parent app.mimg -o app.1.mimg
 
 With --parent BASE the image is a child of BASE (an incremental image): every
 resident page is still read, and each chunk's XXH3-128 is compared with
 BASE's raw checksum at the same place; a chunk that differs is compared page
 by page with BASE's, so the child stores exactly the pages that changed. The
-rest are recorded as BASE's pages. Reading the child needs BASE (found
-through the hint, or given with --parent): keep the chain together, or
-flatten it.")]
+rest are recorded as BASE's pages. When BASE was captured with
+--page-digests, each page is compared with its digest in BASE's index and
+nothing of BASE is decoded; otherwise BASE's chunk is decoded to compare.
+A child of a BASE with digests has them too. Reading the child needs BASE
+(found through the hint, or given with --parent): keep the chain together,
+or flatten it.")]
 pub struct CaptureArgs {
     /// The process to capture.
     #[arg(long)]
@@ -767,4 +771,9 @@ pub struct CaptureArgs {
     /// be given --parent).
     #[arg(long)]
     pub no_parent_hint: bool,
+    /// Store a digest of every page in the index (8 bytes a page), so that
+    /// a later capture with this image as --parent compares pages without
+    /// decoding it. On for a child whose parent has them.
+    #[arg(long)]
+    pub page_digests: bool,
 }

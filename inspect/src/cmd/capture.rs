@@ -115,6 +115,7 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
         })),
         parent,
         parent_hint,
+        page_digests: args.page_digests,
         ..CaptureOptions::default()
     };
     if let Some(w) = plan.workers {
@@ -187,11 +188,12 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
     if let Some(c) = &rep.compare {
         writeln!(
             out,
-            "child of {}: {} pages stored, {} pages left to the parent ({} by chunk checksum, {} compared page by page; {} of the parent decoded)",
+            "child of {}: {} pages stored, {} pages left to the parent ({} by chunk checksum, {} by page digest, {} compared page by page; {} of the parent decoded)",
             args.chain.parents[0].display(),
             s.data_bytes / u64::from(memimg::page_size()),
             s.in_parent_pages,
             fmt::size(c.same_by_checksum),
+            fmt::size(c.same_by_digest),
             fmt::size(c.same_by_compare),
             fmt::size(c.decoded),
         )?;
