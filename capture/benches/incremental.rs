@@ -15,12 +15,16 @@
 //! sync, both sides alike); a line `samples` after each gives every run's
 //! figure on both sides, and their medians. The restores of the chain and
 //! of the flattened image alternate. `MEMIMG_BENCH_INCR_CAPTURE=0` leaves
-//! out figures 1 and 2; `MEMIMG_BENCH_INCR_ZEROS=1` leaves a quarter of
+//! out figures 1 and 2, `MEMIMG_BENCH_INCR_PERSIST=0` figures 3 and 4;
+//! `MEMIMG_BENCH_INCR_ZEROS=1` leaves a quarter of
 //! every MiB of the persisted memory zero (a gap between the full image's
 //! runs in every MiB); `MEMIMG_BENCH_INCR_KEEP=DIR` writes the chain and
-//! its flattened copy into DIR and keeps them (to profile a restore). The 1% are scattered pages, chosen at random:
-//! the hardest case for chunk-level comparison, which the capture answers by
-//! comparing the differing chunks page by page.
+//! its flattened copy into DIR and keeps them (to profile a restore). The
+//! 1% are scattered pages, chosen at random: the hardest case for
+//! chunk-level comparison, which the capture answers by comparing the
+//! differing chunks page by page, by the parent's page digests (the target
+//! rows: both sides are captured with `page_digests`) or by decoding the
+//! parent (printed beside them, no target).
 //!
 //! Lines `@@BENCH\t…` join scripts/bench.sh's table (scripts/bench.d/
 //! incremental.sh runs this bench): ratio > 1 means the incremental side is
@@ -164,10 +168,6 @@ fn restorer(img: &str, strategy: &str, len: usize) {
     println!("TIME {} {} {sum}", returned.as_nanos(), all.as_nanos());
 }
 
-fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..runs).map(|_| f()).min().unwrap()
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -253,10 +253,17 @@ fn main() {
     if env_num("MEMIMG_BENCH_INCR_CAPTURE", 1) != 0 {
         capture_figures(dir, mib, runs);
     }
-    persist_and_restore_figures(dir, mib, runs, keep.is_some());
+    if env_num("MEMIMG_BENCH_INCR_PERSIST", 1) != 0 {
+        persist_and_restore_figures(dir, mib, runs, keep.is_some());
+    }
 }
 
-/// Figures 1 and 2: a live process captured full, then as a child.
+/// Figures 1 and 2: a live process captured full, then as a child: with
+/// page digests (the parent's index holds a digest of each page, so the
+/// child compares pages without decoding the parent: the target rows, both
+/// sides writing digests), and without (the parent's chunks that hold a
+/// changed page are decoded and compared; shown, no target). The two ways
+/// alternate run by run.
 fn capture_figures(dir: &Path, mib: usize, runs: usize) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
@@ -269,67 +276,93 @@ fn capture_figures(dir: &Path, mib: usize, runs: usize) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "READY");
     let pid = i32::try_from(child.id()).unwrap();
-    let opts = CaptureOptions {
+    let opts = |digests: bool| CaptureOptions {
         durable: false,
+        page_digests: digests,
         ..CaptureOptions::default()
     };
-    let base = dir.join("base.mimg");
-    let mut full_ms = Vec::new();
-    let full = best(runs, || {
+    let ways = [true, false];
+    let base = |d: bool| dir.join(format!("base-{d}.mimg"));
+    let kid = |d: bool| dir.join(format!("child-{d}.mimg"));
+    let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
-        capture_to_path(pid, &base, &opts).unwrap();
-        let d = t.elapsed();
-        full_ms.push(ms(d));
-        d
-    });
-    let full_size = std::fs::metadata(&base).unwrap().len();
+        f();
+        ms(t.elapsed())
+    };
+    // [way][run], ms.
+    let mut full_ms = vec![Vec::new(); 2];
+    for _ in 0..runs {
+        for (w, &d) in ways.iter().enumerate() {
+            full_ms[w].push(time(&mut || {
+                capture_to_path(pid, &base(d), &opts(d)).unwrap();
+            }));
+        }
+    }
     writeln!(stdin, "change 1").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "CHANGED");
-    let chain = Arc::new(Chain::open(&base, None, &ChainOptions::default()).unwrap());
-    let copts = CaptureOptions {
-        parent: Some(chain),
-        parent_hint: Some("base.mimg".into()),
-        ..opts.clone()
-    };
-    let child_img = dir.join("child.mimg");
-    let mut stored = 0;
-    let mut incr_ms = Vec::new();
-    let incr = best(runs, || {
-        let t = Instant::now();
-        let r = capture_to_path(pid, &child_img, &copts).unwrap();
-        stored = r.stats.data_bytes;
-        let d = t.elapsed();
-        incr_ms.push(ms(d));
-        d
-    });
-    let child_size = std::fs::metadata(&child_img).unwrap().len();
+    let chains: Vec<_> = ways
+        .iter()
+        .map(|&d| Arc::new(Chain::open(base(d), None, &ChainOptions::default()).unwrap()))
+        .collect();
+    let mut incr_ms = vec![Vec::new(); 2];
+    let mut stored = [0; 2];
+    let mut decoded = [0; 2];
+    for _ in 0..runs {
+        for (w, &d) in ways.iter().enumerate() {
+            let copts = CaptureOptions {
+                parent: Some(Arc::clone(&chains[w])),
+                parent_hint: Some(format!("base-{d}.mimg")),
+                ..opts(d)
+            };
+            incr_ms[w].push(time(&mut || {
+                let r = capture_to_path(pid, &kid(d), &copts).unwrap();
+                stored[w] = r.stats.data_bytes;
+                decoded[w] = r.compare.map_or(0, |c| c.decoded);
+            }));
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    println!(
-        "  capture: full {} MiB file, child {} KiB file ({} KiB of pages stored)",
-        full_size >> 20,
-        child_size >> 10,
-        stored >> 10
-    );
+    let size = |p: PathBuf| std::fs::metadata(p).unwrap().len() as f64 / 1048576.0;
+    let low = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    for (w, &d) in ways.iter().enumerate() {
+        println!(
+            "  capture, {}: full {:.1} MiB file, child {:.1} MiB file ({} KiB of pages stored, {} MiB of the parent decoded)",
+            if d { "page digests" } else { "no page digests" },
+            size(base(d)),
+            size(kid(d)),
+            stored[w] >> 10,
+            decoded[w] >> 20
+        );
+    }
     emit(
         "child image size (capture --parent, zstd:1)",
-        child_size as f64 / 1048576.0,
-        full_size as f64 / 1048576.0,
+        size(kid(true)),
+        size(base(true)),
         "MiB",
         0.02,
-        "child of a live capture against a full capture of the same process, zstd:1",
+        "child of a live capture against a full capture of the same process, zstd:1, both with page digests",
     );
     emit(
         "incremental capture time",
-        ms(incr),
-        ms(full),
+        low(&incr_ms[0]),
+        low(&full_ms[0]),
         "ms",
         0.25,
-        "capture --parent (reads and hashes every page) against a full capture, zstd:1, not synced",
+        "capture --parent of a parent with page digests (reads and hashes every page) against a full capture with page digests, zstd:1, not synced",
     );
-    samples(&incr_ms, &full_ms, "ms");
-    let _ = std::fs::remove_file(&base);
-    let _ = std::fs::remove_file(&child_img);
+    samples(&incr_ms[0], &full_ms[0], "ms");
+    println!(
+        "  without page digests (no target): child {:.1} ms against full {:.1} ms = {:.2}% (best of {runs})",
+        low(&incr_ms[1]),
+        low(&full_ms[1]),
+        low(&incr_ms[1]) / low(&full_ms[1]) * 100.0
+    );
+    samples(&incr_ms[1], &full_ms[1], "ms");
+    for d in ways {
+        let _ = std::fs::remove_file(base(d));
+        let _ = std::fs::remove_file(kid(d));
+    }
 }
 
 /// Figures 3 and 4: a tracked persist, its children, a 5-deep chain

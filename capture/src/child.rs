@@ -5,10 +5,10 @@
 //! The comparison is in two steps, so its cost follows what changed:
 //!
 //! 1. A run that lines up with a whole data extent of the chain (one chunk
-//!    of the parent, or of a link below it) is hashed (XXH3-128) and
-//!    compared with that extent's raw checksum, from the parent's index:
-//!    equal, the run is recorded as the parent's pages without reading
-//!    anything of the parent.
+//!    of the parent, or of a link below it) without page digests is hashed
+//!    (XXH3-128) and compared with that extent's raw checksum, from the
+//!    parent's index: equal, the run is recorded as the parent's pages
+//!    without reading anything of the parent.
 //! 2. Otherwise (the checksum differs, or the run covers part of an extent)
 //!    it is compared page by page: the pages that are equal are the
 //!    parent's, the others are stored. So a child holds exactly the pages
@@ -118,12 +118,17 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             let to = usize::try_from(s.end - start).unwrap_or(usize::MAX);
             &data[from..to]
         };
-        // 1. Runs that are a whole data extent of the chain, equal by its
-        //    raw checksum.
+        let parent = self.parent;
+        let links = parent.links();
+        let by_digest = |link: usize| links.get(link).is_some_and(memimg::Image::has_page_digests);
+        // 1. Runs that are a whole data extent of a link without page
+        //    digests, equal by its raw checksum. (With digests, each page is
+        //    hashed once, in step 2: hashing the whole run first as well
+        //    would read every byte twice where a page changed.)
         let same_sum: Vec<bool> = segs
             .par_iter()
             .map(|s| match s.kind {
-                SegmentKind::Data(e) => {
+                SegmentKind::Data(e) if !by_digest(s.link) => {
                     e.addr == s.start && e.end(ps) == s.end && xxh3_128(piece(s)) == e.raw_checksum
                 }
                 _ => false,
@@ -144,9 +149,6 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                 }
             }
         }
-        let parent = self.parent;
-        let links = parent.links();
-        let by_digest = |link: usize| links.get(link).is_some_and(memimg::Image::has_page_digests);
         let compared: Vec<Vec<(usize, Vec<bool>)>> = groups
             .par_iter()
             // A decoded parent extent is plaintext process memory: each worker's
