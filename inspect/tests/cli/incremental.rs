@@ -148,10 +148,30 @@ fn hexnum(v: &serde_json::Value) -> u64 {
 /// flatten of the child and a fresh full capture are identical.
 #[test]
 fn live_child_holds_exactly_the_changed_pages() {
-    let test = concat!(
-        module_path!(),
-        "::live_child_holds_exactly_the_changed_pages"
+    live_child(
+        concat!(
+            module_path!(),
+            "::live_child_holds_exactly_the_changed_pages"
+        ),
+        false,
     );
+}
+
+/// The same with a parent captured with `--page-digests`: the child
+/// compares every page with the parent's digests and decodes nothing of
+/// the parent, holds the same pages, and has digests of its own.
+#[test]
+fn live_child_of_a_parent_with_page_digests_decodes_nothing() {
+    live_child(
+        concat!(
+            module_path!(),
+            "::live_child_of_a_parent_with_page_digests_decodes_nothing"
+        ),
+        true,
+    );
+}
+
+fn live_child(test: &str, digests: bool) {
     let live = Live::spawn();
     let d = tempfile::tempdir().unwrap();
     let (base, child, flat, full) = (
@@ -160,7 +180,12 @@ fn live_child_holds_exactly_the_changed_pages() {
         d.path().join("flat.mimg"),
         d.path().join("full.mimg"),
     );
-    let (code, o, e) = run(&["capture", "--pid", &live.pid(), "-o", s(&base)]);
+    let pid = live.pid();
+    let mut args = vec!["capture", "--pid", &pid, "-o", s(&base)];
+    if digests {
+        args.push("--page-digests");
+    }
+    let (code, o, e) = run(&args);
     if code == 2 && e.contains("ermission") {
         skip(test, &format!("ptrace is not permitted here: {e}"));
         return;
@@ -196,11 +221,23 @@ fn live_child_holds_exactly_the_changed_pages() {
     ]);
     assert_eq!(code, 0, "{o}{e}");
     assert!(o.contains("child of"), "{o}");
+    assert_eq!(Image::open(&base).unwrap().has_page_digests(), digests);
+    if digests {
+        assert!(
+            o.contains(", 0 B compared page by page; 0 B of the parent decoded)"),
+            "{o}"
+        );
+        assert!(!o.contains(" 0 B by page digest"), "{o}");
+    } else {
+        assert!(!o.contains("0 B of the parent decoded"), "{o}");
+        assert!(o.contains(" 0 B by page digest"), "{o}");
+    }
 
     // The child: in the region, exactly the changed pages stored, the rest
     // the parent's.
     let img = Image::open(&child).unwrap();
     assert_eq!(img.depth(), 1);
+    assert_eq!(img.has_page_digests(), digests);
     let r = img
         .regions()
         .unwrap()
@@ -260,6 +297,7 @@ fn live_child_holds_exactly_the_changed_pages() {
     // flatten = a fresh full capture.
     let (code, o, e) = run(&["flatten", s(&child), "-o", s(&flat)]);
     assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(Image::open(&flat).unwrap().has_page_digests(), digests);
     let (code, o, e) = run(&["capture", "--pid", &live.pid(), "-o", s(&full)]);
     assert_eq!(code, 0, "{o}{e}");
     let (code, o, e) = run(&["diff", s(&flat), s(&full)]);
