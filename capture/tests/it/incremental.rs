@@ -105,8 +105,11 @@ fn persist_child(method: TrackMethod) {
         d.path().join("c1.img"),
         d.path().join("c2.img"),
     );
+    // With page digests, which every link keeps (checked by the verify of
+    // the chain below, which hashes each page against its digest).
     let po = PersistOptions {
         codec: Codec::Zstd(1),
+        page_digests: true,
         ..PersistOptions::default()
     };
     p.write_to_path(&b, &po).unwrap();
@@ -146,6 +149,17 @@ fn persist_child(method: TrackMethod) {
     // others.
     let chain = Chain::open(&c2, None, &ChainOptions::default()).unwrap();
     assert_eq!(chain.links().len(), 3);
+    assert!(chain.links().iter().all(Image::has_page_digests));
+    let report = memimg::verify_chain_path(
+        &c2,
+        None,
+        &ChainOptions::default(),
+        &memimg::VerifyOptions {
+            decode: true,
+            progress: None,
+        },
+    );
+    assert!(report.is_intact(), "{:?}", report.problems);
     let mut buf = vec![0u8; PS];
     let check = |pg: usize, buf: &mut Vec<u8>| {
         chain.read_at(base as u64 + (pg * PS) as u64, buf).unwrap();
