@@ -197,6 +197,12 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
             fmt::size(c.same_by_compare),
             fmt::size(c.decoded),
         )?;
+        if c.decoded > 0 {
+            writeln!(
+                out,
+                "the parent has no page digests: a parent captured with --page-digests is compared without decoding it"
+            )?;
+        }
     }
     for w in &rep.warnings {
         writeln!(out, "warning: {w}")?;

@@ -228,9 +228,14 @@ fn live_child(test: &str, digests: bool) {
             "{o}"
         );
         assert!(!o.contains(" 0 B by page digest"), "{o}");
+        assert!(!o.contains("no page digests"), "{o}");
     } else {
         assert!(!o.contains("0 B of the parent decoded"), "{o}");
         assert!(o.contains(" 0 B by page digest"), "{o}");
+        assert!(
+            o.contains("captured with --page-digests is compared"),
+            "{o}"
+        );
     }
 
     // The child: in the region, exactly the changed pages stored, the rest
