@@ -56,7 +56,8 @@ fn main() {
     // compressed, a few regions, no mutation, then the same with a few.
     let mut rng = memimg_tests::Rng::new(8);
     // From seed 16 on, format 1.1's other features too (flag 0x80, then a
-    // byte of them: a bound key slot, an index nonce salt, a load order).
+    // byte of them: a bound key slot, an index nonce salt, a load order,
+    // page digests).
     for i in 0..24u8 {
         let mut v = vec![0u8; 40 + usize::from(i % 16) * 8];
         rng.fill(&mut v);
@@ -64,7 +65,7 @@ fn main() {
         if i >= 16 {
             // Encrypted or not, raw or compressed; slot, salt, load order.
             v[0] = 0x80 | (i & 1) << 4 | (i & 2) << 4 | (i & 0x0c);
-            v[1] = 7;
+            v[1] = 7 | (i & 1) << 3;
         }
         if i % 16 < 8 {
             v.truncate(40);

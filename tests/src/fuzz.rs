@@ -386,6 +386,17 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             out.push(("encrypted", b));
         }
     }
+    // With page digests (1.1, PAGE_DIGESTS), plain and encrypted.
+    for (codec, k) in [(Codec::Zstd(1), None), (Codec::None, Some(key.clone()))] {
+        let opts = WriterOptions::new()
+            .workers(0)
+            .codec(codec)
+            .key_opt(k.clone())
+            .page_digests(true);
+        if let Ok(b) = crate::write_small(opts) {
+            out.push((if k.is_some() { "encrypted" } else { "digests" }, b));
+        }
+    }
     // Laid out in load order (1.1, LOAD_ORDER): the load-order record and
     // the layout rule in layout order, plain and encrypted.
     for (codec, key) in [(Codec::None, None), (Codec::Zstd(1), Some(key))] {

@@ -80,8 +80,8 @@ fn fuzz_regression_inputs_replay() {
     let seeds = fuzz::seeds();
     assert_eq!(
         seeds.len(),
-        7,
-        "two plain, two encrypted and one incremental (1.1) seed images, and one plain and one encrypted laid out in load order"
+        9,
+        "two plain, two encrypted and one incremental (1.1) seed images, one plain and one encrypted with page digests, and one plain and one encrypted laid out in load order"
     );
     for (_, bytes) in &seeds {
         fuzz::open(bytes);
@@ -109,8 +109,9 @@ fn fuzz_regression_inputs_replay() {
     // chunks (2, then 0); then a plain one with the profile alone (4). Each
     // with no mutation opens, reads back, verifies and reads as described;
     // then with mutations of the load-order record, the layout, the slot's
-    // binding and stored fields, and the index nonce salt.
-    for (flags, v11) in [(0x90u8, 7u8), (0x80, 4)] {
+    // binding and stored fields, and the index nonce salt. Each again with
+    // page digests (8: the body's page-digests record before the profile).
+    for (flags, v11) in [(0x90u8, 7u8), (0x80, 4), (0x90, 7 | 8), (0x80, 4 | 8)] {
         let mut desc = vec![flags, v11];
         if v11 & 2 != 0 {
             desc.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
