@@ -11,16 +11,18 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The most iovecs one `process_vm_readv` takes (`IOV_MAX` on Linux).
 const IOV_MAX: usize = 1024;
 
-/// From this many bytes in one call, [`Via::ProcMem`] reads in two halves
-/// on two threads (when the rayon pool has two): `/proc/PID/mem` copies
-/// each page twice (into a kernel page, then out to the caller), and one
-/// thread reading a fork snapshot that way was the longest part of a
-/// capture with a parent (`perf record -a`: 26% of the samples in the
-/// copies, 39% an idle core). 1 MiB.
+/// From this many bytes in one call, a read is split in two halves read on
+/// two threads (when the rayon pool has two). One thread copying every
+/// page was the longest part of a capture with a parent: `perf record -a`
+/// of one from a fork snapshot (read through `/proc/PID/mem`, which copies
+/// each page twice: into a kernel page, then out to the caller) put 26% of
+/// the samples in the copies and 39% on an idle core; one without the fork
+/// (`process_vm_readv`), 27% and 41%. 1 MiB.
 const SPLIT_MIN: usize = 1 << 20;
 
 /// A run of the target's memory to read into `buf[local..local + len]`.
@@ -75,7 +77,10 @@ impl MemReader {
 
     /// Reads every run into `buf`. Calls `failed(addr)` for each page that
     /// could not be read by either means (its bytes in `buf` are then
-    /// unspecified).
+    /// unspecified), in address order.
+    ///
+    /// From [`SPLIT_MIN`] bytes on, the runs are read in two halves of
+    /// about equal bytes, split at a page, on two threads (`rayon::join`).
     ///
     /// # Errors
     /// [`ReadError::Gone`] when the process disappeared.
@@ -86,28 +91,109 @@ impl MemReader {
         via: Via,
         failed: &mut dyn FnMut(u64),
     ) -> Result<(), ReadError> {
+        let total: usize = runs.iter().map(|r| r.len).sum();
+        let split = total >= SPLIT_MIN && rayon::current_num_threads() > 1;
+        // Opened before the threads start, for the pages process_vm_readv
+        // cannot read (and for every page, with Via::ProcMem).
+        if self.mem.is_none() {
+            self.mem = File::open(format!("/proc/{}/mem", self.pid)).ok();
+        }
+        let st = Reading {
+            pid: self.pid,
+            ps: self.page_size,
+            mem: self.mem.as_ref(),
+            vm: AtomicBool::new(!self.pread_only),
+        };
+        let bad = if split {
+            let (first, second) = halves(runs, total, self.page_size);
+            // Runs are disjoint and in buffer order: the second half lies
+            // past the first one's bytes.
+            let cut = second.first().map_or(buf.len(), |r| r.local);
+            let (a, b) = buf.split_at_mut(cut);
+            let (ra, rb) = rayon::join(
+                || st.read(&first, a, 0, via),
+                || st.read(&second, b, cut, via),
+            );
+            ra.and_then(|mut x| {
+                x.extend(rb?);
+                Ok(x)
+            })
+        } else {
+            st.read(runs, buf, 0, via)
+        };
+        self.pread_only = !st.vm.load(Ordering::Relaxed);
+        for x in bad? {
+            failed(x);
+        }
+        Ok(())
+    }
+}
+
+/// `runs` (of `total` bytes) cut in two halves of about equal bytes, at a
+/// page.
+fn halves(runs: &[Run], total: usize, ps: usize) -> (Vec<Run>, Vec<Run>) {
+    let half = total / 2 / ps * ps;
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut acc = 0usize;
+    for r in runs {
+        if acc >= half {
+            second.push(*r);
+        } else if acc + r.len <= half {
+            first.push(*r);
+        } else {
+            let k = half - acc;
+            first.push(Run { len: k, ..*r });
+            second.push(Run {
+                addr: r.addr + k as u64,
+                len: r.len - k,
+                local: r.local + k,
+            });
+        }
+        acc += r.len;
+    }
+    (first, second)
+}
+
+/// What the threads of one [`MemReader::read`] share.
+struct Reading<'m> {
+    pid: i32,
+    ps: usize,
+    /// `/proc/PID/mem`, when it could be opened.
+    mem: Option<&'m File>,
+    /// `process_vm_readv` may still be used: cleared when it refuses the
+    /// whole process.
+    vm: AtomicBool,
+}
+
+impl Reading<'_> {
+    /// Reads `runs` into `buf`, which starts at offset `base` of the
+    /// caller's buffer; returns the pages that could not be read.
+    fn read(
+        &self,
+        runs: &[Run],
+        buf: &mut [u8],
+        base: usize,
+        via: Via,
+    ) -> Result<Vec<u64>, ReadError> {
+        let mut bad = Vec::new();
+        let failed = &mut |a| bad.push(a);
         if via == Via::ProcMem {
-            let total: usize = runs.iter().map(|r| r.len).sum();
-            if total >= SPLIT_MIN && rayon::current_num_threads() > 1 {
-                let ps = self.page_size;
-                if let Some(mem) = self.mem() {
-                    return read_split(mem, ps, runs, total, buf, failed);
-                }
-            }
             for r in runs {
-                self.pread_run(r.addr, &mut buf[r.local..r.local + r.len], failed)?;
+                let at = r.local - base;
+                self.pread_run(r.addr, &mut buf[at..at + r.len], failed)?;
             }
-            return Ok(());
+            return Ok(bad);
         }
         let mut i = 0;
-        // Progress inside runs[i]: bytes already read.
+        // Bytes of runs[i] already read (a partial transfer).
         let mut skip = 0usize;
         while i < runs.len() {
-            if self.pread_only {
+            if !self.vm.load(Ordering::Relaxed) {
                 let r = runs[i];
+                let at = r.local - base;
                 self.pread_run(
                     r.addr + skip as u64,
-                    &mut buf[r.local + skip..r.local + r.len],
+                    &mut buf[at + skip..at + r.len],
                     failed,
                 )?;
                 i += 1;
@@ -117,14 +203,15 @@ impl MemReader {
             let end = (i + IOV_MAX).min(runs.len());
             let mut local = Vec::with_capacity(end - i);
             let mut remote = Vec::with_capacity(end - i);
-            let base = buf.as_mut_ptr();
+            let ptr = buf.as_mut_ptr();
             let mut want = 0usize;
             for (k, r) in runs[i..end].iter().enumerate() {
                 let s = if k == 0 { skip } else { 0 };
-                assert!(r.local + r.len <= buf.len(), "run outside the buffer");
-                // SAFETY: r.local + r.len ≤ buf.len() (asserted above), so the
+                let at = r.local - base;
+                assert!(at + r.len <= buf.len(), "run outside the buffer");
+                // SAFETY: at + r.len ≤ buf.len() (asserted above), so the
                 // pointer stays inside buf.
-                let p = unsafe { base.add(r.local + s) };
+                let p = unsafe { ptr.add(at + s) };
                 local.push(libc::iovec {
                     iov_base: p.cast(),
                     iov_len: r.len - s,
@@ -153,17 +240,18 @@ impl MemReader {
                 match io::Error::last_os_error().raw_os_error() {
                     Some(libc::ESRCH) => return Err(ReadError::Gone),
                     Some(libc::EPERM | libc::ENOSYS) => {
-                        self.pread_only = true;
+                        // Refused for the whole process: /proc/PID/mem from
+                        // here on.
+                        self.vm.store(false, Ordering::Relaxed);
                         continue;
                     }
-                    // EFAULT and friends: the first page is not readable
-                    // this way. Try /proc/PID/mem for it, then go on.
                     _ => {
+                        // The first page of the batch failed (EFAULT): read
+                        // it through /proc/PID/mem and go on after it.
                         let r = runs[i];
-                        let ps = self.page_size;
-                        let at = r.local + skip;
-                        self.pread_run(r.addr + skip as u64, &mut buf[at..at + ps], failed)?;
-                        skip += ps;
+                        let at = r.local - base + skip;
+                        self.pread_run(r.addr + skip as u64, &mut buf[at..at + self.ps], failed)?;
+                        skip += self.ps;
                         if skip >= r.len {
                             i += 1;
                             skip = 0;
@@ -178,15 +266,15 @@ impl MemReader {
                 skip = 0;
                 continue;
             }
-            // Partial: advance past what was read; the next call starts at
-            // the failing page and takes the error path above.
+            // A partial transfer: it stopped at a page it could not read.
+            // Advance past what was read; the next call starts at that page.
             let mut left = n;
             loop {
                 let r = runs[i];
                 let room = r.len - skip;
                 if left < room {
                     // Reads stop at page boundaries.
-                    skip += left / self.page_size * self.page_size;
+                    skip += left / self.ps * self.ps;
                     break;
                 }
                 left -= room;
@@ -194,28 +282,20 @@ impl MemReader {
                 skip = 0;
             }
         }
-        Ok(())
+        Ok(bad)
     }
 
-    fn mem(&mut self) -> Option<&File> {
-        if self.mem.is_none() {
-            self.mem = File::open(format!("/proc/{}/mem", self.pid)).ok();
-        }
-        self.mem.as_ref()
-    }
-
-    /// Reads `buf.len()` bytes at `addr` with pread, page by page past any
-    /// failure.
+    /// Reads `buf.len()` bytes at `addr` through `/proc/PID/mem`, reporting
+    /// each page it cannot read to `failed`.
     fn pread_run(
-        &mut self,
+        &self,
         addr: u64,
         buf: &mut [u8],
         failed: &mut dyn FnMut(u64),
     ) -> Result<(), ReadError> {
-        let ps = self.page_size;
-        let pid = self.pid;
-        let Some(mem) = self.mem() else {
-            if !crate::procfs::alive(pid) {
+        let ps = self.ps;
+        let Some(mem) = self.mem else {
+            if !crate::procfs::alive(self.pid) {
                 return Err(ReadError::Gone);
             }
             for p in (0..buf.len()).step_by(ps) {
@@ -223,87 +303,146 @@ impl MemReader {
             }
             return Ok(());
         };
-        pread_pages(mem, ps, addr, buf, failed)
-    }
-}
-
-/// Reads `buf.len()` bytes at `addr` through `/proc/PID/mem` (`mem`),
-/// reporting each page it cannot read to `failed`.
-fn pread_pages(
-    mem: &File,
-    ps: usize,
-    addr: u64,
-    buf: &mut [u8],
-    failed: &mut dyn FnMut(u64),
-) -> Result<(), ReadError> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        match mem.read_at(&mut buf[done..], addr + done as u64) {
-            Ok(n) if n > 0 => {
-                done += n;
-                if !done.is_multiple_of(ps) {
-                    // Never happens in practice; keep page granularity.
-                    continue;
+        let mut done = 0usize;
+        while done < buf.len() {
+            match mem.read_at(&mut buf[done..], addr + done as u64) {
+                Ok(n) if n > 0 => {
+                    done += n;
+                    if !done.is_multiple_of(ps) {
+                        // Never happens in practice; keep page granularity.
+                        continue;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(ReadError::Gone),
+                _ => {
+                    // Ok(0) (the mm is gone) or an error for this page.
+                    failed(addr + (done / ps * ps) as u64);
+                    done = (done / ps + 1) * ps;
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(ReadError::Gone),
-            _ => {
-                // Ok(0) (the mm is gone) or an error for this page.
-                failed(addr + (done / ps * ps) as u64);
-                done = (done / ps + 1) * ps;
-            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// Reads `runs` (of `total` bytes) through `/proc/PID/mem` in two halves of
-/// about equal bytes, split at a page, on two threads; then reports the
-/// pages that could not be read, in address order.
-fn read_split(
-    mem: &File,
-    ps: usize,
-    runs: &[Run],
-    total: usize,
-    buf: &mut [u8],
-    failed: &mut dyn FnMut(u64),
-) -> Result<(), ReadError> {
-    let half = total / 2 / ps * ps;
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    let mut acc = 0usize;
-    for r in runs {
-        if acc >= half {
-            second.push(*r);
-        } else if acc + r.len <= half {
-            first.push(*r);
-        } else {
-            let k = half - acc;
-            first.push(Run { len: k, ..*r });
-            second.push(Run {
-                addr: r.addr + k as u64,
-                len: r.len - k,
-                local: r.local + k,
-            });
-        }
-        acc += r.len;
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_cut_at_a_page_and_cover_every_run() {
+        let ps = 4096;
+        let runs = [
+            Run {
+                addr: 0x10_0000,
+                len: 3 * ps,
+                local: 0,
+            },
+            Run {
+                addr: 0x20_0000,
+                len: 7 * ps,
+                local: 3 * ps,
+            },
+            Run {
+                addr: 0x30_0000,
+                len: ps,
+                local: 10 * ps,
+            },
+        ];
+        let (a, b) = halves(&runs, 11 * ps, ps);
+        // Half of 11 pages, at a page: 5 pages in the first half.
+        assert_eq!(a.iter().map(|r| r.len).sum::<usize>(), 5 * ps);
+        assert_eq!(
+            a,
+            [
+                Run {
+                    addr: 0x10_0000,
+                    len: 3 * ps,
+                    local: 0
+                },
+                Run {
+                    addr: 0x20_0000,
+                    len: 2 * ps,
+                    local: 3 * ps
+                },
+            ]
+        );
+        assert_eq!(
+            b,
+            [
+                Run {
+                    addr: 0x20_2000,
+                    len: 5 * ps,
+                    local: 5 * ps
+                },
+                Run {
+                    addr: 0x30_0000,
+                    len: ps,
+                    local: 10 * ps
+                },
+            ]
+        );
     }
-    // Runs are disjoint and in buffer order: the second half lies past the
-    // first one's start.
-    let cut = second.first().map_or(buf.len(), |r| r.local);
-    let (a, b) = buf.split_at_mut(cut);
-    let read = |pieces: &[Run], buf: &mut [u8], base: usize| {
-        let mut bad = Vec::new();
-        for r in pieces {
-            let at = r.local - base;
-            pread_pages(mem, ps, r.addr, &mut buf[at..at + r.len], &mut |x| {
-                bad.push(x);
-            })?;
+
+    /// A read of this process's own memory large enough to be split, with
+    /// an unmapped page in the middle of the second half: every other byte
+    /// read, that page reported, both ways.
+    #[test]
+    fn a_split_read_reads_every_byte_and_reports_a_hole() {
+        let ps = memimg::page_size() as usize;
+        let len = 4 << 20;
+        // SAFETY: a fresh private anonymous mapping of len bytes.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as u64;
+        // SAFETY: the mapping just made, len bytes, ours alone.
+        let mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        for (i, b) in mem.iter_mut().enumerate() {
+            *b = (i / 7) as u8;
         }
-        Ok::<_, ReadError>(bad)
-    };
-    let (ra, rb) = rayon::join(|| read(&first, a, 0), || read(&second, b, cut));
-    for x in ra?.into_iter().chain(rb?) {
-        failed(x);
+        let want = mem.to_vec();
+        let hole = base + (3 * len / 4) as u64 / ps as u64 * ps as u64;
+        // SAFETY: one page inside our mapping, no longer used through mem.
+        let unmapped = unsafe { libc::munmap(hole as usize as *mut libc::c_void, ps) };
+        assert_eq!(unmapped, 0);
+        // Two runs: the first MiB, then the rest (the split falls in the
+        // second run).
+        let runs = [
+            Run {
+                addr: base,
+                len: 1 << 20,
+                local: 0,
+            },
+            Run {
+                addr: base + (1 << 20),
+                len: len - (1 << 20),
+                local: 1 << 20,
+            },
+        ];
+        for via in [Via::VmReadv, Via::ProcMem] {
+            let mut r = MemReader::new(std::process::id() as i32, ps);
+            let mut buf = vec![0u8; len];
+            let mut failed = Vec::new();
+            r.read(&runs, &mut buf, via, &mut |a| failed.push(a))
+                .unwrap_or_else(|_| panic!("{via:?}: the process is gone"));
+            assert_eq!(failed, [hole], "{via:?}");
+            let h = (hole - base) as usize;
+            assert!(buf[..h] == want[..h], "{via:?}: before the hole");
+            assert!(buf[h + ps..] == want[h + ps..], "{via:?}: after the hole");
+        }
+        // SAFETY: the rest of our mapping.
+        unsafe {
+            libc::munmap(p, len);
+        }
     }
-    Ok(())
 }
