@@ -145,24 +145,33 @@ pub(crate) fn push_parent_hint(out: &mut Vec<u8>, hint: &str) -> Result<()> {
 /// Body record type 3: the page digests (1.1, `PAGE_DIGESTS` only).
 pub(crate) const B_PAGE_DIGESTS: u16 = 3;
 
-/// Appends the page-digests record (spec.md, *Page digests*) to the body
-/// meta.
-pub(crate) fn push_page_digests(out: &mut Vec<u8>, digests: &[u64]) -> Result<()> {
-    let len = digests
+/// Appends a body record of type `ty` whose value is `values`, each a u64
+/// (the load-order and page-digests records); `what` names it in the
+/// error.
+///
+/// # Errors
+/// `InvalidInput` when the value would exceed 4 GiB.
+pub(crate) fn push_u64_record(
+    out: &mut Vec<u8>,
+    ty: u16,
+    values: &[u64],
+    what: &str,
+) -> Result<()> {
+    let len = values
         .len()
         .checked_mul(8)
         .and_then(|l| u32::try_from(l).ok())
         .ok_or_else(|| {
             Error::plain(
                 ErrorKind::InvalidInput,
-                "page digests exceed 4 GiB (more than 2 TiB of stored 4 KiB pages)",
+                format!("{what} exceed 4 GiB, more than one body record holds"),
             )
         })?;
-    out.extend_from_slice(&B_PAGE_DIGESTS.to_le_bytes());
+    out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    for d in digests {
-        out.extend_from_slice(&d.to_le_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
     }
     Ok(())
 }

@@ -301,18 +301,7 @@ fn new_body(src: &Image, order: &[u64]) -> Result<Zeroizing<Vec<u8>>> {
         }
         rest = &rest[8 + len..];
     }
-    let value_len = u32::try_from(8 * order.len()).map_err(|_| {
-        Error::plain(
-            ErrorKind::InvalidInput,
-            "the profile is too long for one record",
-        )
-    })?;
-    out.extend_from_slice(&B_LOAD_ORDER.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&value_len.to_le_bytes());
-    for c in order {
-        out.extend_from_slice(&c.to_le_bytes());
-    }
+    crate::meta::push_u64_record(&mut out, B_LOAD_ORDER, order, "the profile's chunk numbers")?;
     let new_meta = u32::try_from(out.len() - m_start)
         .map_err(|_| Error::plain(ErrorKind::InvalidInput, "index meta exceeds 4 GiB"))?;
     out[20..24].copy_from_slice(&new_meta.to_le_bytes());

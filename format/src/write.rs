@@ -1194,7 +1194,7 @@ impl<W: Write> Writer<W> {
             meta::push_note(&mut meta, n)?;
         }
         if let Some(d) = &self.digests {
-            meta::push_page_digests(&mut meta, d)?;
+            meta::push_u64_record(&mut meta, meta::B_PAGE_DIGESTS, d, "page digests")?;
         }
         let mut body = Vec::with_capacity(
             BODY_HEAD_LEN

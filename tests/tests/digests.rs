@@ -13,7 +13,7 @@ use memimg_tests::forge::Forge;
 use memimg_tests::{write_golden, GOLDEN_REGIONS};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::golden::{dir, gen_page, gen_region, write_gen};
+use crate::golden::{dir, gen_page, gen_region, golden_1_1_options, write_gen};
 
 fn decode() -> VerifyOptions<'static> {
     VerifyOptions {
@@ -278,13 +278,7 @@ fn write_digests_golden_when_asked() {
         eprintln!("MEMIMG_WRITE_GOLDEN_DIGESTS is not set: the golden images are left as they are");
         return;
     }
-    let base = || {
-        WriterOptions::new()
-            .workers(0)
-            .producer("memimg golden v1.1")
-            .validation("golden", b"v1.1 validation data".to_vec())
-            .page_digests(true)
-    };
+    let base = || golden_1_1_options().page_digests(true);
     let pp = dir().join(format!("{PARENT}.img"));
     std::fs::write(&pp, write_gen(0, None, base().codec(Codec::Zstd(3)))).unwrap();
     let parent = Chain::open(&pp, None, &ChainOptions::default()).unwrap();

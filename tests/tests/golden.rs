@@ -209,6 +209,15 @@ pub(crate) fn write_gen(
     w.finish().unwrap().0
 }
 
+/// The options every 1.1 golden image is written with: no workers (the
+/// bytes do not depend on threads), the 1.1 producer and validation data.
+pub(crate) fn golden_1_1_options() -> WriterOptions {
+    WriterOptions::new()
+        .workers(0)
+        .producer("memimg golden v1.1")
+        .validation("golden", b"v1.1 validation data".to_vec())
+}
+
 /// Not a test: writes the 1.1 golden images, when asked (as
 /// [`write_golden_when_asked`]; the 1.0 images are left alone).
 #[test]
@@ -218,12 +227,7 @@ fn write_golden_1_1_when_asked() {
         eprintln!("MEMIMG_WRITE_GOLDEN_1_1 is not set: the golden images are left as they are");
         return;
     }
-    let base = || {
-        WriterOptions::new()
-            .workers(0)
-            .producer("memimg golden v1.1")
-            .validation("golden", b"v1.1 validation data".to_vec())
-    };
+    let base = golden_1_1_options;
     let key = Key::raw(GOLDEN_KEY);
     std::fs::write(
         dir().join("v1.1-encrypted.img"),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use memimg::{relayout, verify_path, Codec, Image, Key, Profile, VerifyOptions, WriterOptions};
+use memimg::{relayout, verify_path, Codec, Image, Key, Profile, VerifyOptions};
 use memimg_tests::forge::Forge;
 use memimg_tests::{golden_page, write_golden, GOLDEN_KEY, GOLDEN_REGIONS};
 
@@ -31,15 +31,11 @@ fn write_load_order_golden_when_asked() {
     }
     let key = Key::raw(GOLDEN_KEY);
     for &(name, encrypted) in CASES {
-        let opts = WriterOptions::new()
-            .workers(0)
-            .producer("memimg golden v1.1")
-            .validation("golden", b"v1.1 validation data".to_vec())
-            .codec(if encrypted {
-                Codec::Zstd(3)
-            } else {
-                Codec::None
-            });
+        let opts = crate::golden::golden_1_1_options().codec(if encrypted {
+            Codec::Zstd(3)
+        } else {
+            Codec::None
+        });
         let opts = if encrypted {
             opts.key(key.clone())
         } else {
