@@ -70,7 +70,8 @@ pub use relayout::{relayout, relayout_in_place, RelayoutStats};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
 pub use verify::{
-    verify_bytes, verify_chain_path, verify_path, Problem, Report, Status, VerifyOptions,
+    parent_unchecked_note, verify_bytes, verify_chain_path, verify_chain_ranges, verify_path,
+    Problem, Report, Status, VerifyOptions,
 };
 pub use write::{WriteStats, Writer, WriterOptions};
 

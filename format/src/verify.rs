@@ -147,17 +147,7 @@ fn verify_source(src: Source, key: Option<&Key>, opts: &VerifyOptions<'_>) -> Re
         // and the error is reported with it.
         Err(e) if !report.problems.is_empty() => report.problems.push(e.into()),
         Err(e) => report.fatal = Some(e),
-        Ok(img) => {
-            img.verify_into(&mut report, opts);
-            if let Some(p) = img.parent() {
-                report.parent_unchecked = Some(unchecked_parent(
-                    0,
-                    p,
-                    img.header().parent_hint.as_deref(),
-                    "not checked: only this image was verified",
-                ));
-            }
-        }
+        Ok(img) => img.verify_into(&mut report, opts),
     }
     report
         .problems
@@ -166,8 +156,10 @@ fn verify_source(src: Source, key: Option<&Key>, opts: &VerifyOptions<'_>) -> Re
     report
 }
 
-/// Says which parent was not checked, and why.
-fn unchecked_parent(link: u32, p: &ParentRecord, hint: Option<&str>, why: &str) -> String {
+/// Says which parent was not checked, and why, as
+/// [`Report::parent_unchecked`] does: the parent of link `link`, whose
+/// child's record is `p` and hint `hint`, "was `why`".
+pub fn parent_unchecked_note(link: u32, p: &ParentRecord, hint: Option<&str>, why: &str) -> String {
     let hint = hint.map(|h| format!(", hint {h}")).unwrap_or_default();
     format!(
         "the parent of link {link} (image {}, depth {}{hint}) was {why}",
@@ -223,7 +215,7 @@ pub fn verify_chain_path(
                 .and_then(|h| crate::chain::hint_path(&at, h)),
         };
         let Some(ppath) = found else {
-            report.parent_unchecked = Some(unchecked_parent(
+            report.parent_unchecked = Some(parent_unchecked_note(
                 link32 - 1,
                 &record,
                 hint.as_deref(),
@@ -239,7 +231,7 @@ pub fn verify_chain_path(
             report.problems.push(Problem {
                 kind: ErrorKind::ParentRequired,
                 location: Location::default().with_link(link32),
-                message: unchecked_parent(
+                message: parent_unchecked_note(
                     link32 - 1,
                     &record,
                     hint.as_deref(),
@@ -301,9 +293,30 @@ pub fn verify_chain_path(
         report.parents_checked += 1;
         at = ppath;
     }
-    // Every in-parent range of each child held by the links below it.
+    report.problems.extend(verify_chain_ranges(&chain));
+    report.problems.sort_by_key(|p| {
+        (
+            p.location.link,
+            p.location.offset.unwrap_or(u64::MAX),
+            p.location.chunk,
+        )
+    });
+    report.problems.dedup();
+    report
+}
+
+/// Checks that every in-parent range of each link of `chain` but the last
+/// is held by the links below it (as data, as zero pages, or in-parent and
+/// held further down), from the indexes alone; each range that is not is
+/// a `NotCaptured` problem naming the link and the address. The chain's
+/// links were checked against their children's parent records when it was
+/// put together. [`verify_chain_path`] ends with this; a caller that opened
+/// the chain otherwise (from object storage) calls it after verifying each
+/// link.
+pub fn verify_chain_ranges(chain: &Chain) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let ps = chain.image().header().page_size;
-    for link in 0..chain.links().len() - 1 {
+    for link in 0..chain.links().len().saturating_sub(1) {
         let Ok(ex) = chain.links()[link].extents() else {
             continue;
         };
@@ -312,7 +325,7 @@ pub fn verify_chain_path(
                 Ok(segs) => {
                     for s in segs.iter().filter(|s| s.kind.is_not_captured()) {
                         let l = u32::try_from(s.link).unwrap_or(u32::MAX);
-                        report.problems.push(Problem {
+                        problems.push(Problem {
                             kind: ErrorKind::NotCaptured,
                             location: Location::default()
                                 .with_link(u32::try_from(link).unwrap_or(u32::MAX))
@@ -331,36 +344,44 @@ pub fn verify_chain_path(
                         });
                     }
                 }
-                Err(err) => report
-                    .problems
+                Err(err) => problems
                     .push(Problem::from(err).at(
                         Location::default().with_link(u32::try_from(link).unwrap_or(u32::MAX)),
                     )),
             }
         }
     }
-    report.problems.sort_by_key(|p| {
-        (
-            p.location.link,
-            p.location.offset.unwrap_or(u64::MAX),
-            p.location.chunk,
-        )
-    });
-    report.problems.dedup();
-    report
+    problems
 }
 
 impl Image {
     /// Verifies an open image: stored checksums and padding of every chunk,
     /// and with `opts.decode`, every chunk's raw content.
+    ///
+    /// A child's parent is not checked: [`Report::parent_unchecked`] says
+    /// so (see [`verify_chain_path`] and [`verify_chain_ranges`]).
     pub fn verify(&self, opts: &VerifyOptions<'_>) -> Report {
         let mut r = Report::default();
         self.verify_into(&mut r, opts);
         r
     }
 
+    /// For a child verified alone: which parent was not checked, as
+    /// [`Report::parent_unchecked`] says it. `None` for a full image.
+    pub fn parent_not_checked(&self) -> Option<String> {
+        self.parent().map(|p| {
+            parent_unchecked_note(
+                0,
+                p,
+                self.header().parent_hint.as_deref(),
+                "not checked: only this image was verified",
+            )
+        })
+    }
+
     fn verify_into(&self, report: &mut Report, opts: &VerifyOptions<'_>) {
         report.unlocked = self.is_unlocked();
+        report.parent_unchecked = self.parent_not_checked();
         let chunks = self.chunk_locs();
         // Data extent of each chunk, when the index is readable.
         let mut by_chunk: Vec<Option<Extent>> = vec![None; chunks.len()];

@@ -65,6 +65,7 @@ pub fn verify_remote(
         };
     }
     report.unlocked = img.is_unlocked();
+    report.parent_unchecked = img.parent_not_checked();
     let segs = plan(&img, fetch.max_request, false);
     let ranges: Vec<Range<u64>> = segs.iter().map(|s| s.range.clone()).collect();
     let mut checker = Checker::new(&img);
