@@ -206,8 +206,8 @@ pub fn wrong_key(path: &(impl Named + ?Sized), e: &memimg::Error) -> anyhow::Err
 /// Each parent is opened with `key` too. A parent neither given nor found
 /// leaves the chain partial: what the child holds reads, and the rest fails
 /// naming the parent it needs. An image in object storage is read alone
-/// (its parents' hints are not followed there; give them with `--parent`
-/// as local files).
+/// (its parents' hints are not followed there; give them with `--parent`,
+/// as local files or URLs).
 ///
 /// # Errors
 /// As [`open_at`]; for a parent, what is wrong with it naming its link
@@ -239,8 +239,13 @@ pub fn open_chain_at(
         Location::S3(_) => {
             let mut c = memimg::Chain::single(img);
             for (i, p) in chain.parents.iter().enumerate() {
-                let parent =
-                    memimg::Image::open_with_key(p, key).map_err(|e| lib_error(e, p, "opening"))?;
+                let ploc = location(p)?;
+                let parent = match &ploc {
+                    Location::Local(lp) => memimg::Image::open_with_key(lp, key)
+                        .map_err(|e| lib_error(e, lp, "opening"))?,
+                    Location::S3(url) => memimg::Image::from_read_at(reader(url)?, key)
+                        .map_err(|e| remote_error(e, &ploc, "opening"))?,
+                };
                 c.push_parent(parent)
                     .map_err(|e| lib_error(e, p, &format!("link {} of", i + 1)))?;
             }

@@ -22,12 +22,13 @@ use crate::skip::skip;
 
 const ROLE: &str = "IMGTOOL_INCR_ROLE";
 /// Where the live child maps its region.
-const ADDR: u64 = 0x5b5b_0000_0000;
+pub const ADDR: u64 = 0x5b5b_0000_0000;
+/// The region's length, unless the role's value gives another (in MiB).
 const LEN: usize = 256 << 20;
 
 /// The bytes of page `p` of generation `g` of the live region: a different
 /// sequence on each page, never zero.
-fn page(p: u64, g: u64, out: &mut [u8]) {
+pub fn page(p: u64, g: u64, out: &mut [u8]) {
     let mut x = (p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ g.wrapping_mul(0xD1B5_4A32_D192_ED03);
     for c in out.chunks_mut(8) {
         x ^= x << 13;
@@ -40,22 +41,23 @@ fn page(p: u64, g: u64, out: &mut [u8]) {
 /// Not a test: the entry point of the re-executed live child.
 #[test]
 fn incr_child_role() {
-    if std::env::var(ROLE).is_err() {
+    let Ok(role) = std::env::var(ROLE) else {
         return;
-    }
+    };
+    let len = role.parse::<usize>().map_or(LEN, |mib| mib << 20);
     // SAFETY: a fresh anonymous mapping at a fixed address, never unmapped;
     // MAP_FIXED_NOREPLACE never replaces an existing one.
     let region = unsafe {
         let p = libc::mmap(
             ADDR as *mut libc::c_void,
-            LEN,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         );
         assert_eq!(p as u64, ADDR, "mmap at {ADDR:#x}");
-        std::slice::from_raw_parts_mut(p.cast::<u8>(), LEN)
+        std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
     };
     for (i, pg) in region.chunks_mut(PS as usize).enumerate() {
         page(i as u64, 0, pg);
@@ -66,10 +68,21 @@ fn incr_child_role() {
     }
 }
 
-struct Live(Child);
+/// A live process holding [`ADDR`]: 256 MiB, or `mib` MiB with
+/// [`Live::spawn_mib`].
+pub struct Live(Child);
 
 impl Live {
     fn spawn() -> Live {
+        Live::spawn_mib(LEN >> 20)
+    }
+
+    /// A live process whose region is `mib` MiB.
+    pub fn spawn_mib(mib: usize) -> Live {
+        Live::spawn_role(&mib.to_string())
+    }
+
+    fn spawn_role(role: &str) -> Live {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -78,7 +91,7 @@ impl Live {
                 "--test-threads=1",
                 "-q",
             ])
-            .env(ROLE, "1")
+            .env(ROLE, role)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -92,19 +105,19 @@ impl Live {
         Live(child)
     }
 
-    fn stop(&self) {
+    pub fn stop(&self) {
         let pid = libc::pid_t::try_from(self.0.id()).unwrap();
         // SAFETY: kill(2) on our own child, not yet reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    fn pid(&self) -> String {
+    pub fn pid(&self) -> String {
         self.0.id().to_string()
     }
 
     /// Writes generation `g`'s content into pages `pages` of the region.
-    fn change(&self, pages: &BTreeSet<u64>, g: u64) {
+    pub fn change(&self, pages: &BTreeSet<u64>, g: u64) {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
             .write(true)

@@ -601,3 +601,128 @@ fn remote_server_killed_during_a_capture() {
     t.running()
         .expect("the process runs on after the failed capture");
 }
+
+/// A child captured against a parent in object storage: with page digests
+/// in the parent's index, the capture compares pages with them and fetches
+/// little more than the parent's index; without, it fetches and decodes
+/// the parent's chunks that hold a changed page. Both children hold the
+/// same pages and verify with their parent.
+#[test]
+fn remote_child_of_a_parent_with_page_digests_fetches_its_index_only() {
+    use std::collections::BTreeSet;
+
+    use crate::incremental::Live;
+    let test = "remote::remote_child_of_a_parent_with_page_digests_fetches_its_index_only";
+    let Some((moto, bucket)) = setup(test) else {
+        return;
+    };
+    if !ptrace_ok(test) {
+        return;
+    }
+    let mib = 16;
+    let live = Live::spawn_mib(mib);
+    let pid = live.pid();
+    for (name, flag) in [("digests", "--page-digests"), ("plain", "--codec=zstd:1")] {
+        ok(
+            moto,
+            &[
+                "capture",
+                "--pid",
+                &pid,
+                flag,
+                "-o",
+                &url(&bucket, &format!("{name}/base.mimg")),
+            ],
+        );
+    }
+    // One page in 64, scattered: most 512 KiB chunks hold one.
+    let pages = (mib << 20) as u64 / PS;
+    let changed: BTreeSet<u64> = (0..pages / 64).map(|i| i * 64 + i % 61).collect();
+    live.change(&changed, 1);
+    live.stop();
+    let mut fetched_by = Vec::new();
+    for name in ["digests", "plain"] {
+        let base = url(&bucket, &format!("{name}/base.mimg"));
+        let child = url(&bucket, &format!("{name}/child.mimg"));
+        let (out, err) = ok(
+            moto,
+            &["capture", "--pid", &pid, "--parent", &base, "-o", &child],
+        );
+        let decoded_none = out.contains("0 B of the parent decoded");
+        assert_eq!(decoded_none, name == "digests", "{name}: {out}");
+        fetched_by.push(fetched(&err));
+        // The child holds exactly the changed pages of the region.
+        let local = tempfile::NamedTempFile::new().unwrap();
+        ok(moto, &["cp", "--force", &child, s(local.path())]);
+        let img = Image::open(local.path()).unwrap();
+        let mut stored = BTreeSet::new();
+        for e in img.extents().unwrap() {
+            if e.kind == memimg::ExtentKind::Data
+                && e.addr >= crate::incremental::ADDR
+                && e.addr < crate::incremental::ADDR + (mib << 20) as u64
+            {
+                let first = (e.addr - crate::incremental::ADDR) / PS;
+                stored.extend(first..first + u64::from(e.page_count));
+            }
+        }
+        assert_eq!(stored, changed, "{name}");
+        assert_eq!(img.has_page_digests(), name == "digests");
+        // verify: with its parent given (a URL), the chain; without, the
+        // child alone, saying that its parent was not checked.
+        let (v, _) = ok(moto, &["verify", "--parent", &base, &child]);
+        assert!(v.contains("1 parent checked"), "{name}: {v}");
+        let (v, _) = ok(moto, &["verify", &child]);
+        assert!(
+            v.contains("not checked: only this image was verified"),
+            "{name}: {v}"
+        );
+        // cat through the chain: a changed page and an unchanged one.
+        for (p, g) in [(*changed.iter().next().unwrap(), 1), (1, 0)] {
+            let mut want = vec![0u8; PS as usize];
+            crate::incremental::page(p, g, &mut want);
+            let o = with_env(bin(), moto)
+                .args([
+                    "cat",
+                    "--addr",
+                    &format!("{:#x}", crate::incremental::ADDR + p * PS),
+                    "--len",
+                    "4096",
+                    "--parent",
+                    &base,
+                    &child,
+                ])
+                .output()
+                .unwrap();
+            assert_success(&o);
+            assert!(o.stdout == want, "{name}: page {p}");
+        }
+    }
+    // Another image given as the parent: the chain is left unchecked (2),
+    // as for a local child, naming the link.
+    let (code, out, err) = rrun(
+        moto,
+        &[
+            "verify",
+            "--parent",
+            &url(&bucket, "digests/base.mimg"),
+            &url(&bucket, "plain/child.mimg"),
+        ],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("link 1 (its parent): the parent must be image"),
+        "{out}{err}"
+    );
+    // The parent's index, against most of its chunks.
+    let base_len = moto.get(&bucket, "plain/base.mimg").unwrap().len() as u64;
+    eprintln!(
+        "capture --parent fetched {} bytes with page digests, {} without; the parent is {base_len} bytes",
+        fetched_by[0], fetched_by[1]
+    );
+    assert!(
+        fetched_by[0] * 4 < fetched_by[1] && fetched_by[1] > base_len / 2,
+        "fetched with digests {} bytes, without {} (parent {base_len} bytes)",
+        fetched_by[0],
+        fetched_by[1]
+    );
+}
