@@ -202,12 +202,12 @@ pub fn wrong_key(path: &(impl Named + ?Sized), e: &memimg::Error) -> anyhow::Err
 
 /// Opens the image at `loc` with its chain (format 1.1): a full image is a
 /// chain of one; a child's parents are those given in `chain.parents`
-/// (nearest first), then those its hints find, unless `chain.no_hints`.
-/// Each parent is opened with `key` too. A parent neither given nor found
-/// leaves the chain partial: what the child holds reads, and the rest fails
-/// naming the parent it needs. An image in object storage is read alone
-/// (its parents' hints are not followed there; give them with `--parent`,
-/// as local files or URLs).
+/// (nearest first, files or URLs), then those its hints find, unless
+/// `chain.no_hints`: a file's hint as a path beside it, an object's as a
+/// key beside it or a URL (spec.md, *The parent hint*). Each parent is
+/// opened with `key` too. A parent neither given nor found leaves the
+/// chain partial: what the child holds reads, and the rest fails naming
+/// the parent it needs.
 ///
 /// # Errors
 /// As [`open_at`]; for a parent, what is wrong with it naming its link
@@ -219,37 +219,107 @@ pub fn open_chain_at(
     need_unlock: bool,
     chain: &crate::cli::ChainArgs,
 ) -> Result<memimg::Chain> {
+    open_chain_located(loc, key, need_unlock, chain).map(|(c, _)| c)
+}
+
+/// [`open_chain_at`], with where each link was found (`[0]` is `loc`).
+///
+/// # Errors
+/// As [`open_chain_at`].
+pub fn open_chain_located(
+    loc: &Location,
+    key: Option<&Key>,
+    need_unlock: bool,
+    chain: &crate::cli::ChainArgs,
+) -> Result<(memimg::Chain, Vec<Location>)> {
     let img = open_at(loc, key, need_unlock)?;
     if img.parent().is_none() {
         if !chain.parents.is_empty() {
             bail!("{loc} is a full image: it has no parent, so --parent does not apply");
         }
-        return Ok(memimg::Chain::single(img));
+        return Ok((memimg::Chain::single(img), vec![loc.clone()]));
     }
     let key = key.filter(|_| img.is_encrypted());
-    let opts = memimg::ChainOptions {
-        parents: chain.parents.clone(),
-        no_hints: chain.no_hints,
-        parent_key: None,
-    };
-    match loc {
-        Location::Local(p) => {
-            memimg::Chain::open(p, key, &opts).map_err(|e| lib_error(e, p, "opening the chain of"))
-        }
-        Location::S3(_) => {
-            let mut c = memimg::Chain::single(img);
-            for (i, p) in chain.parents.iter().enumerate() {
-                let ploc = location(p)?;
-                let parent = match &ploc {
-                    Location::Local(lp) => memimg::Image::open_with_key(lp, key)
-                        .map_err(|e| lib_error(e, lp, "opening"))?,
-                    Location::S3(url) => memimg::Image::from_read_at(reader(url)?, key)
-                        .map_err(|e| remote_error(e, &ploc, "opening"))?,
-                };
-                c.push_parent(parent)
-                    .map_err(|e| lib_error(e, p, &format!("link {} of", i + 1)))?;
-            }
-            Ok(c)
+    if let Location::Local(p) = loc {
+        // Files all the way, unless a parent given is a URL.
+        if chain
+            .parents
+            .iter()
+            .all(|p| matches!(location(p), Ok(Location::Local(_))))
+        {
+            let opts = memimg::ChainOptions {
+                parents: chain.parents.clone(),
+                no_hints: chain.no_hints,
+                parent_key: None,
+            };
+            let c = memimg::Chain::open(p, key, &opts)
+                .map_err(|e| lib_error(e, p, "opening the chain of"))?;
+            let at = c
+                .links()
+                .iter()
+                .map(|l| Location::Local(l.path().map_or_else(|| p.clone(), Path::to_path_buf)))
+                .collect();
+            return Ok((c, at));
         }
     }
+    let mut c = memimg::Chain::single(img);
+    let mut at = vec![loc.clone()];
+    let mut given = chain.parents.iter();
+    loop {
+        let link = c.links().len();
+        let last = &c.links()[link - 1];
+        if last.parent().is_none() {
+            break;
+        }
+        let (ploc, by_hint) = match given.next() {
+            Some(p) => (location(p)?, false),
+            None if chain.no_hints => break,
+            None => {
+                let Some(h) = last.header().parent_hint.clone() else {
+                    break;
+                };
+                let found = match &at[link - 1] {
+                    Location::S3(u) => u.resolve_hint(&h).map(Location::S3),
+                    Location::Local(p) => memimg::hint_path(p, &h)
+                        .filter(|p| p.exists())
+                        .map(Location::Local),
+                };
+                match found {
+                    Some(l) => (l, true),
+                    None => break,
+                }
+            }
+        };
+        let parent = match &ploc {
+            Location::Local(lp) => {
+                memimg::Image::open_with_key(lp, key).map_err(|e| lib_error(e, lp, "opening"))
+            }
+            Location::S3(url) => reader(url).and_then(|r| {
+                memimg::Image::from_read_at(r, key).map_err(|e| remote_error(e, &ploc, "opening"))
+            }),
+        };
+        let parent = match parent {
+            Ok(p) => p,
+            // A hint that names no object leaves the chain partial, as a
+            // hint that names no file does (those are not opened).
+            Err(e) if by_hint && no_such_object(&e) => break,
+            Err(e) => return Err(e),
+        };
+        c.push_parent(parent)
+            .map_err(|e| anyhow::Error::new(e).context(format!("link {link} of {ploc}")))?;
+        at.push(ploc);
+    }
+    Ok((c, at))
+}
+
+/// Whether `e` says that an object (or its bucket) does not exist.
+fn no_such_object(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<memimg_remote::Error>().is_some_and(|r| {
+            matches!(
+                r.kind(),
+                memimg_remote::ErrorKind::NoSuchKey | memimg_remote::ErrorKind::NoSuchBucket
+            )
+        })
+    })
 }

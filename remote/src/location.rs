@@ -57,6 +57,36 @@ impl S3Url {
         })
     }
 
+    /// The parent hint a child at `self` stores for its parent at
+    /// `parent` (spec.md, *The parent hint*): the parent's key relative to
+    /// the child's "folder" (its key up to the last `/`) when both are in
+    /// one bucket and the parent's key lies under that folder, so that the
+    /// pair can be copied elsewhere together; else the parent's URL.
+    pub fn hint_for(&self, parent: &S3Url) -> String {
+        let folder = self.key.rfind('/').map_or("", |i| &self.key[..=i]);
+        match parent.key.strip_prefix(folder) {
+            Some(rel) if self.bucket == parent.bucket && !rel.is_empty() => rel.to_string(),
+            _ => parent.to_string(),
+        }
+    }
+
+    /// Where a parent hint stored in the child at `self` points: a URL
+    /// hint as it is, a relative one resolved against the child's folder
+    /// (as [`S3Url::hint_for`] writes them). `None` for a hint that names
+    /// no object (an absolute local path, an empty, `.` or `..` segment): a
+    /// hint is only a way to find the parent, whose identity is checked
+    /// whatever it names.
+    pub fn resolve_hint(&self, hint: &str) -> Option<S3Url> {
+        if hint.starts_with("s3://") {
+            return S3Url::parse(hint).ok();
+        }
+        if hint.starts_with('/') {
+            return None;
+        }
+        let folder = self.key.rfind('/').map_or("", |i| &self.key[..=i]);
+        S3Url::parse(&format!("s3://{}/{folder}{hint}", self.bucket)).ok()
+    }
+
     pub(crate) fn path(&self) -> object_store::path::Path {
         // The key was checked by `parse` (or by the caller who built the
         // struct); `from` percent-encodes what S3 needs encoded.
@@ -234,6 +264,31 @@ mod tests {
                 "{s}: the message names the URL once: {msg}"
             );
             assert_eq!(msg.matches(s).count(), 1, "{msg}");
+        }
+    }
+
+    #[test]
+    fn hints_are_relative_within_a_folder_and_resolve_back() {
+        let u = |s: &str| S3Url::parse(s).unwrap();
+        let child = u("s3://fleet/app/gen1.mimg");
+        for (parent, hint) in [
+            ("s3://fleet/app/gen0.mimg", "gen0.mimg"),
+            ("s3://fleet/app/old/gen0.mimg", "old/gen0.mimg"),
+            ("s3://fleet/other/gen0.mimg", "s3://fleet/other/gen0.mimg"),
+            (
+                "s3://elsewhere/app/gen0.mimg",
+                "s3://elsewhere/app/gen0.mimg",
+            ),
+        ] {
+            assert_eq!(child.hint_for(&u(parent)), hint);
+            assert_eq!(child.resolve_hint(hint), Some(u(parent)));
+        }
+        assert_eq!(
+            u("s3://fleet/top.mimg").hint_for(&u("s3://fleet/base.mimg")),
+            "base.mimg"
+        );
+        for bad in ["/abs/path.mimg", "../up.mimg", "a//b", "", "s3://x/"] {
+            assert_eq!(child.resolve_hint(bad), None, "{bad}");
         }
     }
 }

@@ -90,12 +90,14 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<ExitCode> {
                     rec.image_id_hex()
                 );
             }
-            // A hint is a local path: none for a parent or child in object
-            // storage (give the parent with --parent when reading).
+            // A hint: a path for a file beside a file, a key (relative to
+            // the child's folder) or URL for an object beside an object.
+            // None across the two (give the parent with --parent).
             let hint = match (&plan.output, &loc, args.no_parent_hint) {
                 (Location::Local(out), Location::Local(p), false) => {
                     memimg_capture::hint_for(out, p)
                 }
+                (Location::S3(out), Location::S3(p), false) => Some(out.hint_for(p)),
                 _ => None,
             };
             (Some(Arc::new(chain)), hint)

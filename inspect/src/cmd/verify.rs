@@ -147,59 +147,53 @@ impl Index {
 }
 
 /// The chain of a child in object storage, as [`memimg::verify_chain_path`]
-/// checks a local one: its parents given with `--parent` (local files or
-/// URLs; hints are not followed from object storage), each checked against
-/// its child's parent record when the chain is put together, then verified
-/// as an image, then every in-parent range checked to be held. Without
-/// `--parent`, the report says the parent was not checked.
+/// checks a local one: its parents given with `--parent` (files or URLs),
+/// then those its hints find (`crate::open::open_chain_located`), each
+/// checked against its child's parent record when the chain is put
+/// together, then verified as an image, then every in-parent range checked
+/// to be held. A parent neither given nor found is reported as not checked.
 fn remote_chain(plan: &Plan, opts: &VerifyOptions<'_>, report: &mut Report) {
-    if plan.parents.is_empty() {
+    if plan.parents.is_empty() && plan.no_hints {
         return;
     }
     let args = crate::cli::ChainArgs {
         parents: plan.parents.clone(),
         no_hints: plan.no_hints,
     };
-    let chain = match crate::open::open_chain_at(&plan.image, plan.key.as_ref(), false, &args) {
-        Ok(c) => c,
-        Err(e) => {
-            // A parent that is missing, replaced, rewritten or damaged.
-            report
-                .problems
-                .push(match e.downcast_ref::<memimg::Error>() {
-                    Some(m) => Problem {
-                        kind: m.kind(),
-                        location: m.location(),
-                        message: m.message().to_string(),
-                    },
-                    None => Problem {
-                        kind: ErrorKind::ParentRequired,
-                        location: memimg::Location::default().with_link(1),
-                        message: crate::error_text(&e),
-                    },
-                });
-            report.parent_unchecked = None;
-            return;
-        }
-    };
+    let (chain, at) =
+        match crate::open::open_chain_located(&plan.image, plan.key.as_ref(), false, &args) {
+            Ok(c) => c,
+            Err(e) => {
+                // A parent that is missing, replaced, rewritten or damaged.
+                report
+                    .problems
+                    .push(match e.downcast_ref::<memimg::Error>() {
+                        Some(m) => Problem {
+                            kind: m.kind(),
+                            location: m.location(),
+                            message: m.message().to_string(),
+                        },
+                        None => Problem {
+                            kind: ErrorKind::ParentRequired,
+                            location: memimg::Location::default().with_link(1),
+                            message: crate::error_text(&e),
+                        },
+                    });
+                report.parent_unchecked = None;
+                return;
+            }
+        };
     for (i, link) in chain.links().iter().enumerate().skip(1) {
         let n = u32::try_from(i).unwrap_or(u32::MAX);
         let key = plan.key.as_ref().filter(|_| link.is_encrypted());
-        let r = match crate::open::location(&plan.parents[i - 1]) {
-            Ok(Location::Local(p)) => memimg::verify_path(&p, key, opts),
-            Ok(Location::S3(url)) => match crate::open::reader(&url) {
+        let r = match &at[i] {
+            Location::Local(p) => memimg::verify_path(p, key, opts),
+            Location::S3(url) => match crate::open::reader(url) {
                 Ok(r) => memimg_remote::verify_remote(r, key, opts, FetchOptions::default()),
                 Err(e) => Report {
                     fatal: Some(memimg::Error::plain(ErrorKind::Io, crate::error_text(&e))),
                     ..Report::default()
                 },
-            },
-            Err(e) => Report {
-                fatal: Some(memimg::Error::plain(
-                    ErrorKind::InvalidInput,
-                    crate::error_text(&e),
-                )),
-                ..Report::default()
             },
         };
         report.problems.extend(r.problems.into_iter().map(|mut p| {
@@ -221,7 +215,12 @@ fn remote_chain(plan: &Plan, opts: &VerifyOptions<'_>, report: &mut Report) {
     report.problems.extend(memimg::verify_chain_ranges(&chain));
     report.parent_unchecked = chain.missing_parent().map(|(rec, hint)| {
         let last = u32::try_from(chain.links().len() - 1).unwrap_or(u32::MAX);
-        memimg::parent_unchecked_note(last, &rec, hint, "not checked: it was not given")
+        memimg::parent_unchecked_note(
+            last,
+            &rec,
+            hint,
+            "not checked: it was neither given nor found by its hint",
+        )
     });
 }
 

@@ -667,16 +667,26 @@ fn remote_child_of_a_parent_with_page_digests_fetches_its_index_only() {
         }
         assert_eq!(stored, changed, "{name}");
         assert_eq!(img.has_page_digests(), name == "digests");
-        // verify: with its parent given (a URL), the chain; without, the
-        // child alone, saying that its parent was not checked.
+        // verify: with its parent given (a URL), or found by the hint the
+        // child stores (its key beside the child's), the chain; with
+        // neither, the child alone, saying that its parent was not checked.
+        assert_eq!(img.header().parent_hint.as_deref(), Some("base.mimg"));
         let (v, _) = ok(moto, &["verify", "--parent", &base, &child]);
         assert!(v.contains("1 parent checked"), "{name}: {v}");
         let (v, _) = ok(moto, &["verify", &child]);
+        assert!(v.contains("1 parent checked"), "{name}: {v}");
+        let (v, _) = ok(moto, &["verify", "--no-hints", &child]);
         assert!(
             v.contains("not checked: only this image was verified"),
             "{name}: {v}"
         );
-        // cat through the chain: a changed page and an unchanged one.
+        let (i, _) = ok(moto, &["inspect", &child]);
+        assert!(
+            i.contains("chain           depth 1, 2 links open"),
+            "{name}: {i}"
+        );
+        // cat through the chain (found by the hint): a changed page and an
+        // unchanged one.
         for (p, g) in [(*changed.iter().next().unwrap(), 1), (1, 0)] {
             let mut want = vec![0u8; PS as usize];
             crate::incremental::page(p, g, &mut want);
@@ -687,8 +697,6 @@ fn remote_child_of_a_parent_with_page_digests_fetches_its_index_only() {
                     &format!("{:#x}", crate::incremental::ADDR + p * PS),
                     "--len",
                     "4096",
-                    "--parent",
-                    &base,
                     &child,
                 ])
                 .output()
@@ -697,6 +705,28 @@ fn remote_child_of_a_parent_with_page_digests_fetches_its_index_only() {
             assert!(o.stdout == want, "{name}: page {p}");
         }
     }
+    // A copy of a child without its parent beside it: its hint finds no
+    // object, so the chain is partial, as for a file whose hint names none.
+    let lonely = url(&bucket, "lonely/child.mimg");
+    ok(moto, &["cp", &url(&bucket, "digests/child.mimg"), &lonely]);
+    let (v, _) = ok(moto, &["verify", &lonely]);
+    assert!(v.contains("neither given nor found by its hint"), "{v}");
+    let (code, _, err) = rrun(
+        moto,
+        &[
+            "cat",
+            "--addr",
+            &format!("{:#x}", crate::incremental::ADDR + PS),
+            "--len",
+            "4096",
+            &lonely,
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("its parent, image") && err.contains("is needed"),
+        "{err}"
+    );
     // Another image given as the parent: the chain is left unchecked (2),
     // as for a local child, naming the link.
     let (code, out, err) = rrun(
