@@ -764,7 +764,8 @@ pub struct CaptureArgs {
     /// --parent; more --parent give its own parents, nearest first, where
     /// hints do not find them): only the pages that differ from the
     /// parent's are stored. OUT stores a hint to find it: its path relative
-    /// to OUT's directory, or absolute.
+    /// to OUT's directory, or absolute; for an object beside an object
+    /// (s3://), its key relative to OUT's folder, or its URL.
     #[command(flatten)]
     pub chain: ChainArgs,
     /// With --parent: store no parent hint in the child (readers must then
