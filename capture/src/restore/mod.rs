@@ -442,6 +442,17 @@ impl Default for RemoteOptions {
 ///   `in_flight` threads before returning.
 /// - [`Strategy::Mmap`] is refused: there is no file to map.
 ///
+/// **A child** (format 1.1, an incremental image) is restored with its
+/// chain, as [`restore_chain`] does: each parent is found by its child's
+/// hint, resolved against the URL of the link that stores it (a key beside
+/// it, or a URL), opened with the key when it is encrypted, and checked
+/// against its child's parent record. Its chunks are read from their links
+/// as the restore needs them: eagerly on the decoding threads; lazily on
+/// the thread that answers faults, so that a slow request holds up the
+/// faults behind it (the fetch workers and the prefetch above serve a
+/// single image only). A parent no hint finds leaves the chain partial,
+/// and the restore fails with the error that names it (`ParentRequired`).
+///
 /// **When a chunk cannot be fetched** during a lazy restore (the network
 /// failed after the reader's retries, credentials were revoked, the object
 /// was replaced, or the chunk is damaged), its pages are never filled with
@@ -494,12 +505,75 @@ pub fn restore_from(
         }
         Err(e) => return Err(e.into()),
     };
+    if img.parent().is_some() {
+        // A child: its parents found through their hints, each resolved
+        // against the URL of the link that stores it (spec.md, *The parent
+        // hint*), and restored as a chain (mmap is refused: no file).
+        let chain = remote_chain(img, url, remote, opts)?;
+        return chain::restore_chain(chain, opts);
+    }
     let fetch = fetch::Config {
         workers: remote.in_flight.max(1),
         max_request: remote.max_request,
         runs: remote.prefetch_requests,
     };
     restore_image(img, None, opts, Some(fetch), t0)
+}
+
+/// The chain of `img`, a child read from `url`: each parent found by its
+/// child's hint in object storage and opened (with `opts.key` when it is
+/// encrypted), until a full image, or a hint that is missing or names no
+/// object (the chain is then partial, and the restore refuses the pages it
+/// lacks, naming the parent).
+#[cfg(feature = "remote")]
+fn remote_chain(
+    img: Image,
+    url: &memimg_remote::S3Url,
+    remote: &RemoteOptions,
+    opts: &RestoreOptions,
+) -> Result<memimg::Chain, RestoreError> {
+    use memimg_remote::{ErrorKind, ReaderOptions, Store};
+    let mut chain = memimg::Chain::single(img);
+    let mut at = url.clone();
+    loop {
+        let last = &chain.links()[chain.links().len() - 1];
+        if last.parent().is_none() {
+            break;
+        }
+        let Some(purl) = last
+            .header()
+            .parent_hint
+            .as_deref()
+            .and_then(|h| at.resolve_hint(h))
+        else {
+            break;
+        };
+        let reader = match Store::new(&purl.bucket, &remote.s3)
+            .and_then(|s| s.reader(&purl, ReaderOptions::default()))
+        {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) if matches!(e.kind(), ErrorKind::NoSuchKey | ErrorKind::NoSuchBucket) => break,
+            Err(e) => return Err(RestoreError::Remote(e)),
+        };
+        let open = |key: Option<&Key>| {
+            Image::from_read_at(reader.clone(), key).map_err(|e| {
+                match memimg_remote::Error::find(&e) {
+                    Some(_) => RestoreError::Remote(memimg_remote::Error::from_memimg(
+                        &purl.to_string(),
+                        e,
+                    )),
+                    None => e.into(),
+                }
+            })
+        };
+        let mut parent = open(None)?;
+        if parent.is_encrypted() && opts.key.is_some() {
+            parent = open(opts.key.as_ref())?;
+        }
+        chain.push_parent(parent)?;
+        at = purl;
+    }
+    Ok(chain)
 }
 
 fn abbreviate(b: &[u8]) -> String {

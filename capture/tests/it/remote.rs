@@ -31,6 +31,7 @@ pub fn child_role(role: &str) -> bool {
     match role {
         "remote-lazy" => lazy_check(),
         "remote-stop" => server_stops(),
+        "remote-chain" => chain_check(),
         _ => return false,
     }
     true
@@ -531,4 +532,162 @@ fn remote_optimized_image_fetches_its_working_set_in_one_get() {
             );
         }
     }
+}
+
+/// Pages of the chain test's region.
+const CHAIN_PAGES: usize = 96;
+
+/// Page `p` of generation `g` of the chain test's region: generation 0
+/// text naming the page, each later one rewriting the pages whose number
+/// is `g` modulo 7 (plus page 1, in every generation).
+fn chain_page(g: u64, p: usize, out: &mut [u8]) {
+    let mut gen = 0;
+    for k in 1..=g {
+        if p % 7 == k as usize % 7 || p == 1 {
+            gen = k;
+        }
+    }
+    let text = format!("page {p} of generation {gen} ");
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = text.as_bytes()[i % text.len()];
+    }
+}
+
+fn chain_region(g: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; CHAIN_PAGES * PS];
+    for (p, page) in buf.chunks_mut(PS).enumerate() {
+        chain_page(g, p, page);
+    }
+    buf
+}
+
+/// Restores the child `IMG` with the strategy `STRATEGY` and compares
+/// every page with the last generation's (`GEN`), or prints the error.
+fn chain_check() {
+    let strategy: Strategy = env("STRATEGY").parse().unwrap();
+    let g: u64 = env("GEN").parse().unwrap();
+    let base = hex_env("BASE");
+    let loc: Location = env("IMG").parse().unwrap();
+    let opts = RestoreOptions {
+        strategy,
+        ..RestoreOptions::default()
+    };
+    let r = match restore_from(&loc, &RemoteOptions::default(), &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("ERROR {e}"));
+            return;
+        }
+    };
+    let mut want = vec![0u8; PS];
+    for p in 0..CHAIN_PAGES {
+        chain_page(g, p, &mut want);
+        // SAFETY: a restored, readable page of the region.
+        let got = unsafe { std::slice::from_raw_parts((base as usize + p * PS) as *const u8, PS) };
+        assert!(got == &want[..], "page {p} differs from generation {g}");
+    }
+    say(&format!("CHECKED {CHAIN_PAGES}"));
+    drop(r);
+}
+
+/// A chain of three in object storage, each child storing its parent's key
+/// as its hint: a lazy and an eager restore from the grandchild's URL find
+/// the parents by the hints and restore every page of the last generation;
+/// mmap is refused (no file); a copy of the grandchild with no parent
+/// beside it is refused, naming the parent it needs.
+#[test]
+fn remote_chain_restores_through_its_hints() {
+    use memimg::{Chain, ChainOptions, Codec, RegionInfo, RegionKind, Writer, WriterOptions};
+    let test = "remote::remote_chain_restores_through_its_hints";
+    let Some(moto) = moto_for(test) else { return };
+    let bucket = moto::bucket_for(test);
+    moto.create_bucket(&bucket);
+    let base = ls::base(24);
+    let dir = tempfile::tempdir().unwrap();
+    let info = RegionInfo::new(base, (CHAIN_PAGES * PS) as u64)
+        .kind(RegionKind::Heap)
+        .name("chain");
+    let names = ["g0.img", "g1.img", "g2.img"];
+    for (g, name) in names.iter().enumerate() {
+        let path = dir.path().join(name);
+        let mut opts = WriterOptions::new()
+            .page_size(PS as u32)
+            .chunk_size(8 * PS as u32)
+            .codec(Codec::Zstd(1))
+            // So that each child holds exactly its changed pages, and
+            // takes the rest from its parents.
+            .page_digests(true);
+        let parent = (g > 0).then(|| {
+            Chain::open(
+                dir.path().join(names[g - 1]),
+                None,
+                &ChainOptions::default(),
+            )
+            .unwrap()
+        });
+        if let Some(p) = &parent {
+            opts = opts.parent_of(p.image()).unwrap().parent_hint(names[g - 1]);
+        }
+        let mut w = Writer::new(std::fs::File::create(&path).unwrap(), opts).unwrap();
+        let bytes = chain_region(g as u64);
+        match &parent {
+            Some(p) => w.add_region_against(info.clone(), &bytes, p).unwrap(),
+            None => w.add_region(info.clone(), &bytes).unwrap(),
+        }
+        w.finish().unwrap();
+        if g > 0 {
+            let img = memimg::Image::open(&path).unwrap();
+            let own = img
+                .extents()
+                .unwrap()
+                .iter()
+                .filter(|e| e.kind == memimg::ExtentKind::Data);
+            let pages: u32 = own.map(|e| e.page_count).sum();
+            assert!(
+                pages < CHAIN_PAGES as u32 / 2,
+                "generation {g} holds {pages} pages"
+            );
+        }
+        moto.put(
+            &bucket,
+            &format!("app/{name}"),
+            &std::fs::read(&path).unwrap(),
+        );
+    }
+    moto.put(
+        &bucket,
+        "lonely/g2.img",
+        &std::fs::read(dir.path().join("g2.img")).unwrap(),
+    );
+    let run = |key: &str, strategy: &str| {
+        let url = moto::url(&bucket, key);
+        let mut env = child_env(moto, &url, &Key::raw([0; 32]), base);
+        env.retain(|(k, _)| *k != "KEY");
+        env.push(("STRATEGY", strategy.to_string()));
+        env.push(("GEN", "2".to_string()));
+        run_limited("remote-chain", &env, ls::limit())
+    };
+    for strategy in ["lazy", "eager"] {
+        let o = run("app/g2.img", strategy);
+        assert!(
+            o.ok() && o.out.contains(&format!("CHECKED {CHAIN_PAGES}")),
+            "{strategy} restore of the chain ({}):\n{}",
+            signame(&o),
+            o.out
+        );
+    }
+    let o = run("app/g2.img", "mmap");
+    assert!(
+        o.out.contains("ERROR") && o.out.contains("mmap"),
+        "{}",
+        o.out
+    );
+    let o = run("lonely/g2.img", "lazy");
+    assert!(
+        o.out.contains("ERROR")
+            && o.out.contains("its parent, image")
+            && o.out.contains("is needed"),
+        "{}",
+        o.out
+    );
 }
