@@ -55,7 +55,8 @@ impl<W: Write> ChildSink for Writer<W> {
     }
 }
 
-/// What a [`ChildWriter`] did with the bytes it was given.
+/// What a capture with a parent did with the bytes it read (see the module
+/// docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompareStats {
     /// Bytes found equal to the parent's by the chunk checksum alone.

@@ -355,7 +355,7 @@ impl fmt::Display for Prot {
 /// What a region holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum RegionKind {
-    /// Anything else ([vdso], [vvar] …).
+    /// Anything else (`[vdso]`, `[vvar]` …).
     #[default]
     Other,
     /// The heap.

@@ -636,7 +636,7 @@ impl<W: Write> Writer<W> {
         self.end_region()
     }
 
-    /// Adds a region recorded with no data at all (a guard range, [vvar] …).
+    /// Adds a region recorded with no data at all (a guard range, `[vvar]` …).
     ///
     /// # Errors
     /// As [`Writer::begin_region`].
