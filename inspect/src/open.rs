@@ -290,24 +290,25 @@ pub fn open_chain_located(
                 }
             }
         };
-        let parent = match &ploc {
-            Location::Local(lp) => {
-                memimg::Image::open_with_key(lp, key).map_err(|e| lib_error(e, lp, "opening"))
-            }
+        // Checked against its child's record before any key is tried, as
+        // a file parent of a local chain is (Chain::push_parent_with).
+        let doing = format!("link {link} of");
+        let pushed = match &ploc {
+            Location::Local(lp) => c
+                .push_parent_with(key, |k| memimg::Image::open_with_key(lp, k))
+                .map_err(|e| lib_error(e, lp, &doing)),
             Location::S3(url) => reader(url).and_then(|r| {
-                memimg::Image::from_read_at(r, key).map_err(|e| remote_error(e, &ploc, "opening"))
+                c.push_parent_with(key, |k| memimg::Image::from_read_at(r.clone(), k))
+                    .map_err(|e| remote_error(e, &ploc, &doing))
             }),
         };
-        let parent = match parent {
-            Ok(p) => p,
+        match pushed {
+            Ok(()) => at.push(ploc),
             // A hint that names no object leaves the chain partial, as a
             // hint that names no file does (those are not opened).
             Err(e) if by_hint && no_such_object(&e) => break,
             Err(e) => return Err(e),
-        };
-        c.push_parent(parent)
-            .map_err(|e| anyhow::Error::new(e).context(format!("link {link} of {ploc}")))?;
-        at.push(ploc);
+        }
     }
     Ok((c, at))
 }

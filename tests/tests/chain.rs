@@ -878,3 +878,41 @@ fn hostile_chains_give_typed_errors() {
     );
     check("x.img", 2, "cycle");
 }
+
+/// A parent put together from bytes that are not a file (object storage,
+/// say) with `Chain::push_parent_with`, as `Chain::open` opens a file
+/// parent: checked against the child's record before a key is tried, so a
+/// plain parent of an encrypted child opens without the key, an encrypted
+/// one with it, and another image is a mismatch, never a wrong key.
+#[test]
+fn parents_pushed_from_bytes_are_checked_before_a_key_is_tried() {
+    let mut rng = Rng::new(11);
+    let key = Key::raw([7; 32]);
+    let mem0 = base(40, 3);
+    let (mem1, _) = change(&mem0, 5, &mut rng);
+    for parent_key in [None, Some(&key)] {
+        let parent = write_full(&mem0, opts(Codec::Zstd(1), parent_key));
+        let pchain = Chain::single(Image::from_bytes(parent.clone(), parent_key).unwrap());
+        let child = write_child(&mem1, &pchain, opts(Codec::None, Some(&key)), None);
+        let mut chain = Chain::single(Image::from_bytes(child.clone(), Some(&key)).unwrap());
+        chain
+            .push_parent_with(Some(&key), |k| Image::from_bytes(parent.clone(), k))
+            .unwrap_or_else(|e| panic!("parent key {:?}: {e}", parent_key.is_some()));
+        assert_reads(&chain, &mem1, "pushed from bytes");
+        // Another image where the parent should be: a mismatch naming
+        // link 1, whatever its key.
+        let other = write_full(&mem0, opts(Codec::Zstd(1), parent_key));
+        let mut chain = Chain::single(Image::from_bytes(child, Some(&key)).unwrap());
+        let e = chain
+            .push_parent_with(Some(&key), |k| Image::from_bytes(other.clone(), k))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
+        assert!(e.to_string().contains("link 1"), "{e}");
+        // A full image has no parent to push.
+        let mut full = Chain::single(Image::from_bytes(parent.clone(), parent_key).unwrap());
+        let e = full
+            .push_parent_with(Some(&key), |k| Image::from_bytes(parent.clone(), k))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+}

@@ -521,8 +521,8 @@ pub fn restore_from(
 }
 
 /// The chain of `img`, a child read from `url`: each parent found by its
-/// child's hint in object storage and opened (with `opts.key` when it is
-/// encrypted), until a full image, or a hint that is missing or names no
+/// child's hint in object storage and opened as `Chain::push_parent_with`
+/// does (checked, then with `opts.key` when it is encrypted), until a full image, or a hint that is missing or names no
 /// object (the chain is then partial, and the restore refuses the pages it
 /// lacks, naming the parent).
 #[cfg(feature = "remote")]
@@ -555,22 +555,16 @@ fn remote_chain(
             Err(e) if matches!(e.kind(), ErrorKind::NoSuchKey | ErrorKind::NoSuchBucket) => break,
             Err(e) => return Err(RestoreError::Remote(e)),
         };
-        let open = |key: Option<&Key>| {
-            Image::from_read_at(reader.clone(), key).map_err(|e| {
-                match memimg_remote::Error::find(&e) {
-                    Some(_) => RestoreError::Remote(memimg_remote::Error::from_memimg(
-                        &purl.to_string(),
-                        e,
-                    )),
-                    None => e.into(),
-                }
+        chain
+            .push_parent_with(opts.key.as_ref(), |k| {
+                Image::from_read_at(reader.clone(), k)
             })
-        };
-        let mut parent = open(None)?;
-        if parent.is_encrypted() && opts.key.is_some() {
-            parent = open(opts.key.as_ref())?;
-        }
-        chain.push_parent(parent)?;
+            .map_err(|e| match memimg_remote::Error::find(&e) {
+                Some(_) => {
+                    RestoreError::Remote(memimg_remote::Error::from_memimg(&purl.to_string(), e))
+                }
+                None => e.into(),
+            })?;
         at = purl;
     }
     Ok(chain)

@@ -169,6 +169,33 @@ impl Chain {
         Ok(())
     }
 
+    /// Opens the parent of the last link with `open` (given a key, or none)
+    /// and appends it, as [`Chain::open`] opens a parent from a file: first
+    /// without a key, to check it against the last link's parent record
+    /// (a replaced or re-keyed parent is a mismatch, not a key that does
+    /// not open it), then, when it is encrypted, with `key`. For parents
+    /// read from elsewhere: object storage, say, with `open` calling
+    /// [`Image::from_read_at`].
+    ///
+    /// # Errors
+    /// `InvalidInput` when the last link has no parent; what `open`
+    /// returns; as [`Chain::push_parent`].
+    pub fn push_parent_with(
+        &mut self,
+        key: Option<&Key>,
+        open: impl Fn(Option<&Key>) -> Result<Image>,
+    ) -> Result<()> {
+        let link = u32::try_from(self.links.len()).unwrap_or(u32::MAX);
+        let record = self.last().parent().copied().ok_or_else(|| {
+            Error::plain(
+                ErrorKind::InvalidInput,
+                "the chain is complete: its last link has no parent",
+            )
+        })?;
+        let parent = open_checked(&record, link, &open, |_| key.cloned())?;
+        self.push_parent(parent)
+    }
+
     /// Opens the image at `path` with `key` and its parents: those in
     /// `opts.parents` first, then each found through its child's hint (a
     /// path relative to the child's directory, or absolute). Each parent is
@@ -478,19 +505,35 @@ fn open_link(
         ))
         .in_link(link)
     };
-    let locked = Image::open(path).map_err(name)?.with_path(path);
-    // Its identity is known without a key (header and trailer): a replaced
-    // or re-keyed parent is a mismatch, not a key that does not open it.
+    let open = |k: Option<&Key>| match k {
+        None => Image::open(path).map(|i| i.with_path(path)).map_err(name),
+        Some(k) => Image::open_with_key(path, Some(k)).map_err(name),
+    };
+    open_checked(record, link, &open, |locked| {
+        opts.parent_key
+            .and_then(|f| f(link, locked.header()))
+            .or_else(|| key.cloned())
+    })
+}
+
+/// Opens link `link`, the parent that `record` names, with `open`: first
+/// without a key, since its identity is known without one (header and
+/// trailer), so that a replaced or re-keyed parent is a mismatch, not a key
+/// that does not open it; then, when it is encrypted, with the key
+/// `key_for` gives for it (none: left locked).
+fn open_checked(
+    record: &ParentRecord,
+    link: u32,
+    open: &dyn Fn(Option<&Key>) -> Result<Image>,
+    key_for: impl FnOnce(&Image) -> Option<Key>,
+) -> Result<Image> {
+    let locked = open(None)?;
     check_identity(record, &locked, link)?;
     if !locked.is_encrypted() {
         return Ok(locked);
     }
-    let k = opts
-        .parent_key
-        .and_then(|f| f(link, locked.header()))
-        .or_else(|| key.cloned());
-    match k {
-        Some(k) => Image::open_with_key(path, Some(&k)).map_err(name),
+    match key_for(&locked) {
+        Some(k) => open(Some(&k)),
         None => Ok(locked),
     }
 }
