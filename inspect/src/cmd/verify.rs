@@ -196,8 +196,9 @@ fn remote_chain(plan: &Plan, opts: &VerifyOptions<'_>, report: &mut Report) {
                 },
             },
         };
+        // As verify_chain_path names a link's problems.
         report.problems.extend(r.problems.into_iter().map(|mut p| {
-            p.location.link = Some(p.location.link.map_or(n, |l| l.saturating_add(n)));
+            p.location.link = p.location.link.or(Some(n));
             p
         }));
         if let Some(e) = r.fatal {
