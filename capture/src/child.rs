@@ -103,10 +103,9 @@ impl<'c, W: Write> ChildWriter<'c, W> {
     ///
     /// The work that costs (hashing each run, comparing each parent extent
     /// whose checksum differs page by page, by its digests or decoded) is
-    /// done for
-    /// the whole of `data` at once, in parallel (rayon), each extent
-    /// decoded once for all its pieces; then the runs go to the writer in
-    /// order.
+    /// done for the whole of `data` at once, in parallel (rayon), each
+    /// extent decoded once for all its pieces; then the runs go to the
+    /// writer in order.
     pub(crate) fn push_against(&mut self, data: &[u8]) -> Result<(), memimg::Error> {
         let start = self.at;
         let end = start + data.len() as u64;
