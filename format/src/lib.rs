@@ -65,8 +65,8 @@ pub use crypt::{
 pub use error::{Error, ErrorKind, Location, Result};
 pub use model::*;
 pub use profile::{Profile, PROFILE_MAGIC, PROFILE_VERSION};
-pub use read::{fuzz_api, page_digests_of, Image, TrailerInfo};
-pub use relayout::{relayout, relayout_in_place, RelayoutStats};
+pub use read::{front_open_need, fuzz_api, page_digests_of, Image, TrailerInfo};
+pub use relayout::{relayout, relayout_in_place, relayout_with, RelayoutOptions, RelayoutStats};
 pub use rewrite::{check_modifiable, options_from, rewrap_in_place, transcode, RewrapStats};
 pub use source::{FileAt, FileBytes, ReadAt, ReadSeek};
 pub use verify::{

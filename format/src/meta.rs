@@ -18,6 +18,10 @@ pub(crate) const T_KERNEL: u16 = 21;
 pub(crate) const T_PARENT: u16 = 32;
 /// 1.1, with `PARENT` only: the parent hint (1 to 1024 bytes of UTF-8).
 pub(crate) const T_PARENT_HINT: u16 = 33;
+/// 1.1, with `INDEX_FIRST` only: the index record (exactly 16 bytes).
+pub(crate) const T_INDEX: u16 = 34;
+/// Length of an index record.
+pub(crate) const INDEX_RECORD_LEN: usize = 16;
 /// Longest parent hint, in bytes.
 pub(crate) const MAX_PARENT_HINT: usize = 1024;
 /// Length of a parent record.
@@ -85,6 +89,7 @@ pub(crate) fn header_name(ty: u16) -> &'static str {
         T_KERNEL => "kernel release",
         T_PARENT => "parent",
         T_PARENT_HINT => "parent hint",
+        T_INDEX => "index",
         _ => "unknown",
     }
 }

@@ -27,12 +27,16 @@ impl Features {
     /// Incompatible (1.1): chunks are laid out in load order, and the index
     /// body carries the load-order profile.
     pub const LOAD_ORDER: u64 = 1 << 4;
+    /// Incompatible (1.1): the index lies right after the header, which
+    /// locates it with an index record; plain images only (spec.md, *Index
+    /// first*).
+    pub const INDEX_FIRST: u64 = 1 << 5;
     /// The incompatible bits version 1.1 added: an image that sets none of
     /// them follows every 1.0 rule.
-    pub const V1_1_INCOMPAT: u64 = Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
+    pub const V1_1_INCOMPAT: u64 =
+        Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER | Self::INDEX_FIRST;
     /// Incompatible bits this reader knows.
-    pub const KNOWN_INCOMPAT: u64 =
-        Self::ENCRYPTED | Self::ZSTD | Self::SLOT_BOUND | Self::PARENT | Self::LOAD_ORDER;
+    pub const KNOWN_INCOMPAT: u64 = Self::ENCRYPTED | Self::ZSTD | Self::V1_1_INCOMPAT;
     /// Read-only-compatible bits this reader knows.
     pub const KNOWN_RO_COMPAT: u64 = 0;
     /// Compatible: the header carries process facts.
@@ -66,6 +70,7 @@ impl Features {
                 (Self::SLOT_BOUND, "slot-bound"),
                 (Self::PARENT, "parent"),
                 (Self::LOAD_ORDER, "load-order"),
+                (Self::INDEX_FIRST, "index-first"),
             ],
             "incompat",
             &mut out,
@@ -258,9 +263,31 @@ pub struct Header {
     /// hint for finding it: whatever it names is checked against
     /// [`Header::parent`].
     pub parent_hint: Option<String>,
+    /// The index record of an image whose index lies right after the header
+    /// (1.1, feature `INDEX_FIRST`): the index's length and checksum. `None`
+    /// when the index is at the end.
+    pub index_first: Option<IndexRecord>,
+}
+
+/// The header's index record (spec.md, *Index first*): where the trailer
+/// would say the index is, for a reader that opens the image from its front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexRecord {
+    /// Length of the index, which starts at the page size.
+    pub index_len: u64,
+    /// `xxh3_64` of the index's bytes.
+    pub index_checksum: u64,
 }
 
 impl Header {
+    /// Where the chunk data starts (spec.md, *Chunk data*): right after the
+    /// header, or after the index when it comes first.
+    pub fn data_start(&self) -> u64 {
+        let ps = u64::from(self.page_size);
+        self.index_first
+            .map_or(ps, |r| ps.saturating_add(r.index_len))
+    }
+
     /// The image's depth in its chain: 0 for a full image, 1 + its
     /// parent's for an incremental one.
     pub fn depth(&self) -> u32 {

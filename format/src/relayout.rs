@@ -10,21 +10,24 @@
 //! same data key with a fresh random non-zero `index_nonce_salt`, so no
 //! (key, nonce) pair is used twice. The key slot is copied as it is: it
 //! binds the image id and KDF fields, neither of which changes.
+//!
+//! A plain image is written with its index first by default (1.1,
+//! `INDEX_FIRST`: spec.md, *Index first*), so that a restore from object
+//! storage fetches the header, the index and the working set with one GET.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use xxhash_rust::xxh3::xxh3_64;
 use zeroize::Zeroizing;
 
 use crate::atomic::{AtomicFile, ImageLock};
 use crate::crypt::{self, Key};
 use crate::error::{Error, ErrorKind, Location, Result};
-use crate::model::{ChunkCodec, ExtentKind, Features};
+use crate::model::Features;
 use crate::raw::{self, *};
 use crate::read::Image;
-use crate::rewrite::check_modifiable;
-use crate::write::{build_index, build_trailer};
+use crate::rewrite::{check_modifiable, copy_rewrite};
+use crate::write::rewrite_header;
 use crate::Profile;
 
 /// Body record type 2 (spec.md, *Strings and meta*).
@@ -40,14 +43,42 @@ pub struct RelayoutStats {
     /// Stored bytes of the working set, from the first chunk's offset to the
     /// end of the last (the one read that fetches it).
     pub working_set_bytes: u64,
+    /// File offset of the end of the working set: a read of the file's
+    /// first this many bytes holds it, and with [`RelayoutStats::index_first`]
+    /// the header and the index too.
+    pub working_set_end: u64,
+    /// True when the index was written right after the header (spec.md,
+    /// *Index first*).
+    pub index_first: bool,
     /// Length of the new file.
     pub file_len: u64,
+}
+
+/// How [`relayout_with`] lays the image out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayoutOptions {
+    /// Write the index right after the header (1.1, `INDEX_FIRST`: spec.md,
+    /// *Index first*), so that the header, the index and the working set are
+    /// one range from offset 0: a restore from object storage opens the
+    /// image and fetches its working set with one GET. Only a plain image
+    /// can: an encrypted one keeps its index at the end whatever this says.
+    /// On by default. Off, the image keeps the layout any 1.1 reader that
+    /// knows `LOAD_ORDER` reads (a reader that does not know `INDEX_FIRST`
+    /// refuses an image that sets it).
+    pub index_first: bool,
+}
+
+impl Default for RelayoutOptions {
+    fn default() -> Self {
+        RelayoutOptions { index_first: true }
+    }
 }
 
 /// Writes to `out` a copy of `src` laid out in load order by `profile`
 /// (spec.md, *Load order*): the profile's chunks first, in profile order,
 /// then every other chunk by number. The content, the image id, the data
-/// key and the key slot stay; see the module docs.
+/// key and the key slot stay; see the module docs. With the default
+/// options: the index first when `src` is plain ([`RelayoutOptions`]).
 ///
 /// # Errors
 /// `KeyRequired` when `src` is encrypted and locked (the body is needed);
@@ -56,42 +87,39 @@ pub struct RelayoutStats {
 /// read-only-compatible feature this code does not know (its header is
 /// copied); damage kinds when a chunk's stored bytes do not match their
 /// checksum; I/O errors from `out`.
-pub fn relayout<W: Write>(
-    src: &Image,
-    profile: &Profile,
-    mut out: W,
-) -> Result<(W, RelayoutStats)> {
-    let stats = relayout_dyn(src, profile, &mut out)?;
-    Ok((out, stats))
+pub fn relayout<W: Write>(src: &Image, profile: &Profile, out: W) -> Result<(W, RelayoutStats)> {
+    relayout_with(src, profile, &RelayoutOptions::default(), out)
 }
 
-fn relayout_dyn(src: &Image, profile: &Profile, out: &mut dyn Write) -> Result<RelayoutStats> {
+/// [`relayout`], with `opts`.
+///
+/// # Errors
+/// As [`relayout`].
+pub fn relayout_with<W: Write>(
+    src: &Image,
+    profile: &Profile,
+    opts: &RelayoutOptions,
+    out: W,
+) -> Result<(W, RelayoutStats)> {
     profile.check_for(src)?;
     check_modifiable(src)?;
-    let header = new_header(src)?;
-    let ps = u64::from(src.header().page_size);
     let encrypted = src.is_encrypted();
-    let dek = if encrypted {
-        Some(src.dek().ok_or_else(|| {
-            Error::plain(
-                ErrorKind::KeyRequired,
-                "the image is encrypted: a relayout needs its key (to seal the new index)",
-            )
-        })?)
-    } else {
-        None
-    };
-    // Which chunks are raw (page-aligned in a plain image).
-    let n = src.chunk_locs().len();
-    let mut raw_chunk = vec![false; n];
-    for e in src.extents()?.iter().filter(|e| e.kind == ExtentKind::Data) {
-        if let Some(f) = usize::try_from(e.chunk)
-            .ok()
-            .and_then(|i| raw_chunk.get_mut(i))
-        {
-            *f = !encrypted && e.codec == ChunkCodec::None;
-        }
+    if encrypted && src.dek().is_none() {
+        return Err(Error::plain(
+            ErrorKind::KeyRequired,
+            "the image is encrypted: a relayout needs its key (to seal the new index)",
+        ));
     }
+    let index_first = opts.index_first && !encrypted;
+    let header = rewrite_header(src.header_bytes(), |fixed, _| {
+        fixed.incompat |= Features::LOAD_ORDER;
+        if index_first {
+            fixed.incompat |= Features::INDEX_FIRST;
+        } else {
+            fixed.incompat &= !Features::INDEX_FIRST;
+        }
+    })?;
+    let n = src.chunk_locs().len();
     let mut order: Vec<u64> = profile.chunks.clone();
     let mut listed = vec![false; n];
     for &c in &profile.chunks {
@@ -99,74 +127,36 @@ fn relayout_dyn(src: &Image, profile: &Profile, out: &mut dyn Write) -> Result<R
         listed[usize::try_from(c).unwrap_or(0)] = true;
     }
     order.extend((0..n as u64).filter(|&c| !listed[usize::try_from(c).unwrap_or(0)]));
-
-    let mut put = |b: &[u8]| {
-        out.write_all(b)
-            .map_err(|e| Error::io("writing the relaid image", e))
-    };
-    put(&header)?;
-    let mut pos = ps;
-    let mut entries = vec![ChunkEntryRaw::default(); n];
-    let mut ws_end = ps;
-    let zeros = vec![0u8; usize::try_from(ps).unwrap_or(4096)];
-    for (k, &c) in order.iter().enumerate() {
-        let i = usize::try_from(c).unwrap_or(0);
-        let at = if raw_chunk[i] {
-            pos.div_ceil(ps) * ps
-        } else {
-            pos
-        };
-        let pad = usize::try_from(at - pos).unwrap_or(0);
-        put(&zeros[..pad])?;
-        // Checked against its stored checksum (and the padding in front of
-        // it in the source): damage is not copied into a file that verifies.
-        let bytes = src.read_stored(c)?;
-        put(&bytes)?;
-        let loc = src.chunk_locs()[i];
-        entries[i] = ChunkEntryRaw {
-            offset: at,
-            stored_len: loc.stored_len,
-            reserved: 0,
-            stored_checksum: loc.stored_checksum,
-        };
-        pos = at + u64::from(loc.stored_len);
-        if k + 1 == profile.chunks.len() {
-            ws_end = pos;
-        }
-    }
     let body = new_body(src, &profile.chunks)?;
-    let salt = if encrypted {
-        crypt::fresh_index_salt()?
-    } else {
-        0
-    };
-    // build_index seals the body in place: the plaintext goes with it.
-    let index = build_index(&header, &entries, body.to_vec(), dek, salt)?;
+    // The key slot and its generation stay: only the layout moves.
+    let (out, stats) = copy_rewrite(
+        src,
+        &header,
+        &order,
+        body.to_vec(),
+        src.trailer().generation,
+        out,
+    )?;
     drop(body);
-    let index_offset = pos;
-    put(&index.bytes)?;
-    pos += index.bytes.len() as u64;
-    let t = src.trailer();
-    let slot = key_slot(src)?;
-    let trailer = build_trailer(
-        pos,
-        index_offset,
-        index.bytes.len() as u64,
-        index.checksum,
-        t.generation,
-        &src.header().image_id,
-        &slot,
-    );
-    put(&trailer)?;
-    pos += trailer.len() as u64;
-    out.flush()
-        .map_err(|e| Error::io("flushing the relaid image", e))?;
-    Ok(RelayoutStats {
-        chunks: n as u64,
-        working_set_chunks: profile.chunks.len() as u64,
-        working_set_bytes: ws_end - ps,
-        file_len: pos,
-    })
+    let at = |c: &u64| stats.entries[usize::try_from(*c).unwrap_or(0)];
+    let (ws, ws_end) = match (profile.chunks.first(), profile.chunks.last()) {
+        (Some(f), Some(l)) => {
+            let end = at(l).offset + u64::from(at(l).stored_len);
+            (end - at(f).offset, end)
+        }
+        _ => (0, 0),
+    };
+    Ok((
+        out,
+        RelayoutStats {
+            chunks: n as u64,
+            working_set_chunks: profile.chunks.len() as u64,
+            working_set_bytes: ws,
+            working_set_end: ws_end,
+            index_first,
+            file_len: stats.write.file_len,
+        },
+    ))
 }
 
 /// Relays out the image at `path` in place, crash-safely: the new image is
@@ -183,6 +173,7 @@ pub fn relayout_in_place(
     path: &Path,
     key: Option<&Key>,
     profile: &Profile,
+    opts: &RelayoutOptions,
 ) -> Result<RelayoutStats> {
     let lock = ImageLock::acquire(path, false)?;
     let reader = lock
@@ -192,7 +183,7 @@ pub fn relayout_in_place(
     let src = Image::from_reader(reader, key)?;
     let af = AtomicFile::create(path)?;
     let w = BufWriter::with_capacity(1 << 20, af);
-    let (w, stats) = relayout(&src, profile, w)?;
+    let (w, stats) = relayout_with(&src, profile, opts, w)?;
     let af = w
         .into_inner()
         .map_err(|e| Error::io("flushing the relaid image", e.into_error()))?;
@@ -213,34 +204,6 @@ pub fn relayout_in_place(
     af.commit()?;
     drop(lock);
     Ok(stats)
-}
-
-/// The source's header page with `LOAD_ORDER` set, version 1.1 at least,
-/// and its checksum recomputed.
-fn new_header(src: &Image) -> Result<Vec<u8>> {
-    let mut page = src.header_bytes().to_vec();
-    let mut fixed: HeaderFixed = raw::from_bytes(&page)
-        .ok_or_else(|| Error::plain(ErrorKind::Malformed, "the source header does not parse"))?;
-    fixed.incompat |= Features::LOAD_ORDER;
-    fixed.version_minor = fixed.version_minor.max(1);
-    page[..HEADER_FIXED_LEN].copy_from_slice(&raw::to_bytes(&fixed));
-    let end = page.len() - 8;
-    let sum = xxh3_64(&page[..end]);
-    page[end..].copy_from_slice(&sum.to_le_bytes());
-    Ok(page)
-}
-
-/// The source's key slot, as stored in its active trailer.
-fn key_slot(src: &Image) -> Result<KeySlotRaw> {
-    let t = src.file_range(src.trailer().offset, TRAILER_LEN as u64)?;
-    let t: TrailerRaw = raw::from_bytes(&t).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Malformed,
-            Location::at(src.trailer().offset),
-            "the source trailer does not parse",
-        )
-    })?;
-    Ok(t.key_slot)
 }
 
 /// The source's index body in clear, with every load-order record removed

@@ -12,9 +12,9 @@ use crate::chain::{Chain, SegmentKind};
 use crate::crypt::{self, Key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Extent, ExtentKind, Features};
-use crate::raw::TRAILER_LEN;
+use crate::raw::{ChunkEntryRaw, CHUNK_ENTRY_LEN, INDEX_HEAD_LEN, TRAILER_LEN};
 use crate::read::Image;
-use crate::write::{build_index, build_trailer, WriteStats, Writer, WriterOptions};
+use crate::write::{build_index, build_trailer, rewrite_header, WriteStats, Writer, WriterOptions};
 
 /// Options for a transcode that keep the source's facts: page size, chunk
 /// size, machine, validation data, process facts, producer, notes, page
@@ -206,14 +206,19 @@ enum Msg {
 /// existing data key never reuses a nonce). Each chunk is checked against
 /// its stored checksum (and its padding) as it is copied.
 ///
-/// The trailer is generation 0 of a new file.
+/// When `header_page` sets `INDEX_FIRST` (a relayout that asked for it, or
+/// a rebase of such an image), the index is written right after the header,
+/// whose index record is set to it (spec.md, *Index first*); the record is
+/// left out otherwise. The trailer is generation `generation` of a new
+/// file.
 pub(crate) fn copy_rewrite<W: Write>(
     src: &Image,
     header_page: &[u8],
     order: &[u64],
     body: Vec<u8>,
+    generation: u32,
     out: W,
-) -> Result<(W, WriteStats)> {
+) -> Result<(W, CopyStats)> {
     let h = src.header();
     let ps = u64::from(h.page_size);
     if header_page.len() as u64 != ps {
@@ -247,6 +252,14 @@ pub(crate) fn copy_rewrite<W: Write>(
         }
         (_, d) => d,
     };
+    let index_first = crate::raw::from_bytes::<crate::raw::HeaderFixed>(header_page)
+        .is_some_and(|f| f.incompat & Features::INDEX_FIRST != 0);
+    if index_first && encrypted {
+        return Err(Error::plain(
+            ErrorKind::InvalidInput,
+            "the index comes first only in a plain image (spec.md, Index first)",
+        ));
+    }
     let mut raw = vec![false; n];
     let mut stats = WriteStats {
         image_id: h.image_id,
@@ -268,6 +281,56 @@ pub(crate) fn copy_rewrite<W: Write>(
             ExtentKind::InParent => stats.in_parent_pages += pages,
         }
     }
+    // Every chunk's place, by the layout rule from the data start: after
+    // the header, or after the index when it comes first (its length is
+    // known before it is built: a plain body is stored as it is).
+    let data_start = if index_first {
+        ps + (INDEX_HEAD_LEN + CHUNK_ENTRY_LEN * n + body.len()) as u64
+    } else {
+        ps
+    };
+    let mut entries = vec![ChunkEntryRaw::default(); n];
+    let mut end = data_start;
+    for &c in order {
+        let i = usize::try_from(c).unwrap_or(usize::MAX);
+        let loc = src.chunk_locs()[i];
+        let at = if raw[i] { end.div_ceil(ps) * ps } else { end };
+        entries[i] = ChunkEntryRaw {
+            offset: at,
+            stored_len: loc.stored_len,
+            reserved: 0,
+            stored_checksum: loc.stored_checksum,
+        };
+        stats.stored_bytes += u64::from(loc.stored_len);
+        end = at + u64::from(loc.stored_len);
+    }
+    let salt = if encrypted {
+        crypt::fresh_index_salt()?
+    } else {
+        0
+    };
+    let header_page = rewrite_header(header_page, |_, records| {
+        records.retain(|(ty, _)| *ty != crate::meta::T_INDEX);
+    })?;
+    let (header, index) = if index_first {
+        // A plain index does not depend on the header page.
+        let index = build_index(&header_page, &entries, body, None, 0)?;
+        if ps + index.bytes.len() as u64 != data_start {
+            return Err(Error::plain(
+                ErrorKind::InvalidInput,
+                "the index is not the length its chunks were placed after (a bug)",
+            ));
+        }
+        let mut rec = (index.bytes.len() as u64).to_le_bytes().to_vec();
+        rec.extend_from_slice(&index.checksum.to_le_bytes());
+        let header = rewrite_header(&header_page, |_, records| {
+            records.push((crate::meta::T_INDEX, rec));
+        })?;
+        (header, index)
+    } else {
+        let index = build_index(&header_page, &entries, body, dek, salt)?;
+        (header_page, index)
+    };
     let mut out = out;
     let mut pos = 0u64;
     let put = |out: &mut W, bytes: &[u8], pos: &mut u64| -> Result<()> {
@@ -276,44 +339,32 @@ pub(crate) fn copy_rewrite<W: Write>(
         *pos += bytes.len() as u64;
         Ok(())
     };
-    put(&mut out, header_page, &mut pos)?;
-    let mut entries = vec![crate::raw::ChunkEntryRaw::default(); n];
+    put(&mut out, &header, &mut pos)?;
+    let index_offset = if index_first {
+        put(&mut out, &index.bytes, &mut pos)?;
+        ps
+    } else {
+        end
+    };
     let zeros = vec![0u8; usize::try_from(ps).unwrap_or(4096)];
     for &c in order {
-        let i = usize::try_from(c).unwrap_or(usize::MAX);
-        let loc = src.chunk_locs()[i];
+        let e = &entries[usize::try_from(c).unwrap_or(usize::MAX)];
+        // Checked against its stored checksum (and the padding in front of
+        // it in the source): damage is not copied into a file that verifies.
         let stored = src.read_stored(c)?;
-        if raw[i] {
-            let pad = (ps - pos % ps) % ps;
-            put(
-                &mut out,
-                &zeros[..usize::try_from(pad).unwrap_or(0)],
-                &mut pos,
-            )?;
-        }
-        entries[i] = crate::raw::ChunkEntryRaw {
-            offset: pos,
-            stored_len: loc.stored_len,
-            reserved: 0,
-            stored_checksum: loc.stored_checksum,
-        };
-        stats.stored_bytes += u64::from(loc.stored_len);
+        let pad = usize::try_from(e.offset - pos).unwrap_or(0);
+        put(&mut out, &zeros[..pad], &mut pos)?;
         put(&mut out, &stored, &mut pos)?;
     }
-    let salt = if encrypted {
-        crypt::fresh_index_salt()?
-    } else {
-        0
-    };
-    let index = build_index(header_page, &entries, body, dek, salt)?;
-    let index_offset = pos;
-    put(&mut out, &index.bytes, &mut pos)?;
+    if !index_first {
+        put(&mut out, &index.bytes, &mut pos)?;
+    }
     let trailer = build_trailer(
         pos,
         index_offset,
         index.bytes.len() as u64,
         index.checksum,
-        0,
+        generation,
         &h.image_id,
         src.key_slot(),
     );
@@ -322,7 +373,19 @@ pub(crate) fn copy_rewrite<W: Write>(
         .map_err(|e| Error::io("flushing the image", e))?;
     stats.file_len = pos;
     stats.index_checksum = index.checksum;
-    Ok((out, stats))
+    Ok((
+        out,
+        CopyStats {
+            write: stats,
+            entries,
+        },
+    ))
+}
+
+/// What [`copy_rewrite`] wrote: its statistics, and where each chunk went.
+pub(crate) struct CopyStats {
+    pub write: WriteStats,
+    pub entries: Vec<ChunkEntryRaw>,
 }
 
 /// What a key rotation wrote.

@@ -369,6 +369,13 @@ pub struct OptimizeArgs {
     /// sealed under the image's data key).
     #[command(flatten)]
     pub key: KeyArgs,
+    /// Keep the index at the end of the file. By default a plain image gets
+    /// its index right after the header (format 1.1, INDEX_FIRST), so that a
+    /// restore from object storage opens it and fetches its working set
+    /// with one GET; readers older than that feature refuse such an image.
+    /// An encrypted image always keeps its index at the end.
+    #[arg(long)]
+    pub index_at_end: bool,
 }
 
 /// `imgtool reencrypt`.

@@ -238,20 +238,29 @@ impl RemoteReader {
 
     /// Opens `url` by its ends, for a caller that reads an image at once
     /// and must be quick about it (a lazy restore): instead of a HEAD, one
-    /// suffix GET of the object's last `tail` bytes (its size and ETag come
-    /// from the answer), and, at the same time, one GET of its first `head`
-    /// bytes (rounded up to whole blocks). Both are kept while the reader
-    /// lives, and every read they hold is served from them, so opening an
-    /// image then costs these two requests in
-    /// parallel, plus one GET of the index when `tail` does not hold it:
-    /// two round trips instead of four. Bytes of the header's GET are used
-    /// only when its answer has the tail's ETag and size.
+    /// GET of its first `head` bytes (rounded up to whole blocks) and one
+    /// suffix GET of its last `tail` bytes (the object's size and ETag come
+    /// from the answers). Both are kept while the reader lives, and every
+    /// read they hold is served from them, so opening an image then costs
+    /// these two requests, plus one GET of the index when `tail` does not
+    /// hold it: two round trips instead of four.
+    ///
+    /// The tail's GET is made once the first page of the head's answer has
+    /// come (the header page: a round trip, while the rest of the head is
+    /// still arriving), and only when it is needed: not for an image whose
+    /// index comes first and ends within the head (spec.md, *Index first*;
+    /// [`memimg::front_open_len`]), which `Image::from_read_at` then opens
+    /// from the head alone, nor when the head holds the whole object. So an
+    /// image laid out for it opens with one GET, and a store that serves
+    /// the GETs of one object one after the other (moto) does not make it
+    /// wait for a second. Bytes of the tail's GET are used only when its
+    /// answer has the head's ETag and size.
     ///
     /// A `head` larger than the header page brings the start of the data
-    /// with it, where an image laid out by a profile keeps its working set
-    /// (spec.md, *Load order*): a large read that the ends hold is served
-    /// from them, and one that runs past them fetches only the rest, with
-    /// one GET. Memory: the ends are `head + tail` bytes at most, kept
+    /// with it, where an image laid out by a profile (spec.md, *Load
+    /// order*) keeps its working set: a large read that the ends hold is
+    /// served from them, and one that runs past them fetches only the rest,
+    /// with one GET. Memory: the ends are `head + tail` bytes at most, kept
     /// while the reader lives, besides the two caches.
     ///
     /// A store that does not answer the suffix GET as asked (an empty
@@ -272,10 +281,6 @@ impl RemoteReader {
         let counters = Counters::default();
         let bs = u64::from(opts.block_size.max(4096));
         let head = head.div_ceil(bs).saturating_mul(bs);
-        count(&counters, |c| {
-            c.get
-                .fetch_add(if head > 0 { 2 } else { 1 }, Ordering::Relaxed);
-        });
         let get = |range: GetRange| {
             let store = Arc::clone(&store);
             let path = path.clone();
@@ -290,15 +295,93 @@ impl RemoteReader {
                 Ok::<_, object_store::Error>((meta, range, bytes))
             }
         };
-        let tail_fut = get(GetRange::Suffix(tail.max(1)));
-        let head_fut = async {
-            if head == 0 {
-                None
+        // The head: its first page says whether the tail is needed.
+        let (need_tail, tail_wanted) = tokio::sync::oneshot::channel::<bool>();
+        let head_fut = {
+            let store = Arc::clone(&store);
+            let path = path.clone();
+            async move {
+                if head == 0 {
+                    let _ = need_tail.send(true);
+                    return None;
+                }
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(0..head)),
+                    ..GetOptions::default()
+                };
+                let r = match store.get_opts(&path, opts).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = need_tail.send(true);
+                        return Some(Err(e));
+                    }
+                };
+                let (meta, range) = (r.meta.clone(), r.range.clone());
+                let whole = range.start == 0 && range.end == meta.size;
+                let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+                let mut buf = Vec::with_capacity(want.min(usize_of(head)));
+                let mut stream = r.into_stream();
+                let mut need_tail = Some(need_tail);
+                while let Some(piece) = stream.next().await {
+                    match piece {
+                        Ok(b) => buf.extend_from_slice(&b),
+                        Err(e) => {
+                            if let Some(tx) = need_tail.take() {
+                                let _ = tx.send(true);
+                            }
+                            return Some(Err(e));
+                        }
+                    }
+                    if need_tail.is_some() {
+                        let decided = if whole {
+                            Some(false)
+                        } else {
+                            memimg::front_open_need(&buf).map(|n| n.is_none_or(|n| n > range.end))
+                        };
+                        if let Some(d) = decided {
+                            if let Some(tx) = need_tail.take() {
+                                let _ = tx.send(d);
+                            }
+                        }
+                    }
+                }
+                if let Some(tx) = need_tail.take() {
+                    let _ = tx.send(true);
+                }
+                Some(Ok((meta, range, Bytes::from(buf))))
+            }
+        };
+        let tail_fut = async {
+            // A dropped sender (the head's future ended) also means: fetch it.
+            if tail_wanted.await.unwrap_or(true) {
+                Some(get(GetRange::Suffix(tail.max(1))).await)
             } else {
-                Some(get(GetRange::Bounded(0..head)).await)
+                None
             }
         };
         let (t, h) = block_on(futures_util::future::join(tail_fut, head_fut))?;
+        count(&counters, |c| {
+            c.get.fetch_add(
+                u64::from(h.is_some()) + u64::from(t.is_some()),
+                Ordering::Relaxed,
+            );
+        });
+        // One GET held the image's front (or all of it): no tail.
+        let front = match (t, h) {
+            (None, Some(Ok((meta, range, bytes)))) => {
+                if bytes.len() as u64 != range.end - range.start || range.start != 0 {
+                    return Self::open_with(store, url, opts);
+                }
+                let mut reader =
+                    Self::from_ends(store, path, name, meta, bs, &opts, counters, Vec::new());
+                reader.add_bytes(bytes.len());
+                reader.ends.push((0, bytes));
+                return Ok(reader);
+            }
+            (None, _) => return Self::open_with(store, url, opts),
+            (Some(t), h) => (t, h),
+        };
+        let (t, h) = front;
         let (meta, range, bytes) = match t {
             Ok(got) => got,
             Err(e) => {
@@ -323,27 +406,43 @@ impl RemoteReader {
         if range.end != len || bytes.len() as u64 != range.end - range.start {
             return Self::open_with(store, url, opts);
         }
-        let mut reader = RemoteReader {
-            store,
-            path,
-            name,
-            len,
-            e_tag: meta.e_tag.clone(),
-            block: bs,
-            cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
-            ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
-            ends: Vec::new(),
-            counters,
-        };
+        let e_tag = meta.e_tag.clone();
+        let mut reader = Self::from_ends(store, path, name, meta, bs, &opts, counters, Vec::new());
         reader.add_bytes(bytes.len());
         reader.ends.push((range.start, bytes));
         if let Some(Ok((m, r, b))) = h {
             reader.add_bytes(b.len());
-            if m.e_tag == meta.e_tag && m.size == len && b.len() as u64 == r.end - r.start {
+            if m.e_tag == e_tag && m.size == len && b.len() as u64 == r.end - r.start {
                 reader.ends.push((r.start, b));
             }
         }
         Ok(reader)
+    }
+
+    /// A reader of the object `meta` describes, holding `ends`.
+    #[allow(clippy::too_many_arguments)]
+    fn from_ends(
+        store: Arc<dyn ObjectStore>,
+        path: object_store::path::Path,
+        name: String,
+        meta: object_store::ObjectMeta,
+        block: u64,
+        opts: &ReaderOptions,
+        counters: Counters,
+        ends: Vec<(u64, Bytes)>,
+    ) -> RemoteReader {
+        RemoteReader {
+            store,
+            path,
+            name,
+            len: meta.size,
+            e_tag: meta.e_tag,
+            block,
+            cache: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ranges: Mutex::new(BlockCache::new(opts.cache_bytes)),
+            ends,
+            counters,
+        }
     }
 
     /// The object's URL.

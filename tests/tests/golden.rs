@@ -129,11 +129,12 @@ fn newer_major_version_and_unknown_feature_are_named() {
     let e = Image::from_bytes(fix(v2), None).unwrap_err();
     assert_eq!(e.kind(), memimg::ErrorKind::Unsupported);
     assert!(e.to_string().contains("version 2.0"), "{e}");
+    // Bit 5 became INDEX_FIRST in 1.1; bit 6 is not known yet.
     let mut feat = bytes.clone();
-    feat[0x10] |= 1 << 5;
+    feat[0x10] |= 1 << 6;
     let e = Image::from_bytes(fix(feat), None).unwrap_err();
     assert_eq!(e.kind(), memimg::ErrorKind::Unsupported);
-    assert!(e.to_string().contains("incompatible feature bit 5"), "{e}");
+    assert!(e.to_string().contains("incompatible feature bit 6"), "{e}");
     // A newer minor version with no unknown incompatible feature still reads.
     let mut minor = bytes;
     minor[10..12].copy_from_slice(&7u16.to_le_bytes());

@@ -1,11 +1,14 @@
 //! Golden 1.1 images with a load order (`LOAD_ORDER`): checked into
 //! tests/golden/, they freeze the load-order record and the layout rule in
-//! layout order. Every future reader must keep reading them. Regenerate
+//! layout order, and (`v1.1-index-first`) the index placed right after the
+//! header with the header's index record (`INDEX_FIRST`). Every future reader must keep reading them. Regenerate
 //! (never, once released) with `MEMIMG_WRITE_GOLDEN=1` and `--ignored`.
 
 use std::path::PathBuf;
 
-use memimg::{relayout, verify_path, Codec, Image, Key, Profile, VerifyOptions};
+use memimg::{
+    relayout_with, verify_path, Codec, Image, Key, Profile, ReadAt, RelayoutOptions, VerifyOptions,
+};
 use memimg_tests::forge::Forge;
 use memimg_tests::{golden_page, write_golden, GOLDEN_KEY, GOLDEN_REGIONS};
 
@@ -16,9 +19,11 @@ fn dir() -> PathBuf {
 /// The frozen profile: chunk numbers in "first touch" order.
 const ORDER: &[u64] = &[8, 3, 0, 6];
 
-const CASES: &[(&str, bool)] = &[
-    ("v1.1-load-order-plain", false),
-    ("v1.1-load-order-encrypted", true),
+/// (name, encrypted, index first)
+const CASES: &[(&str, bool, bool)] = &[
+    ("v1.1-load-order-plain", false, false),
+    ("v1.1-load-order-encrypted", true, false),
+    ("v1.1-index-first", false, true),
 ];
 
 /// Not a test: it writes the golden images, when asked.
@@ -30,7 +35,7 @@ fn write_load_order_golden_when_asked() {
         return;
     }
     let key = Key::raw(GOLDEN_KEY);
-    for &(name, encrypted) in CASES {
+    for &(name, encrypted, index_first) in CASES {
         let opts = crate::golden::golden_1_1_options().codec(if encrypted {
             Codec::Zstd(3)
         } else {
@@ -48,7 +53,8 @@ fn write_load_order_golden_when_asked() {
             image_id: img.header().image_id,
             chunks: ORDER.to_vec(),
         };
-        let (out, _) = relayout(&img, &p, Vec::new()).unwrap();
+        let (out, _) =
+            relayout_with(&img, &p, &RelayoutOptions { index_first }, Vec::new()).unwrap();
         std::fs::write(dir().join(format!("{name}.img")), out).unwrap();
         if encrypted {
             std::fs::write(dir().join(format!("{name}.key")), GOLDEN_KEY).unwrap();
@@ -58,7 +64,7 @@ fn write_load_order_golden_when_asked() {
 
 #[test]
 fn golden_load_order_images_still_read() {
-    for &(name, encrypted) in CASES {
+    for &(name, encrypted, index_first) in CASES {
         let path = dir().join(format!("{name}.img"));
         let key =
             encrypted.then(|| Key::from_key_file(&dir().join(format!("{name}.key"))).unwrap());
@@ -79,7 +85,25 @@ fn golden_load_order_images_still_read() {
         want.extend((0..n).filter(|c| !ORDER.contains(c)));
         assert_eq!(img.layout_order(), want, "{name}");
         let bytes = std::fs::read(&path).unwrap();
-        let mut end = 4096u64;
+        // The index: at the end, or right after the header, where the
+        // header's index record says (its length and checksum).
+        let t = img.trailer().clone();
+        let mut end = if index_first {
+            let rec = img.header().index_first.expect("the index record");
+            assert_eq!(t.index_offset, 4096, "{name}");
+            assert_eq!(
+                (rec.index_len, rec.index_checksum),
+                (t.index_len, t.index_checksum)
+            );
+            let index = &bytes[4096..(4096 + t.index_len) as usize];
+            assert_eq!(xxhash_rust::xxh3::xxh3_64(index), rec.index_checksum);
+            4096 + t.index_len
+        } else {
+            assert_eq!(img.header().index_first, None, "{name}");
+            4096u64
+        };
+        assert_eq!(img.header().data_start(), end, "{name}");
+        let ws_start = end;
         for &c in &want {
             let loc = img.chunk_locs()[c as usize];
             let at = if encrypted {
@@ -94,10 +118,39 @@ fn golden_load_order_images_still_read() {
             );
             end = at + u64::from(loc.stored_len);
         }
-        assert_eq!(img.trailer().index_offset, end, "{name}");
+        if index_first {
+            assert_eq!(t.offset, end, "{name}: the trailer right after the data");
+        } else {
+            assert_eq!(t.index_offset, end, "{name}");
+        }
+        assert_eq!(t.offset + 256, bytes.len() as u64, "{name}");
         let ws = img.working_set_range().unwrap().unwrap();
+        let first = img.chunk_locs()[ORDER[0] as usize];
         let last = img.chunk_locs()[*ORDER.last().unwrap() as usize];
-        assert_eq!(ws, 4096..last.offset + u64::from(last.stored_len));
+        assert!(first.offset - ws_start < 4096, "{name}");
+        assert_eq!(ws, first.offset..last.offset + u64::from(last.stored_len));
+        // Opened from its front: the header page and the index, nothing
+        // past the data start (the trailer is not read).
+        let at = std::sync::Arc::new(Reads {
+            bytes: bytes.clone(),
+            max_end: std::sync::Mutex::new(0),
+        });
+        let front = Image::from_read_at(at.clone(), key.as_ref()).unwrap();
+        let max_end = *at.max_end.lock().unwrap();
+        if index_first {
+            assert!(!front.trailer().read, "{name}");
+            assert_eq!(max_end, ws_start, "{name}: read up to {max_end:#x}");
+            assert_eq!(
+                memimg::front_open_need(&bytes[..4096]),
+                Some(Some(ws_start)),
+                "{name}"
+            );
+        } else {
+            assert!(front.trailer().read, "{name}");
+            assert_eq!(max_end, bytes.len() as u64, "{name}");
+            assert_eq!(memimg::front_open_need(&bytes[..4096]), Some(None));
+        }
+        assert_eq!(front.trailer().index_checksum, t.index_checksum, "{name}");
         // Every page of every region.
         let regions = img.regions().unwrap();
         assert_eq!(regions.len(), GOLDEN_REGIONS.len());
@@ -133,7 +186,7 @@ fn golden_load_order_images_still_read() {
             let locked = Image::open(&path).unwrap();
             assert!(locked.has_load_order() && locked.load_order().is_err());
             assert_eq!(locked.layout_order(), want);
-        } else {
+        } else if !index_first {
             // The record's bytes, read by a reader written from spec.md.
             let meta = Forge::disassemble(&bytes).meta;
             let mut rec = vec![2, 0, 0, 0];
@@ -143,5 +196,33 @@ fn golden_load_order_images_still_read() {
             }
             assert!(meta.ends_with(&rec), "{name}: {meta:?}");
         }
+    }
+}
+
+/// A store over bytes that remembers the furthest byte read.
+struct Reads {
+    bytes: Vec<u8>,
+    max_end: std::sync::Mutex<u64>,
+}
+
+impl ReadAt for Reads {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset as usize + buf.len();
+        let src = self
+            .bytes
+            .get(offset as usize..end)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        let mut m = self.max_end.lock().unwrap();
+        *m = (*m).max(end as u64);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "test bytes".into()
     }
 }

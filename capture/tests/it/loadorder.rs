@@ -211,7 +211,7 @@ impl Setup {
         };
         let opt = self.dir.path().join("opt.img");
         std::fs::copy(&self.img, &opt).unwrap();
-        memimg::relayout_in_place(&opt, Some(&self.key), &p).unwrap();
+        memimg::relayout_in_place(&opt, Some(&self.key), &p, &Default::default()).unwrap();
         let ws = Image::open_with_key(&opt, Some(&self.key))
             .unwrap()
             .working_set_range()

@@ -138,7 +138,8 @@ pub fn rebase<W: Write>(
         }
     })?;
     let body = img.clear_body()?;
-    copy_rewrite(img, &header, &img.layout_order(), body.to_vec(), out)
+    let (out, stats) = copy_rewrite(img, &header, &img.layout_order(), body.to_vec(), 0, out)?;
+    Ok((out, stats.write))
 }
 
 /// Rebases the image at `path` in place (see [`rebase`]): its chain is

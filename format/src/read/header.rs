@@ -178,10 +178,18 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
         ))?;
     }
     let with_parent = f.incompat & crate::Features::PARENT != 0;
+    let index_first = f.incompat & crate::Features::INDEX_FIRST != 0;
+    if index_first && cipher != Cipher::None {
+        return Err(malformed(
+            loc(0x10),
+            "the index-first feature is set in an encrypted image",
+        ));
+    }
     let m = match parse_header_tlv(
         &page[HEADER_FIXED_LEN..tlv_end],
         HEADER_FIXED_LEN as u64,
         with_parent,
+        index_first,
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -194,6 +202,14 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
             loc(0x10),
             "the parent feature is set but the header has no parent record",
         ))?;
+    }
+    if index_first && m.index_first.is_none() {
+        // Without the record nothing locates the index a reader opening from
+        // the front would trust: fatal even to verify.
+        return Err(malformed(
+            loc(0x10),
+            "the index-first feature is set but the header has no index record",
+        ));
     }
     let header = Header {
         version: (f.version_major, f.version_minor),
@@ -219,6 +235,7 @@ pub(super) fn parse_header(src: &Source, sink: &mut Sink) -> Result<(Header, Vec
         process: m.process,
         parent: m.parent,
         parent_hint: m.parent_hint,
+        index_first: m.index_first,
     };
     Ok((header, page))
 }
@@ -231,13 +248,20 @@ struct HeaderMeta {
     pub process: Option<ProcessFacts>,
     pub parent: Option<ParentRecord>,
     pub parent_hint: Option<String>,
+    pub index_first: Option<crate::model::IndexRecord>,
 }
 
 /// Parses the header records in `tlv`, which starts at file offset `base`.
 /// The parent record and hint have a meaning only `with_parent` (the
 /// image sets `PARENT`); without it they are records of unknown type, as in
-/// 1.0 (spec.md, *Header TLV records*).
-fn parse_header_tlv(tlv: &[u8], base: u64, with_parent: bool) -> Result<HeaderMeta> {
+/// 1.0 (spec.md, *Header TLV records*); so is the index record without
+/// `index_first` (the image sets `INDEX_FIRST`).
+fn parse_header_tlv(
+    tlv: &[u8],
+    base: u64,
+    with_parent: bool,
+    index_first: bool,
+) -> Result<HeaderMeta> {
     let mut m = HeaderMeta::default();
     // One bit per record type: 8 KiB, whatever the number of records.
     let mut seen = vec![0u64; 1024];
@@ -337,6 +361,22 @@ fn parse_header_tlv(tlv: &[u8], base: u64, with_parent: bool) -> Result<HeaderMe
                 let hint =
                     std::str::from_utf8(value).map_err(|_| bad(off, "parent hint is not UTF-8"))?;
                 m.parent_hint = Some(hint.to_string());
+            }
+            meta::T_INDEX if index_first => {
+                let v: [u8; meta::INDEX_RECORD_LEN] = value.try_into().map_err(|_| {
+                    bad(
+                        off,
+                        format!(
+                            "index record is {len} bytes, not {}",
+                            meta::INDEX_RECORD_LEN
+                        ),
+                    )
+                })?;
+                let (l, c) = v.split_at(8);
+                m.index_first = Some(crate::model::IndexRecord {
+                    index_len: u64::from_le_bytes(l.try_into().unwrap_or_default()),
+                    index_checksum: u64::from_le_bytes(c.try_into().unwrap_or_default()),
+                });
             }
             _ => {}
         }

@@ -34,7 +34,12 @@ pub(super) fn parse_index(
             ErrorKind::Checksum,
             loc,
             format!(
-                "index checksum mismatch (trailer says {:016x}, index hashes to {sum:016x})",
+                "index checksum mismatch ({} says {:016x}, index hashes to {sum:016x})",
+                if trailer.read {
+                    "trailer"
+                } else {
+                    "header's index record"
+                },
                 trailer.index_checksum
             ),
         ))?;
@@ -143,10 +148,17 @@ pub(super) fn parse_index(
                 ),
             ));
         }
-        if c.offset < u64::from(header.page_size)
+        // The data area: from the data start to the index, or, when the
+        // index comes first, to the trailer.
+        let data_end = if header.index_first.is_some() {
+            trailer.offset
+        } else {
+            trailer.index_offset
+        };
+        if c.offset < header.data_start()
             || c.offset
                 .checked_add(u64::from(c.stored_len))
-                .is_none_or(|e| e > trailer.index_offset)
+                .is_none_or(|e| e > data_end)
         {
             return Err(malformed(
                 Location::chunk(i as u64, eoff),

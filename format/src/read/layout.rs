@@ -21,7 +21,7 @@ pub(super) fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
             }
         }
     }
-    let mut end = ps;
+    let mut end = img.header.data_start();
     // In layout order (spec.md, *Chunk data*): by number, or the load-order
     // profile first.
     for i in super::order::layout_sequence(img) {
@@ -42,7 +42,19 @@ pub(super) fn check_layout(img: &Image, sink: &mut Sink) -> Result<()> {
         }
         end = c.offset + u64::from(c.stored_len);
     }
-    if end != img.trailer.index_offset {
+    if img.header.index_first.is_some() {
+        // The trailer right after the last chunk (spec.md, *Index first*);
+        // for an image opened from its front, the end of the file.
+        if end != img.trailer.offset {
+            sink.report(malformed(
+                Location::at(end),
+                format!(
+                    "the trailer starts at {:#x}, not right after the last chunk ({end:#x})",
+                    img.trailer.offset
+                ),
+            ))?;
+        }
+    } else if end != img.trailer.index_offset {
         sink.report(malformed(
             Location::at(end),
             format!(
@@ -74,7 +86,7 @@ impl Image {
         };
         let prev_end = match prev.and_then(|p| self.chunks.get(p)) {
             Some(p) => p.offset + u64::from(p.stored_len),
-            None => ps,
+            None => self.header.data_start(),
         };
         match self.chunks.get(n) {
             Some(c) if c.offset > prev_end && c.offset - prev_end < ps => {

@@ -57,6 +57,11 @@ pub struct TrailerInfo {
     /// Superseded trailers partly zeroed: a key rotation cut off while it
     /// zeroed them (spec.md, *Finding the active trailer*).
     pub partly_zeroed: u32,
+    /// False when the image was opened from its front (an `INDEX_FIRST`
+    /// image read through [`Image::from_read_at`]): the trailer was not
+    /// read, and these facts are what the header's index record and the
+    /// layout say it must hold (spec.md, *Index first*); `verify` reads it.
+    pub read: bool,
 }
 
 /// The decrypted index: regions, extents, names and notes.
@@ -219,7 +224,7 @@ impl Image {
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&Key>) -> Result<Image> {
         let path = path.as_ref();
         let src = open_path(path)?;
-        let (img, _) = open_source(src, key, true)?;
+        let (img, _) = open_source(src, key, true, false)?;
         Ok(img.with_path(path))
     }
 
@@ -228,7 +233,7 @@ impl Image {
     /// # Errors
     /// As [`Image::open_with_key`].
     pub fn from_bytes(bytes: Vec<u8>, key: Option<&Key>) -> Result<Image> {
-        Ok(open_source(Source::Bytes(bytes), key, true)?.0)
+        Ok(open_source(Source::Bytes(bytes), key, true, false)?.0)
     }
 
     /// Reads an image from any `Read + Seek`, fetching only what it needs.
@@ -240,7 +245,13 @@ impl Image {
             .seek(std::io::SeekFrom::End(0))
             .map_err(|e| Error::io("finding the length of the image", e))?;
         usize_of(len)?;
-        Ok(open_source(Source::Reader(Mutex::new(Box::new(reader)), len), key, true)?.0)
+        Ok(open_source(
+            Source::Reader(Mutex::new(Box::new(reader)), len),
+            key,
+            true,
+            false,
+        )?
+        .0)
     }
 
     /// Reads an image from a positional store (a file read with `pread`, an
@@ -248,12 +259,20 @@ impl Image {
     /// header page, the trailer and the index when opening, then each chunk
     /// as it is read.
     ///
+    /// An image whose index comes first (1.1, `INDEX_FIRST`) is opened from
+    /// its front, as spec.md allows (*Index first*): the header page and
+    /// the index, checked against the header's index record, and not the
+    /// trailer, so that the opening is one range from offset 0 (one GET from
+    /// object storage). The trailer must then start at the length of the
+    /// store minus 256 bytes, which the layout check enforces;
+    /// [`TrailerInfo::read`] is false, and [`crate::verify`] reads it.
+    ///
     /// # Errors
     /// As [`Image::open_with_key`].
     pub fn from_read_at(store: std::sync::Arc<dyn ReadAt>, key: Option<&Key>) -> Result<Image> {
         let len = store.len();
         usize_of(len)?;
-        Ok(open_source(Source::At(store, len), key, true)?.0)
+        Ok(open_source(Source::At(store, len), key, true, true)?.0)
     }
 
     pub(crate) fn with_path(mut self, path: &Path) -> Image {
@@ -674,13 +693,16 @@ impl Image {
 
 /// Parses and validates an image. In lenient mode, problems that do not stop
 /// parsing are returned in the second value.
+/// `front`: an `INDEX_FIRST` image may be opened from its front, without
+/// reading its trailer (spec.md, *Index first*).
 pub(crate) fn open_source(
     src: Source,
     key: Option<&Key>,
     strict: bool,
+    front: bool,
 ) -> Result<(Image, Vec<Error>)> {
     let mut sink = Sink::new(strict);
-    let img = open_into(src, key, &mut sink)?;
+    let img = open_into(src, key, &mut sink, front)?;
     Ok((img, sink.problems))
 }
 
@@ -690,11 +712,40 @@ pub(crate) fn open_source(
 /// key that does not open the slot that header describes) is still reported.
 pub(crate) fn open_lenient(src: Source, key: Option<&Key>) -> (Result<Image>, Vec<Error>) {
     let mut sink = Sink::new(false);
-    let img = open_into(src, key, &mut sink);
+    let img = open_into(src, key, &mut sink, false);
     (img, sink.problems)
 }
 
-fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
+/// The trailer of an `INDEX_FIRST` image opened from its front (spec.md,
+/// *Index first*): not read, but where the header's index record and the
+/// layout rule say it is and what it must hold.
+fn front_trailer(src: &Source, header: &Header, rec: IndexRecord) -> Result<TrailerInfo> {
+    let flen = src.len();
+    let tl = TRAILER_LEN as u64;
+    let min = header.data_start().saturating_add(tl);
+    if flen < min {
+        return Err(crate::error::truncated(
+            0,
+            "an image whose index comes first (header, index and trailer)",
+            min,
+            flen,
+        ));
+    }
+    Ok(TrailerInfo {
+        offset: flen - tl,
+        generation: 0,
+        index_offset: u64::from(header.page_size),
+        index_len: rec.index_len,
+        index_checksum: rec.index_checksum,
+        kdf: None,
+        unfinished_tail: 0,
+        superseded: 0,
+        partly_zeroed: 0,
+        read: false,
+    })
+}
+
+fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink, front: bool) -> Result<Image> {
     let (header, header_page) = parse_header(&src, sink)?;
     if key.is_some() && header.cipher == Cipher::None {
         return Err(Error::plain(
@@ -702,7 +753,10 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
             "a key was given, but the image is not encrypted",
         ));
     }
-    let (trailer, key_slot) = find_trailer(&src, &header, sink)?;
+    let (trailer, key_slot) = match header.index_first {
+        Some(rec) if front => (front_trailer(&src, &header, rec)?, KeySlotRaw::default()),
+        _ => find_trailer(&src, &header, sink)?,
+    };
     let index = src.get(trailer.index_offset, trailer.index_len, "index")?;
     let parts = parse_index(&src, &header, &trailer, &index, sink)?;
     let (chunks, ihead_len, salt) = (parts.chunks, parts.map_end, parts.salt);
@@ -777,6 +831,31 @@ fn open_into(src: Source, key: Option<&Key>, sink: &mut Sink) -> Result<Image> {
     Ok(img)
 }
 
+/// For a reader that fetches an image's front before anything else (from
+/// object storage): given the first bytes of a file, how many bytes from
+/// offset 0 open it ([`Image::from_read_at`] reads nothing else when
+/// opening): `Some(Some(n))` for an image whose index comes first (1.1,
+/// `INDEX_FIRST`: spec.md, *Index first*), `n` being where its data starts;
+/// `Some(None)` when `head` holds a header page that is not such an
+/// image's, or no valid header at all (the trailer is needed, as for any
+/// image); `None` when `head` is too short to tell (less than 128 bytes, or
+/// than the page size it names).
+pub fn front_open_need(head: &[u8]) -> Option<Option<u64>> {
+    let ps = head
+        .get(0x28..0x2c)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)?;
+    if !matches!(ps, 4096 | 16384 | 65536) {
+        return Some(None);
+    }
+    let page = head.get(..ps as usize)?;
+    let src = Source::Bytes(page.to_vec());
+    Some(match parse_header(&src, &mut Sink::new(true)) {
+        Ok((h, _)) if h.index_first.is_some() => Some(h.data_start()),
+        _ => None,
+    })
+}
+
 /// Entry points for the fuzz targets: each structure parsed alone.
 #[doc(hidden)]
 pub mod fuzz_api {
@@ -824,6 +903,7 @@ pub mod fuzz_api {
             unfinished_tail: 0,
             superseded: 0,
             partly_zeroed: 0,
+            read: true,
         };
         if let Ok(p) = parse_index(&src, &header, &trailer, bytes, &mut Sink::new(false)) {
             let _ = parse_body(&bytes[p.map_end..], &header, &p.chunks, ps, false);

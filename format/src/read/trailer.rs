@@ -136,6 +136,19 @@ pub(super) fn find_trailer(
             "reserved trailer bytes are not zero",
         ))?;
     }
+    if let Some(rec) = header.index_first {
+        if (t.index_offset, t.index_len, t.index_checksum)
+            != (ps, rec.index_len, rec.index_checksum)
+        {
+            sink.report(malformed(
+                Location::at(o + 16),
+                format!(
+                    "the trailer locates an index at {:#x} of {} bytes (checksum {:016x}); the header's index record one at {ps:#x} of {} bytes (checksum {:016x})",
+                    t.index_offset, t.index_len, t.index_checksum, rec.index_len, rec.index_checksum
+                ),
+            ))?;
+        }
+    }
     let index_end = t
         .index_offset
         .checked_add(t.index_len)
@@ -172,7 +185,14 @@ pub(super) fn find_trailer(
         Some(k)
     };
     // Between the index and the active trailer: superseded trailers, zeroed
-    // or not, or partly zeroed by a torn rotation.
+    // or not, or partly zeroed by a torn rotation. When the index comes
+    // first the chunks lie there, and the layout check puts the trailer
+    // right after them (a plain image is never rotated).
+    let index_end = if header.index_first.is_some() {
+        o
+    } else {
+        index_end
+    };
     let gap = o - index_end;
     let (mut superseded, mut torn_zeroing) = (0, 0);
     if gap % tl != 0 {
@@ -226,6 +246,7 @@ pub(super) fn find_trailer(
             unfinished_tail: tail,
             superseded,
             partly_zeroed: torn_zeroing,
+            read: true,
         },
         t.key_slot,
     ))

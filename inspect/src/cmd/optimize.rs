@@ -62,11 +62,14 @@ pub fn optimize(args: &OptimizeArgs, out: &mut dyn Write) -> Result<ExitCode> {
     })?;
     let old_len = img.file_len();
     let rewriting = |e| crate::open::remote_error(e, &plan.image, "rewriting");
+    let opts = memimg::RelayoutOptions {
+        index_first: !args.index_at_end,
+    };
     let stats = if let Location::S3(url) = &plan.target.loc {
         // Streamed into the upload: a failure before the last byte aborts
         // it and leaves no object.
         let w = BufWriter::with_capacity(1 << 20, create_upload(url)?);
-        let (w, stats) = memimg::relayout(&img, &profile, w).map_err(rewriting)?;
+        let (w, stats) = memimg::relayout_with(&img, &profile, &opts, w).map_err(rewriting)?;
         let w = w
             .into_inner()
             .map_err(|e| e.into_error())
@@ -77,7 +80,7 @@ pub fn optimize(args: &OptimizeArgs, out: &mut dyn Write) -> Result<ExitCode> {
     } else {
         let af = create_tmp(&plan.target)?;
         let w = BufWriter::with_capacity(1 << 20, af);
-        let (w, stats) = memimg::relayout(&img, &profile, w).map_err(rewriting)?;
+        let (w, stats) = memimg::relayout_with(&img, &profile, &opts, w).map_err(rewriting)?;
         let af = w
             .into_inner()
             .map_err(|e| e.into_error())
@@ -90,14 +93,24 @@ pub fn optimize(args: &OptimizeArgs, out: &mut dyn Write) -> Result<ExitCode> {
         stats
     };
     drop(lock);
+    let first = if stats.index_first {
+        format!(
+            "the header, the index and the working set: {} in one read from offset 0",
+            fmt::size(stats.working_set_end)
+        )
+    } else {
+        format!(
+            "{} in one read from offset {:#x}",
+            fmt::size(stats.working_set_bytes),
+            stats.working_set_end - stats.working_set_bytes,
+        )
+    };
     writeln!(
         out,
-        "{}: laid out by the profile: {} of {} chunks first ({} in one read from offset {:#x}); file {} -> {}",
+        "{}: laid out by the profile: {} of {} chunks first ({first}); file {} -> {}",
         plan.target.loc,
         stats.working_set_chunks,
         stats.chunks,
-        fmt::size(stats.working_set_bytes),
-        img.header().page_size,
         fmt::size(old_len),
         fmt::size(stats.file_len),
     )?;
