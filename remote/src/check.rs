@@ -8,8 +8,10 @@ use memimg::raw::{TRAILER_LEN, TRAILER_MAGIC};
 use memimg::{ChunkLoc, Extent, ExtentKind, Image, Problem};
 use xxhash_rust::xxh3::xxh3_64;
 
-/// A piece of the file, in order: the header page, a run of whole chunks
-/// (with the padding before each), or the index and trailers.
+/// A piece of the file, in order: the header page (and the index, when it
+/// comes first: spec.md, *Index first*), a run of whole chunks (with the
+/// padding before each), or the index and trailers (the trailer alone when
+/// the index came first).
 pub(crate) struct Segment {
     pub(crate) range: Range<u64>,
     what: Part,
@@ -38,7 +40,7 @@ fn layout(img: &Image) -> Vec<usize> {
 /// checked the rest when opening).
 pub(crate) fn plan(img: &Image, max: u64, whole: bool) -> Vec<Segment> {
     let chunks = img.chunk_locs();
-    let hp = img.header_bytes().len() as u64;
+    let hp = img.header().data_start();
     let mut segs = Vec::new();
     if whole {
         segs.push(Segment {
@@ -110,7 +112,7 @@ impl<'a> Checker<'a> {
             img,
             by_chunk,
             order: layout(img),
-            prev_end: img.header_bytes().len() as u64,
+            prev_end: img.header().data_start(),
             chunks_checked: 0,
         }
     }
@@ -119,7 +121,12 @@ impl<'a> Checker<'a> {
     pub(crate) fn check(&mut self, seg: &Segment, bytes: &[u8], out: &mut Vec<Problem>) {
         use memimg::ErrorKind as K;
         let base = seg.range.start;
-        let at = |off: u64| usize::try_from(off - base).unwrap_or(usize::MAX);
+        // An offset before the segment is out of it, as one past its end.
+        let at = |off: u64| {
+            off.checked_sub(base)
+                .and_then(|d| usize::try_from(d).ok())
+                .unwrap_or(usize::MAX)
+        };
         let problem = |kind, location, message: String| Problem {
             kind,
             location,
@@ -127,7 +134,21 @@ impl<'a> Checker<'a> {
         };
         match &seg.what {
             Part::Header => {
-                if bytes != self.img.header_bytes() {
+                let hp = self.img.header_bytes().len();
+                if let Some(rec) = self.img.header().index_first {
+                    let sum = xxh3_64(bytes.get(hp..).unwrap_or(&[]));
+                    if sum != rec.index_checksum {
+                        out.push(problem(
+                            K::Checksum,
+                            memimg::Location::at(hp as u64),
+                            format!(
+                                "index checksum mismatch (the header's index record says {:016x}, index hashes to {sum:016x})",
+                                rec.index_checksum
+                            ),
+                        ));
+                    }
+                }
+                if bytes.get(..hp) != Some(self.img.header_bytes()) {
                     out.push(problem(
                         K::Checksum,
                         memimg::Location::at(0),
@@ -171,11 +192,13 @@ impl<'a> Checker<'a> {
             }
             Part::Tail => {
                 let t = self.img.trailer();
+                let index_first = self.img.header().index_first.is_some();
+                // When the index came first, the header's segment held it.
                 let index = bytes
                     .get(at(t.index_offset)..at(t.index_offset + t.index_len))
                     .unwrap_or(&[]);
-                let sum = xxh3_64(index);
-                if sum != t.index_checksum {
+                if !index_first && xxh3_64(index) != t.index_checksum {
+                    let sum = xxh3_64(index);
                     out.push(problem(
                         K::Checksum,
                         memimg::Location::at(t.index_offset),
@@ -188,15 +211,30 @@ impl<'a> Checker<'a> {
                 let tr = bytes
                     .get(at(t.offset)..at(t.offset + TRAILER_LEN as u64))
                     .unwrap_or(&[]);
+                // It must locate the index the image was read by (for an
+                // image opened from its front, the header's index record).
+                let locates = |o: usize, v: u64| {
+                    tr.get(o..o + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_le_bytes)
+                        == Some(v)
+                };
                 let ok = tr.len() == TRAILER_LEN
                     && tr[..8] == TRAILER_MAGIC
+                    && locates(16, t.index_offset)
+                    && locates(24, t.index_len)
+                    && locates(32, t.index_checksum)
                     && tr[248..].try_into().map(u64::from_le_bytes).ok()
                         == Some(xxh3_64(&tr[..248]));
                 if !ok {
                     out.push(problem(
                         K::Checksum,
                         memimg::Location::at(t.offset),
-                        "the trailer differs from the one read when the image was opened: it changed in the meantime".into(),
+                        if t.read {
+                            "the trailer differs from the one read when the image was opened: it changed in the meantime".into()
+                        } else {
+                            "the trailer is damaged, or does not locate the index where the header's index record does".into()
+                        },
                     ));
                 }
             }

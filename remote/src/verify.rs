@@ -33,7 +33,9 @@ pub fn verify_remote(
     fetch: FetchOptions,
 ) -> Report {
     let mut report = Report::default();
-    let img = match Image::from_read_at(reader.clone(), key) {
+    // The trailer too, when the index comes first (spec.md, *Index first*:
+    // verify always reads it).
+    let img = match Image::from_read_at_whole(reader.clone(), key) {
         Ok(img) => img,
         Err(e) if e.is_damage() => {
             report.problems.push(e.into());

@@ -17,6 +17,7 @@ mod fuzz_regressions;
 mod golden;
 mod golden_load_order;
 mod hostile;
+mod index_first;
 mod loadorder;
 mod rotation;
 mod roundtrip;

@@ -275,6 +275,21 @@ impl Image {
         Ok(open_source(Source::At(store, len), key, true, true)?.0)
     }
 
+    /// As [`Image::from_read_at`], but reads and checks the trailer of an
+    /// image whose index comes first too (as it does every other image's),
+    /// for a verify: one more read, at the end of the store.
+    ///
+    /// # Errors
+    /// As [`Image::open_with_key`].
+    pub fn from_read_at_whole(
+        store: std::sync::Arc<dyn ReadAt>,
+        key: Option<&Key>,
+    ) -> Result<Image> {
+        let len = store.len();
+        usize_of(len)?;
+        Ok(open_source(Source::At(store, len), key, true, false)?.0)
+    }
+
     pub(crate) fn with_path(mut self, path: &Path) -> Image {
         self.path = Some(path.to_path_buf());
         self
