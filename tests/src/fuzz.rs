@@ -48,6 +48,14 @@ fn walk(img: &Image) {
 
 /// Target `open`: open arbitrary bytes and walk everything.
 pub fn open(data: &[u8]) {
+    // An image whose index comes first (1.1, INDEX_FIRST) is opened from
+    // its front when read by ranges, without its trailer: that reader too.
+    if memimg::front_open_need(data).flatten().is_some() {
+        let at = std::sync::Arc::new(BytesAt(data.to_vec()));
+        if let Ok(img) = Image::from_read_at(at, None) {
+            walk(&img);
+        }
+    }
     if let Ok(img) = Image::from_bytes(data.to_vec(), None) {
         walk(&img);
         // read_at at addresses chosen by the input's last bytes, through the
@@ -75,6 +83,24 @@ pub fn open(data: &[u8]) {
             progress: None,
         },
     );
+}
+
+/// Bytes read by ranges, as object storage is ([`memimg::ReadAt`]).
+struct BytesAt(Vec<u8>);
+
+impl memimg::ReadAt for BytesAt {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
 }
 
 /// Target `open_encrypted`: open arbitrary bytes with the fuzz key.
@@ -398,8 +424,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }
     }
     // Laid out in load order (1.1, LOAD_ORDER): the load-order record and
-    // the layout rule in layout order, plain and encrypted.
-    for (codec, key) in [(Codec::None, None), (Codec::Zstd(1), Some(key))] {
+    // the layout rule in layout order, plain and encrypted; plain with the
+    // index first (INDEX_FIRST, a relayout's default) and at the end.
+    for (codec, key, index_first) in [
+        (Codec::None, None, true),
+        (Codec::None, None, false),
+        (Codec::Zstd(1), Some(key), false),
+    ] {
         let opts = WriterOptions::new().workers(0).codec(codec);
         let opts = match &key {
             Some(k) => opts.key(k.clone()),
@@ -416,7 +447,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             image_id: img.header().image_id,
             chunks: (0..n).rev().step_by(2).collect(),
         };
-        if let Ok((b, _)) = memimg::relayout(&img, &p, Vec::new()) {
+        let lo = memimg::RelayoutOptions { index_first };
+        if let Ok((b, _)) = memimg::relayout_with(&img, &p, &lo, Vec::new()) {
             // The encrypted one goes to the open_encrypted corpus (by name).
             out.push((
                 if key.is_some() {

@@ -80,8 +80,8 @@ fn fuzz_regression_inputs_replay() {
     let seeds = fuzz::seeds();
     assert_eq!(
         seeds.len(),
-        9,
-        "two plain, two encrypted and one incremental (1.1) seed images, one plain and one encrypted with page digests, and one plain and one encrypted laid out in load order"
+        10,
+        "two plain, two encrypted and one incremental (1.1) seed images, one plain and one encrypted with page digests, and two plain (the index first and at the end) and one encrypted laid out in load order"
     );
     for (_, bytes) in &seeds {
         fuzz::open(bytes);

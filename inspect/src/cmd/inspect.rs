@@ -96,6 +96,10 @@ pub struct Doc {
     /// The load-order profile (`imgtool optimize`); `null` when the image
     /// has none.
     pub load_order: Option<LoadOrderDoc>,
+    /// Where the index is when it comes right after the header (format 1.1,
+    /// `INDEX_FIRST`, what `imgtool optimize` writes for a plain image);
+    /// `null` when it is at the end.
+    pub index_first: Option<IndexFirstDoc>,
     /// An incremental image (format 1.1): its parent and its chain. Left
     /// out for a full image.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +271,17 @@ pub struct LoadOrderDoc {
     /// The chunk numbers, in the order the program first touched them
     /// (`null` when locked).
     pub order: Option<Vec<u64>>,
+}
+
+/// An index right after the header (spec.md, *Index first*).
+#[derive(Debug, Serialize)]
+pub struct IndexFirstDoc {
+    /// Length of the index, which starts at the page size.
+    pub index_len: u64,
+    /// Bytes from offset 0 that hold the header, the index and the working
+    /// set (or the data start, without a load order): what one read, or one
+    /// ranged GET, fetches to open the image and serve its startup.
+    pub front_bytes: u64,
 }
 
 /// Machine facts.
@@ -532,7 +547,15 @@ impl Doc {
             chunks: None,
             chain: None,
             load_order: None,
+            index_first: None,
         };
+        if let Some(rec) = img.header().index_first {
+            let ws_end = img.working_set_range().ok().flatten().map(|r| r.end);
+            doc.index_first = Some(IndexFirstDoc {
+                index_len: rec.index_len,
+                front_bytes: ws_end.unwrap_or_else(|| img.header().data_start()),
+            });
+        }
         if img.has_load_order() {
             let order = img.load_order().ok().flatten();
             let range = img.working_set_range().ok().flatten();
@@ -757,6 +780,17 @@ impl Doc {
                     ),
                     _ => "yes (the profile is encrypted: give the key to see it)".into(),
                 },
+            ));
+        }
+        if let Some(ix) = &self.index_first {
+            lines.push((
+                "index",
+                format!(
+                    "first, {} at {:#x}: header, index and working set in one read of {} from offset 0",
+                    fmt::size(ix.index_len),
+                    self.page_size,
+                    fmt::size(ix.front_bytes)
+                ),
             ));
         }
         lines.push((

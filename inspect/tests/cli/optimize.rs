@@ -19,7 +19,13 @@ fn profile_of(p: &std::path::Path, key: Option<&memimg::Key>) -> Profile {
 fn optimized_image_is_identical_in_content_and_shows_its_profile() {
     let d = tempfile::tempdir().unwrap();
     let (kf, key) = key_file(d.path(), "k", 7);
-    for (name, key) in [("plain", None), ("encrypted", Some(key))] {
+    // A plain image gets its index first unless asked (spec.md, *Index
+    // first*); an encrypted one keeps it at the end.
+    for (name, key, at_end) in [
+        ("plain", None, false),
+        ("plain-index-at-end", None, true),
+        ("encrypted", Some(key), false),
+    ] {
         let a = d.path().join(format!("{name}.mimg"));
         write_image(&a, Codec::Zstd(1), key.clone());
         let p = profile_of(&a, key.as_ref());
@@ -33,10 +39,19 @@ fn optimized_image_is_identical_in_content_and_shows_its_profile() {
         };
         let mut args = vec!["optimize", "--profile", s(&pf), "-o", s(&o)];
         args.extend(&kargs);
+        if at_end {
+            args.push("--index-at-end");
+        }
         args.push(s(&a));
+        let index_first = key.is_none() && !at_end;
         let (code, out, err) = run(&args);
         assert_eq!(code, 0, "{name}: {err}");
         assert!(out.contains("laid out by the profile"), "{out}");
+        assert_eq!(
+            out.contains("the header, the index and the working set"),
+            index_first,
+            "{name}: {out}"
+        );
         // Identical in content, verifies, keeps its id.
         let mut diff = vec!["diff"];
         diff.extend(&kargs);
@@ -67,6 +82,11 @@ fn optimized_image_is_identical_in_content_and_shows_its_profile() {
             line.contains(&format!("{} chunks first", p.chunks.len())),
             "{line}"
         );
+        assert_eq!(
+            out.lines().any(|l| l.starts_with("index           first")),
+            index_first,
+            "{name}: {out}"
+        );
         insp.insert(1, "--json");
         let (_, out, _) = run(&insp);
         let j = json(&out);
@@ -74,7 +94,18 @@ fn optimized_image_is_identical_in_content_and_shows_its_profile() {
         assert_eq!(lo["chunks"], p.chunks.len() as u64, "{out}");
         let ws = io.working_set_range().unwrap().unwrap();
         assert_eq!(lo["bytes"], ws.end - ws.start);
-        assert_eq!(lo["offset"], "0x1000");
+        assert_eq!(lo["offset"], format!("{:#x}", ws.start));
+        let ix = &j["index_first"];
+        if index_first {
+            let rec = io.header().index_first.unwrap();
+            assert_eq!(ix["index_len"], rec.index_len, "{out}");
+            assert_eq!(ix["front_bytes"], ws.end, "{out}");
+            assert_eq!(io.trailer().index_offset, 4096);
+            assert!(ws.start >= 4096 + rec.index_len);
+        } else {
+            assert!(ix.is_null(), "{name}: {out}");
+            assert_eq!(lo["offset"], "0x1000");
+        }
         assert_eq!(
             lo["order"].as_array().unwrap().len(),
             p.chunks.len(),
