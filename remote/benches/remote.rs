@@ -1085,6 +1085,7 @@ fn get_latency(cx: &Ctx, key: &str) -> (f64, u64) {
             ReaderOptions {
                 block_size: 4096,
                 cache_bytes: 0,
+                ..ReaderOptions::default()
             },
         )
         .unwrap();

@@ -56,6 +56,19 @@ pub struct ReaderOptions {
     /// large read bigger than this is not kept). By default
     /// [`DEFAULT_CACHE_BYTES`], so at most 8 MiB per reader; 0 keeps none.
     pub cache_bytes: usize,
+    /// For [`RemoteReader::open_ends_with`]: make the tail's GET together
+    /// with the head's, instead of once the head's first page says it is
+    /// needed. Off by default, so that an image whose index comes first
+    /// (spec.md, *Index first*) opens with one GET, and a store that serves
+    /// the GETs of one object one after the other does not serve a second
+    /// first. On, any other image (its index at the end, or encrypted) opens
+    /// one round trip sooner on a store that serves GETs in parallel and
+    /// sends the head about as fast as a small answer (a local server), at
+    /// the price of a second request for an image whose index comes first.
+    /// Where sending the head takes longer than a round trip (4 MiB over a
+    /// real network), the tail's GET made after its first page ends within
+    /// it anyway.
+    pub tail_with_head: bool,
 }
 
 impl Default for ReaderOptions {
@@ -63,6 +76,7 @@ impl Default for ReaderOptions {
         ReaderOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            tail_with_head: false,
         }
     }
 }
@@ -297,22 +311,29 @@ impl RemoteReader {
         };
         // The head: its first page says whether the tail is needed.
         let (need_tail, tail_wanted) = tokio::sync::oneshot::channel::<bool>();
+        let mut need_tail = Some(need_tail);
+        if head == 0 || opts.tail_with_head {
+            if let Some(tx) = need_tail.take() {
+                let _ = tx.send(true);
+            }
+        }
         let head_fut = {
             let store = Arc::clone(&store);
             let path = path.clone();
             async move {
                 if head == 0 {
-                    let _ = need_tail.send(true);
                     return None;
                 }
-                let opts = GetOptions {
+                let get = GetOptions {
                     range: Some(GetRange::Bounded(0..head)),
                     ..GetOptions::default()
                 };
-                let r = match store.get_opts(&path, opts).await {
+                let r = match store.get_opts(&path, get).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = need_tail.send(true);
+                        if let Some(tx) = need_tail.take() {
+                            let _ = tx.send(true);
+                        }
                         return Some(Err(e));
                     }
                 };
@@ -321,7 +342,6 @@ impl RemoteReader {
                 let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
                 let mut buf = Vec::with_capacity(want.min(usize_of(head)));
                 let mut stream = r.into_stream();
-                let mut need_tail = Some(need_tail);
                 while let Some(piece) = stream.next().await {
                     match piece {
                         Ok(b) => buf.extend_from_slice(&b),

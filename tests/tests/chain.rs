@@ -916,3 +916,45 @@ fn parents_pushed_from_bytes_are_checked_before_a_key_is_tried() {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
 }
+
+/// A child laid out with its index first (a relayout's default for a plain
+/// image: spec.md, *Index first*) reads through its parent, and stays laid
+/// out so when it is rebased onto a flattened copy of that parent: the
+/// rebase writes its index first again, with a new index record.
+#[test]
+fn an_index_first_child_reads_and_rebases() {
+    let p = pair(None);
+    let dir = p.child.parent().unwrap().to_path_buf();
+    let child = Image::open(&p.child).unwrap();
+    let n = child.chunk_locs().len() as u64;
+    let prof = memimg::Profile {
+        image_id: child.header().image_id,
+        chunks: vec![n - 1],
+    };
+    let (opt, st) = memimg::relayout(&child, &prof, Vec::new()).unwrap();
+    assert!(st.index_first);
+    let po = write_file(&dir, "child-opt.img", &opt);
+    let c = Chain::open(&po, None, &ChainOptions::default()).unwrap();
+    assert!(c.image().header().index_first.is_some());
+    assert_reads(&c, &p.m1, "index-first child");
+    // Rebased onto a flattened copy of its parent.
+    let pc = Chain::open(&p.parent, None, &ChainOptions::default()).unwrap();
+    let o = options_from(pc.image()).unwrap().workers(0);
+    let (flat, _) = flatten(&pc, Vec::new(), o, &|_| {}).unwrap();
+    let pf = write_file(&dir, "parent-flat.img", &flat);
+    let np = Chain::open(&pf, None, &ChainOptions::default()).unwrap();
+    let (re, _) = rebase(&c, &np, Some("parent-flat.img"), Vec::new()).unwrap();
+    let pr = write_file(&dir, "child-rebased.img", &re);
+    let img = Image::open(&pr).unwrap();
+    let rec = img.header().index_first.expect("still index first");
+    assert_eq!(img.trailer().index_offset, PS as u64);
+    assert_eq!(
+        (rec.index_len, rec.index_checksum),
+        (img.trailer().index_len, img.trailer().index_checksum)
+    );
+    assert_eq!(img.parent().unwrap().image_id, np.image().header().image_id);
+    let r = verify_path(&pr, None, &deep());
+    assert!(r.is_intact(), "{:?} {:?}", r.fatal, r.problems);
+    let c = Chain::open(&pr, None, &ChainOptions::default()).unwrap();
+    assert_reads(&c, &p.m1, "index-first child, rebased");
+}

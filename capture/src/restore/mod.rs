@@ -361,6 +361,15 @@ pub struct RemoteOptions {
     /// for these bytes when opening; 4096 (one page) fetches the header
     /// page alone. By default [`REMOTE_OPEN_HEAD`].
     pub open_head: u64,
+    /// Make the GET of the object's end together with the head's, instead
+    /// of once the head's first page shows it is needed
+    /// ([`memimg_remote::ReaderOptions::tail_with_head`]). Off by default:
+    /// an image whose index comes first (what `imgtool optimize` writes for
+    /// a plain image) then opens with one GET, and any other image opens
+    /// after its head's first page and then its tail, one round trip more
+    /// on a store whose answer to the head comes about as fast as a small
+    /// one (README, *Load order*, the A/B against s3s-fs).
+    pub open_tail_with_head: bool,
 }
 
 /// Bytes a restore from object storage fetches from the start of the object
@@ -411,6 +420,7 @@ impl Default for RemoteOptions {
             max_request: DEFAULT_MAX_REQUEST,
             prefetch_requests: DEFAULT_PREFETCH_REQUESTS,
             open_head: REMOTE_OPEN_HEAD,
+            open_tail_with_head: false,
         }
     }
 }
@@ -488,7 +498,10 @@ pub fn restore_from(
         .and_then(|s| {
             s.reader_by_ends(
                 url,
-                ReaderOptions::default(),
+                ReaderOptions {
+                    tail_with_head: remote.open_tail_with_head,
+                    ..ReaderOptions::default()
+                },
                 remote.open_head,
                 REMOTE_OPEN_TAIL,
             )

@@ -212,13 +212,16 @@ fn a_lazy_restore_with_a_profile_fetches_the_working_set_in_one_get() {
     }
 
     // What opening costs, measured apart, as a restore opens.
-    let open_gets = |u: &memimg_remote::S3Url| {
+    let open_gets_with = |u: &memimg_remote::S3Url, tail_with_head: bool| {
         let reader = Arc::new(
             Store::new(&bucket, &s3)
                 .unwrap()
                 .reader_by_ends(
                     u,
-                    ReaderOptions::default(),
+                    ReaderOptions {
+                        tail_with_head,
+                        ..ReaderOptions::default()
+                    },
                     memimg_capture::REMOTE_OPEN_HEAD,
                     memimg_capture::REMOTE_OPEN_TAIL,
                 )
@@ -227,7 +230,13 @@ fn a_lazy_restore_with_a_profile_fetches_the_working_set_in_one_get() {
         Image::from_read_at(reader.clone(), None).unwrap();
         reader.stats().get_requests
     };
+    let open_gets = |u: &memimg_remote::S3Url| open_gets_with(u, false);
     let opened = open_gets(&opt_url);
+    // Asked to, the tail is fetched with the head even when the index came
+    // first; an image whose index is at the end takes two GETs either way.
+    assert_eq!(open_gets_with(&opt_url, true), 2);
+    assert_eq!(open_gets_with(&plain_url, true), 2);
+    assert_eq!(open_gets_with(&plain_url, false), 2);
 
     // With the profile: the working set in one read, at most one GET past
     // opening, before the restore returns; then no fault waits and no

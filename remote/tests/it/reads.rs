@@ -201,6 +201,7 @@ fn the_cache_serves_repeats_and_missing_blocks_are_fetched_together() {
     let opts = ReaderOptions {
         block_size: u32::try_from(bs).unwrap(),
         cache_bytes: 4 * bs,
+        ..ReaderOptions::default()
     };
     let r = Store::new(&bucket, &s3)
         .unwrap()
