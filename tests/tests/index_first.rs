@@ -265,6 +265,13 @@ fn a_front_open_finds_a_store_of_the_wrong_length() {
         assert!(e.is_damage(), "{what}: {e}");
         assert!(e.location().offset.is_some(), "{what}: {e}");
     }
+    // Read whole, bytes after the trailer (which a rotation might leave in
+    // an encrypted image) are damage too: a plain image is never rotated.
+    let mut tail = out.clone();
+    tail.extend_from_slice(&[1u8; 100]);
+    let e = Image::from_bytes(tail, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+    assert_eq!(e.location().offset, Some(out.len() as u64), "{e}");
     // Cut before the data start: truncated.
     let e = Image::from_read_at(at(&out[..P + 100]), None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Truncated, "{e}");

@@ -224,7 +224,15 @@ pub(super) fn find_trailer(
             p += tl;
         }
     }
-    if tail > 0 {
+    if tail > 0 && header.index_first.is_some() {
+        // A plain image is never rotated: its trailer is the file's end
+        // (spec.md, *Index first*), as a reader opening it from its front
+        // takes it to be.
+        sink.report(malformed(
+            Location::at(o + tl),
+            format!("{tail} bytes after the trailer of an image whose index comes first"),
+        ))?;
+    } else if tail > 0 {
         let what = if tail == tl {
             "a torn new trailer"
         } else {
