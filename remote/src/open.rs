@@ -76,9 +76,9 @@ impl Store {
         RemoteReader::open_with(Arc::clone(&self.inner), url, opts)
     }
 
-    /// Opens `url` for reading by its ends: a suffix GET of its last
-    /// `tail` bytes and a GET of its first `head` bytes, in parallel, and
-    /// no HEAD (see [`RemoteReader::open_ends_with`]).
+    /// Opens `url` for reading by its ends: a GET of its first `head` bytes
+    /// and, unless they open the image alone, a suffix GET of its last
+    /// `tail` bytes, and no HEAD (see [`RemoteReader::open_ends_with`]).
     ///
     /// # Errors
     /// As [`RemoteReader::open`].

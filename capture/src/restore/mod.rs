@@ -373,10 +373,11 @@ pub struct RemoteOptions {
 }
 
 /// Bytes a restore from object storage fetches from the start of the object
-/// when opening it, by default ([`RemoteOptions::open_head`]), in one GET
-/// made together with the tail's: the header page and the start of the
-/// data, where an image laid out by a profile (spec.md, *Load order*)
-/// keeps its working set, which then needs no request of its own. 4 MiB:
+/// when opening it, by default ([`RemoteOptions::open_head`]), in one GET:
+/// the header page and the start of the data, where an image laid out by a
+/// profile (spec.md, *Load order*) keeps its working set, which then needs
+/// no request of its own, and, when the image's index comes first (spec.md,
+/// *Index first*), its index, which then needs no tail. 4 MiB:
 /// the arena example's startup of 150 lookups touches 2.8 MiB (stored).
 /// The bytes are kept while the restore lives, and every chunk they hold
 /// is read from them.
@@ -384,7 +385,8 @@ pub struct RemoteOptions {
 pub const REMOTE_OPEN_HEAD: u64 = 4 << 20;
 
 /// Bytes a restore from object storage fetches from the end of the object
-/// when opening it, in parallel with the header page: the trailer and, for
+/// when opening it, once the head's first page shows they are needed (or
+/// with the head, [`RemoteOptions::open_tail_with_head`]): the trailer and, for
 /// an index of up to about 250 KiB (an image of some 600 MiB of mixed
 /// memory in 512 KiB chunks), the whole index, which is otherwise one more
 /// GET. 256 KiB.
@@ -429,12 +431,14 @@ impl Default for RemoteOptions {
 /// this process.
 ///
 /// A path is restored as by [`restore`]. For a URL, opening fetches the
-/// object's last 256 KiB (its trailer, and the index of most images) and
-/// its first [`RemoteOptions::open_head`] bytes (the header page and the
-/// start of the data, where an optimized image keeps its working set: 4 MiB
-/// by default) with two ranged GETs in parallel, no HEAD, then the index
-/// with one more GET when the end did not hold it; never the whole object
-/// (unless it is that small). Then:
+/// object's first [`RemoteOptions::open_head`] bytes (the header page and
+/// the start of the data, where an optimized image keeps its working set:
+/// 4 MiB by default) with one ranged GET, and no HEAD. An optimized plain
+/// image keeps its index there too (spec.md, *Index first*) and is opened
+/// from them alone. For any other image, once the first page of that answer
+/// says so, a second GET fetches the object's last 256 KiB (its trailer,
+/// and the index of most images), then one more the index when the end did
+/// not hold it; never the whole object (unless it is that small). Then:
 ///
 /// - [`Strategy::Lazy`] returns before any chunk is fetched. A chunk is
 ///   fetched (one ranged GET), decoded and placed on the first touch of one
@@ -490,10 +494,10 @@ pub fn restore_from(
         Location::Local(p) => return restore(p, opts),
         Location::S3(url) => url,
     };
-    // By its ends, with no HEAD: the tail (trailer, and the index of most
-    // images) and the head (header page, and the start of the data: the
-    // working set of an optimized image) in parallel, then the index if
-    // the tail did not hold it.
+    // By its ends, with no HEAD: the head (header page, and the start of
+    // the data: the working set and the index of an optimized image), then,
+    // unless the head holds the index, the tail (trailer, and the index of
+    // most images), then the index if the tail did not hold it.
     let reader = Store::new(&url.bucket, &remote.s3)
         .and_then(|s| {
             s.reader_by_ends(
