@@ -263,7 +263,7 @@ impl RemoteReader {
     /// come (the header page: a round trip, while the rest of the head is
     /// still arriving), and only when it is needed: not for an image whose
     /// index comes first and ends within the head (spec.md, *Index first*;
-    /// [`memimg::front_open_len`]), which `Image::from_read_at` then opens
+    /// [`memimg::front_open_need`]), which `Image::from_read_at` then opens
     /// from the head alone, nor when the head holds the whole object. So an
     /// image laid out for it opens with one GET, and a store that serves
     /// the GETs of one object one after the other (moto) does not make it

@@ -265,7 +265,8 @@ impl Image {
     /// trailer, so that the opening is one range from offset 0 (one GET from
     /// object storage). The trailer must then start at the length of the
     /// store minus 256 bytes, which the layout check enforces;
-    /// [`TrailerInfo::read`] is false, and [`crate::verify`] reads it.
+    /// [`TrailerInfo::read`] is false, and a verify ([`crate::verify_path`],
+    /// [`Image::from_read_at_whole`]) reads it.
     ///
     /// # Errors
     /// As [`Image::open_with_key`].
