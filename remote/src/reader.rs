@@ -387,7 +387,7 @@ impl RemoteReader {
             );
         });
         // One GET held the image's front (or all of it): no tail.
-        let front = match (t, h) {
+        let (t, h) = match (t, h) {
             (None, Some(Ok((meta, range, bytes)))) => {
                 if bytes.len() as u64 != range.end - range.start || range.start != 0 {
                     return Self::open_with(store, url, opts);
@@ -401,7 +401,6 @@ impl RemoteReader {
             (None, _) => return Self::open_with(store, url, opts),
             (Some(t), h) => (t, h),
         };
-        let (t, h) = front;
         let (meta, range, bytes) = match t {
             Ok(got) => got,
             Err(e) => {
