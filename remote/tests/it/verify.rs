@@ -140,6 +140,7 @@ fn remote_verify_of_an_image_in_load_order() {
         chunks: (0..n).rev().step_by(3).collect(),
     };
     let (good, _) = memimg::relayout(&img, &p, Vec::new()).unwrap();
+    let good_bytes = good.clone();
     moto.put(&bucket, "lo-good", &good);
     let r = Arc::new(RemoteReader::open(&url(&bucket, "lo-good"), &s3).unwrap());
     let rep = verify_remote(r, None, &VerifyOptions::default(), fetch);
@@ -167,4 +168,26 @@ fn remote_verify_of_an_image_in_load_order() {
             .collect::<Vec<_>>()
     );
     assert!(rep.problems.iter().any(|p| p.location.chunk == Some(hit)));
+    // Its index came first (a relayout's default for a plain image): a
+    // restore opens it without its trailer, but a verify reads the trailer,
+    // and finds it damaged, where it is.
+    assert!(opt.header().index_first.is_some());
+    let mut bad = good_bytes;
+    let t = bad.len() - 256;
+    bad[t + 40] ^= 1; // the generation, under the trailer's checksum
+    moto.put(&bucket, "lo-trailer", &bad);
+    let r = Arc::new(RemoteReader::open(&url(&bucket, "lo-trailer"), &s3).unwrap());
+    assert!(
+        Image::from_read_at(r.clone(), None).is_ok(),
+        "opened from the front"
+    );
+    let rep = verify_remote(r, None, &VerifyOptions::default(), fetch);
+    assert_eq!(rep.status(), Status::Damaged, "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.location.offset.is_some_and(|o| o >= t as u64)),
+        "{:?}",
+        rep.problems
+    );
 }
