@@ -352,7 +352,7 @@ pub(crate) fn copy_rewrite<W: Write>(
         // Checked against its stored checksum (and the padding in front of
         // it in the source): damage is not copied into a file that verifies.
         let stored = src.read_stored(c)?;
-        let pad = usize::try_from(e.offset - pos).unwrap_or(0);
+        let pad = usize::try_from(e.offset.saturating_sub(pos)).unwrap_or(0);
         put(&mut out, &zeros[..pad], &mut pos)?;
         put(&mut out, &stored, &mut pos)?;
     }
