@@ -77,7 +77,7 @@ impl Store {
     }
 
     /// Opens `url` for reading by its ends: a GET of its first `head` bytes
-    /// and, unless they open the image alone, a suffix GET of its last
+    /// and, unless the image's index comes first, a suffix GET of its last
     /// `tail` bytes, and no HEAD (see [`RemoteReader::open_ends_with`]).
     ///
     /// # Errors

@@ -262,9 +262,10 @@ impl RemoteReader {
     /// The tail's GET is made once the first page of the head's answer has
     /// come (the header page: a round trip, while the rest of the head is
     /// still arriving), and only when it is needed: not for an image whose
-    /// index comes first and ends within the head (spec.md, *Index first*;
-    /// [`memimg::front_open_need`]), which `Image::from_read_at` then opens
-    /// from the head alone, nor when the head holds the whole object. So an
+    /// index comes first (spec.md, *Index first*;
+    /// [`memimg::front_open_need`]), which `Image::from_read_at` opens from
+    /// its front (from the head alone, or with one GET more for an index
+    /// that ends past it), nor when the head holds the whole object. So an
     /// image laid out for it opens with one GET, and a store that serves
     /// the GETs of one object one after the other (moto) does not make it
     /// wait for a second. Bytes of the tail's GET are used only when its
@@ -356,7 +357,10 @@ impl RemoteReader {
                         let decided = if whole {
                             Some(false)
                         } else {
-                            memimg::front_open_need(&buf).map(|n| n.is_none_or(|n| n > range.end))
+                            // An image whose index comes first never needs
+                            // its tail: an index that ends past the head is
+                            // read from the front, the rest in one GET.
+                            memimg::front_open_need(&buf).map(|n| n.is_none())
                         };
                         if let Some(d) = decided {
                             if let Some(tx) = need_tail.take() {

@@ -435,7 +435,7 @@ impl Default for RemoteOptions {
 /// the start of the data, where an optimized image keeps its working set:
 /// 4 MiB by default) with one ranged GET, and no HEAD. An optimized plain
 /// image keeps its index there too (spec.md, *Index first*) and is opened
-/// from them alone. For any other image, once the first page of that answer
+/// from its front (one GET more when the index ends past them). For any other image, once the first page of that answer
 /// says so, a second GET fetches the object's last 256 KiB (its trailer,
 /// and the index of most images), then one more the index when the end did
 /// not hold it; never the whole object (unless it is that small). Then:
@@ -496,7 +496,7 @@ pub fn restore_from(
     };
     // By its ends, with no HEAD: the head (header page, and the start of
     // the data: the working set and the index of an optimized image), then,
-    // unless the head holds the index, the tail (trailer, and the index of
+    // unless the index comes first, the tail (trailer, and the index of
     // most images), then the index if the tail did not hold it.
     let reader = Store::new(&url.bucket, &remote.s3)
         .and_then(|s| {

@@ -237,6 +237,22 @@ fn a_lazy_restore_with_a_profile_fetches_the_working_set_in_one_get() {
     assert_eq!(open_gets_with(&opt_url, true), 2);
     assert_eq!(open_gets_with(&plain_url, true), 2);
     assert_eq!(open_gets_with(&plain_url, false), 2);
+    // A head of one page, which the index (right after it) runs past: no
+    // tail, one GET more for the rest of the index, read from the front.
+    let reader = Arc::new(
+        Store::new(&bucket, &s3)
+            .unwrap()
+            .reader_by_ends(
+                &opt_url,
+                ReaderOptions::default(),
+                4096,
+                memimg_capture::REMOTE_OPEN_TAIL,
+            )
+            .unwrap(),
+    );
+    let img = Image::from_read_at(reader.clone(), None).unwrap();
+    assert!(!img.trailer().read);
+    assert_eq!(reader.stats().get_requests, 2, "{:?}", reader.stats());
 
     // With the profile: the working set in one read, at most one GET past
     // opening, before the restore returns; then no fault waits and no
