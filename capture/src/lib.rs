@@ -76,6 +76,26 @@ pub(crate) fn ptr_of(addr: u64) -> *mut libc::c_void {
     addr as usize as *mut libc::c_void
 }
 
+/// A fresh private anonymous mapping of `len` bytes with protection `prot`,
+/// for unit tests (as the integration tests' `common::map_anon`); the test
+/// unmaps it.
+#[cfg(test)]
+pub(crate) fn test_map_anon(len: usize, prot: libc::c_int) -> *mut libc::c_void {
+    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p
+}
+
 /// The skip protocol for unit tests (as the integration tests'
 /// `common::skip`): a failure when `MEMIMG_REQUIRE_ALL` is set, else a line
 /// `{test}\t{why}` in the file named by `MEMIMG_SKIP_LOG` and a message.

@@ -392,18 +392,7 @@ mod tests {
     fn a_split_read_reads_every_byte_and_reports_a_hole() {
         let ps = memimg::page_size() as usize;
         let len = 4 << 20;
-        // SAFETY: a fresh private anonymous mapping of len bytes.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = crate::test_map_anon(len, libc::PROT_READ | libc::PROT_WRITE);
         let base = p as u64;
         // SAFETY: the mapping just made, len bytes, ours alone.
         let mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };

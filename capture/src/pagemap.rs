@@ -169,18 +169,8 @@ mod tests {
         // An untouched mapping has no resident page. (When pagemap cannot be
         // read, `read` reports every page present: this catches it.)
         let len = 64 << 20;
-        // SAFETY: a fresh anonymous mapping, never touched, then unmapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        // Never touched, then unmapped.
+        let p = crate::test_map_anon(len, libc::PROT_READ);
         let a = p as u64;
         pm.read(a, &mut out, 16);
         assert!(out.iter().all(|e| e & PRESENT == 0), "{out:x?}");

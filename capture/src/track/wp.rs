@@ -439,18 +439,8 @@ mod tests {
     fn the_empty_scan_finds_dropped_pages_only() {
         const MB2: usize = 2 << 20;
         let len = 4 * MB2;
-        // SAFETY: a fresh anonymous mapping, unmapped at the end.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len + MB2,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(raw, libc::MAP_FAILED);
+        // Unmapped at the end.
+        let raw = crate::test_map_anon(len + MB2, libc::PROT_READ | libc::PROT_WRITE);
         let base = (raw as usize).next_multiple_of(MB2);
         let ps = 4096;
         // The first half populated, the second never touched.
