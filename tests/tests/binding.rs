@@ -32,9 +32,7 @@ fn set_trailer(bytes: &mut [u8], t: &TrailerRaw) {
 }
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("golden")
-        .join(name)
+    crate::golden::dir().join(name)
 }
 
 fn small_passphrase_key(pass: &str) -> Key {

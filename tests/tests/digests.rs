@@ -13,7 +13,7 @@ use memimg_tests::forge::Forge;
 use memimg_tests::{write_golden, GOLDEN_REGIONS};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::golden::{dir, gen_page, gen_region, golden_1_1_options, write_gen};
+use crate::golden::{dir, gen_page, gen_region, golden_1_1_options, write_asked, write_gen};
 
 fn decode() -> VerifyOptions<'static> {
     VerifyOptions {
@@ -274,8 +274,7 @@ const CHILD: &str = "v1.1-digests-child";
 #[test]
 #[ignore = "writes the golden images: MEMIMG_WRITE_GOLDEN_DIGESTS=1 cargo test -p memimg-tests --test main write_digests_golden -- --ignored"]
 fn write_digests_golden_when_asked() {
-    if std::env::var_os("MEMIMG_WRITE_GOLDEN_DIGESTS").is_none() {
-        eprintln!("MEMIMG_WRITE_GOLDEN_DIGESTS is not set: the golden images are left as they are");
+    if !write_asked("MEMIMG_WRITE_GOLDEN_DIGESTS") {
         return;
     }
     let base = || golden_1_1_options().page_digests(true);

@@ -13,6 +13,17 @@ pub(crate) fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
+/// True when the environment variable `var` asks a golden writer to run.
+/// Run with --ignored or --include-ignored but without it, a writer leaves
+/// the frozen images alone: they are never overwritten by accident.
+pub(crate) fn write_asked(var: &str) -> bool {
+    if std::env::var_os(var).is_none() {
+        eprintln!("{var} is not set: the golden images are left as they are");
+        return false;
+    }
+    true
+}
+
 const CASES: &[(&str, bool)] = &[
     ("v1-plain", false),
     ("v1-zstd", false),
@@ -24,10 +35,7 @@ const CASES: &[(&str, bool)] = &[
 #[test]
 #[ignore = "writes the golden images: MEMIMG_WRITE_GOLDEN=1 cargo test -p memimg-tests --test main write_golden -- --ignored"]
 fn write_golden_when_asked() {
-    if std::env::var_os("MEMIMG_WRITE_GOLDEN").is_none() {
-        // Run with --ignored or --include-ignored but without the variable:
-        // never overwrite the frozen images by accident.
-        eprintln!("MEMIMG_WRITE_GOLDEN is not set: the golden images are left as they are");
+    if !write_asked("MEMIMG_WRITE_GOLDEN") {
         return;
     }
     let key = Key::raw(GOLDEN_KEY);
@@ -224,8 +232,7 @@ pub(crate) fn golden_1_1_options() -> WriterOptions {
 #[test]
 #[ignore = "writes the 1.1 golden images: MEMIMG_WRITE_GOLDEN_1_1=1 cargo test -p memimg-tests --test main write_golden_1_1 -- --ignored"]
 fn write_golden_1_1_when_asked() {
-    if std::env::var_os("MEMIMG_WRITE_GOLDEN_1_1").is_none() {
-        eprintln!("MEMIMG_WRITE_GOLDEN_1_1 is not set: the golden images are left as they are");
+    if !write_asked("MEMIMG_WRITE_GOLDEN_1_1") {
         return;
     }
     let base = golden_1_1_options;

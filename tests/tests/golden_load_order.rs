@@ -1,10 +1,9 @@
 //! Golden 1.1 images with a load order (`LOAD_ORDER`): checked into
 //! tests/golden/, they freeze the load-order record and the layout rule in
 //! layout order, and (`v1.1-index-first`) the index placed right after the
-//! header with the header's index record (`INDEX_FIRST`). Every future reader must keep reading them. Regenerate
-//! (never, once released) with `MEMIMG_WRITE_GOLDEN=1` and `--ignored`.
-
-use std::path::PathBuf;
+//! header with the header's index record (`INDEX_FIRST`). Every future
+//! reader must keep reading them. Regenerate (never, once released) with
+//! `MEMIMG_WRITE_GOLDEN=1` and `--ignored`.
 
 use memimg::{
     relayout_with, verify_path, Codec, Image, Key, Profile, ReadAt, RelayoutOptions, VerifyOptions,
@@ -12,9 +11,7 @@ use memimg::{
 use memimg_tests::forge::Forge;
 use memimg_tests::{golden_page, write_golden, GOLDEN_KEY, GOLDEN_REGIONS};
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
-}
+use crate::golden::dir;
 
 /// The frozen profile: chunk numbers in "first touch" order.
 const ORDER: &[u64] = &[8, 3, 0, 6];
@@ -30,8 +27,7 @@ const CASES: &[(&str, bool, bool)] = &[
 #[test]
 #[ignore = "writes the golden images: MEMIMG_WRITE_GOLDEN=1 cargo test -p memimg-tests --test main write_load_order_golden -- --ignored"]
 fn write_load_order_golden_when_asked() {
-    if std::env::var_os("MEMIMG_WRITE_GOLDEN").is_none() {
-        eprintln!("MEMIMG_WRITE_GOLDEN is not set: the golden images are left as they are");
+    if !crate::golden::write_asked("MEMIMG_WRITE_GOLDEN") {
         return;
     }
     let key = Key::raw(GOLDEN_KEY);
