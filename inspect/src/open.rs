@@ -232,7 +232,20 @@ pub fn open_chain_located(
     need_unlock: bool,
     chain: &crate::cli::ChainArgs,
 ) -> Result<(memimg::Chain, Vec<Location>)> {
-    let img = open_at(loc, key, need_unlock)?;
+    chain_located(open_at(loc, key, need_unlock)?, loc, key, chain)
+}
+
+/// [`open_chain_located`] for `img`, already opened from `loc` (by a
+/// caller that holds its reader, so that it is not opened twice).
+///
+/// # Errors
+/// As [`open_chain_at`], for its parents.
+pub fn chain_located(
+    img: Image,
+    loc: &Location,
+    key: Option<&Key>,
+    chain: &crate::cli::ChainArgs,
+) -> Result<(memimg::Chain, Vec<Location>)> {
     if img.parent().is_none() {
         if !chain.parents.is_empty() {
             bail!("{loc} is a full image: it has no parent, so --parent does not apply");

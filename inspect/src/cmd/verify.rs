@@ -152,7 +152,15 @@ impl Index {
 /// checked against its child's parent record when the chain is put
 /// together, then verified as an image, then every in-parent range checked
 /// to be held. A parent neither given nor found is reported as not checked.
-fn remote_chain(plan: &Plan, opts: &VerifyOptions<'_>, report: &mut Report) {
+///
+/// The child is opened again from `reader`, which verified it: from the
+/// reader's cache, with no new request.
+fn remote_chain(
+    plan: &Plan,
+    reader: &Arc<RemoteReader>,
+    opts: &VerifyOptions<'_>,
+    report: &mut Report,
+) {
     if plan.parents.is_empty() && plan.no_hints {
         return;
     }
@@ -160,29 +168,31 @@ fn remote_chain(plan: &Plan, opts: &VerifyOptions<'_>, report: &mut Report) {
         parents: plan.parents.clone(),
         no_hints: plan.no_hints,
     };
-    let (chain, at) =
-        match crate::open::open_chain_located(&plan.image, plan.key.as_ref(), false, &args) {
-            Ok(c) => c,
-            Err(e) => {
-                // A parent that is missing, replaced, rewritten or damaged.
-                report
-                    .problems
-                    .push(match e.downcast_ref::<memimg::Error>() {
-                        Some(m) => Problem {
-                            kind: m.kind(),
-                            location: m.location(),
-                            message: m.message().to_string(),
-                        },
-                        None => Problem {
-                            kind: ErrorKind::ParentRequired,
-                            location: memimg::Location::default().with_link(1),
-                            message: crate::error_text(&e),
-                        },
-                    });
-                report.parent_unchecked = None;
-                return;
-            }
-        };
+    let key = plan.key.as_ref();
+    let (chain, at) = match crate::open::open_remote(reader, &plan.image, key, false)
+        .and_then(|img| crate::open::chain_located(img, &plan.image, key, &args))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // A parent that is missing, replaced, rewritten or damaged.
+            report
+                .problems
+                .push(match e.downcast_ref::<memimg::Error>() {
+                    Some(m) => Problem {
+                        kind: m.kind(),
+                        location: m.location(),
+                        message: m.message().to_string(),
+                    },
+                    None => Problem {
+                        kind: ErrorKind::ParentRequired,
+                        location: memimg::Location::default().with_link(1),
+                        message: crate::error_text(&e),
+                    },
+                });
+            report.parent_unchecked = None;
+            return;
+        }
+    };
     for (i, link) in chain.links().iter().enumerate().skip(1) {
         let n = u32::try_from(i).unwrap_or(u32::MAX);
         let key = plan.key.as_ref().filter(|_| link.is_encrypted());
@@ -282,8 +292,11 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitCode> {
             ..Report::default()
         },
     };
-    if reader.is_some() && report.fatal.is_none() && report.parent_unchecked.is_some() {
-        remote_chain(&plan, &opts, &mut report);
+    if let Some(r) = reader
+        .as_ref()
+        .filter(|_| report.fatal.is_none() && report.parent_unchecked.is_some())
+    {
+        remote_chain(&plan, r, &opts, &mut report);
     }
     pb.finish_and_clear();
     let index = Index::of(&plan, &report, reader.as_ref());
