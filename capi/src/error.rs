@@ -270,25 +270,35 @@ fn set_last(func: &str, f: Failure) -> memimg_status {
 /// Runs the body of the exported function `func`: its error becomes the
 /// returned status and the thread's last error, and a panic becomes
 /// `MEMIMG_E_PANIC` instead of unwinding into C.
+///
+/// Inlined into each exported function, so that its code lies with the
+/// function's (see `capi/layout/`); what a panic needs is in [`panicked`],
+/// out of the way.
+#[inline(always)]
 pub(crate) fn guard(func: &str, body: impl FnOnce() -> Result<(), Failure>) -> memimg_status {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => MEMIMG_OK,
         Ok(Err(f)) => set_last(func, f),
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic with no message".into());
-            // The payload is dropped here, inside no frame C can see; a
-            // payload whose drop panics again aborts, as Rust does.
-            drop(payload);
-            set_last(
-                func,
-                Failure::argument(MEMIMG_E_PANIC, format!("internal error (a bug): {what}")),
-            )
-        }
+        Err(payload) => panicked(func, payload),
     }
+}
+
+/// The status and last error of a panic in `func`.
+#[cold]
+#[inline(never)]
+fn panicked(func: &str, payload: Box<dyn std::any::Any + Send>) -> memimg_status {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into());
+    // The payload is dropped here, inside no frame C can see; a payload
+    // whose drop panics again aborts, as Rust does.
+    drop(payload);
+    set_last(
+        func,
+        Failure::argument(MEMIMG_E_PANIC, format!("internal error (a bug): {what}")),
+    )
 }
 
 /// Fills `*info` with the calling thread's last error: the status, message
