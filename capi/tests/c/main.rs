@@ -13,6 +13,9 @@
 //!   valgrind where it is installed.
 //! - `example`: the C example persists and restores a small arena with
 //!   each strategy.
+//! - `layout`: the restore path's functions come first in `libmemimg.so`
+//!   and in a C program linked with `libmemimg.a` (`layout/hot.ld`), and
+//!   the program `layout/regen.sh` traces still restores with each strategy.
 //!
 //! A test that cannot run here (no `cc`, no sanitizer runtime, no valgrind,
 //! no userfaultfd) follows the skip protocol of [`support::skip`].
@@ -22,4 +25,5 @@ mod abi;
 mod errors;
 mod example;
 mod header;
+mod layout;
 mod support;

@@ -69,6 +69,14 @@ pub fn lib_dir() -> PathBuf {
     deps
 }
 
+/// The linker script that places the restore path first
+/// (`layout/hot.ld`), unless `MEMIMG_DEFAULT_LAYOUT` is set, as
+/// `capi/build.rs` reads it for `libmemimg.so`.
+pub fn hot_layout() -> Option<PathBuf> {
+    let opted_out = std::env::var_os("MEMIMG_DEFAULT_LAYOUT").is_some_and(|v| !v.is_empty());
+    (!opted_out).then(|| crate_dir().join("layout/hot.ld"))
+}
+
 /// How to link a C program with the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -111,6 +119,10 @@ pub fn compile(cc: &str, sources: &[PathBuf], out: &Path, link: Link, extra: &[&
             // `rustc --print native-static-libs` lists for a staticlib on
             // Linux.
             c.arg("-Wl,--gc-sections");
+            // The restore path first, as in libmemimg.so (capi/build.rs).
+            if let Some(script) = hot_layout() {
+                c.arg(format!("-Wl,-T,{}", script.display()));
+            }
             c.arg(lib.join("libmemimg.a")).args([
                 "-lgcc_s",
                 "-lutil",
