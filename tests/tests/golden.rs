@@ -13,15 +13,21 @@ pub(crate) fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-/// True when the environment variable `var` asks a golden writer to run.
-/// Run with --ignored or --include-ignored but without it, a writer leaves
-/// the frozen images alone: they are never overwritten by accident.
+/// True when the environment variable `var` asks a golden writer to run:
+/// it is `1`. Run with --ignored or --include-ignored but without it (unset,
+/// empty, `0` or anything else), a writer leaves the frozen images alone:
+/// they are never overwritten by accident.
 pub(crate) fn write_asked(var: &str) -> bool {
-    if std::env::var_os(var).is_none() {
-        eprintln!("{var} is not set: the golden images are left as they are");
-        return false;
+    match std::env::var_os(var) {
+        Some(v) if v == "1" => true,
+        v => {
+            eprintln!(
+                "{var} is {}: the golden images are left as they are (set it to 1 to write them)",
+                v.map_or_else(|| "not set".into(), |v| format!("{v:?}"))
+            );
+            false
+        }
     }
-    true
 }
 
 const CASES: &[(&str, bool)] = &[
