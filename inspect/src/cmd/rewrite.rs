@@ -254,6 +254,15 @@ pub(crate) fn transcode_to(
     new_key: Option<&Key>,
     what: &str,
 ) -> Result<WriteStats> {
+    if src.has_load_order() {
+        // Not kept (yet): the new image has a new id and its own chunks,
+        // and the layout needs a second pass. Said, not silently lost.
+        eprintln!(
+            "imgtool {what}: warning: {image} is laid out in load order (imgtool optimize); \
+             the new image is written in address order with a new image id, so its profile \
+             no longer applies: record a new profile on the new image and optimize it again"
+        );
+    }
     let pb = ui::progress(raw_total(src), what);
     let tick = |n: u64| pb.inc(n);
     if let Location::S3(url) = &target.loc {

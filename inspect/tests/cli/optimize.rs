@@ -192,3 +192,36 @@ fn in_place_under_the_lock_and_refusals_leave_the_image_alone() {
         .collect();
     assert!(left.is_empty());
 }
+
+/// A recompress writes a new image in address order, with a new id: the
+/// source's load order does not come along, and the command says so
+/// instead of dropping it silently. A plain image gets no such warning.
+#[test]
+fn recompress_of_an_optimized_image_says_its_load_order_is_not_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.mimg");
+    write_image(&a, Codec::Zstd(1), None);
+    let pf = d.path().join("a.profile");
+    profile_of(&a, None).write(&pf).unwrap();
+    let o = d.path().join("opt.mimg");
+    let (code, _, err) = run(&["optimize", "--profile", s(&pf), "-o", s(&o), s(&a)]);
+    assert_eq!(code, 0, "{err}");
+
+    let plain = d.path().join("plain-none.mimg");
+    let (code, _, err) = run(&["recompress", "--codec", "none", "-o", s(&plain), s(&a)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("load order"), "{err}");
+
+    let r = d.path().join("opt-none.mimg");
+    let (code, out, err) = run(&["recompress", "--codec", "none", "-o", s(&r), s(&o)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("recompressed with none"), "{out}");
+    assert!(
+        err.contains("warning:") && err.contains("is laid out in load order"),
+        "{err}"
+    );
+    let img = Image::open(&r).unwrap();
+    assert!(!img.has_load_order());
+    let (code, out, err) = run(&["diff", s(&o), s(&r)]);
+    assert_eq!(code, 0, "{out}{err}");
+}
