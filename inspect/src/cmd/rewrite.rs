@@ -254,18 +254,19 @@ pub(crate) fn transcode_to(
     new_key: Option<&Key>,
     what: &str,
 ) -> Result<WriteStats> {
-    if src.has_load_order() {
-        // Not kept (yet): the new image has a new id and its own chunks,
-        // and the layout needs a second pass. Said, not silently lost.
-        eprintln!(
-            "imgtool {what}: warning: {image} is laid out in load order (imgtool optimize); \
-             the new image is written in address order with a new image id, so its profile \
-             no longer applies: record a new profile on the new image and optimize it again"
-        );
-    }
     let pb = ui::progress(raw_total(src), what);
     let tick = |n: u64| pb.inc(n);
     if let Location::S3(url) = &target.loc {
+        if src.has_load_order() {
+            // Streamed: a layout needs a second pass over the new image.
+            // Said, not silently lost.
+            eprintln!(
+                "imgtool {what}: warning: {image} is laid out in load order (imgtool optimize); \
+                 the new object is written in address order, with a new image id its profile \
+                 does not apply to: write it to a file to keep the order, or record a new \
+                 profile on it and optimize it again"
+            );
+        }
         // Streamed into the upload: a failure before the last byte aborts
         // it and leaves no object.
         let w = BufWriter::with_capacity(1 << 20, create_upload(url)?);
@@ -289,10 +290,86 @@ pub(crate) fn transcode_to(
         .into_inner()
         .map_err(|e| e.into_error())
         .context("flushing the new image")?;
+    let af = keep_load_order(src, af, new_key, target)?;
     verify_tmp(&af, new_key, true, target)?;
     if let Some(lock) = lock {
         lock.check_current()?;
     }
     af.commit()?;
     Ok(stats)
+}
+
+/// When `src` is laid out in load order (`imgtool optimize`), lays out the
+/// new image in `af` by the same order into a second temporary file beside
+/// it, which replaces `af` (whose file is removed). The new image has its
+/// own id and chunk numbers: the order is carried over by address
+/// ([`carried_profile`]), and the index stays first when it was.
+fn keep_load_order(
+    src: &Image,
+    af: AtomicFile,
+    key: Option<&Key>,
+    target: &Target,
+) -> Result<AtomicFile> {
+    if !src.has_load_order() {
+        return Ok(af);
+    }
+    let new = Image::open_with_key(af.tmp_path(), key).context("opening the new image")?;
+    let Some(profile) = carried_profile(src, &new)? else {
+        return Ok(af);
+    };
+    let opts = memimg::RelayoutOptions {
+        index_first: src.header().index_first.is_some(),
+    };
+    let w = BufWriter::with_capacity(1 << 20, create_tmp(target)?);
+    let (w, _) = memimg::relayout_with(&new, &profile, &opts, w)
+        .context("laying out the new image in the source's load order")?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing the new image")
+}
+
+/// The load order of `src` as a profile of `new`, an image of the same
+/// content with other chunks: for each chunk of the order, the chunks of
+/// `new` that hold any of its pages, in address order, each listed once.
+/// `None` when `src` has no order or none of it maps.
+fn carried_profile(src: &Image, new: &Image) -> Result<Option<memimg::Profile>> {
+    let Some(order) = src.load_order()? else {
+        return Ok(None);
+    };
+    let ps = u64::from(src.header().page_size);
+    let data = |img: &Image| -> Result<Vec<(u64, u64, u64)>> {
+        let mut v = Vec::new();
+        for r in img.regions()? {
+            for e in img.region_extents(r)? {
+                if e.kind == memimg::ExtentKind::Data {
+                    v.push((e.addr, e.addr + u64::from(e.page_count) * ps, e.chunk));
+                }
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    };
+    let mut at = std::collections::HashMap::new();
+    for (start, end, chunk) in data(src)? {
+        at.entry(chunk).or_insert_with(Vec::new).push((start, end));
+    }
+    let new_data = data(new)?;
+    let mut listed = std::collections::HashSet::new();
+    let mut chunks = Vec::new();
+    for k in order {
+        for &(start, end) in at.get(k).map(Vec::as_slice).unwrap_or_default() {
+            // The new extents that overlap [start, end), in address order.
+            let first = new_data.partition_point(|&(_, e, _)| e <= start);
+            let overlapping = new_data[first..].iter().take_while(|&&(s, _, _)| s < end);
+            for &(_, _, c) in overlapping {
+                if listed.insert(c) {
+                    chunks.push(c);
+                }
+            }
+        }
+    }
+    Ok((!chunks.is_empty()).then(|| memimg::Profile {
+        image_id: new.header().image_id,
+        chunks,
+    }))
 }
