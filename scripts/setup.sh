@@ -9,6 +9,9 @@ command -v gcore >/dev/null 2>&1 || need_apt+=(gdb)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# readelf and nm: the C ABI's layout test reads the library's sections.
+command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
 # The C ABI's tests run their C programs under valgrind (cc and its sanitizer
 # runtimes come with build-essential).
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
