@@ -336,18 +336,16 @@ fn carried_profile(src: &Image, new: &Image) -> Result<Option<memimg::Profile>> 
     let Some(order) = src.load_order()? else {
         return Ok(None);
     };
-    let ps = u64::from(src.header().page_size);
+    let ps = src.header().page_size;
+    // Data extents as (start, end, chunk), in address order (as
+    // `Image::extents` lists them).
     let data = |img: &Image| -> Result<Vec<(u64, u64, u64)>> {
-        let mut v = Vec::new();
-        for r in img.regions()? {
-            for e in img.region_extents(r)? {
-                if e.kind == memimg::ExtentKind::Data {
-                    v.push((e.addr, e.addr + u64::from(e.page_count) * ps, e.chunk));
-                }
-            }
-        }
-        v.sort_unstable();
-        Ok(v)
+        Ok(img
+            .extents()?
+            .iter()
+            .filter(|e| e.kind == memimg::ExtentKind::Data)
+            .map(|e| (e.addr, e.end(ps), e.chunk))
+            .collect())
     };
     let mut at = std::collections::HashMap::new();
     for (start, end, chunk) in data(src)? {

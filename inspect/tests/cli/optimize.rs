@@ -214,15 +214,14 @@ fn rewrites_of_an_optimized_image_keep_its_load_order() {
 
     // The address ranges of a load order's chunks, in order.
     let ranges = |img: &Image| -> Vec<(u64, u64)> {
-        let ps = u64::from(img.header().page_size);
-        let mut by_chunk = std::collections::HashMap::new();
-        for r in img.regions().unwrap() {
-            for e in img.region_extents(r).unwrap() {
-                if e.kind == memimg::ExtentKind::Data {
-                    by_chunk.insert(e.chunk, (e.addr, e.addr + u64::from(e.page_count) * ps));
-                }
-            }
-        }
+        let ps = img.header().page_size;
+        let by_chunk: std::collections::HashMap<u64, (u64, u64)> = img
+            .extents()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == memimg::ExtentKind::Data)
+            .map(|e| (e.chunk, (e.addr, e.end(ps))))
+            .collect();
         let order = img.load_order().unwrap().unwrap();
         order.iter().map(|c| by_chunk[c]).collect()
     };
