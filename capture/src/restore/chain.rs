@@ -435,7 +435,6 @@ fn map_segments(
     // Every extent inside one region is mapped whole: hidden pages cost
     // nothing until touched, and the nearer links' pages are laid over.
     let phases = plan(chain, regions, segs, |_, _| true);
-    let mut scratch = Scratch::default();
     let mut placed = Reservation { ranges: Vec::new() };
     for (i, phase) in phases.into_iter().enumerate() {
         // Runs of adjacent ranges of one file: (link, addr, offset, len,
@@ -494,6 +493,11 @@ fn map_segments(
                 });
             }
         }
+        // The long runs mapped first, then the short ones copied over them,
+        // on every core: each copy is a copy-on-write fault of its own
+        // (the page in the mapping from the file) and a read, and one
+        // phase's runs are disjoint.
+        let mut short = Vec::new();
         for (link, addr, off, len, parts) in runs {
             if long(len) {
                 if i > 0 {
@@ -501,10 +505,13 @@ fn map_segments(
                 }
                 continue;
             }
-            for (p, a, b) in parts {
-                decode_into_place(chain, p.link, &p.ext, &[(a, b)], &mut scratch, false)?;
-            }
+            short.extend(parts);
         }
+        short
+            .par_iter()
+            .try_for_each_init(Scratch::default, |scratch, &(p, a, b)| {
+                decode_into_place(chain, p.link, &p.ext, &[(a, b)], scratch, false)
+            })?;
         for (a, b) in phase.zeros {
             clear(a, b, prot_at(a))?;
         }
