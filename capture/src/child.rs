@@ -81,6 +81,9 @@ pub(crate) struct ChildWriter<'c, W: Write> {
     /// The next address of the open region.
     at: u64,
     stats: CompareStats,
+    /// A link of the chain has page digests: pages are compared by their
+    /// digests, which the walker computes as it reads them.
+    digests: bool,
 }
 
 impl<'c, W: Write> ChildWriter<'c, W> {
@@ -90,6 +93,7 @@ impl<'c, W: Write> ChildWriter<'c, W> {
             parent,
             at: 0,
             stats: CompareStats::default(),
+            digests: parent.links().iter().any(memimg::Image::has_page_digests),
         }
     }
 
@@ -106,7 +110,15 @@ impl<'c, W: Write> ChildWriter<'c, W> {
     /// done for the whole of `data` at once, in parallel (rayon), each
     /// extent decoded once for all its pieces; then the runs go to the
     /// writer in order.
-    pub(crate) fn push_against(&mut self, data: &[u8]) -> Result<(), memimg::Error> {
+    ///
+    /// `digests`, when given, are the pages' `xxh3_64` digests (one per
+    /// page of `data`), compared with a link's page digests instead of
+    /// hashing the pages here.
+    pub(crate) fn push_against(
+        &mut self,
+        data: &[u8],
+        digests: Option<&[u64]>,
+    ) -> Result<(), memimg::Error> {
         let start = self.at;
         let end = start + data.len() as u64;
         self.at = end;
@@ -160,7 +172,13 @@ impl<'c, W: Write> ChildWriter<'c, W> {
                         .map(|&i| {
                             let s = &segs[i];
                             let ours = piece(s);
-                            let same = links[*link].same_pages(e, s.start, ours)?;
+                            let from = usize::try_from((s.start - start) / u64::from(ps))
+                                .unwrap_or(usize::MAX);
+                            let known = digests.and_then(|d| d.get(from..from + ours.len() / psz));
+                            let same = match known {
+                                Some(d) => links[*link].same_digests(e, s.start, d)?,
+                                None => links[*link].same_pages(e, s.start, ours)?,
+                            };
                             Ok((i, same.unwrap_or_else(|| vec![false; ours.len() / psz])))
                         })
                         .collect();
@@ -231,7 +249,13 @@ impl<W: Write> Sink for ChildWriter<'_, W> {
         Ok(self.w.begin_region(info)?)
     }
     fn push_data(&mut self, data: &[u8]) -> Result<(), CaptureError> {
-        Ok(self.push_against(data)?)
+        Ok(self.push_against(data, None)?)
+    }
+    fn wants_digests(&self) -> bool {
+        self.digests
+    }
+    fn push_data_digested(&mut self, data: &[u8], digests: &[u64]) -> Result<(), CaptureError> {
+        Ok(self.push_against(data, Some(digests))?)
     }
     fn push_zero(&mut self, len: u64) -> Result<(), CaptureError> {
         self.at += len;

@@ -490,6 +490,16 @@ enum PageState {
 pub(crate) trait Sink {
     fn begin_region(&mut self, info: RegionInfo) -> Result<(), CaptureError>;
     fn push_data(&mut self, data: &[u8]) -> Result<(), CaptureError>;
+    /// True when the sink compares pages by their digests: the walker then
+    /// hashes each page as it reads it, and gives the digests with the
+    /// bytes ([`Sink::push_data_digested`]).
+    fn wants_digests(&self) -> bool {
+        false
+    }
+    /// [`Sink::push_data`], with each page's `xxh3_64` digest.
+    fn push_data_digested(&mut self, data: &[u8], _digests: &[u64]) -> Result<(), CaptureError> {
+        self.push_data(data)
+    }
     fn push_zero(&mut self, len: u64) -> Result<(), CaptureError>;
     fn push_absent(&mut self, len: u64) -> Result<(), CaptureError>;
     fn end_region(&mut self) -> Result<(), CaptureError>;
@@ -536,6 +546,8 @@ pub(crate) struct Walker {
     /// injection changed, as it was before (see `fork`).
     patches: Vec<(u64, Vec<u8>)>,
     buf: Vec<u8>,
+    /// The digest of each page of `buf`, when the sink wants them.
+    digests: Vec<u64>,
     entries: Vec<u64>,
     state: Vec<PageState>,
     runs: Vec<Run>,
@@ -554,6 +566,7 @@ impl Walker {
             entries_of: std::collections::HashMap::new(),
             patches: Vec::new(),
             buf: Vec::new(),
+            digests: Vec::new(),
             entries: Vec::new(),
             state: Vec::new(),
             runs: Vec::new(),
@@ -713,9 +726,13 @@ impl Walker {
             });
             i = j;
         }
+        let digested = w.wants_digests();
         if !self.runs.is_empty() {
             if self.buf.len() < pages * psz {
                 self.buf.resize(pages * psz, 0);
+            }
+            if digested && self.digests.len() < pages {
+                self.digests.resize(pages, 0);
             }
             let state = &mut self.state;
             // A region the process cannot read itself is read through
@@ -728,21 +745,28 @@ impl Walker {
             } else {
                 Via::ProcMem
             };
-            let res = self.reader.read(&self.runs, &mut self.buf, via, &mut |a| {
-                if let Some(s) = usize::try_from((a - addr) / ps)
-                    .ok()
-                    .and_then(|k| state.get_mut(k))
-                {
-                    *s = PageState::Absent;
-                }
-            });
+            let digests = if digested {
+                Some(&mut self.digests[..pages])
+            } else {
+                None
+            };
+            let res = self
+                .reader
+                .read(&self.runs, &mut self.buf, via, digests, &mut |a| {
+                    if let Some(s) = usize::try_from((a - addr) / ps)
+                        .ok()
+                        .and_then(|k| state.get_mut(k))
+                    {
+                        *s = PageState::Absent;
+                    }
+                });
             if let Err(ReadError::Gone) = res {
                 return Err(match self.copy_of {
                     Some(pid) => CaptureError::SnapshotLost { pid },
                     None => CaptureError::ProcessExited { pid: self.pid },
                 });
             }
-            self.apply_patches(addr, pages);
+            self.apply_patches(addr, pages, digested);
         }
         // Emit runs of equal state in address order.
         let mut i = 0;
@@ -751,6 +775,9 @@ impl Walker {
             let j = (i..pages).find(|&k| self.state[k] != s).unwrap_or(pages);
             let bytes = ((j - i) * psz) as u64;
             match s {
+                PageState::Read if digested => {
+                    w.push_data_digested(&self.buf[i * psz..j * psz], &self.digests[i..j])?;
+                }
                 PageState::Read => w.push_data(&self.buf[i * psz..j * psz])?,
                 PageState::Zero => w.push_zero(bytes)?,
                 PageState::Absent => w.push_absent(bytes)?,
@@ -763,8 +790,9 @@ impl Walker {
 
 impl Walker {
     /// Copies the patches over the bytes just read for the window of
-    /// `pages` pages at `addr`, on the pages that were read.
-    fn apply_patches(&mut self, addr: u64, pages: usize) {
+    /// `pages` pages at `addr`, on the pages that were read; with
+    /// `digested`, hashes the pages patched again.
+    fn apply_patches(&mut self, addr: u64, pages: usize, digested: bool) {
         let end = addr + pages as u64 * self.ps;
         let ps = usize::try_from(self.ps).unwrap_or(4096);
         for (at, bytes) in &self.patches {
@@ -775,6 +803,17 @@ impl Walker {
                 };
                 if self.state.get(i / ps) == Some(&PageState::Read) {
                     self.buf[i] = bytes[k];
+                }
+            }
+            if digested && from < to {
+                let (first, last) = ((from - addr) / self.ps, (to - 1 - addr) / self.ps);
+                for p in first..=last {
+                    let p = usize::try_from(p).unwrap_or(usize::MAX);
+                    if let (Some(d), Some(page)) =
+                        (self.digests.get_mut(p), self.buf.get(p * ps..(p + 1) * ps))
+                    {
+                        *d = xxhash_rust::xxh3::xxh3_64(page);
+                    }
                 }
             }
         }

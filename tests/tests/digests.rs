@@ -150,6 +150,44 @@ fn a_child_against_digests_stores_exactly_the_changed_pages() {
     assert!(stored[1] > stored[0], "{stored:?}");
 }
 
+/// `same_digests` (digests the caller computed, as a capture does while it
+/// reads) answers what `same_pages` answers from the bytes: each page equal,
+/// a changed digest names its page, and pages outside the extent are
+/// refused.
+#[test]
+fn same_digests_answers_as_same_pages() {
+    let img = Image::from_bytes(with_digests(), None).unwrap();
+    let mut seen = 0;
+    for e in img.extents().unwrap() {
+        if e.kind != ExtentKind::Data || e.page_count < 2 {
+            continue;
+        }
+        seen += 1;
+        let mut pages = vec![0u8; e.page_count as usize * 4096];
+        img.read_at(e.addr, &mut pages).unwrap();
+        let mut digests: Vec<u64> = page_digests_of(&pages, 4096).collect();
+        let all = img.same_pages(e, e.addr, &pages).unwrap().unwrap();
+        assert!(all.iter().all(|&x| x));
+        assert_eq!(img.same_digests(e, e.addr, &digests).unwrap().unwrap(), all);
+        // The second page changed: only it differs, both ways.
+        digests[1] ^= 1;
+        pages[4096] ^= 1;
+        let one = img.same_digests(e, e.addr, &digests).unwrap().unwrap();
+        assert_eq!(one, img.same_pages(e, e.addr, &pages).unwrap().unwrap());
+        assert_eq!(one.iter().filter(|&&x| !x).count(), 1);
+        assert!(!one[1]);
+        // From the second page on, and past the extent's end.
+        let tail = img
+            .same_digests(e, e.addr + 4096, &digests[1..])
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail, one[1..]);
+        let past = img.same_digests(e, e.addr + 4096, &digests);
+        assert_eq!(past.unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+    assert!(seen > 0, "no extent of two pages or more");
+}
+
 /// The value of the body's page-digests record.
 fn record(meta: &[u8]) -> Range<usize> {
     let mut at = 0;

@@ -90,6 +90,17 @@ pub fn page_digests_of(pages: &[u8], page_size: u32) -> impl Iterator<Item = u64
     pages.chunks(page_size.max(1) as usize).map(xxh3_64)
 }
 
+/// The error of pages that are not whole pages of `ext`.
+fn not_whole(len: u64, addr: u64, ext: &Extent) -> Error {
+    Error::plain(
+        ErrorKind::InvalidInput,
+        format!(
+            "{len} bytes at {addr:#x} are not whole pages of the extent at {:#x}",
+            ext.addr
+        ),
+    )
+}
+
 impl Image {
     /// True when the image sets `PAGE_DIGESTS`: its index holds a digest
     /// of every stored page. Known without a key.
@@ -124,35 +135,57 @@ impl Image {
     /// `InvalidInput` when the pages are not whole or not inside `ext`;
     /// `KeyRequired` when the digests are in a locked body.
     pub fn same_pages(&self, ext: &Extent, addr: u64, pages: &[u8]) -> Result<Option<Vec<bool>>> {
+        let ps = self.header.page_size;
+        if ext.kind != ExtentKind::Data {
+            return Ok(None);
+        }
+        if !(pages.len() as u64).is_multiple_of(u64::from(ps)) {
+            return Err(not_whole(pages.len() as u64, addr, ext));
+        }
+        let n = pages.len() / ps as usize;
+        Ok(self.stored_digests(ext, addr, n)?.map(|want| {
+            want.iter()
+                .zip(page_digests_of(pages, ps))
+                .map(|(w, g)| *w == g)
+                .collect()
+        }))
+    }
+
+    /// [`Image::same_pages`] for pages whose digests (`xxh3_64` of each,
+    /// as [`page_digests_of`] computes them) the caller has already: one
+    /// per page at `addr`. A capture hashes each page as it reads it, while
+    /// the page is in the cache.
+    ///
+    /// # Errors
+    /// As [`Image::same_pages`].
+    pub fn same_digests(
+        &self,
+        ext: &Extent,
+        addr: u64,
+        digests: &[u64],
+    ) -> Result<Option<Vec<bool>>> {
+        Ok(self
+            .stored_digests(ext, addr, digests.len())?
+            .map(|want| want.iter().zip(digests).map(|(w, g)| w == g).collect()))
+    }
+
+    /// The index's digests of the `n` pages at `addr` in data extent `ext`;
+    /// `None` when the image has no page digests or `ext` is not a data
+    /// extent.
+    fn stored_digests(&self, ext: &Extent, addr: u64, n: usize) -> Result<Option<&[u64]>> {
         if ext.kind != ExtentKind::Data {
             return Ok(None);
         }
         let Some(digests) = self.page_digests(ext.chunk)? else {
             return Ok(None);
         };
-        let ps = self.header.page_size;
-        let psu = u64::from(ps);
-        let want = addr
-            .checked_sub(ext.addr)
-            .filter(|o| o.is_multiple_of(psu) && (pages.len() as u64).is_multiple_of(psu))
+        let psu = u64::from(self.header.page_size);
+        addr.checked_sub(ext.addr)
+            .filter(|o| o.is_multiple_of(psu))
             .and_then(|o| usize::try_from(o / psu).ok())
-            .and_then(|first| digests.get(first..first.checked_add(pages.len() / ps as usize)?))
-            .ok_or_else(|| {
-                Error::plain(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "{} bytes at {addr:#x} are not whole pages of the extent at {:#x}",
-                        pages.len(),
-                        ext.addr
-                    ),
-                )
-            })?;
-        Ok(Some(
-            want.iter()
-                .zip(page_digests_of(pages, ps))
-                .map(|(w, g)| *w == g)
-                .collect(),
-        ))
+            .and_then(|first| digests.get(first..first.checked_add(n)?))
+            .map(Some)
+            .ok_or_else(|| not_whole(n as u64 * psu, addr, ext))
     }
 
     /// The first page of `ext`'s decoded `pages` whose digest is not the
