@@ -316,6 +316,15 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Sends the copy SIGKILL without waiting for it to die: it is then
+    /// reaped by [`Snapshot::finish`] (or the drop), which waits.
+    pub(crate) fn kill(&self) {
+        if let Some(child) = self.child {
+            // SAFETY: kill takes integers only.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+    }
+
     /// Kills and reaps the copy; the problems met, for the report.
     pub(crate) fn finish(mut self) -> Vec<String> {
         self.end(None);

@@ -344,7 +344,7 @@ pub fn capture_to_writer<W: Write>(
             Err(fork::NoFork::Failed(e)) => return Err(e),
         },
     };
-    let (writer, frozen_time, method, warnings) = match snapshot {
+    let (writer, frozen_time, method, snapshot) = match snapshot {
         None => {
             // Its header is buffered, its workers spawn in well under a
             // millisecond.
@@ -357,7 +357,7 @@ pub fn capture_to_writer<W: Write>(
                 return Err(CaptureError::ProcessExited { pid });
             }
             let why = no_fork.unwrap_or_default();
-            (writer, frozen.resume(), Method::Freeze { why }, Vec::new())
+            (writer, frozen.resume(), Method::Freeze { why }, None)
         }
         Some(mut snap) => {
             // The copy holds the memory: the process goes on at once, and
@@ -370,11 +370,15 @@ pub fn capture_to_writer<W: Write>(
                 held: snap.held_bytes(),
                 copy: snap.copy_pid(),
             };
-            (writer, frozen_time, method, snap.finish())
+            // The copy is read: it dies (unmapping its memory takes the
+            // kernel about 15 ms a GiB) while the writer finishes.
+            snap.kill();
+            (writer, frozen_time, method, Some(snap))
         }
     };
     drop(guard);
     let (w, stats, compare) = writer.finish()?;
+    let warnings = snapshot.map(fork::Snapshot::finish).unwrap_or_default();
     Ok((
         w,
         CaptureReport {
