@@ -549,12 +549,26 @@ pub(crate) struct Walker {
     /// Bytes to put in the image in place of what is read: what the fork's
     /// injection changed, as it was before (see `fork`).
     patches: Vec<(u64, Vec<u8>)>,
-    buf: Vec<u8>,
-    /// The digest of each page of `buf`, when the sink wants them.
-    digests: Vec<u64>,
     entries: Vec<u64>,
+    /// The window being read.
+    win: Win,
+    /// A window read and not yet given to the sink, when `pending`: it
+    /// goes to the sink while the next one is read (see `window`).
+    held: Win,
+    pending: bool,
+}
+
+/// One window of pages: what each page is, the runs to read, their bytes
+/// and (when the sink wants them) their digests.
+#[derive(Default)]
+struct Win {
+    addr: u64,
+    pages: usize,
     state: Vec<PageState>,
     runs: Vec<Run>,
+    buf: Vec<u8>,
+    digests: Vec<u64>,
+    digested: bool,
 }
 
 impl Walker {
@@ -569,11 +583,10 @@ impl Walker {
             exclude_file,
             entries_of: std::collections::HashMap::new(),
             patches: Vec::new(),
-            buf: Vec::new(),
-            digests: Vec::new(),
             entries: Vec::new(),
-            state: Vec::new(),
-            runs: Vec::new(),
+            win: Win::default(),
+            held: Win::default(),
+            pending: false,
         }
     }
 
@@ -666,6 +679,7 @@ impl Walker {
                 if let Some(next) = next {
                     let to = next.unwrap_or(m.end);
                     if to > addr {
+                        self.flush(w)?;
                         match untouched {
                             PageState::Zero => w.push_zero(to - addr)?,
                             _ => w.push_absent(to - addr)?,
@@ -681,10 +695,16 @@ impl Walker {
             progress(len);
             addr += len;
         }
+        self.flush(w)?;
         w.end_region()?;
         Ok(())
     }
 
+    /// Reads the window of `len` bytes at `addr` of region `m`, and gives
+    /// the window read before it (if any) to `w` meanwhile: the read runs
+    /// on the rayon pool while this thread hands the held window to the
+    /// sink, which compares, compresses and writes it. The held window
+    /// goes to `w` at the latest before anything else does (`flush`).
     fn window(
         &mut self,
         m: &MapsEntry,
@@ -692,6 +712,63 @@ impl Walker {
         len: u64,
         w: &mut dyn Sink,
     ) -> Result<(), CaptureError> {
+        self.plan(m, addr, len, w.wants_digests());
+        // A region the process cannot read itself is read through
+        // /proc/PID/mem, which process_vm_readv would refuse page by page.
+        // So is a snapshot copy: process_vm_readv pins the pages it reads,
+        // and pinning a page a fork shares makes the kernel copy it first
+        // (it "unshares" it), which would copy the whole process.
+        let via = if m.prot.read() && self.copy_of.is_none() {
+            Via::VmReadv
+        } else {
+            Via::ProcMem
+        };
+        let read = if self.pending && !self.win.runs.is_empty() {
+            let Walker {
+                reader,
+                win,
+                held,
+                patches,
+                ps,
+                ..
+            } = self;
+            let ps = *ps;
+            let mut read = Ok(());
+            let mut given = Ok(());
+            rayon::in_place_scope(|s| {
+                s.spawn(|_| read = fill(reader, win, via, ps, patches));
+                given = give(held, ps, w);
+            });
+            self.pending = false;
+            given?;
+            read
+        } else {
+            self.flush(w)?;
+            fill(&mut self.reader, &mut self.win, via, self.ps, &self.patches)
+        };
+        if let Err(ReadError::Gone) = read {
+            return Err(match self.copy_of {
+                Some(pid) => CaptureError::SnapshotLost { pid },
+                None => CaptureError::ProcessExited { pid: self.pid },
+            });
+        }
+        std::mem::swap(&mut self.win, &mut self.held);
+        self.pending = true;
+        Ok(())
+    }
+
+    /// Gives the held window, if any, to `w`.
+    fn flush(&mut self, w: &mut dyn Sink) -> Result<(), CaptureError> {
+        if std::mem::take(&mut self.pending) {
+            give(&self.held, self.ps, w)?;
+        }
+        Ok(())
+    }
+
+    /// Classifies the pages of the window of `len` bytes at `addr` of
+    /// region `m` into `self.win`: what each page is, the runs to read,
+    /// room for their bytes (and digests, with `digested`).
+    fn plan(&mut self, m: &MapsEntry, addr: u64, len: u64, digested: bool) {
         let ps = self.ps;
         // len ≤ WINDOW, so these fit in usize.
         let pages = usize::try_from(len / ps).unwrap_or(0);
@@ -706,118 +783,123 @@ impl Walker {
             }
             None => self.pagemap.read(addr, &mut entries, pages),
         }
-        self.state.clear();
+        let mut win = std::mem::take(&mut self.win);
+        win.addr = addr;
+        win.pages = pages;
+        win.digested = digested;
+        win.state.clear();
         for &e in &entries {
-            let s = self.classify(m, e);
-            self.state.push(s);
+            win.state.push(self.classify(m, e));
         }
         self.entries = entries;
         // Runs of pages to read, each at its own offset in the buffer.
-        self.runs.clear();
+        win.runs.clear();
         let mut i = 0;
         while i < pages {
-            if self.state[i] != PageState::Read {
+            if win.state[i] != PageState::Read {
                 i += 1;
                 continue;
             }
             let j = (i..pages)
-                .find(|&k| self.state[k] != PageState::Read)
+                .find(|&k| win.state[k] != PageState::Read)
                 .unwrap_or(pages);
-            self.runs.push(Run {
+            win.runs.push(Run {
                 addr: addr + i as u64 * ps,
                 len: (j - i) * psz,
                 local: i * psz,
             });
             i = j;
         }
-        let digested = w.wants_digests();
-        if !self.runs.is_empty() {
-            if self.buf.len() < pages * psz {
-                self.buf.resize(pages * psz, 0);
+        if !win.runs.is_empty() {
+            if win.buf.len() < pages * psz {
+                win.buf.resize(pages * psz, 0);
             }
-            if digested && self.digests.len() < pages {
-                self.digests.resize(pages, 0);
+            if digested && win.digests.len() < pages {
+                win.digests.resize(pages, 0);
             }
-            let state = &mut self.state;
-            // A region the process cannot read itself is read through
-            // /proc/PID/mem, which process_vm_readv would refuse page by page.
-            // So is a snapshot copy: process_vm_readv pins the pages it reads,
-            // and pinning a page a fork shares makes the kernel copy it first
-            // (it "unshares" it), which would copy the whole process.
-            let via = if m.prot.read() && self.copy_of.is_none() {
-                Via::VmReadv
-            } else {
-                Via::ProcMem
-            };
-            let digests = if digested {
-                Some(&mut self.digests[..pages])
-            } else {
-                None
-            };
-            let res = self
-                .reader
-                .read(&self.runs, &mut self.buf, via, digests, &mut |a| {
-                    if let Some(s) = usize::try_from((a - addr) / ps)
-                        .ok()
-                        .and_then(|k| state.get_mut(k))
-                    {
-                        *s = PageState::Absent;
-                    }
-                });
-            if let Err(ReadError::Gone) = res {
-                return Err(match self.copy_of {
-                    Some(pid) => CaptureError::SnapshotLost { pid },
-                    None => CaptureError::ProcessExited { pid: self.pid },
-                });
-            }
-            self.apply_patches(addr, pages, digested);
         }
-        // Emit runs of equal state in address order.
-        let mut i = 0;
-        while i < pages {
-            let s = self.state[i];
-            let j = (i..pages).find(|&k| self.state[k] != s).unwrap_or(pages);
-            let bytes = ((j - i) * psz) as u64;
-            match s {
-                PageState::Read if digested => {
-                    w.push_data_digested(&self.buf[i * psz..j * psz], &self.digests[i..j])?;
-                }
-                PageState::Read => w.push_data(&self.buf[i * psz..j * psz])?,
-                PageState::Zero => w.push_zero(bytes)?,
-                PageState::Absent => w.push_absent(bytes)?,
-            }
-            i = j;
-        }
-        Ok(())
+        self.win = win;
     }
 }
 
-impl Walker {
-    /// Copies the patches over the bytes just read for the window of
-    /// `pages` pages at `addr`, on the pages that were read; with
-    /// `digested`, hashes the pages patched again.
-    fn apply_patches(&mut self, addr: u64, pages: usize, digested: bool) {
-        let end = addr + pages as u64 * self.ps;
-        let ps = usize::try_from(self.ps).unwrap_or(4096);
-        for (at, bytes) in &self.patches {
-            let (from, to) = ((*at).max(addr), (at + bytes.len() as u64).min(end));
-            for a in from..to {
-                let (Ok(i), Ok(k)) = (usize::try_from(a - addr), usize::try_from(a - at)) else {
-                    continue;
-                };
-                if self.state.get(i / ps) == Some(&PageState::Read) {
-                    self.buf[i] = bytes[k];
-                }
+/// Reads the runs of `win` with `reader` (a page neither way can read
+/// becomes absent), then puts `patches` over what was read.
+fn fill(
+    reader: &mut MemReader,
+    win: &mut Win,
+    via: Via,
+    ps: u64,
+    patches: &[(u64, Vec<u8>)],
+) -> Result<(), ReadError> {
+    if win.runs.is_empty() {
+        return Ok(());
+    }
+    let (addr, pages) = (win.addr, win.pages);
+    let state = &mut win.state;
+    let digests = if win.digested {
+        Some(&mut win.digests[..pages])
+    } else {
+        None
+    };
+    reader.read(&win.runs, &mut win.buf, via, digests, &mut |a| {
+        if let Some(s) = usize::try_from((a - addr) / ps)
+            .ok()
+            .and_then(|k| state.get_mut(k))
+        {
+            *s = PageState::Absent;
+        }
+    })?;
+    apply_patches(win, ps, patches);
+    Ok(())
+}
+
+/// Gives window `win` to `w`: runs of equal state in address order.
+fn give(win: &Win, ps: u64, w: &mut dyn Sink) -> Result<(), CaptureError> {
+    let psz = usize::try_from(ps).unwrap_or(4096);
+    let mut i = 0;
+    while i < win.pages {
+        let s = win.state[i];
+        let j = (i..win.pages)
+            .find(|&k| win.state[k] != s)
+            .unwrap_or(win.pages);
+        let bytes = ((j - i) * psz) as u64;
+        match s {
+            PageState::Read if win.digested => {
+                w.push_data_digested(&win.buf[i * psz..j * psz], &win.digests[i..j])?;
             }
-            if digested && from < to {
-                let (first, last) = ((from - addr) / self.ps, (to - 1 - addr) / self.ps);
-                for p in first..=last {
-                    let p = usize::try_from(p).unwrap_or(usize::MAX);
-                    if let (Some(d), Some(page)) =
-                        (self.digests.get_mut(p), self.buf.get(p * ps..(p + 1) * ps))
-                    {
-                        *d = xxhash_rust::xxh3::xxh3_64(page);
-                    }
+            PageState::Read => w.push_data(&win.buf[i * psz..j * psz])?,
+            PageState::Zero => w.push_zero(bytes)?,
+            PageState::Absent => w.push_absent(bytes)?,
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Copies `patches` over the bytes just read into `win`, on the pages that
+/// were read; with digests, hashes the pages patched again.
+fn apply_patches(win: &mut Win, ps: u64, patches: &[(u64, Vec<u8>)]) {
+    let addr = win.addr;
+    let end = addr + win.pages as u64 * ps;
+    let psz = usize::try_from(ps).unwrap_or(4096);
+    for (at, bytes) in patches {
+        let (from, to) = ((*at).max(addr), (at + bytes.len() as u64).min(end));
+        for a in from..to {
+            let (Ok(i), Ok(k)) = (usize::try_from(a - addr), usize::try_from(a - at)) else {
+                continue;
+            };
+            if win.state.get(i / psz) == Some(&PageState::Read) {
+                win.buf[i] = bytes[k];
+            }
+        }
+        if win.digested && from < to {
+            let (first, last) = ((from - addr) / ps, (to - 1 - addr) / ps);
+            for p in first..=last {
+                let p = usize::try_from(p).unwrap_or(usize::MAX);
+                if let (Some(d), Some(page)) =
+                    (win.digests.get_mut(p), win.buf.get(p * psz..(p + 1) * psz))
+                {
+                    *d = xxhash_rust::xxh3::xxh3_64(page);
                 }
             }
         }
