@@ -19,9 +19,18 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MEMIMG_DEFAULT_LAYOUT");
     let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
     let opted_out = std::env::var_os("MEMIMG_DEFAULT_LAYOUT").is_some_and(|v| !v.is_empty());
-    if !linux || opted_out {
-        return;
-    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("layout/hot.ld");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{}", script.display());
+    let used = linux && !opted_out;
+    if used {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{}", script.display());
+    }
+    // The tests and the bench link their static C programs the same way,
+    // and check the layout only where it was used: they read this decision
+    // (empty: not used) rather than making it again.
+    let shown = if used {
+        script.display().to_string()
+    } else {
+        String::new()
+    };
+    println!("cargo:rustc-env=MEMIMG_HOT_LD={shown}");
 }

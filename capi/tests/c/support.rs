@@ -70,11 +70,12 @@ pub fn lib_dir() -> PathBuf {
 }
 
 /// The linker script that places the restore path first
-/// (`layout/hot.ld`), unless `MEMIMG_DEFAULT_LAYOUT` is set, as
-/// `capi/build.rs` reads it for `libmemimg.so`.
+/// (`layout/hot.ld`), when `capi/build.rs` linked `libmemimg.so` with it
+/// (not with `MEMIMG_DEFAULT_LAYOUT` set, nor off Linux): the build script
+/// passes its decision in `MEMIMG_HOT_LD`.
 pub fn hot_layout() -> Option<PathBuf> {
-    let opted_out = std::env::var_os("MEMIMG_DEFAULT_LAYOUT").is_some_and(|v| !v.is_empty());
-    (!opted_out).then(|| crate_dir().join("layout/hot.ld"))
+    let script = env!("MEMIMG_HOT_LD");
+    (!script.is_empty()).then(|| PathBuf::from(script))
 }
 
 /// How to link a C program with the library.
