@@ -136,19 +136,18 @@ impl Image {
     /// `KeyRequired` when the digests are in a locked body.
     pub fn same_pages(&self, ext: &Extent, addr: u64, pages: &[u8]) -> Result<Option<Vec<bool>>> {
         let ps = self.header.page_size;
-        if ext.kind != ExtentKind::Data {
+        let Some(want) = self.stored_digests(ext, addr, pages.len() / ps as usize)? else {
             return Ok(None);
-        }
+        };
         if !(pages.len() as u64).is_multiple_of(u64::from(ps)) {
             return Err(not_whole(pages.len() as u64, addr, ext));
         }
-        let n = pages.len() / ps as usize;
-        Ok(self.stored_digests(ext, addr, n)?.map(|want| {
+        Ok(Some(
             want.iter()
                 .zip(page_digests_of(pages, ps))
                 .map(|(w, g)| *w == g)
-                .collect()
-        }))
+                .collect(),
+        ))
     }
 
     /// [`Image::same_pages`] for pages whose digests (`xxh3_64` of each,
