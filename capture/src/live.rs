@@ -893,13 +893,16 @@ fn apply_patches(win: &mut Win, ps: u64, patches: &[(u64, Vec<u8>)]) {
             }
         }
         if win.digested && from < to {
-            let (first, last) = ((from - addr) / ps, (to - 1 - addr) / ps);
-            for p in first..=last {
-                let p = usize::try_from(p).unwrap_or(usize::MAX);
-                if let (Some(d), Some(page)) =
-                    (win.digests.get_mut(p), win.buf.get(p * psz..(p + 1) * psz))
-                {
-                    *d = xxhash_rust::xxh3::xxh3_64(page);
+            // The patched pages, hashed again as the reader hashed them.
+            let first = usize::try_from((from - addr) / ps).unwrap_or(usize::MAX);
+            let last = usize::try_from((to - 1 - addr) / ps).unwrap_or(usize::MAX);
+            if let (Some(d), Some(pages)) = (
+                win.digests.get_mut(first..=last),
+                win.buf.get(first * psz..(last + 1) * psz),
+            ) {
+                let ps32 = u32::try_from(ps).unwrap_or(u32::MAX);
+                for (slot, g) in d.iter_mut().zip(memimg::page_digests_of(pages, ps32)) {
+                    *slot = g;
                 }
             }
         }

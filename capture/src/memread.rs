@@ -13,8 +13,6 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use xxhash_rust::xxh3::xxh3_64;
-
 /// The most iovecs one `process_vm_readv` takes (`IOV_MAX` on Linux).
 const IOV_MAX: usize = 1024;
 
@@ -209,11 +207,13 @@ impl Reading<'_> {
         } else {
             usize::MAX
         };
+        // The format's own page digests (what a link's index holds).
+        let ps32 = u32::try_from(ps).unwrap_or(u32::MAX);
         let mut hash = |buf: &[u8], at: usize, len: usize| {
             if let Some(d) = digests.as_deref_mut() {
-                let pages = buf[at..at + len].chunks(ps);
-                for (slot, page) in d[at / ps..].iter_mut().zip(pages) {
-                    *slot = xxh3_64(page);
+                let found = memimg::page_digests_of(&buf[at..at + len], ps32);
+                for (slot, g) in d[at / ps..].iter_mut().zip(found) {
+                    *slot = g;
                 }
             }
         };
